@@ -1,0 +1,135 @@
+//! Image definitions: `images/*.toml`, parsed strictly (unknown fields are errors).
+//! In: a TOML file. Out: a checked [`Definition`] that every stage reads.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::util::{project_root, Arch};
+
+/// The default definition file, relative to the project root.
+pub const DEFAULT_DEFINITION: &str = "images/etcd.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definition {
+    pub etcd: EtcdSpec,
+    /// Where the definition was read from (set after parsing).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSpec {
+    pub version: String,
+    pub arches: Vec<Arch>,
+    pub checksums: PathBuf,
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    #[serde(default)]
+    pub allow_distro_fallback: bool,
+    #[serde(default)]
+    pub go_version: Option<String>,
+}
+
+impl Definition {
+    /// Reads the default definition, or `$XTASK_DEFINITION` when set.
+    pub fn load_default() -> Result<Self> {
+        match std::env::var_os("XTASK_DEFINITION") {
+            Some(p) => Self::load(Path::new(&p)),
+            None => Self::load(&project_root().join(DEFAULT_DEFINITION)),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read image definition {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let mut def: Definition = toml::from_str(text)
+            .with_context(|| format!("invalid image definition {}", path.display()))?;
+        def.path = path.to_path_buf();
+        def.check().with_context(|| format!("invalid image definition {}", path.display()))?;
+        Ok(def)
+    }
+
+    fn check(&self) -> Result<()> {
+        check_version(&self.etcd.version).context("field etcd.version")?;
+        if self.etcd.arches.is_empty() {
+            bail!("field etcd.arches is empty: list at least one of amd64, arm64, ppc64le, s390x");
+        }
+        for m in &self.etcd.mirrors {
+            check_mirror_url(m).context("field etcd.mirrors")?;
+        }
+        Ok(())
+    }
+
+    /// The pinned checksums file, resolved against the definition's directory.
+    pub fn checksums_path(&self) -> PathBuf {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        base.join(&self.etcd.checksums)
+    }
+}
+
+/// An etcd version as released: `MAJOR.MINOR.PATCH` with an optional `-suffix`, no leading `v`.
+pub fn check_version(v: &str) -> Result<()> {
+    let core = v.split('-').next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    if v.starts_with('v') {
+        bail!("version {v:?} must not start with 'v': write {:?}", &v[1..]);
+    }
+    if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        bail!("version {v:?} is not of the form MAJOR.MINOR.PATCH (e.g. 3.4.9)");
+    }
+    if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+        bail!("version {v:?} contains characters other than letters, digits, '.' and '-'");
+    }
+    Ok(())
+}
+
+/// Mirrors are http(s) or file URLs.
+pub fn check_mirror_url(url: &str) -> Result<()> {
+    if url.starts_with("http://") || url.starts_with("https://") || url.starts_with("file://") {
+        Ok(())
+    } else {
+        bail!("mirror {url:?} is not an http://, https:// or file:// URL")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_definition_parses() {
+        let def = Definition::load(&project_root().join(DEFAULT_DEFINITION)).unwrap();
+        assert_eq!(def.etcd.version, "3.4.9");
+        assert_eq!(def.etcd.arches, vec![Arch::Amd64, Arch::Arm64]);
+        assert!(def.checksums_path().exists());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let p = Path::new("images/x.toml");
+        let err = Definition::parse("[etcd]\nversion='3.4.9'\narches=['amd64']\nchecksums='x'\ncolour='red'\n", p)
+            .unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("images/x.toml") && msg.contains("colour"), "{msg}");
+
+        let err = Definition::parse("[etcd]\nversion='v3.4.9'\narches=['amd64']\nchecksums='x'\n", p).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("etcd.version") && msg.contains("\"3.4.9\""), "{msg}");
+
+        let err = Definition::parse("[etcd]\nversion='3.4.9'\narches=['mips']\nchecksums='x'\n", p).unwrap_err();
+        assert!(format!("{err:#}").contains("mips"));
+
+        let err = Definition::parse("[etcd]\nversion='3.4.9'\narches=['amd64']\nchecksums='x'\nmirrors=['ftp://x']\n", p)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("etcd.mirrors"));
+    }
+}

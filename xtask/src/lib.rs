@@ -1,0 +1,39 @@
+//! The engine behind `cargo xtask`. Each stage is one module with one entry point:
+//! definitions and verified inputs in, artifacts out. See ARCHITECTURE.md.
+
+pub mod acquire;
+pub mod ci;
+pub mod definition;
+pub mod image;
+pub mod pki;
+pub mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Build, verify and prove hardened etcd artifacts.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    Fetch(acquire::Fetch),
+    Pki(pki::PkiCmd),
+    Image(image::ImageCmd),
+    Ci(ci::Ci),
+}
+
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        match self.cmd {
+            Cmd::Fetch(cmd) => cmd.run(),
+            Cmd::Pki(cmd) => cmd.run(),
+            Cmd::Image(cmd) => cmd.run(),
+            Cmd::Ci(cmd) => cmd.run(),
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Small pieces every stage shares: where the project lives, atomic writes, hashing,
+//! architectures and the reproducible clock (`SOURCE_DATE_EPOCH`).
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// The workspace root: the parent of the `xtask` crate.
+pub fn project_root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.parent().unwrap_or(dir).to_path_buf()
+}
+
+/// Where outputs go by default: `$CARGO_TARGET_DIR` or `<root>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                project_root().join(dir)
+            }
+        }
+        None => project_root().join("target"),
+    }
+}
+
+/// The reproducible clock. Defaults to 0 (1970-01-01) so that builds are reproducible
+/// without any setup; CI sets it to the commit time.
+pub fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds since 1970; unset it or set e.g. SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)")
+        }),
+        _ => Ok(0),
+    }
+}
+
+/// The architectures etcd publishes for Linux, named as in its release file names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+    Ppc64le,
+    S390x,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [Arch::Amd64, Arch::Arm64, Arch::Ppc64le, Arch::S390x];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+            Arch::Ppc64le => "ppc64le",
+            Arch::S390x => "s390x",
+        }
+    }
+
+    /// The architecture this program runs on, if etcd is published for it.
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::Amd64),
+            "aarch64" => Some(Arch::Arm64),
+            "powerpc64" if cfg!(target_endian = "little") => Some(Arch::Ppc64le),
+            "s390x" => Some(Arch::S390x),
+            _ => None,
+        }
+    }
+
+    /// The ELF `e_machine` value of binaries for this architecture.
+    pub fn elf_machine(self) -> u16 {
+        match self {
+            Arch::Amd64 => 62,
+            Arch::Arm64 => 183,
+            Arch::Ppc64le => 21,
+            Arch::S390x => 22,
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Arch {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .with_context(|| format!("unknown architecture {s:?}: use one of amd64, arm64, ppc64le, s390x"))
+    }
+}
+
+/// A SHA-256 digest, printed as 64 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256Hex(pub [u8; 32]);
+
+impl Sha256Hex {
+    pub fn of_bytes(data: &[u8]) -> Self {
+        Sha256Hex(Sha256::digest(data).into())
+    }
+
+    pub fn of_file(path: &Path) -> Result<Self> {
+        let mut file = fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(Sha256Hex(hasher.finalize().into()))
+    }
+}
+
+impl fmt::Display for Sha256Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Sha256Hex {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("{s:?} is not a SHA-256 sum (64 hex digits)");
+        }
+        let mut out = [0u8; 32];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            let hex = std::str::from_utf8(chunk).context("hex digits are ASCII")?;
+            out[i] = u8::from_str_radix(hex, 16).with_context(|| format!("{s:?} is not hex"))?;
+        }
+        Ok(Sha256Hex(out))
+    }
+}
+
+impl serde::Serialize for Sha256Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A writer that hashes everything passing through it.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
+    }
+
+    pub fn finish(self) -> (W, Sha256Hex, u64) {
+        (self.inner, Sha256Hex(self.hasher.finalize().into()), self.written)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A temporary path next to `dest` (same filesystem, so `rename` is atomic), unique per process.
+pub fn temp_sibling(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes `data` to `dest` atomically with the given mode: temp file, fsync, rename.
+pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let tmp = temp_sibling(dest);
+    let result = (|| -> Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set mode of {}", tmp.display()))?;
+        f.write_all(data).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+        fs::rename(&tmp, dest).with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Replaces directory `dest` by the completed directory `staged` (both on one filesystem).
+/// The old content is moved aside first and removed only after the new one is in place.
+pub fn replace_dir(staged: &Path, dest: &Path) -> Result<()> {
+    let old = dest.with_file_name(format!(
+        ".{}.old-{}",
+        dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let had_old = dest.exists();
+    if had_old {
+        fs::rename(dest, &old).with_context(|| format!("cannot move {} aside", dest.display()))?;
+    }
+    if let Err(err) = fs::rename(staged, dest) {
+        if had_old {
+            let _ = fs::rename(&old, dest);
+        }
+        return Err(err).with_context(|| format!("cannot move {} to {}", staged.display(), dest.display()));
+    }
+    if had_old {
+        fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// A directory removed when dropped unless `keep` is called: the staging area of an
+/// output that must never be left half-written.
+pub struct StagingDir {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl StagingDir {
+    /// Creates a fresh staging directory beside `dest`.
+    pub fn beside(dest: &Path) -> Result<Self> {
+        let path = temp_sibling(dest);
+        if path.exists() {
+            fs::remove_dir_all(&path).with_context(|| format!("cannot clear {}", path.display()))?;
+        }
+        fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(StagingDir { path, armed: true })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves the staged content to `dest`, replacing what was there.
+    pub fn commit(mut self, dest: &Path) -> Result<()> {
+        replace_dir(&self.path, dest)?;
+        self.armed = false;
+        Ok(())
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Shortens a path under the project root for messages.
+pub fn display_rel(path: &Path) -> String {
+    let root = project_root();
+    match path.strip_prefix(&root) {
+        Ok(rel) => rel.display().to_string(),
+        Err(_) => path.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_round_trips_and_rejects_garbage() {
+        let d = Sha256Hex::of_bytes(b"abc");
+        assert_eq!(d.to_string(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(d.to_string().parse::<Sha256Hex>().unwrap(), d);
+        assert!("xyz".parse::<Sha256Hex>().is_err());
+        assert!("g".repeat(64).parse::<Sha256Hex>().is_err());
+    }
+
+    #[test]
+    fn write_atomic_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a/b.txt");
+        write_atomic(&dest, b"hi", 0o600).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"hi");
+        assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(dest.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn staging_dir_is_removed_unless_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out");
+        let staged = StagingDir::beside(&dest).unwrap();
+        let p = staged.path().to_path_buf();
+        fs::write(p.join("x"), "1").unwrap();
+        drop(staged);
+        assert!(!p.exists());
+        assert!(!dest.exists());
+
+        fs::create_dir(&dest).unwrap();
+        fs::write(dest.join("old"), "0").unwrap();
+        let staged = StagingDir::beside(&dest).unwrap();
+        fs::write(staged.path().join("new"), "1").unwrap();
+        staged.commit(&dest).unwrap();
+        assert!(dest.join("new").exists());
+        assert!(!dest.join("old").exists());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
