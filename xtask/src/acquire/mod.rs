@@ -63,3 +63,35 @@ impl Acquired {
         self.dir.join(name)
     }
 }
+
+/// Where etcd may come from (`--source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SourcePolicy {
+    /// Download locations first; if all are unreachable and the definition allows it, Debian's packages.
+    #[default]
+    Auto,
+    /// Only the download locations (mirrors, then official).
+    Tarball,
+    /// Only Debian's etcd-server/etcd-client packages.
+    Distro,
+    /// Only what `cargo xtask build-etcd` produced.
+    Build,
+}
+
+/// How to acquire, beyond what the definition says.
+#[derive(Debug, Clone, Default)]
+pub struct AcquireOptions {
+    pub version: Option<String>,
+    pub mirrors: Vec<String>,
+    pub checksums: Option<PathBuf>,
+    pub source: SourcePolicy,
+    /// Output root instead of `target/etcd`.
+    pub out_root: Option<PathBuf>,
+}
+
+/// Makes sure verified binaries for `arch` are on disk (downloading only when the cache
+/// lacks them) and returns where they are.
+pub fn ensure(def: &crate::definition::Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acquired> {
+    let _ = (def, arch, opts);
+    bail!("not implemented yet")
+}
