@@ -1,22 +1,104 @@
 //! Acquire stage: the only stage that touches the network.
 //! In: an image definition (version, arches, mirrors) and the pinned sums.
-//! Out: `target/etcd/<version>/<arch>/{etcd,etcdctl[,etcdutl],provenance.json}`, verified.
+//! Out: `target/etcd/<version>/<arch>/{etcd,etcdctl[,etcdutl],provenance.json}`, verified, and the
+//! verified artifacts themselves in `target/etcd/cache/`.
+//!
+//! Nothing unverified goes further: a tarball is checked against its pinned SHA-256 while it
+//! streams, a `.deb` against apt's signed index. A mismatch is final; only an unreachable source
+//! lets the next one be tried.
+
+pub mod checksums;
+pub mod distro;
+pub mod download;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::util::{Arch, Sha256Hex};
+use crate::definition::{check_mirror_url, check_version, Definition};
+use crate::util::{display_rel, target_dir, write_atomic, Arch, Sha256Hex, StagingDir};
+use checksums::{tarball_name, PinnedSums};
+use download::{download_verified, DownloadError, Timeouts};
+
+/// The official download locations, tried after any mirror. Both use the layout
+/// `<base>/v<version>/etcd-v<version>-linux-<arch>.tar.gz`.
+pub const OFFICIAL_BASES: [&str; 2] =
+    ["https://github.com/etcd-io/etcd/releases/download", "https://storage.googleapis.com/etcd"];
+
+/// Environment variable with extra mirrors (separated by spaces or commas), tried after `--mirror`.
+pub const MIRRORS_ENV: &str = "XTASK_ETCD_MIRRORS";
+/// Environment variable that, when `1`, never contacts the official locations (air-gapped sites, tests).
+pub const NO_OFFICIAL_ENV: &str = "XTASK_NO_OFFICIAL";
+
+/// The binaries a release may carry, in the order they are listed.
+const BINARIES: [&str; 3] = ["etcd", "etcdctl", "etcdutl"];
 
 /// Acquire etcd for a version and architecture, verified against pinned SHA-256 sums.
+///
+/// Sources are tried in order: `--mirror` URLs, $XTASK_ETCD_MIRRORS, the definition's mirrors,
+/// then the official GitHub and Google storage locations. A checksum mismatch stops everything;
+/// an unreachable source moves on to the next one. A verified download is cached under
+/// target/etcd/cache/ and never fetched again.
 #[derive(Debug, clap::Args)]
-pub struct Fetch {}
+pub struct Fetch {
+    /// etcd version to fetch (default: the image definition's etcd.version)
+    #[arg(long, value_name = "V")]
+    pub etcd_version: Option<String>,
+    /// Architecture(s) to fetch: amd64, arm64, ppc64le, s390x (default: the definition's etcd.arches)
+    #[arg(long = "arch", value_name = "A")]
+    pub arches: Vec<Arch>,
+    /// Base URL (http, https or file) under which v<V>/etcd-v<V>-linux-<A>.tar.gz lives; repeatable
+    #[arg(long = "mirror", value_name = "URL")]
+    pub mirrors: Vec<String>,
+    /// Pinned sums file in sha256sum format, instead of the definition's
+    #[arg(long, value_name = "FILE")]
+    pub checksums: Option<PathBuf>,
+    /// Where etcd comes from
+    #[arg(long, value_enum, default_value_t = SourcePolicy::Auto)]
+    pub source: SourcePolicy,
+    /// Never contact the official download locations, only the mirrors (also: XTASK_NO_OFFICIAL=1)
+    #[arg(long)]
+    pub no_official: bool,
+    /// Image definition to read (default: images/etcd.toml)
+    #[arg(long, value_name = "FILE")]
+    pub definition: Option<PathBuf>,
+    /// Output root instead of target/etcd
+    #[arg(long, value_name = "DIR")]
+    pub out_root: Option<PathBuf>,
+}
 
 impl Fetch {
     pub fn run(self) -> Result<()> {
-        bail!("not implemented yet")
+        let def = match &self.definition {
+            Some(p) => Definition::load(p)?,
+            None => Definition::load_default()?,
+        };
+        let arches = if self.arches.is_empty() { def.etcd.arches.clone() } else { self.arches.clone() };
+        let opts = AcquireOptions {
+            version: self.etcd_version,
+            mirrors: self.mirrors,
+            checksums: self.checksums,
+            source: self.source,
+            no_official: self.no_official,
+            out_root: self.out_root,
+        };
+        for arch in arches {
+            let got = ensure(&def, arch, &opts)?;
+            let p = &got.provenance;
+            println!(
+                "etcd {} {} ({}) -> {}",
+                p.version,
+                p.arch,
+                p.source.as_str(),
+                display_rel(&got.dir)
+            );
+        }
+        Ok(())
     }
 }
 
@@ -31,7 +113,7 @@ pub struct Provenance {
     pub arch: Arch,
     /// The URL the tarball came from, the package names and versions, or the git source.
     pub origin: String,
-    /// SHA-256 of the verified artifact (tarball or .deb files, in origin order).
+    /// SHA-256 of each verified artifact (tarball or .deb files), by file name.
     pub artifacts: BTreeMap<String, Sha256Hex>,
     /// SHA-256 of each binary in this directory.
     pub files: BTreeMap<String, Sha256Hex>,
@@ -50,6 +132,16 @@ pub enum SourceKind {
     Build,
 }
 
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Tarball => "tarball",
+            SourceKind::Distro => "distro",
+            SourceKind::Build => "build",
+        }
+    }
+}
+
 /// A verified set of etcd binaries on disk.
 #[derive(Debug, Clone)]
 pub struct Acquired {
@@ -62,19 +154,34 @@ impl Acquired {
     pub fn binary(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// Reads a directory written by this stage and re-checks every binary against its recorded sum.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let prov_path = dir.join("provenance.json");
+        let text = fs::read_to_string(&prov_path).with_context(|| format!("cannot read {}", prov_path.display()))?;
+        let provenance: Provenance =
+            serde_json::from_str(&text).with_context(|| format!("invalid {}", prov_path.display()))?;
+        for (name, sum) in &provenance.files {
+            let actual = Sha256Hex::of_file(&dir.join(name))?;
+            if actual != *sum {
+                bail!("{}/{name} changed since it was verified (SHA-256 {actual}, recorded {sum})", dir.display());
+            }
+        }
+        Ok(Acquired { dir: dir.to_path_buf(), provenance })
+    }
 }
 
 /// Where etcd may come from (`--source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum SourcePolicy {
-    /// Download locations first; if all are unreachable and the definition allows it, Debian's packages.
+    /// Download locations first; if all are unreachable and the definition allows it, Debian's packages
     #[default]
     Auto,
-    /// Only the download locations (mirrors, then official).
+    /// Only the download locations (mirrors, then official)
     Tarball,
-    /// Only Debian's etcd-server/etcd-client packages.
+    /// Only Debian's etcd-server/etcd-client packages
     Distro,
-    /// Only what `cargo xtask build-etcd` produced.
+    /// Only what `cargo xtask build-etcd` produced
     Build,
 }
 
@@ -85,13 +192,262 @@ pub struct AcquireOptions {
     pub mirrors: Vec<String>,
     pub checksums: Option<PathBuf>,
     pub source: SourcePolicy,
+    pub no_official: bool,
     /// Output root instead of `target/etcd`.
     pub out_root: Option<PathBuf>,
 }
 
 /// Makes sure verified binaries for `arch` are on disk (downloading only when the cache
 /// lacks them) and returns where they are.
-pub fn ensure(def: &crate::definition::Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acquired> {
-    let _ = (def, arch, opts);
-    bail!("not implemented yet")
+pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acquired> {
+    let version = opts.version.clone().unwrap_or_else(|| def.etcd.version.clone());
+    check_version(&version).context("--etcd-version")?;
+    let root = opts.out_root.clone().unwrap_or_else(|| target_dir().join("etcd"));
+    let out_dir = root.join(&version).join(arch.as_str());
+    match opts.source {
+        SourcePolicy::Build => {
+            let got = Acquired::open(&out_dir).with_context(|| {
+                format!("no source build of etcd {version} for {arch}: run `cargo xtask build-etcd` first")
+            })?;
+            if got.provenance.source != SourceKind::Build {
+                bail!("{} holds a {} acquisition, not a source build", out_dir.display(), got.provenance.source.as_str());
+            }
+            Ok(got)
+        }
+        SourcePolicy::Distro => ensure_distro(arch, &root),
+        SourcePolicy::Tarball | SourcePolicy::Auto => {
+            let pins = PinnedSums::load(&opts.checksums.clone().unwrap_or_else(|| def.checksums_path()))?;
+            let name = tarball_name(&version, arch);
+            let expected = pins.expect(&name)?;
+            // Already acquired and unchanged: no network at all.
+            if let Ok(got) = Acquired::open(&out_dir) {
+                if got.provenance.source == SourceKind::Tarball && got.provenance.artifacts.get(&name) == Some(&expected) {
+                    eprintln!("etcd {version} {arch}: up to date (verified by hash)");
+                    return Ok(got);
+                }
+            }
+            let cached = root.join("cache").join(&name);
+            let origin = match cached_matches(&cached, expected)? {
+                true => format!("cache:{name}"),
+                false => match download_first(&version, arch, &name, expected, &cached, def, opts)? {
+                    Some(url) => url,
+                    None if opts.source == SourcePolicy::Auto && def.etcd.allow_distro_fallback => {
+                        eprintln!();
+                        eprintln!("WARNING: no download location for etcd {version} ({arch}) was reachable.");
+                        eprintln!("WARNING: falling back to Debian's etcd packages, as {} allows;", display_rel(&def.path));
+                        eprintln!("WARNING: the artifacts will carry the version actually shipped, not {version}.");
+                        eprintln!();
+                        return ensure_distro(arch, &root);
+                    }
+                    None => bail!(
+                        "no download location for {name} was reachable (see above); add a reachable --mirror, \
+                         or use --source distro"
+                    ),
+                },
+            };
+            let origin = match previous_origin(&out_dir) {
+                Some(prev) if origin.starts_with("cache:") => prev,
+                _ => origin,
+            };
+            install_tarball(&cached, &version, arch, expected, &origin, &out_dir)
+        }
+    }
+}
+
+fn cached_matches(cached: &Path, expected: Sha256Hex) -> Result<bool> {
+    if !cached.exists() {
+        return Ok(false);
+    }
+    if Sha256Hex::of_file(cached)? == expected {
+        return Ok(true);
+    }
+    eprintln!("warning: cached {} does not match its pinned sum; deleting it", cached.display());
+    fs::remove_file(cached).with_context(|| format!("cannot remove {}", cached.display()))?;
+    Ok(false)
+}
+
+/// The origin recorded by an earlier acquisition, so that a cache hit keeps naming the real URL.
+fn previous_origin(out_dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(out_dir.join("provenance.json")).ok()?;
+    let prov: Provenance = serde_json::from_str(&text).ok()?;
+    (prov.source == SourceKind::Tarball).then_some(prov.origin)
+}
+
+/// The download locations, in the order they are tried.
+pub fn sources(def: &Definition, opts: &AcquireOptions) -> Result<Vec<String>> {
+    let mut bases: Vec<String> = opts.mirrors.clone();
+    if let Ok(env) = std::env::var(MIRRORS_ENV) {
+        bases.extend(env.split([' ', ',', '\n']).filter(|s| !s.is_empty()).map(str::to_string));
+    }
+    bases.extend(def.etcd.mirrors.iter().cloned());
+    for b in &bases {
+        check_mirror_url(b)?;
+    }
+    let no_official = opts.no_official || std::env::var(NO_OFFICIAL_ENV).is_ok_and(|v| v == "1");
+    if !no_official {
+        bases.extend(OFFICIAL_BASES.iter().map(|s| s.to_string()));
+    }
+    Ok(bases)
+}
+
+/// Tries each source in turn. Ok(Some(url)) when one delivered the verified file,
+/// Ok(None) when none was reachable, Err on a mismatch (final) or a local failure.
+fn download_first(
+    version: &str,
+    arch: Arch,
+    name: &str,
+    expected: Sha256Hex,
+    dest: &Path,
+    def: &Definition,
+    opts: &AcquireOptions,
+) -> Result<Option<String>> {
+    let timeouts = Timeouts::from_env()?;
+    let bases = sources(def, opts)?;
+    if bases.is_empty() {
+        eprintln!("no download location configured (official locations disabled, no mirror given)");
+    }
+    for base in bases {
+        let url = format!("{}/v{version}/{name}", base.trim_end_matches('/'));
+        match download_verified(&url, dest, expected, timeouts) {
+            Ok(()) => {
+                eprintln!("verified {name}: sha256 {expected}");
+                return Ok(Some(url));
+            }
+            Err(err @ DownloadError::Mismatch { .. }) => return Err(err.into()),
+            Err(err) => eprintln!("unavailable, trying the next source: {err}"),
+        }
+    }
+    let _ = arch;
+    Ok(None)
+}
+
+/// Extracts the binaries of a verified tarball into a staging directory, checks them, writes
+/// the provenance, and moves the whole into `out_dir`.
+fn install_tarball(
+    tarball: &Path,
+    version: &str,
+    arch: Arch,
+    sum: Sha256Hex,
+    origin: &str,
+    out_dir: &Path,
+) -> Result<Acquired> {
+    let staging = StagingDir::beside(out_dir)?;
+    let file = fs::File::open(tarball).with_context(|| format!("cannot open {}", tarball.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let top = format!("etcd-v{version}-linux-{arch}");
+    for entry in archive.entries().with_context(|| format!("cannot read {}", tarball.display()))? {
+        let mut entry = entry.with_context(|| format!("corrupt archive {}", tarball.display()))?;
+        let path = entry.path().context("bad path in archive")?.into_owned();
+        let Ok(rel) = path.strip_prefix(&top) else { continue };
+        let Some(name) = rel.to_str().filter(|n| BINARIES.contains(n)) else { continue };
+        if !entry.header().entry_type().is_file() {
+            bail!("{}: {} is not a regular file", tarball.display(), path.display());
+        }
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).with_context(|| format!("cannot read {} from {}", path.display(), tarball.display()))?;
+        write_atomic(&staging.path().join(name), &data, 0o755)?;
+    }
+    if !staging.path().join("etcd").exists() || !staging.path().join("etcdctl").exists() {
+        bail!("{} lacks {top}/etcd or {top}/etcdctl: not an etcd release tarball", tarball.display());
+    }
+    let provenance = Provenance {
+        source: SourceKind::Tarball,
+        version: version.to_string(),
+        arch,
+        origin: origin.to_string(),
+        artifacts: BTreeMap::from([(tarball_name(version, arch), sum)]),
+        files: BTreeMap::new(),
+        reported_version: None,
+        details: BTreeMap::new(),
+    };
+    finish(staging, provenance, out_dir)
+}
+
+/// Debian's packages, into `<root>/<upstream version>/<arch>`.
+fn ensure_distro(arch: Arch, root: &Path) -> Result<Acquired> {
+    let cache = root.join("cache");
+    // Resolve the candidate first (no network): an unchanged acquisition is reused as is.
+    let server = distro::candidate("etcd-server", arch)?;
+    let version = distro::upstream_version(&server.version);
+    let out_dir = root.join(&version).join(arch.as_str());
+    if let Ok(got) = Acquired::open(&out_dir) {
+        if got.provenance.source == SourceKind::Distro && got.provenance.artifacts.get(&server.file_name) == Some(&server.sha256) {
+            eprintln!("etcd {version} {arch} (Debian): up to date (verified by hash)");
+            return Ok(got);
+        }
+    }
+    let staging = StagingDir::beside(&out_dir)?;
+    let (version, origin, artifacts) = distro::acquire_into(arch, &cache, staging.path())?;
+    let provenance = Provenance {
+        source: SourceKind::Distro,
+        version,
+        arch,
+        origin,
+        artifacts,
+        files: BTreeMap::new(),
+        reported_version: None,
+        details: BTreeMap::new(),
+    };
+    finish(staging, provenance, &out_dir)
+}
+
+/// Checks the staged binaries (architecture, reported version), records their sums and the
+/// provenance, and moves the directory into place.
+fn finish(staging: StagingDir, mut provenance: Provenance, out_dir: &Path) -> Result<Acquired> {
+    let arch = provenance.arch;
+    for name in BINARIES {
+        let path = staging.path().join(name);
+        if !path.exists() {
+            continue;
+        }
+        check_elf_arch(&path, arch)?;
+        provenance.files.insert(name.to_string(), Sha256Hex::of_file(&path)?);
+    }
+    if Arch::host() == Some(arch) {
+        let reported = reported_version(&staging.path().join("etcd"))?;
+        if reported != provenance.version {
+            bail!(
+                "the etcd binary from {} reports version {reported}, not {}; refusing it",
+                provenance.origin,
+                provenance.version
+            );
+        }
+        provenance.reported_version = Some(reported);
+    }
+    let json = serde_json::to_string_pretty(&provenance).context("cannot serialise provenance")?;
+    write_atomic(&staging.path().join("provenance.json"), format!("{json}\n").as_bytes(), 0o644)?;
+    staging.commit(out_dir)?;
+    Ok(Acquired { dir: out_dir.to_path_buf(), provenance })
+}
+
+/// Reads the ELF header and checks the machine type against `arch`.
+pub fn check_elf_arch(path: &Path, arch: Arch) -> Result<()> {
+    let mut head = [0u8; 20];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .with_context(|| format!("cannot read the header of {}", path.display()))?;
+    if &head[..4] != b"\x7fELF" {
+        bail!("{} is not an ELF executable", path.display());
+    }
+    let machine = if head[5] == 2 { u16::from_be_bytes([head[18], head[19]]) } else { u16::from_le_bytes([head[18], head[19]]) };
+    if machine != arch.elf_machine() {
+        bail!("{} is not a {arch} binary (ELF machine {machine})", path.display());
+    }
+    Ok(())
+}
+
+/// Runs `etcd --version` and returns the version it reports.
+pub fn reported_version(etcd: &Path) -> Result<String> {
+    let out = Command::new(etcd)
+        .arg("--version")
+        .env_clear()
+        .output()
+        .with_context(|| format!("cannot run {} --version", etcd.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("{} --version failed ({}): {}", etcd.display(), out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("etcd Version:").map(|v| v.trim().to_string()))
+        .with_context(|| format!("{} --version printed no 'etcd Version:' line: {text:?}", etcd.display()))
 }

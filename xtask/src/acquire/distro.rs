@@ -1,0 +1,195 @@
+//! Debian's etcd packages as a source: `etcd-server` and `etcd-client`, fetched with
+//! `apt-get download` and checked against the SHA-256 in apt's signed indices.
+//! In: an architecture. Out: the verified `.deb` files in the cache and their binaries.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::{Arch, Sha256Hex};
+
+/// The packages that carry etcd and etcdctl, and the binaries taken from each.
+pub const PACKAGES: [(&str, &[&str]); 2] = [("etcd-server", &["etcd"]), ("etcd-client", &["etcdctl", "etcdutl"])];
+
+/// One package as apt's indices describe it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub package: String,
+    pub version: String,
+    pub sha256: Sha256Hex,
+    pub file_name: String,
+}
+
+/// Debian spells some architectures differently from etcd.
+pub fn debian_arch(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Ppc64le => "ppc64el",
+        other => other.as_str(),
+    }
+}
+
+/// `3.4.23-4+b4` -> `3.4.23`; `1:3.5.0+dfsg-1` -> `3.5.0`.
+pub fn upstream_version(debian: &str) -> String {
+    let no_epoch = debian.split_once(':').map(|(_, v)| v).unwrap_or(debian);
+    let no_rev = no_epoch.rsplit_once('-').map(|(v, _)| v).unwrap_or(no_epoch);
+    no_rev.split(['+', '~']).next().unwrap_or(no_rev).to_string()
+}
+
+/// Asks apt which version of `package` it would download for `arch`, and its pinned sum.
+pub fn candidate(package: &str, arch: Arch) -> Result<Candidate> {
+    let spec = format!("{package}:{}", debian_arch(arch));
+    let out = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", &spec])
+        .stderr(Stdio::piped())
+        .output()
+        .context("cannot run apt-cache: the distro source needs a Debian or Ubuntu machine with apt")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
+    };
+    let (Some(version), Some(sha), Some(file)) = (field("Version"), field("SHA256"), field("Filename")) else {
+        let host = Arch::host();
+        let hint = if host == Some(arch) {
+            "run `apt-get update` (as root) so that apt knows the package".to_string()
+        } else {
+            format!(
+                "apt does not list {arch} packages here: as root, `dpkg --add-architecture {} && apt-get update`",
+                debian_arch(arch)
+            )
+        };
+        bail!("apt has no package {spec} ({}): {hint}", String::from_utf8_lossy(&out.stderr).trim());
+    };
+    let file_name = Path::new(&file)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("apt-cache gave a Filename without a name: {file:?}"))?;
+    Ok(Candidate {
+        package: package.to_string(),
+        version,
+        sha256: sha.parse().with_context(|| format!("apt-cache gave a bad SHA256 for {spec}"))?,
+        file_name,
+    })
+}
+
+/// Makes sure the `.deb` of `cand` is in `cache_dir`, verified against apt's sum.
+pub fn ensure_deb(cand: &Candidate, arch: Arch, cache_dir: &Path) -> Result<PathBuf> {
+    let dest = cache_dir.join(&cand.file_name);
+    if dest.exists() {
+        if Sha256Hex::of_file(&dest)? == cand.sha256 {
+            return Ok(dest);
+        }
+        eprintln!("warning: cached {} does not match apt's sum; fetching it again", dest.display());
+        fs::remove_file(&dest).with_context(|| format!("cannot remove {}", dest.display()))?;
+    }
+    let work = crate::util::StagingDir::beside(&dest)?;
+    let spec = format!("{}:{}={}", cand.package, debian_arch(arch), cand.version);
+    eprintln!("apt-get download {spec}");
+    let mut apt = Command::new("apt-get");
+    if is_root() {
+        // The staging directory is private to root; apt's download sandbox user could not write it.
+        apt.args(["-o", "APT::Sandbox::User=root"]);
+    }
+    let status = apt
+        .args(["download", "-q", &spec])
+        .current_dir(work.path())
+        .status()
+        .context("cannot run apt-get")?;
+    if !status.success() {
+        bail!("`apt-get download {spec}` failed ({status}); check that the Debian mirror is reachable");
+    }
+    let got = work.path().join(&cand.file_name);
+    let actual = Sha256Hex::of_file(&got).with_context(|| format!("apt-get download did not produce {}", cand.file_name))?;
+    if actual != cand.sha256 {
+        bail!("{}: SHA-256 {actual} does not match apt's index ({}); nothing was kept", cand.file_name, cand.sha256);
+    }
+    fs::rename(&got, &dest).with_context(|| format!("cannot move the package to {}", dest.display()))?;
+    Ok(dest)
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective uid.
+    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+/// Extracts `/usr/bin/<name>` for each wanted name from a `.deb`, into `out_dir`.
+/// Returns the names found.
+pub fn extract_binaries(deb: &Path, wanted: &[&str], out_dir: &Path) -> Result<Vec<String>> {
+    let mut child = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run dpkg-deb (package dpkg)")?;
+    let stdout = child.stdout.take().context("dpkg-deb gave no output pipe")?;
+    let mut found = Vec::new();
+    let mut archive = tar::Archive::new(stdout);
+    let mut read_all = || -> Result<()> {
+        for entry in archive.entries().context("cannot read the package's file tree")? {
+            let mut entry = entry.context("corrupt package file tree")?;
+            let path = entry.path().context("bad path in package")?.into_owned();
+            let path = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
+            let Some(name) = path.strip_prefix("usr/bin").ok().and_then(|p| p.to_str()).map(str::to_string) else {
+                continue;
+            };
+            if !wanted.contains(&name.as_str()) || !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).with_context(|| format!("cannot read {name} from {}", deb.display()))?;
+            crate::util::write_atomic(&out_dir.join(&name), &data, 0o755)?;
+            found.push(name);
+        }
+        Ok(())
+    };
+    let res = read_all();
+    let status = child.wait().context("dpkg-deb did not finish")?;
+    res?;
+    if !status.success() {
+        bail!("dpkg-deb --fsys-tarfile {} failed ({status})", deb.display());
+    }
+    Ok(found)
+}
+
+/// Fetches both packages for `arch` and extracts the binaries into `out_dir`.
+/// Returns the upstream version, the origin text and the artifacts' sums.
+pub fn acquire_into(arch: Arch, cache_dir: &Path, out_dir: &Path) -> Result<(String, String, BTreeMap<String, Sha256Hex>)> {
+    let mut artifacts = BTreeMap::new();
+    let mut origin = Vec::new();
+    let mut version = None;
+    for (package, wanted) in PACKAGES {
+        let cand = candidate(package, arch)?;
+        let deb = ensure_deb(&cand, arch, cache_dir)?;
+        let found = extract_binaries(&deb, wanted, out_dir)?;
+        if !found.iter().any(|f| f == wanted[0]) {
+            bail!("{} does not contain /usr/bin/{}", deb.display(), wanted[0]);
+        }
+        let upstream = upstream_version(&cand.version);
+        if let Some(v) = &version {
+            if v != &upstream {
+                bail!("etcd-server {v} and etcd-client {upstream} differ; run `apt-get update` and retry");
+            }
+        }
+        version = Some(upstream);
+        origin.push(format!("debian:{}:{}={}", cand.package, debian_arch(arch), cand.version));
+        artifacts.insert(cand.file_name.clone(), cand.sha256);
+    }
+    let version = version.context("no package was fetched")?;
+    Ok((version, origin.join(" "), artifacts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_versions() {
+        assert_eq!(upstream_version("3.4.23-4+b4"), "3.4.23");
+        assert_eq!(upstream_version("1:3.5.0+dfsg-1"), "3.5.0");
+        assert_eq!(upstream_version("3.4.9"), "3.4.9");
+    }
+}

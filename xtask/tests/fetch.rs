@@ -1,0 +1,401 @@
+//! `cargo xtask fetch` against real HTTP on loopback: a server in this test serves a real etcd
+//! (Debian's binaries, repacked in the official tarball layout) well, badly, or not at all.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+const VERSION: &str = "3.4.23";
+const TARBALL: &str = "etcd-v3.4.23-linux-amd64.tar.gz";
+
+fn xtask(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.args(args).env("XTASK_NO_OFFICIAL", "1").env_remove("XTASK_ETCD_MIRRORS");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("xtask runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn target() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target")
+}
+
+/// A real etcd tarball in the official layout, built once from Debian's verified binaries.
+fn tarball() -> &'static (Vec<u8>, String) {
+    static TARBALL_BYTES: OnceLock<(Vec<u8>, String)> = OnceLock::new();
+    TARBALL_BYTES.get_or_init(|| {
+        let root = target().join("test-cache/etcd");
+        let out = xtask(
+            &["fetch", "--source", "distro", "--arch", "amd64", "--out-root", root.to_str().unwrap()],
+            &[],
+        );
+        assert!(out.status.success(), "fetching Debian's etcd failed: {}", stderr(&out));
+        let bin = root.join(VERSION).join("amd64");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        {
+            let mut tar = tar::Builder::new(&mut gz);
+            for (name, data) in [
+                ("etcd", fs::read(bin.join("etcd")).unwrap()),
+                ("etcdctl", fs::read(bin.join("etcdctl")).unwrap()),
+                ("README.md", b"etcd\n".to_vec()),
+            ] {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o755);
+                h.set_cksum();
+                tar.append_data(&mut h, format!("etcd-v{VERSION}-linux-amd64/{name}"), &data[..]).unwrap();
+            }
+            tar.finish().unwrap();
+        }
+        let bytes = gz.finish().unwrap();
+        let sum = sha256_hex(&bytes);
+        (bytes, sum)
+    })
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A loopback HTTP server. The first path segment chooses the behaviour.
+struct Server {
+    base: String,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Server {
+    fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(Mutex::new(HashMap::new()));
+        let h = hits.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let h = h.clone();
+                thread::spawn(move || serve(stream, h));
+            }
+        });
+        Server { base, hits }
+    }
+
+    fn url(&self, mode: &str) -> String {
+        format!("{}/{mode}", self.base)
+    }
+
+    fn hits(&self, mode: &str) -> usize {
+        *self.hits.lock().unwrap().get(mode).unwrap_or(&0)
+    }
+}
+
+fn serve(mut stream: TcpStream, hits: Arc<Mutex<HashMap<String, usize>>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+            break;
+        }
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mode = path.trim_start_matches('/').split('/').next().unwrap_or("").to_string();
+    *hits.lock().unwrap().entry(mode.clone()).or_default() += 1;
+    let (body, _) = tarball();
+    let ok = |len: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
+    if !path.ends_with(&format!("/v{VERSION}/{TARBALL}")) {
+        let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
+    match mode.as_str() {
+        "good" => {
+            let _ = stream.write_all(ok(body.len()).as_bytes());
+            let _ = stream.write_all(body);
+        }
+        "bad" => {
+            let mut evil = body.clone();
+            let mid = evil.len() / 2;
+            evil[mid] ^= 0xff;
+            let _ = stream.write_all(ok(evil.len()).as_bytes());
+            let _ = stream.write_all(&evil);
+        }
+        "truncated" => {
+            let _ = stream.write_all(ok(body.len()).as_bytes());
+            let _ = stream.write_all(&body[..body.len() / 2]);
+        }
+        "stall" => {
+            let _ = stream.write_all(ok(body.len()).as_bytes());
+            let _ = stream.write_all(&body[..1000]);
+            thread::sleep(Duration::from_secs(20));
+        }
+        "error" => {
+            let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+        _ => {
+            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    }
+}
+
+/// A pinned sums file holding the test tarball's real sum.
+fn checksums(dir: &Path) -> PathBuf {
+    let (_, sum) = tarball();
+    let path = dir.join("sums");
+    fs::write(&path, format!("{sum}  {TARBALL}\n")).unwrap();
+    path
+}
+
+fn fetch_args<'a>(out_root: &'a str, sums: &'a str, mirrors: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["fetch", "--etcd-version", VERSION, "--arch", "amd64", "--source", "tarball"];
+    args.extend(["--checksums", sums, "--out-root", out_root]);
+    for m in mirrors {
+        args.extend(["--mirror", *m]);
+    }
+    args
+}
+
+/// Every file under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if p.is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn downloads_verifies_records_provenance_and_then_uses_the_cache() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("etcd");
+    let sums = checksums(tmp.path());
+    let good = server.url("good");
+    let args = fetch_args(root.to_str().unwrap(), sums.to_str().unwrap(), &[&good]);
+
+    let out = xtask(&args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("25%") && err.contains("received"), "plain progress lines expected off a terminal: {err}");
+    let dir = root.join(VERSION).join("amd64");
+    let prov: serde_json::Value = serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
+    assert_eq!(prov["source"], "tarball");
+    assert_eq!(prov["version"], VERSION);
+    assert_eq!(prov["reported_version"], VERSION);
+    assert_eq!(prov["origin"], format!("{good}/v{VERSION}/{TARBALL}"));
+    assert_eq!(prov["artifacts"][TARBALL], tarball().1.as_str());
+    assert_eq!(prov["files"]["etcd"].as_str().unwrap(), sha256_hex(&fs::read(dir.join("etcd")).unwrap()));
+    assert_eq!(server.hits("good"), 1);
+
+    // Again: no network I/O at all.
+    let out = xtask(&args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("up to date"), "{}", stderr(&out));
+    assert_eq!(server.hits("good"), 1);
+
+    // Output removed, cache kept: re-extracted from the verified cache, still no network.
+    fs::remove_dir_all(&dir).unwrap();
+    let out = xtask(&args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server.hits("good"), 1);
+    assert!(dir.join("etcd").exists());
+
+    // A binary tampered with after verification is noticed and replaced from the cache.
+    fs::write(dir.join("etcdctl"), b"tampered").unwrap();
+    let out = xtask(&args, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(fs::read(dir.join("etcdctl")).unwrap(), b"tampered");
+    assert_eq!(server.hits("good"), 1);
+}
+
+#[test]
+fn a_mismatch_is_final_names_both_sums_and_leaves_nothing() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("etcd");
+    let sums = checksums(tmp.path());
+    let (bad, good) = (server.url("bad"), server.url("good"));
+    let out = xtask(&fetch_args(root.to_str().unwrap(), sums.to_str().unwrap(), &[&bad, &good]), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("mismatch") && err.contains(&format!("{bad}/v{VERSION}/{TARBALL}")), "{err}");
+    assert!(err.contains(&tarball().1), "expected sum named: {err}");
+    let mut evil = tarball().0.clone();
+    let mid = evil.len() / 2;
+    evil[mid] ^= 0xff;
+    assert!(err.contains(&sha256_hex(&evil)), "actual sum named: {err}");
+    assert_eq!(server.hits("good"), 0, "no other source may be tried after a mismatch");
+    assert_eq!(tree(&root), vec!["cache".to_string()], "nothing but the empty cache dir may remain");
+}
+
+#[test]
+fn each_unreachable_source_gives_a_clear_error_and_leaves_nothing() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let sums = checksums(tmp.path());
+    let refused = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let cases = [
+        (server.url("missing"), "404"),
+        (server.url("error"), "503"),
+        (server.url("truncated"), "truncated"),
+        (refused, "connection failed"),
+        (server.url("stall"), "stalled"),
+        (format!("file://{}/nowhere", tmp.path().display()), "cannot open"),
+    ];
+    for (i, (url, reason)) in cases.iter().enumerate() {
+        let root = tmp.path().join(format!("etcd{i}"));
+        let out = xtask(
+            &fetch_args(root.to_str().unwrap(), sums.to_str().unwrap(), &[url]),
+            &[("XTASK_READ_TIMEOUT", "1"), ("XTASK_CONNECT_TIMEOUT", "2")],
+        );
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{url} must fail");
+        assert!(err.contains(reason) && err.contains(url.as_str()), "{url}: expected {reason:?} in: {err}");
+        assert!(err.contains("no download location"), "{err}");
+        assert_eq!(tree(&root), vec!["cache".to_string()], "{url} left files behind");
+    }
+
+    // A network failure moves on to the next source, which then delivers.
+    let root = tmp.path().join("etcd-next");
+    let (missing, truncated, good) = (server.url("missing"), server.url("truncated"), server.url("good"));
+    let out = xtask(&fetch_args(root.to_str().unwrap(), sums.to_str().unwrap(), &[&missing, &truncated, &good]), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(server.hits("good"), 1);
+}
+
+#[test]
+fn file_mirrors_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mirror = tmp.path().join("mirror");
+    fs::create_dir_all(mirror.join(format!("v{VERSION}"))).unwrap();
+    fs::write(mirror.join(format!("v{VERSION}/{TARBALL}")), &tarball().0).unwrap();
+    let sums = checksums(tmp.path());
+    let root = tmp.path().join("etcd");
+    let url = format!("file://{}", mirror.display());
+    let out = xtask(&fetch_args(root.to_str().unwrap(), sums.to_str().unwrap(), &[&url]), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.join(VERSION).join("amd64/etcdctl").exists());
+}
+
+#[test]
+fn an_unpinned_version_is_refused_before_any_download() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let sums = tmp.path().join("empty");
+    fs::write(&sums, "").unwrap();
+    let root = tmp.path().join("etcd");
+    let good = server.url("good");
+    let out = xtask(&fetch_args(root.to_str().unwrap(), sums.to_str().unwrap(), &[&good]), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("no pinned SHA-256") && err.contains("SHA256SUMS"), "{err}");
+    assert_eq!(server.hits("good"), 0);
+
+    // The shipped pins refuse an unknown release too.
+    let out = xtask(&["fetch", "--etcd-version", "3.4.99", "--arch", "amd64", "--out-root", root.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("etcd-v3.4.99-linux-amd64.tar.gz"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_name_that_does_not_resolve_is_a_network_error() {
+    // Inside a fresh network namespace nothing can be resolved or reached, and nothing leaves it.
+    let tmp = tempfile::tempdir().unwrap();
+    let sums = checksums(tmp.path());
+    let root = tmp.path().join("etcd");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "--", env!("CARGO_BIN_EXE_xtask")]);
+    cmd.args(fetch_args(root.to_str().unwrap(), sums.to_str().unwrap(), &["http://etcd-mirror.example.com"]));
+    cmd.env("XTASK_NO_OFFICIAL", "1").env("XTASK_CONNECT_TIMEOUT", "3");
+    let out = cmd.output().expect("unshare runs (util-linux; needs root)");
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("name resolution failed") || err.contains("connection failed"), "{err}");
+    assert!(err.contains("etcd-mirror.example.com"), "{err}");
+    assert_eq!(tree(&root), vec!["cache".to_string()]);
+}
+
+#[test]
+fn auto_falls_back_to_debian_only_when_unreachable_and_allowed() {
+    let server = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    checksums(tmp.path()); // the definitions below point at it as "sums"
+    let missing = server.url("missing");
+    let root = tmp.path().join("etcd");
+    let def = |allow: bool| {
+        let p = tmp.path().join(format!("def-{allow}.toml"));
+        fs::write(
+            &p,
+            format!(
+                "[etcd]\nversion = \"{VERSION}\"\narches = [\"amd64\"]\nchecksums = \"sums\"\nallow_distro_fallback = {allow}\n"
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let run = |allow: bool, source: &str| {
+        let d = def(allow);
+        xtask(
+            &["fetch", "--definition", d.to_str().unwrap(), "--source", source, "--mirror", &missing, "--out-root", root.to_str().unwrap()],
+            &[],
+        )
+    };
+    let out = run(false, "auto");
+    assert!(!out.status.success(), "fallback must be opt-in: {}", stderr(&out));
+    let out = run(true, "tarball");
+    assert!(!out.status.success(), "--source tarball never falls back: {}", stderr(&out));
+
+    let out = run(true, "auto");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("WARNING: falling back to Debian"), "{}", stderr(&out));
+    let installed = String::from_utf8_lossy(&out.stdout);
+    assert!(installed.contains("(distro)"), "{installed}");
+    let prov: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(root.join(VERSION).join("amd64/provenance.json")).unwrap()).unwrap();
+    assert_eq!(prov["source"], "distro");
+    assert!(prov["origin"].as_str().unwrap().starts_with("debian:etcd-server:amd64="));
+
+    // A mismatch never falls back, whatever the definition allows.
+    let bad = server.url("bad");
+    let d = def(true);
+    let out = xtask(
+        &["fetch", "--definition", d.to_str().unwrap(), "--mirror", &bad, "--out-root", tmp.path().join("e2").to_str().unwrap()],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(!stderr(&out).contains("falling back"), "{}", stderr(&out));
+}
+
+#[test]
+fn help_explains_the_sources() {
+    let out = xtask(&["fetch", "--help"], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for word in ["--mirror", "--checksums", "--source", "--no-official", "cache", "mismatch"] {
+        assert!(text.contains(word), "--help lacks {word}: {text}");
+    }
+}
+
