@@ -2,6 +2,7 @@
 //! definitions and verified inputs in, artifacts out. See ARCHITECTURE.md.
 
 pub mod acquire;
+pub mod build_etcd;
 pub mod ci;
 pub mod definition;
 pub mod image;
@@ -22,6 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     Fetch(acquire::Fetch),
+    BuildEtcd(build_etcd::BuildEtcd),
     Pki(pki::PkiCmd),
     Image(image::ImageCmd),
     Ci(ci::Ci),
@@ -31,6 +33,7 @@ impl Cli {
     pub fn run(self) -> Result<()> {
         match self.cmd {
             Cmd::Fetch(cmd) => cmd.run(),
+            Cmd::BuildEtcd(cmd) => cmd.run(),
             Cmd::Pki(cmd) => cmd.run(),
             Cmd::Image(cmd) => cmd.run(),
             Cmd::Ci(cmd) => cmd.run(),

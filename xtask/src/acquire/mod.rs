@@ -392,8 +392,8 @@ fn ensure_distro(arch: Arch, root: &Path) -> Result<Acquired> {
 }
 
 /// Checks the staged binaries (architecture, reported version), records their sums and the
-/// provenance, and moves the directory into place.
-fn finish(staging: StagingDir, mut provenance: Provenance, out_dir: &Path) -> Result<Acquired> {
+/// provenance, and moves the directory into place. Every source ends here, `build-etcd` too.
+pub fn finish(staging: StagingDir, mut provenance: Provenance, out_dir: &Path) -> Result<Acquired> {
     let arch = provenance.arch;
     for name in BINARIES {
         let path = staging.path().join(name);
