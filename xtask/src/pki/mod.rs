@@ -1,13 +1,145 @@
-//! PKI stage. (Being written.)
+//! PKI stage: a cluster description (`clusters/*.toml`) and the certificate profiles
+//! (`pki/profiles.toml`) in; a complete certificate directory out (`target/pki/<cluster>/`,
+//! layout in [`PkiLayout`]): CAs, per-node server and peer certificates, per-identity client
+//! certificates, each node's directory holding exactly what that node needs.
+//!
+//! - `cargo xtask pki --cluster FILE [--out DIR] [--force]`: [`issue`]
+//! - `cargo xtask pki check DIR [--cluster FILE] [--warn-days N]`: [`check::check`]
+//! - `cargo xtask pki renew DIR [--node NAME]`: [`renew`]
+//!
+//! Modules: `cluster` (the description, reused by later stages), `profiles`, `cert` (issuing
+//! and reading certificates), `issue` (the idempotent issuing run and the layout), `check`.
 
-use anyhow::{bail, Result};
+pub mod cert;
+pub mod check;
+pub mod cluster;
+pub mod issue;
+pub mod profiles;
 
-/// Issue or inspect the certificates of a cluster.
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+pub use cluster::{ClusterSpec, NodeSpec, San};
+pub use issue::{issue, renew, Action, IssueReport, PkiLayout};
+pub use profiles::Profiles;
+
+/// Issue or inspect the certificates of an etcd cluster.
+///
+/// Without a subcommand: issue the PKI described by --cluster into --out (default
+/// target/pki/<cluster name>/). Reruns are safe: existing CAs are reused and never overwritten,
+/// certificates that still match the description are kept, new nodes get only their own
+/// certificates, and a certificate whose SANs changed is reissued (the output says so).
+///
+/// Output: ca/ and peer-ca/ (the CAs), nodes/<node>/{server,peer}.{crt,key}, ca.crt,
+/// peer-ca.crt (mount it at /etc/etcd/pki), clients/<id>/client.{crt,key}, ca.crt, token
+/// (the initial-cluster token), cluster.toml and manifest.json. Keys 0600, directories 0700.
 #[derive(Debug, clap::Args)]
-pub struct PkiCmd {}
+#[command(args_conflicts_with_subcommands = true, long_about)]
+pub struct PkiCmd {
+    #[command(subcommand)]
+    sub: Option<PkiSub>,
+
+    /// Cluster description (TOML) to issue certificates for, e.g. clusters/tutorial.toml
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+
+    /// Output directory [default: target/pki/<cluster name>/]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+
+    /// Replace the existing CA(s) with new ones and reissue every certificate; the old CA is
+    /// kept aside as ca.old-N/ (the only way a CA is ever replaced)
+    #[arg(long)]
+    force: bool,
+
+    /// Certificate profiles (key algorithms, lifetimes, usages) [default: pki/profiles.toml]
+    #[arg(long, value_name = "FILE", global = true)]
+    profiles: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum PkiSub {
+    /// Print every certificate (kind, subject, SANs, not-after, days left, issuer) and verify
+    /// chains, key/certificate pairs, usages and drift; exit non-zero on any problem.
+    /// Works on directories made by other tools too (e.g. cfssl's ca.pem, server.pem, server-key.pem).
+    Check {
+        /// Directory holding the certificates
+        dir: PathBuf,
+        /// Also check drift against this cluster description (missing or extra nodes and
+        /// clients, changed SANs or CNs)
+        #[arg(long, value_name = "FILE")]
+        cluster: Option<PathBuf>,
+        /// Treat certificates expiring within this many days as problems
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        warn_days: u32,
+    },
+    /// Reissue leaf certificates (new keys) under the existing CA(s), for the description stored
+    /// in DIR/cluster.toml
+    Renew {
+        /// A PKI directory made by `cargo xtask pki`
+        dir: PathBuf,
+        /// Only reissue this node's server and peer certificates
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+    },
+}
 
 impl PkiCmd {
     pub fn run(self) -> Result<()> {
-        bail!("not implemented yet")
+        let profiles_path = self.profiles.clone().unwrap_or_else(Profiles::default_path);
+        let profiles = Profiles::load(&profiles_path)?;
+        for w in profiles.warnings() {
+            eprintln!("warning: {}: {w}", profiles_path.display());
+        }
+        match self.sub {
+            None => {
+                let Some(cluster) = self.cluster else {
+                    bail!("no cluster description: pass --cluster FILE (e.g. --cluster clusters/tutorial.toml), or use `pki check DIR` / `pki renew DIR`");
+                };
+                let spec = ClusterSpec::load(&cluster)?;
+                for w in spec.warnings() {
+                    eprintln!("warning: {}: {w}", cluster.display());
+                }
+                let out = self.out.unwrap_or_else(|| PkiLayout::default_for(&spec).root);
+                let report = issue(&spec, &profiles, &out, self.force)
+                    .with_context(|| format!("cannot issue the PKI of {} into {}", cluster.display(), out.display()))?;
+                print!("{report}");
+                let n = report.issued().count();
+                println!(
+                    "{}: {n} certificate(s) issued, the rest kept; initial-cluster token in {}",
+                    out.display(),
+                    PkiLayout::new(&out).token().display()
+                );
+                Ok(())
+            }
+            Some(PkiSub::Check { dir, cluster, warn_days }) => {
+                let cluster = match cluster {
+                    Some(path) => Some(ClusterSpec::load(&path)?),
+                    None => None,
+                };
+                let opts = check::CheckOptions {
+                    warn_days: i64::from(warn_days),
+                    cluster,
+                    profiles,
+                    now: time::OffsetDateTime::now_utc().unix_timestamp(),
+                };
+                let report = check::check(&dir, &opts)?;
+                print!("{report}");
+                let problems = report.problem_count();
+                if problems > 0 {
+                    bail!("{problems} problem(s) in {}: see PROBLEM lines above", dir.display());
+                }
+                println!("{}: {} certificate(s), no problems", dir.display(), report.rows.len());
+                Ok(())
+            }
+            Some(PkiSub::Renew { dir, node }) => {
+                let report = renew(&dir, &profiles, node.as_deref())
+                    .with_context(|| format!("cannot renew the certificates in {}", dir.display()))?;
+                print!("{report}");
+                println!("{}: {} certificate(s) reissued", dir.display(), report.issued().count());
+                Ok(())
+            }
+        }
     }
 }

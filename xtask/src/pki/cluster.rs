@@ -1,0 +1,414 @@
+//! The cluster description: a TOML file (e.g. `clusters/tutorial.toml`) in, a checked
+//! [`ClusterSpec`] out. Later stages (host bundles, smoke test) reuse this type to render
+//! the etcd flags of every node.
+//!
+//! ```toml
+//! name = "tutorial"                 # DNS label; names the output directory
+//! # token = "..."                   # optional initial-cluster token; generated when absent
+//! clients = ["etcdctl", "healthcheck"]
+//!
+//! [[nodes]]
+//! name = "master1"                  # DNS label, also the certificate CN and a SAN
+//! ips = ["10.0.1.204"]              # IP SANs; peers are checked against their source IP
+//! dns = ["master1.example.org"]     # optional extra DNS SANs
+//! ```
+//!
+//! Every rule below is an error naming the field: unknown fields, no nodes, duplicate node
+//! names, IPs, DNS names or client names, invalid IPs, names that are not DNS labels. An even
+//! number of nodes is only a warning ([`ClusterSpec::warnings`]).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A checked cluster description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterSpec {
+    /// The cluster name: a DNS label, used for the output directory and the CA subjects.
+    pub name: String,
+    /// The initial-cluster token, when the description fixes one. When `None` the PKI stage
+    /// generates a random one and stores it beside the certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Client identities to issue certificates for; each is the certificate CN (the etcd user).
+    pub clients: Vec<String>,
+    /// The members, in the order of the description.
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// One etcd member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeSpec {
+    /// A DNS label: the member name, the server certificate CN and a DNS SAN.
+    pub name: String,
+    /// Addresses the node is reached at (IP SANs of its server and peer certificates).
+    pub ips: Vec<IpAddr>,
+    /// Extra DNS names of the node (DNS SANs).
+    pub dns: Vec<String>,
+}
+
+/// The file as written; checked into a [`ClusterSpec`] by [`ClusterSpec::from_toml`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    token: Option<String>,
+    #[serde(default)]
+    clients: Vec<String>,
+    #[serde(default)]
+    nodes: Vec<RawNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: String,
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    dns: Vec<String>,
+}
+
+impl ClusterSpec {
+    /// Reads and checks a cluster description file.
+    pub fn load(path: &Path) -> Result<ClusterSpec> {
+        let text = fs::read_to_string(path).with_context(|| {
+            format!("cannot read cluster description {}: pass an existing file to --cluster", path.display())
+        })?;
+        ClusterSpec::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks a description; `origin` names the file in messages.
+    pub fn from_toml(text: &str, origin: &str) -> Result<ClusterSpec> {
+        let raw: RawCluster = toml::from_str(text).with_context(|| format!("{origin}: invalid cluster description"))?;
+        let err = |field: &str, msg: String| anyhow::anyhow!("{origin}: {field}: {msg}");
+
+        check_dns_label(&raw.name).map_err(|m| err("name", m))?;
+
+        if let Some(token) = &raw.token {
+            if token.is_empty() || token.len() > 256 || !token.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(err(
+                    "token",
+                    "must be 1 to 256 printable ASCII characters without spaces; or remove it to get a random token"
+                        .into(),
+                ));
+            }
+        }
+
+        if raw.nodes.is_empty() {
+            return Err(err("nodes", "no nodes: add at least one [[nodes]] table with a name and ips".into()));
+        }
+
+        let mut names = BTreeSet::new();
+        let mut ips_seen = BTreeSet::new();
+        let mut dns_seen = BTreeSet::new();
+        let mut nodes = Vec::with_capacity(raw.nodes.len());
+        for (i, node) in raw.nodes.iter().enumerate() {
+            let at = |f: &str| format!("nodes[{i}].{f}");
+            check_dns_label(&node.name).map_err(|m| err(&at("name"), m))?;
+            if !names.insert(node.name.clone()) {
+                return Err(err(
+                    &at("name"),
+                    format!("{:?} is used by two nodes; node names must be unique", node.name),
+                ));
+            }
+            let mut ips = Vec::new();
+            for (j, ip) in node.ips.iter().enumerate() {
+                let parsed: IpAddr = ip.trim().parse().map_err(|_| {
+                    err(
+                        &at(&format!("ips[{j}]")),
+                        format!("{ip:?} is not an IP address; write e.g. \"10.0.1.204\" or \"fd00::1\""),
+                    )
+                })?;
+                if parsed.is_unspecified() || is_loopback_default(parsed) {
+                    return Err(err(
+                        &at(&format!("ips[{j}]")),
+                        format!("{ip} is not a node address (loopback and 0.0.0.0 are added to every certificate anyway); remove it"),
+                    ));
+                }
+                if !ips_seen.insert(parsed) {
+                    return Err(err(
+                        &at(&format!("ips[{j}]")),
+                        format!("{parsed} is listed twice; every address belongs to one node"),
+                    ));
+                }
+                ips.push(parsed);
+            }
+            let mut dns = Vec::new();
+            for (j, name) in node.dns.iter().enumerate() {
+                check_dns_name(name).map_err(|m| err(&at(&format!("dns[{j}]")), m))?;
+                if *name == node.name || !dns_seen.insert(name.clone()) {
+                    return Err(err(
+                        &at(&format!("dns[{j}]")),
+                        format!("{name:?} is listed twice; every DNS name belongs to one node"),
+                    ));
+                }
+                dns.push(name.clone());
+            }
+            if ips.is_empty() && dns.is_empty() {
+                return Err(err(
+                    &at("ips"),
+                    format!(
+                        "node {:?} has no address: peers are checked against their source IP, so list its IPs",
+                        node.name
+                    ),
+                ));
+            }
+            nodes.push(NodeSpec { name: node.name.clone(), ips, dns });
+        }
+        // A node name must not be another node's DNS name either.
+        for node in &nodes {
+            if dns_seen.contains(&node.name) {
+                return Err(err(
+                    "nodes",
+                    format!("{:?} is both a node name and another node's DNS name; rename one", node.name),
+                ));
+            }
+        }
+
+        let mut clients_seen = BTreeSet::new();
+        for (i, client) in raw.clients.iter().enumerate() {
+            check_identity(client).map_err(|m| err(&format!("clients[{i}]"), m))?;
+            if !clients_seen.insert(client.clone()) {
+                return Err(err(&format!("clients[{i}]"), format!("{client:?} is listed twice")));
+            }
+        }
+
+        Ok(ClusterSpec { name: raw.name, token: raw.token, clients: raw.clients, nodes })
+    }
+
+    /// Things that are allowed but probably wrong, one sentence each.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.nodes.len().is_multiple_of(2) {
+            out.push(format!(
+                "cluster {:?} has {} nodes: an even count tolerates no more failures than one node fewer; use an odd number",
+                self.name,
+                self.nodes.len()
+            ));
+        }
+        for node in &self.nodes {
+            if node.ips.is_empty() {
+                out.push(format!(
+                    "node {:?} has no IPs: peer connections then pass only if its DNS names resolve to its source address",
+                    node.name
+                ));
+            }
+        }
+        if self.clients.is_empty() {
+            out.push(format!(
+                "cluster {:?} lists no clients: nobody will be able to talk to it; add e.g. clients = [\"etcdctl\"]",
+                self.name
+            ));
+        }
+        out
+    }
+
+    /// Looks a node up by name.
+    pub fn node(&self, name: &str) -> Option<&NodeSpec> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The description in its file format (without the token, which is stored on its own).
+    pub fn to_toml(&self) -> Result<String> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            name: &'a str,
+            clients: &'a [String],
+            nodes: Vec<OutNode<'a>>,
+        }
+        #[derive(Serialize)]
+        struct OutNode<'a> {
+            name: &'a str,
+            ips: Vec<String>,
+            dns: &'a [String],
+        }
+        let out = Out {
+            name: &self.name,
+            clients: &self.clients,
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| OutNode { name: &n.name, ips: n.ips.iter().map(|ip| ip.to_string()).collect(), dns: &n.dns })
+                .collect(),
+        };
+        toml::to_string(&out).context("cannot serialize the cluster description")
+    }
+}
+
+/// A Subject Alternative Name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum San {
+    Dns(String),
+    Ip(IpAddr),
+}
+
+impl std::fmt::Display for San {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            San::Dns(d) => write!(f, "DNS:{d}"),
+            San::Ip(ip) => write!(f, "IP:{ip}"),
+        }
+    }
+}
+
+impl NodeSpec {
+    /// The SANs of this node's server and peer certificates: its name, its DNS names, its IPs,
+    /// `localhost`, `127.0.0.1` and `::1` (etcdctl inside the node and published ports use
+    /// loopback). Sorted and without duplicates.
+    pub fn sans(&self) -> BTreeSet<San> {
+        let mut out = BTreeSet::new();
+        out.insert(San::Dns(self.name.clone()));
+        out.extend(self.dns.iter().cloned().map(San::Dns));
+        out.extend(self.ips.iter().copied().map(San::Ip));
+        out.insert(San::Dns("localhost".into()));
+        out.insert(San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        out.insert(San::Ip(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        out
+    }
+}
+
+fn is_loopback_default(ip: IpAddr) -> bool {
+    ip == IpAddr::V4(Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(Ipv6Addr::LOCALHOST)
+}
+
+/// An RFC 1123 label in lower case: 1-63 of `a-z 0-9 -`, not starting or ending with `-`.
+pub fn check_dns_label(s: &str) -> std::result::Result<(), String> {
+    let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if s.is_empty() || s.len() > 63 || !ok_chars || s.starts_with('-') || s.ends_with('-') {
+        return Err(format!(
+            "{s:?} is not a DNS label: use 1 to 63 lowercase letters, digits and '-', not starting or ending with '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// A DNS name: dot-separated labels, at most 253 characters, no wildcard.
+pub fn check_dns_name(s: &str) -> std::result::Result<(), String> {
+    if s.is_empty() || s.len() > 253 {
+        return Err(format!("{s:?} is not a DNS name: it must have 1 to 253 characters"));
+    }
+    if s.parse::<IpAddr>().is_ok() {
+        return Err(format!("{s:?} is an IP address: list it under ips"));
+    }
+    for label in s.split('.') {
+        check_dns_label(label).map_err(|_| {
+            format!(
+                "{s:?} is not a DNS name: each dot-separated part must be 1 to 63 lowercase letters, digits and '-'"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A client identity: the certificate CN and a directory name.
+fn check_identity(s: &str) -> std::result::Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with(['.', '-'])
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(format!(
+            "{s:?} is not a client identity: use 1 to 64 letters, digits, '-', '_' and '.', not starting with '.' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Fails when an identity would collide with a reserved certificate name.
+pub fn check_client_not_reserved(spec: &ClusterSpec, reserved_cn: &str) -> Result<()> {
+    if let Some(i) = spec.clients.iter().position(|c| c == reserved_cn) {
+        bail!(
+            "clients[{i}]: {reserved_cn:?} is the common name every peer certificate carries (profiles: ca.peer_common_name); \
+             a client with that name would be accepted on the peer port: rename the client"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "demo"
+clients = ["etcdctl"]
+[[nodes]]
+name = "a"
+ips = ["10.0.0.1"]
+[[nodes]]
+name = "b"
+ips = ["10.0.0.2", "fd00::2"]
+dns = ["b.example.org"]
+[[nodes]]
+name = "c"
+ips = ["10.0.0.3"]
+"#;
+
+    fn parse(text: &str) -> Result<ClusterSpec> {
+        ClusterSpec::from_toml(text, "test.toml")
+    }
+
+    fn err_of(text: &str) -> String {
+        format!("{:#}", parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn good_description_parses_with_sans() {
+        let spec = parse(GOOD).unwrap();
+        assert_eq!(spec.nodes.len(), 3);
+        assert!(spec.warnings().is_empty());
+        let sans: Vec<String> = spec.node("b").unwrap().sans().iter().map(|s| s.to_string()).collect();
+        for want in
+            ["DNS:b", "DNS:b.example.org", "DNS:localhost", "IP:10.0.0.2", "IP:fd00::2", "IP:127.0.0.1", "IP:::1"]
+        {
+            assert!(sans.contains(&want.to_string()), "{want} missing from {sans:?}");
+        }
+        let round = parse(&spec.to_toml().unwrap()).unwrap();
+        assert_eq!(round, spec);
+    }
+
+    #[test]
+    fn shipped_tutorial_cluster_is_valid() {
+        let spec = ClusterSpec::load(&crate::util::project_root().join("clusters/tutorial.toml")).unwrap();
+        assert_eq!(spec.name, "tutorial");
+        let ips: Vec<String> = spec.nodes.iter().map(|n| n.ips[0].to_string()).collect();
+        assert_eq!(ips, ["10.0.1.204", "10.0.1.67", "10.0.1.236"]);
+        assert!(spec.clients.contains(&"etcdctl".to_string()));
+        assert!(spec.token.is_none());
+    }
+
+    #[test]
+    fn bad_descriptions_name_the_field() {
+        let cases = [
+            (GOOD.replace("10.0.0.3", "10.0.0.300"), "nodes[2].ips[0]"),
+            (GOOD.replace("10.0.0.3", "10.0.0.1"), "nodes[2].ips[0]"),
+            (GOOD.replace("name = \"c\"", "name = \"a\""), "nodes[2].name"),
+            (GOOD.replace("name = \"c\"", "name = \"Master_3\""), "nodes[2].name"),
+            (GOOD.replace("name = \"demo\"", "name = \"demo\"\ncolour = \"red\""), "colour"),
+            (GOOD.replace("ips = [\"10.0.0.3\"]", "ips = [\"10.0.0.3\"]\nport = 2379"), "port"),
+            (GOOD.replace("b.example.org", "bad_name.org"), "nodes[1].dns[0]"),
+            (GOOD.replace("[\"etcdctl\"]", "[\"etcdctl\", \"etcdctl\"]"), "clients[1]"),
+            (GOOD.replace("[\"etcdctl\"]", "[\"../x\"]"), "clients[0]"),
+            (GOOD.replace("10.0.0.3", "127.0.0.1"), "nodes[2].ips[0]"),
+            ("name = \"demo\"\n".to_string(), "nodes"),
+            (GOOD.replace("name = \"demo\"", "name = \"demo\"\ntoken = \"has space\""), "token"),
+        ];
+        for (text, field) in cases {
+            let msg = err_of(&text);
+            assert!(msg.contains(field), "error for {field} does not name it: {msg}");
+        }
+    }
+
+    #[test]
+    fn even_node_count_is_a_warning() {
+        let text = GOOD.replace("[[nodes]]\nname = \"c\"\nips = [\"10.0.0.3\"]\n", "");
+        let spec = parse(&text).unwrap();
+        assert_eq!(spec.nodes.len(), 2);
+        assert!(spec.warnings().iter().any(|w| w.contains("even")));
+    }
+}

@@ -1,0 +1,624 @@
+//! Issuing: a [`ClusterSpec`] and [`Profiles`] in, a complete certificate directory out (layout
+//! in [`PkiLayout`]). Idempotent: the CAs are reused and never overwritten (only `--force`
+//! replaces one, keeping the old one aside), leaves are kept while they match the description
+//! and are issued by the current CA, and only what is missing or stale is (re)issued.
+//!
+//! Every file is written to a temporary name and renamed; a new CA directory is staged whole
+//! and renamed into place. Keys are 0600, directories 0700, certificates 0644.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::cert::{self, LeafRequest, SigningCa};
+use super::cluster::{check_client_not_reserved, ClusterSpec, NodeSpec};
+use super::profiles::{CaProfile, Profiles};
+use crate::util::{write_atomic, StagingDir};
+
+/// Mode of private keys and of the token.
+pub const KEY_MODE: u32 = 0o600;
+/// Mode of certificates and public metadata.
+pub const CERT_MODE: u32 = 0o644;
+/// Mode of every directory of the PKI.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Where everything lives in a PKI directory (`target/pki/<cluster>/` by default):
+///
+/// ```text
+/// ca/ca.crt, ca/ca.key              the cluster CA: issues server and client certificates
+/// peer-ca/ca.crt, peer-ca/ca.key    the peer CA (when profiles say separate_peer_ca = true)
+/// ca.old-N/, peer-ca.old-N/         CAs set aside by --force
+/// nodes/<node>/                     exactly what one node needs; mount it at /etc/etcd/pki
+///     server.crt, server.key        --cert-file, --key-file (client port)
+///     peer.crt, peer.key            --peer-cert-file, --peer-key-file
+///     ca.crt                        --trusted-ca-file (verifies clients)
+///     peer-ca.crt                   --peer-trusted-ca-file (verifies peers; the same CA as
+///                                   ca.crt when one CA is shared)
+/// clients/<identity>/               one client identity (CN = identity)
+///     client.crt, client.key, ca.crt   --cert, --key, --cacert of etcdctl
+/// token                             the initial-cluster token (from the description, or random)
+/// cluster.toml                      the description these certificates were issued for
+/// manifest.json                     cluster name, CA mode, peer CN to allow, nodes, clients
+/// ```
+///
+/// With one CA shared by peers and clients, every peer certificate carries the CN
+/// `ca.peer_common_name` of the profiles and nodes must run etcd with
+/// `--peer-cert-allowed-cn=<that CN>`; `manifest.json` records it as `peer_cert_allowed_cn`.
+#[derive(Debug, Clone)]
+pub struct PkiLayout {
+    pub root: PathBuf,
+}
+
+pub const SERVER_CERT: &str = "server.crt";
+pub const SERVER_KEY: &str = "server.key";
+pub const PEER_CERT: &str = "peer.crt";
+pub const PEER_KEY: &str = "peer.key";
+pub const CLIENT_CERT: &str = "client.crt";
+pub const CLIENT_KEY: &str = "client.key";
+pub const CA_CERT: &str = "ca.crt";
+pub const CA_KEY: &str = "ca.key";
+pub const PEER_CA_CERT: &str = "peer-ca.crt";
+
+impl PkiLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        PkiLayout { root: root.into() }
+    }
+    /// `target/pki/<cluster>`.
+    pub fn default_for(spec: &ClusterSpec) -> Self {
+        PkiLayout::new(crate::util::target_dir().join("pki").join(&spec.name))
+    }
+    pub fn ca_dir(&self) -> PathBuf {
+        self.root.join("ca")
+    }
+    pub fn peer_ca_dir(&self) -> PathBuf {
+        self.root.join("peer-ca")
+    }
+    pub fn nodes_dir(&self) -> PathBuf {
+        self.root.join("nodes")
+    }
+    pub fn node_dir(&self, node: &str) -> PathBuf {
+        self.nodes_dir().join(node)
+    }
+    pub fn clients_dir(&self) -> PathBuf {
+        self.root.join("clients")
+    }
+    pub fn client_dir(&self, id: &str) -> PathBuf {
+        self.clients_dir().join(id)
+    }
+    pub fn token(&self) -> PathBuf {
+        self.root.join("token")
+    }
+    pub fn cluster_toml(&self) -> PathBuf {
+        self.root.join("cluster.toml")
+    }
+    pub fn manifest(&self) -> PathBuf {
+        self.root.join("manifest.json")
+    }
+    /// Whether `root` looks like a directory this stage made.
+    pub fn is_ours(&self) -> bool {
+        self.ca_dir().join(CA_CERT).is_file() && self.nodes_dir().is_dir()
+    }
+}
+
+/// What happened to one file or directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A new certificate (and key) was issued where there was none.
+    Issued,
+    /// A file other than a certificate (CA copy, token, metadata) was written for the first time.
+    Created,
+    Kept,
+    Reissued(String),
+    Updated,
+    /// A CA was replaced by `--force`; the old one is kept at the given path.
+    Replaced {
+        old: String,
+    },
+    Note(String),
+}
+
+/// One line of an [`IssueReport`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportLine {
+    /// Path relative to the PKI directory.
+    pub path: String,
+    pub action: Action,
+}
+
+/// What `issue` or `renew` did, file by file.
+#[derive(Debug, Clone, Default)]
+pub struct IssueReport {
+    pub lines: Vec<ReportLine>,
+    /// The initial-cluster token in force.
+    pub token: String,
+}
+
+impl IssueReport {
+    fn push(&mut self, layout: &PkiLayout, path: &Path, action: Action) {
+        let path = path.strip_prefix(&layout.root).unwrap_or(path).display().to_string();
+        self.lines.push(ReportLine { path, action });
+    }
+    /// Lines for files that were (re)issued.
+    pub fn issued(&self) -> impl Iterator<Item = &ReportLine> {
+        self.lines.iter().filter(|l| matches!(l.action, Action::Issued | Action::Reissued(_) | Action::Replaced { .. }))
+    }
+    pub fn action_of(&self, path: &str) -> Option<&Action> {
+        self.lines.iter().rev().find(|l| l.path == path).map(|l| &l.action)
+    }
+}
+
+impl fmt::Display for IssueReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for line in &self.lines {
+            match &line.action {
+                Action::Issued => writeln!(f, "issued    {}", line.path)?,
+                Action::Created => writeln!(f, "created   {}", line.path)?,
+                Action::Kept => writeln!(f, "kept      {}", line.path)?,
+                Action::Updated => writeln!(f, "updated   {}", line.path)?,
+                Action::Reissued(why) => writeln!(f, "REISSUED  {}: {why}", line.path)?,
+                Action::Replaced { old } => writeln!(f, "REPLACED  {} (the old CA is kept in {old})", line.path)?,
+                Action::Note(msg) => writeln!(f, "note      {}: {msg}", line.path)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ensure_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))
+        .with_context(|| format!("cannot set mode 0700 on {}", path.display()))
+}
+
+fn read_opt(path: &Path) -> Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes `data` unless the file already holds exactly it; reports what happened.
+fn write_if_changed(layout: &PkiLayout, report: &mut IssueReport, path: &Path, data: &str, mode: u32) -> Result<()> {
+    let old = read_opt(path)?;
+    if old.as_deref() == Some(data) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set mode of {}", path.display()))?;
+        return Ok(());
+    }
+    write_atomic(path, data.as_bytes(), mode)?;
+    report.push(layout, path, if old.is_some() { Action::Updated } else { Action::Created });
+    Ok(())
+}
+
+/// Loads the CA in `dir`, or creates it when absent. An existing CA is never overwritten: with
+/// `force` it is moved aside to `<dir>.old-N` first.
+fn ensure_ca(
+    layout: &PkiLayout,
+    dir: &Path,
+    cn: &str,
+    profile: &CaProfile,
+    force: bool,
+    report: &mut IssueReport,
+) -> Result<SigningCa> {
+    let cert_path = dir.join(CA_CERT);
+    let key_path = dir.join(CA_KEY);
+    let cert = read_opt(&cert_path)?;
+    let key = read_opt(&key_path)?;
+    let mut replaced = None;
+    if dir.exists() {
+        if force {
+            let old = (1..)
+                .map(|n| {
+                    dir.with_file_name(format!(
+                        "{}.old-{n}",
+                        dir.file_name().map(|s| s.to_string_lossy()).unwrap_or_default()
+                    ))
+                })
+                .find(|p| !p.exists())
+                .context("no free name to set the old CA aside")?;
+            fs::rename(dir, &old)
+                .with_context(|| format!("cannot move {} aside to {}", dir.display(), old.display()))?;
+            replaced = Some(old.strip_prefix(&layout.root).unwrap_or(&old).display().to_string());
+        } else {
+            match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    let ca = SigningCa::load(&cert, &key, &dir.display().to_string())?;
+                    let now = now_unix();
+                    if ca.info.not_after <= now {
+                        bail!(
+                            "the CA {} expired; pass --force to set it aside and create a new one (every certificate is then reissued)",
+                            cert_path.display()
+                        );
+                    }
+                    report.push(layout, &cert_path, Action::Kept);
+                    if ca.info.key_algorithm != Some(profile.algorithm) {
+                        report.push(
+                            layout,
+                            &cert_path,
+                            Action::Note(format!(
+                                "the CA key is {}, the profile says {}; the existing CA is kept (use --force to replace it)",
+                                ca.info.key_text, profile.algorithm
+                            )),
+                        );
+                    }
+                    return Ok(ca);
+                }
+                (Some(_), None) => bail!(
+                    "{} exists but {} is missing: restore the key, or pass --force to set the CA aside and create a new one",
+                    cert_path.display(),
+                    key_path.display()
+                ),
+                (None, Some(_)) => bail!(
+                    "{} exists but {} is missing: restore the certificate, or pass --force to set the CA aside and create a new one",
+                    key_path.display(),
+                    cert_path.display()
+                ),
+                (None, None) => bail!(
+                    "{} exists but holds no CA ({CA_CERT}, {CA_KEY}): remove the directory, or pass --force to set it aside",
+                    dir.display()
+                ),
+            }
+        }
+    }
+    let issued = cert::new_ca(cn, profile)?;
+    let staged = StagingDir::beside(dir)?;
+    write_atomic(&staged.path().join(CA_KEY), issued.key_pem.as_bytes(), KEY_MODE)?;
+    write_atomic(&staged.path().join(CA_CERT), issued.cert_pem.as_bytes(), CERT_MODE)?;
+    fs::set_permissions(staged.path(), fs::Permissions::from_mode(DIR_MODE))
+        .with_context(|| format!("cannot set mode of {}", staged.path().display()))?;
+    staged.commit(dir)?;
+    report.push(
+        layout,
+        &cert_path,
+        match replaced {
+            Some(old) => Action::Replaced { old },
+            None => Action::Issued,
+        },
+    );
+    SigningCa::load(&issued.cert_pem, &issued.key_pem, &dir.display().to_string())
+}
+
+/// The current time in unix seconds: used only to refuse an expired CA and to reissue an
+/// expired leaf.
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Keeps the certificate `<dir>/<name>.crt` (+ `.key`) when it fulfils `req` and is issued by
+/// `ca`; otherwise issues a new one with a new key.
+fn ensure_leaf(
+    layout: &PkiLayout,
+    dir: &Path,
+    name: &str,
+    req: &LeafRequest,
+    ca: &SigningCa,
+    renew: bool,
+    report: &mut IssueReport,
+) -> Result<()> {
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    let why = match (read_opt(&cert_path)?, read_opt(&key_path)?) {
+        (Some(cert_pem), Some(key_pem)) => {
+            let mut why = Vec::new();
+            match cert::first_cert(&cert_pem) {
+                Err(e) => why.push(format!("unreadable ({e:#})")),
+                Ok(info) => {
+                    if let Err(e) = info.verify_issued_by(&ca.info) {
+                        why.push(format!("not issued by the current CA: {e}"));
+                    }
+                    why.extend(req.mismatches(&info));
+                    if info.not_after <= now_unix() {
+                        why.push("expired".into());
+                    }
+                    match cert::key_matches(&key_pem, &info) {
+                        Ok(true) => {}
+                        Ok(false) => why.push(format!("{} does not belong to it", key_path.display())),
+                        Err(e) => why.push(format!("{} is unreadable ({e:#})", key_path.display())),
+                    }
+                }
+            }
+            if renew {
+                why.push("renewal requested".into());
+            }
+            Some(why)
+        }
+        (Some(_), None) => Some(vec![format!("{} is missing", key_path.display())]),
+        (None, Some(_)) => Some(vec![format!("{} is missing", cert_path.display())]),
+        (None, None) => None,
+    };
+    let action = match why {
+        Some(why) if why.is_empty() => {
+            for (path, mode) in [(&key_path, KEY_MODE), (&cert_path, CERT_MODE)] {
+                fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("cannot set mode of {}", path.display()))?;
+            }
+            report.push(layout, &cert_path, Action::Kept);
+            return Ok(());
+        }
+        Some(why) => Action::Reissued(why.join("; ")),
+        None => Action::Issued,
+    };
+    let issued = cert::issue_leaf(req, &ca.issuer)?;
+    // Key first: if we stop in between, the next run sees a key that does not match and reissues.
+    write_atomic(&key_path, issued.key_pem.as_bytes(), KEY_MODE)?;
+    write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
+    report.push(layout, &cert_path, action);
+    Ok(())
+}
+
+/// The CN of a node's peer certificate.
+pub fn peer_common_name<'a>(node: &'a NodeSpec, profiles: &'a Profiles) -> &'a str {
+    if profiles.ca.separate_peer_ca {
+        &node.name
+    } else {
+        &profiles.ca.peer_common_name
+    }
+}
+
+struct Cas {
+    ca: SigningCa,
+    peer: Option<SigningCa>,
+}
+
+impl Cas {
+    fn peer(&self) -> &SigningCa {
+        self.peer.as_ref().unwrap_or(&self.ca)
+    }
+}
+
+/// Which leaves a run (re)issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope<'a> {
+    /// Issue what is missing or stale.
+    Reconcile,
+    /// Reissue every leaf, or only those of one node.
+    Renew(Option<&'a str>),
+}
+
+fn run_leaves(
+    spec: &ClusterSpec,
+    profiles: &Profiles,
+    layout: &PkiLayout,
+    cas: &Cas,
+    scope: Scope<'_>,
+    report: &mut IssueReport,
+) -> Result<()> {
+    ensure_dir(&layout.nodes_dir())?;
+    ensure_dir(&layout.clients_dir())?;
+    for node in &spec.nodes {
+        let renew = match scope {
+            Scope::Reconcile => false,
+            Scope::Renew(None) => true,
+            Scope::Renew(Some(only)) => only == node.name,
+        };
+        let dir = layout.node_dir(&node.name);
+        ensure_dir(&dir)?;
+        let sans = node.sans();
+        let server = LeafRequest::new(&node.name, sans.clone(), &profiles.server);
+        let peer = LeafRequest::new(peer_common_name(node, profiles), sans, &profiles.peer);
+        ensure_leaf(layout, &dir, "server", &server, &cas.ca, renew, report)?;
+        ensure_leaf(layout, &dir, "peer", &peer, cas.peer(), renew, report)?;
+        write_if_changed(layout, report, &dir.join(CA_CERT), &cas.ca.cert_pem, CERT_MODE)?;
+        write_if_changed(layout, report, &dir.join(PEER_CA_CERT), &cas.peer().cert_pem, CERT_MODE)?;
+    }
+    for id in &spec.clients {
+        let renew = matches!(scope, Scope::Renew(None));
+        let dir = layout.client_dir(id);
+        ensure_dir(&dir)?;
+        let req = LeafRequest::new(id, Default::default(), &profiles.client);
+        ensure_leaf(layout, &dir, "client", &req, &cas.ca, renew, report)?;
+        write_if_changed(layout, report, &dir.join(CA_CERT), &cas.ca.cert_pem, CERT_MODE)?;
+    }
+    // Directories of nodes or clients no longer described are left alone, but said.
+    for (parent, known) in [
+        (layout.nodes_dir(), spec.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>()),
+        (layout.clients_dir(), spec.clients.clone()),
+    ] {
+        let mut entries: Vec<_> = fs::read_dir(&parent)
+            .with_context(|| format!("cannot list {}", parent.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.') && !known.contains(n))
+            .collect();
+        entries.sort();
+        for name in entries {
+            report.push(
+                layout,
+                &parent.join(&name),
+                Action::Note("not in the description; left in place, remove it by hand".into()),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn load_or_create_cas(
+    spec: &ClusterSpec,
+    profiles: &Profiles,
+    layout: &PkiLayout,
+    force: bool,
+    report: &mut IssueReport,
+) -> Result<Cas> {
+    let ca = ensure_ca(layout, &layout.ca_dir(), &format!("{} etcd CA", spec.name), &profiles.ca, force, report)?;
+    let peer = if profiles.ca.separate_peer_ca {
+        Some(ensure_ca(
+            layout,
+            &layout.peer_ca_dir(),
+            &format!("{} etcd peer CA", spec.name),
+            &profiles.ca,
+            force,
+            report,
+        )?)
+    } else {
+        if layout.peer_ca_dir().exists() {
+            report.push(
+                layout,
+                &layout.peer_ca_dir(),
+                Action::Note(
+                    "unused: the profiles share one CA (separate_peer_ca = false); peers are now issued by ca/".into(),
+                ),
+            );
+        }
+        None
+    };
+    Ok(Cas { ca, peer })
+}
+
+fn write_manifest(spec: &ClusterSpec, profiles: &Profiles, layout: &PkiLayout, report: &mut IssueReport) -> Result<()> {
+    let manifest = serde_json::json!({
+        "cluster": spec.name,
+        "peer_ca": if profiles.ca.separate_peer_ca { "separate" } else { "shared" },
+        "peer_cert_allowed_cn": if profiles.ca.separate_peer_ca { None } else { Some(&profiles.ca.peer_common_name) },
+        "nodes": spec.nodes.iter().map(|n| &n.name).collect::<Vec<_>>(),
+        "clients": spec.clients,
+    });
+    let text = serde_json::to_string_pretty(&manifest).context("cannot serialize manifest.json")? + "\n";
+    write_if_changed(layout, report, &layout.manifest(), &text, CERT_MODE)?;
+    write_if_changed(layout, report, &layout.cluster_toml(), &spec.to_toml()?, CERT_MODE)
+}
+
+/// Issues (or completes) the PKI of `spec` in `out`. See [`PkiLayout`] for what goes where.
+///
+/// `force` replaces the CAs (the old ones are moved to `ca.old-N/`, `peer-ca.old-N/`) and so
+/// reissues every leaf; it is the only way an existing CA is ever replaced.
+pub fn issue(spec: &ClusterSpec, profiles: &Profiles, out: &Path, force: bool) -> Result<IssueReport> {
+    if !profiles.ca.separate_peer_ca {
+        check_client_not_reserved(spec, &profiles.ca.peer_common_name)?;
+    }
+    let layout = PkiLayout::new(out);
+    ensure_dir(out)?;
+    let mut report = IssueReport::default();
+    let cas = load_or_create_cas(spec, profiles, &layout, force, &mut report)?;
+
+    // The token: the description's when it has one, else the stored one, else a new random one.
+    let token = match (&spec.token, read_opt(&layout.token())?) {
+        (Some(t), _) => t.clone(),
+        (None, Some(stored)) if !stored.trim().is_empty() => stored.trim().to_string(),
+        (None, _) => cert::random_bytes(16).iter().map(|b| format!("{b:02x}")).collect(),
+    };
+    write_if_changed(&layout, &mut report, &layout.token(), &format!("{token}\n"), KEY_MODE)?;
+    report.token = token;
+
+    run_leaves(spec, profiles, &layout, &cas, Scope::Reconcile, &mut report)?;
+    write_manifest(spec, profiles, &layout, &mut report)?;
+    Ok(report)
+}
+
+/// Reissues leaves under the existing CAs of the PKI in `out`, for the description stored
+/// there (`cluster.toml`): every leaf, or only the server and peer certificates of `node`.
+pub fn renew(out: &Path, profiles: &Profiles, node: Option<&str>) -> Result<IssueReport> {
+    let layout = PkiLayout::new(out);
+    let spec_path = layout.cluster_toml();
+    if !spec_path.is_file() {
+        bail!(
+            "{} is missing: {} was not made by `cargo xtask pki`; issue it with `cargo xtask pki --cluster FILE --out {}`",
+            spec_path.display(),
+            out.display(),
+            out.display()
+        );
+    }
+    let spec = ClusterSpec::load(&spec_path)?;
+    if let Some(name) = node {
+        if spec.node(name).is_none() {
+            let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+            bail!("--node {name:?} is not a node of {}: choose one of {}", spec_path.display(), names.join(", "));
+        }
+    }
+    let mut report = IssueReport::default();
+    for dir in [layout.ca_dir()].into_iter().chain(profiles.ca.separate_peer_ca.then(|| layout.peer_ca_dir())) {
+        if !dir.join(CA_CERT).is_file() || !dir.join(CA_KEY).is_file() {
+            bail!(
+                "{} has no {CA_CERT} and {CA_KEY}: renew reissues under the existing CA; run `cargo xtask pki --cluster FILE --out {}` first",
+                dir.display(),
+                out.display()
+            );
+        }
+    }
+    let cas = load_or_create_cas(&spec, profiles, &layout, false, &mut report)?;
+    report.token = read_opt(&layout.token())?.map(|t| t.trim().to_string()).unwrap_or_default();
+    run_leaves(&spec, profiles, &layout, &cas, Scope::Renew(node), &mut report)?;
+    write_manifest(&spec, profiles, &layout, &mut report)?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = r#"
+name = "t"
+clients = ["etcdctl"]
+[[nodes]]
+name = "a"
+ips = ["10.9.0.1"]
+"#;
+
+    #[test]
+    fn rerun_keeps_everything_and_a_san_change_reissues_one_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let profiles = Profiles::default();
+        let spec = ClusterSpec::from_toml(SPEC, "t.toml").unwrap();
+        let first = issue(&spec, &profiles, &out, false).unwrap();
+        assert_eq!(first.action_of("nodes/a/server.crt"), Some(&Action::Issued));
+        assert_eq!(first.issued().count(), 5, "{first}");
+        assert_eq!(first.token.len(), 32);
+        let ca = fs::read(out.join("ca/ca.crt")).unwrap();
+
+        let second = issue(&spec, &profiles, &out, false).unwrap();
+        assert_eq!(second.issued().count(), 0, "{second}");
+        assert_eq!(second.token, first.token);
+        assert_eq!(fs::read(out.join("ca/ca.crt")).unwrap(), ca);
+
+        let moved = ClusterSpec::from_toml(&SPEC.replace("10.9.0.1", "10.9.0.2"), "t.toml").unwrap();
+        let third = issue(&moved, &profiles, &out, false).unwrap();
+        match third.action_of("nodes/a/server.crt") {
+            Some(Action::Reissued(why)) => {
+                assert!(why.contains("+IP:10.9.0.2") && why.contains("-IP:10.9.0.1"), "{why}")
+            }
+            other => panic!("server.crt not reissued: {other:?}"),
+        }
+        assert_eq!(third.action_of("clients/etcdctl/client.crt"), Some(&Action::Kept));
+        assert_eq!(fs::read(out.join("ca/ca.crt")).unwrap(), ca);
+    }
+
+    #[test]
+    fn a_half_ca_is_refused_and_force_keeps_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let profiles = Profiles::default();
+        let spec = ClusterSpec::from_toml(SPEC, "t.toml").unwrap();
+        issue(&spec, &profiles, &out, false).unwrap();
+        let key = fs::read(out.join("ca/ca.key")).unwrap();
+        fs::remove_file(out.join("ca/ca.crt")).unwrap();
+        let msg = format!("{:#}", issue(&spec, &profiles, &out, false).unwrap_err());
+        assert!(msg.contains("--force"), "{msg}");
+        assert_eq!(fs::read(out.join("ca/ca.key")).unwrap(), key, "the CA key was touched");
+
+        let report = issue(&spec, &profiles, &out, true).unwrap();
+        assert!(matches!(report.action_of("ca/ca.crt"), Some(Action::Replaced { .. })), "{report}");
+        assert_eq!(fs::read(out.join("ca.old-1/ca.key")).unwrap(), key);
+        assert!(matches!(report.action_of("nodes/a/server.crt"), Some(Action::Reissued(_))));
+    }
+
+    #[test]
+    fn shared_ca_puts_the_allowed_cn_on_peers() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let mut profiles = Profiles::default();
+        profiles.ca.separate_peer_ca = false;
+        let spec = ClusterSpec::from_toml(SPEC, "t.toml").unwrap();
+        issue(&spec, &profiles, &out, false).unwrap();
+        assert!(!out.join("peer-ca").exists());
+        let peer = cert::first_cert(&fs::read_to_string(out.join("nodes/a/peer.crt")).unwrap()).unwrap();
+        assert_eq!(peer.subject_cn.as_deref(), Some("etcd-peer"));
+        let manifest = fs::read_to_string(out.join("manifest.json")).unwrap();
+        assert!(manifest.contains("\"peer_cert_allowed_cn\": \"etcd-peer\""), "{manifest}");
+        let bad = ClusterSpec::from_toml(&SPEC.replace("[\"etcdctl\"]", "[\"etcd-peer\"]"), "t.toml").unwrap();
+        assert!(issue(&bad, &profiles, &dir.path().join("x"), false).is_err());
+    }
+}

@@ -1,0 +1,414 @@
+//! `cargo xtask pki` end to end: the real binary issues into a temporary directory and the real
+//! `openssl` CLI checks what came out. Then one thing is broken at a time (a foreign CA, a
+//! swapped key, a changed description, a tutorial-style server certificate) and `pki check`
+//! must catch it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use xtask::pki::cert::first_cert;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).current_dir(root()).output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = xtask(args);
+    assert!(out.status.success(), "xtask {args:?} failed:\n{}", text(&out));
+    text(&out)
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = xtask(args);
+    assert!(!out.status.success(), "xtask {args:?} should have failed:\n{}", text(&out));
+    text(&out)
+}
+
+fn openssl(args: &[&str], dir: &Path) -> Output {
+    Command::new("openssl").args(args).current_dir(dir).output().expect("the openssl CLI is installed")
+}
+
+fn openssl_ok(args: &[&str], dir: &Path) -> String {
+    let out = openssl(args, dir);
+    assert!(out.status.success(), "openssl {args:?} failed:\n{}", text(&out));
+    text(&out)
+}
+
+/// `openssl verify -purpose P` of `cert` against `ca`; true when it verifies.
+fn verifies(dir: &Path, ca: &str, purpose: &str, cert: &str) -> bool {
+    openssl(&["verify", "-CAfile", ca, "-purpose", purpose, cert], dir).status.success()
+}
+
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                out.insert(path.strip_prefix(base).unwrap().display().to_string(), fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn changed(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect()
+}
+
+const THREE: &str = r#"
+name = "demo"
+clients = ["etcdctl", "healthcheck"]
+[[nodes]]
+name = "n1"
+ips = ["10.77.0.1"]
+dns = ["n1.demo.internal"]
+[[nodes]]
+name = "n2"
+ips = ["10.77.0.2"]
+[[nodes]]
+name = "n3"
+ips = ["10.77.0.3", "fd77::3"]
+"#;
+
+fn write_spec(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn tutorial_pki_passes_openssl_and_has_the_right_extensions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pki");
+    let o = out.to_str().unwrap();
+    ok(&["pki", "--cluster", "clusters/tutorial.toml", "--out", o]);
+
+    for (node, ip) in [("master1", "10.0.1.204"), ("master2", "10.0.1.67"), ("master3", "10.0.1.236")] {
+        let dir = out.join("nodes").join(node);
+        let mut files: Vec<String> =
+            fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        files.sort();
+        assert_eq!(files, ["ca.crt", "peer-ca.crt", "peer.crt", "peer.key", "server.crt", "server.key"]);
+
+        // Server and peer certificates are good for both ends of a TLS connection.
+        for purpose in ["sslserver", "sslclient"] {
+            assert!(verifies(&dir, "ca.crt", purpose, "server.crt"), "{node} server.crt fails {purpose}");
+            assert!(verifies(&dir, "peer-ca.crt", purpose, "peer.crt"), "{node} peer.crt fails {purpose}");
+        }
+        // Peers come from their own CA: the client CA does not vouch for them and vice versa.
+        assert!(!verifies(&dir, "ca.crt", "sslclient", "peer.crt"));
+        assert!(!verifies(&dir, "peer-ca.crt", "sslclient", "server.crt"));
+
+        let server = openssl_ok(&["x509", "-noout", "-text", "-in", "server.crt"], &dir);
+        for want in [
+            "TLS Web Server Authentication, TLS Web Client Authentication",
+            &format!("DNS:{node}"),
+            "DNS:localhost",
+            &format!("IP Address:{ip}"),
+            "IP Address:127.0.0.1",
+            "IP Address:0:0:0:0:0:0:0:1",
+            "CA:FALSE",
+            "X509v3 Subject Key Identifier",
+            "X509v3 Authority Key Identifier",
+            "Digital Signature",
+            "prime256v1",
+            &format!("Subject: CN = {node}"),
+        ] {
+            assert!(server.contains(want), "{node} server.crt lacks {want:?}:\n{server}");
+        }
+        let info = first_cert(&fs::read_to_string(dir.join("server.crt")).unwrap()).unwrap();
+        assert_eq!(info.not_after - info.not_before, 365 * 86_400, "server lifetime");
+        let ca = first_cert(&fs::read_to_string(dir.join("ca.crt")).unwrap()).unwrap();
+        assert_eq!(info.authority_key_id, ca.subject_key_id);
+
+        for key in ["server.key", "peer.key"] {
+            assert_eq!(fs::metadata(dir.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{node}/{key}");
+            // The key belongs to the certificate (openssl's view).
+            let crt = key.replace(".key", ".crt");
+            let a = openssl_ok(&["pkey", "-in", key, "-pubout"], &dir);
+            let b = openssl_ok(&["x509", "-in", &crt, "-noout", "-pubkey"], &dir);
+            assert_eq!(a, b, "{node}/{key} does not match {crt}");
+        }
+        assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+
+    for id in ["etcdctl", "kube-apiserver", "healthcheck"] {
+        let dir = out.join("clients").join(id);
+        assert!(verifies(&dir, "ca.crt", "sslclient", "client.crt"), "{id}");
+        assert!(
+            !verifies(&dir, "ca.crt", "sslserver", "client.crt"),
+            "{id} client.crt must not be a server certificate"
+        );
+        // A client certificate is refused on the peer port: the peer CA did not issue it.
+        assert!(!verifies(&dir, "../../peer-ca/ca.crt", "sslclient", "client.crt"), "{id}");
+        let t = openssl_ok(&["x509", "-noout", "-text", "-in", "client.crt"], &dir);
+        assert!(t.contains("TLS Web Client Authentication") && !t.contains("TLS Web Server Authentication"), "{t}");
+        assert!(!t.contains("Subject Alternative Name"), "client certificates carry no SANs:\n{t}");
+        assert!(t.contains(&format!("Subject: CN = {id}")), "{t}");
+    }
+
+    for ca in ["ca", "peer-ca"] {
+        let t = openssl_ok(&["x509", "-noout", "-text", "-in", "ca.crt"], &out.join(ca));
+        for want in ["CA:TRUE, pathlen:0", "Certificate Sign, CRL Sign", "X509v3 Subject Key Identifier", "prime256v1"]
+        {
+            assert!(t.contains(want), "{ca} lacks {want:?}:\n{t}");
+        }
+        let info = first_cert(&fs::read_to_string(out.join(ca).join("ca.crt")).unwrap()).unwrap();
+        assert_eq!(info.not_after - info.not_before, 3650 * 86_400, "CA lifetime");
+        assert_eq!(fs::metadata(out.join(ca).join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    let token = fs::read_to_string(out.join("token")).unwrap();
+    assert_eq!(token.trim().len(), 32, "a 128-bit token in hex: {token:?}");
+    assert!(token.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let report = ok(&["pki", "check", o, "--cluster", "clusters/tutorial.toml"]);
+    assert!(report.contains("no problems"), "{report}");
+}
+
+#[test]
+fn reruns_keep_the_ca_add_nodes_and_reissue_changed_sans() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pki");
+    let o = out.to_str().unwrap();
+    let spec = write_spec(tmp.path(), "c.toml", THREE);
+    ok(&["pki", "--cluster", &spec, "--out", o]);
+    let first = snapshot(&out);
+
+    let again = ok(&["pki", "--cluster", &spec, "--out", o]);
+    assert!(again.contains("0 certificate(s) issued"), "{again}");
+    assert_eq!(changed(&first, &snapshot(&out)), Vec::<String>::new(), "a rerun changed files");
+
+    // Adding a node issues only its certificates.
+    let four = THREE.to_string() + "[[nodes]]\nname = \"n4\"\nips = [\"10.77.0.4\"]\n";
+    let spec4 = write_spec(tmp.path(), "c4.toml", &four);
+    let added = ok(&["pki", "--cluster", &spec4, "--out", o]);
+    assert!(added.contains("even"), "an even node count is a warning: {added}");
+    let second = snapshot(&out);
+    let diff = changed(&first, &second);
+    assert!(diff.iter().all(|f| f.starts_with("nodes/n4/") || f == "manifest.json" || f == "cluster.toml"), "{diff:?}");
+    assert!(diff.contains(&"nodes/n4/server.crt".to_string()) && diff.contains(&"nodes/n4/peer.key".to_string()));
+    assert!(verifies(&out.join("nodes/n4"), "ca.crt", "sslserver", "server.crt"));
+
+    // A changed address reissues that node's certificates, and says so.
+    let moved = four.replace("10.77.0.2", "10.77.0.22");
+    let spec_moved = write_spec(tmp.path(), "moved.toml", &moved);
+    let fails_drift = fails(&["pki", "check", o, "--cluster", &spec_moved]);
+    assert!(
+        fails_drift.contains("nodes/n2/server.crt: drift: SANs differ") && fails_drift.contains("+IP:10.77.0.22"),
+        "{fails_drift}"
+    );
+    let reissued = ok(&["pki", "--cluster", &spec_moved, "--out", o]);
+    assert!(
+        reissued.contains("REISSUED  nodes/n2/server.crt: SANs changed (+IP:10.77.0.22 -IP:10.77.0.2)"),
+        "{reissued}"
+    );
+    assert!(reissued.contains("REISSUED  nodes/n2/peer.crt"), "{reissued}");
+    let third = snapshot(&out);
+    let diff = changed(&second, &third);
+    assert!(diff.iter().all(|f| f.starts_with("nodes/n2/") || f == "cluster.toml"), "{diff:?}");
+    assert_eq!(first["ca/ca.crt"], third["ca/ca.crt"]);
+    assert_eq!(first["ca/ca.key"], third["ca/ca.key"]);
+    assert_eq!(first["peer-ca/ca.key"], third["peer-ca/ca.key"]);
+    let t = openssl_ok(&["x509", "-noout", "-ext", "subjectAltName", "-in", "server.crt"], &out.join("nodes/n2"));
+    assert!(t.contains("IP Address:10.77.0.22") && !t.contains("IP Address:10.77.0.2,"), "{t}");
+    ok(&["pki", "check", o, "--cluster", &spec_moved]);
+
+    // renew --node reissues one node under the same CA.
+    let renewed = ok(&["pki", "renew", o, "--node", "n1"]);
+    assert!(renewed.contains("2 certificate(s) reissued"), "{renewed}");
+    let diff = changed(&third, &snapshot(&out));
+    let mut want = vec!["nodes/n1/peer.crt", "nodes/n1/peer.key", "nodes/n1/server.crt", "nodes/n1/server.key"];
+    want.sort();
+    assert_eq!(diff, want);
+    assert!(verifies(&out.join("nodes/n1"), "ca.crt", "sslserver", "server.crt"));
+    assert!(fails(&["pki", "renew", o, "--node", "nope"]).contains("n1, n2, n3, n4"));
+
+    // --force replaces the CA, keeps the old one aside and reissues everything.
+    let forced = ok(&["pki", "--cluster", &spec_moved, "--out", o, "--force"]);
+    assert!(forced.contains("REPLACED  ca/ca.crt (the old CA is kept in ca.old-1)"), "{forced}");
+    assert_eq!(fs::read(out.join("ca.old-1/ca.key")).unwrap(), first["ca/ca.key"]);
+    assert_ne!(fs::read(out.join("ca/ca.key")).unwrap(), first["ca/ca.key"]);
+    assert!(verifies(&out.join("nodes/n3"), "ca.crt", "sslserver", "server.crt"));
+    ok(&["pki", "check", o, "--cluster", &spec_moved]);
+}
+
+#[test]
+fn check_catches_a_foreign_ca_a_swapped_key_and_expiry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "c.toml", THREE);
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    ok(&["pki", "--cluster", &spec, "--out", a.to_str().unwrap()]);
+    ok(&["pki", "--cluster", &spec, "--out", b.to_str().unwrap()]);
+    let a_s = a.to_str().unwrap();
+    ok(&["pki", "check", a_s]);
+
+    // A certificate (with its own key) from another CA.
+    let n1 = a.join("nodes/n1");
+    let keep = (fs::read(n1.join("server.crt")).unwrap(), fs::read(n1.join("server.key")).unwrap());
+    fs::copy(b.join("nodes/n1/server.crt"), n1.join("server.crt")).unwrap();
+    fs::copy(b.join("nodes/n1/server.key"), n1.join("server.key")).unwrap();
+    let out = fails(&["pki", "check", a_s]);
+    assert!(out.contains("PROBLEM: nodes/n1/server.crt: chain does not verify"), "{out}");
+    assert!(!verifies(&n1, "ca.crt", "sslserver", "server.crt"), "openssl agrees");
+    // Issuing again repairs it.
+    let fixed = ok(&["pki", "--cluster", &spec, "--out", a_s]);
+    assert!(fixed.contains("REISSUED  nodes/n1/server.crt: not issued by the current CA"), "{fixed}");
+    ok(&["pki", "check", a_s]);
+
+    // A key that belongs to another certificate.
+    fs::write(n1.join("server.crt"), &keep.0).unwrap();
+    fs::copy(a.join("nodes/n2/server.key"), n1.join("server.key")).unwrap();
+    let out = fails(&["pki", "check", a_s]);
+    assert!(out.contains("PROBLEM: nodes/n1/server.crt: server.key does not belong to this certificate"), "{out}");
+    fs::write(n1.join("server.key"), &keep.1).unwrap();
+    ok(&["pki", "check", a_s]);
+
+    // Expiry within --warn-days.
+    let out = fails(&["pki", "check", a_s, "--warn-days", "400"]);
+    assert!(out.contains("expires in 364 days (less than --warn-days 400)"), "{out}");
+
+    // Drift: a node and a client the description no longer has.
+    let two = THREE
+        .replace("[[nodes]]\nname = \"n3\"\nips = [\"10.77.0.3\", \"fd77::3\"]\n", "")
+        .replace(", \"healthcheck\"", "");
+    let spec2 = write_spec(tmp.path(), "two.toml", &two);
+    let out = fails(&["pki", "check", a_s, "--cluster", &spec2]);
+    assert!(out.contains("nodes/n3: drift: not a node of the description"), "{out}");
+    assert!(out.contains("clients/healthcheck: drift: not a client"), "{out}");
+}
+
+/// The tutorial's cfssl layout, made with openssl: an RSA CA, a server certificate with only
+/// serverAuth (the tutorial's profile), a peer ("member") and a client certificate, keys in the
+/// SEC1 / PKCS#1 forms cfssl writes.
+#[test]
+fn check_reads_a_cfssl_layout_and_reports_a_server_cert_without_client_auth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    openssl_ok(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=etcd CA",
+            "-days",
+            "1825",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+        d,
+    );
+    openssl_ok(&["rsa", "-in", "ca-key.pem", "-out", "ca-key.pem", "-traditional"], d);
+    let sans = "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:10.0.1.204,IP:10.0.1.67,IP:10.0.1.236";
+    for (name, eku, san) in
+        [("server", "serverAuth", sans), ("member", "serverAuth,clientAuth", sans), ("client", "clientAuth", "")]
+    {
+        openssl_ok(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{name}-key.pem")], d);
+        openssl_ok(
+            &[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}-key.pem"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+            d,
+        );
+        let mut ext =
+            format!("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage={eku}\n");
+        if !san.is_empty() {
+            ext += &format!("{san}\n");
+        }
+        fs::write(d.join(format!("{name}.ext")), ext).unwrap();
+        openssl_ok(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "1825",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+            d,
+        );
+    }
+    assert!(fs::read_to_string(d.join("server-key.pem")).unwrap().contains("BEGIN EC PRIVATE KEY"));
+    assert!(fs::read_to_string(d.join("ca-key.pem")).unwrap().contains("BEGIN RSA PRIVATE KEY"));
+
+    let out = fails(&["pki", "check", d.to_str().unwrap()]);
+    let problems: Vec<&str> = out.lines().filter(|l| l.starts_with("PROBLEM:")).collect();
+    assert_eq!(problems.len(), 1, "{out}");
+    assert!(problems[0].contains("server.pem: server certificate without clientAuth (serverAuth only)"), "{out}");
+    assert!(problems[0].contains("incompatible key usage"), "{out}");
+    assert!(
+        out.contains("peer    member.pem") && out.contains("client  client.pem") && out.contains("rsa-2048"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_descriptions_are_refused_with_the_field_and_leave_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pki");
+    let o = out.to_str().unwrap();
+    for (bad, field) in [
+        (THREE.replace("10.77.0.3\"", "10.77.0.300\""), "nodes[2].ips[0]"),
+        (THREE.replace("10.77.0.2", "10.77.0.1"), "nodes[1].ips[0]"),
+        (THREE.replace("name = \"n2\"", "name = \"n1\""), "nodes[1].name"),
+        (THREE.replace("name = \"n2\"", "name = \"N_2\""), "nodes[1].name"),
+        (THREE.replace("name = \"demo\"", "name = \"demo\"\nnodez = []"), "nodez"),
+        ("name = \"demo\"\nclients = [\"etcdctl\"]\n".to_string(), "nodes"),
+    ] {
+        let spec = write_spec(tmp.path(), "bad.toml", &bad);
+        let msg = fails(&["pki", "--cluster", &spec, "--out", o]);
+        assert!(msg.contains(field) && msg.contains("bad.toml"), "message for {field} does not name it:\n{msg}");
+        assert!(!out.exists(), "a refused description left {}", out.display());
+    }
+    let msg = fails(&["pki"]);
+    assert!(msg.contains("--cluster"), "{msg}");
+    let msg = fails(&["pki", "--cluster", "clusters/nope.toml"]);
+    assert!(msg.contains("clusters/nope.toml"), "{msg}");
+    let help = ok(&["pki", "--help"]);
+    for word in ["--cluster", "--out", "--force", "check", "renew", "nodes/<node>"] {
+        assert!(help.contains(word), "pki --help lacks {word}:\n{help}");
+    }
+}
