@@ -7,6 +7,7 @@ pub mod ci;
 pub mod definition;
 pub mod image;
 pub mod pki;
+pub mod render;
 pub mod util;
 
 use anyhow::Result;

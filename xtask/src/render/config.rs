@@ -1,0 +1,182 @@
+//! The etcd configuration of one node, as `ETCD_*` environment variables: the single source of
+//! every etcd flag this project runs with. Host bundles write it as an env file, the portable
+//! service reads it through `EnvironmentFile=`, the smoke test passes it to `podman run --env`.
+//! In: a cluster description, the facts of its PKI, where things live on the target.
+//! Out: an ordered map `ETCD_NAME=... ETCD_CERT_FILE=...`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::pki::cluster::{ClusterSpec, NodeSpec};
+
+/// The ports etcd listens on (its defaults; metrics on a port of its own, loopback only).
+pub const CLIENT_PORT: u16 = 2379;
+pub const PEER_PORT: u16 = 2380;
+pub const METRICS_PORT: u16 = 2381;
+
+/// What the configuration needs from a PKI directory made by `cargo xtask pki`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiFacts {
+    pub token: String,
+    /// Set when one CA issues peers and clients: peers are then restricted by CN.
+    pub peer_cert_allowed_cn: Option<String>,
+}
+
+impl PkiFacts {
+    /// Reads `token` and `manifest.json` of a PKI directory.
+    pub fn read(pki_dir: &Path) -> Result<Self> {
+        let token_path = pki_dir.join("token");
+        let token = fs::read_to_string(&token_path)
+            .with_context(|| format!("cannot read {}: issue the PKI with `cargo xtask pki` first", token_path.display()))?
+            .trim()
+            .to_string();
+        if token.is_empty() {
+            bail!("{} is empty: run `cargo xtask pki` again to regenerate it", token_path.display());
+        }
+        let manifest_path = pki_dir.join("manifest.json");
+        let text = fs::read_to_string(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
+        let manifest: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("invalid JSON in {}", manifest_path.display()))?;
+        let peer_cert_allowed_cn = manifest.get("peer_cert_allowed_cn").and_then(|v| v.as_str()).map(str::to_string);
+        Ok(PkiFacts { token, peer_cert_allowed_cn })
+    }
+}
+
+/// Where the node's files are on the machine (or in the container) that runs etcd.
+#[derive(Debug, Clone)]
+pub struct TargetPaths {
+    /// The data directory (mode 0700, owned by the etcd user).
+    pub data_dir: String,
+    /// The directory holding the node's `server.crt`, `server.key`, `peer.crt`, `peer.key`,
+    /// `ca.crt`, `peer-ca.crt` (a `nodes/<node>/` directory of the PKI).
+    pub pki_dir: String,
+}
+
+impl TargetPaths {
+    /// The layout of the OCI image and of host bundles.
+    pub fn standard() -> Self {
+        TargetPaths { data_dir: "/var/lib/etcd".to_string(), pki_dir: "/etc/etcd/pki".to_string() }
+    }
+}
+
+/// `https://10.0.0.1:2379`, `https://[fd00::1]:2379`.
+pub fn url(scheme: &str, ip: &IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}"),
+        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}"),
+    }
+}
+
+/// The address a node is reached at: its first IP.
+pub fn primary_ip(node: &NodeSpec) -> Result<IpAddr> {
+    node.ips
+        .first()
+        .copied()
+        .with_context(|| format!("node {}: field ips is empty; etcd needs an address to advertise", node.name))
+}
+
+/// The `ETCD_*` variables of `node`, sorted by name.
+pub fn node_env(
+    spec: &ClusterSpec,
+    node: &NodeSpec,
+    pki: &PkiFacts,
+    paths: &TargetPaths,
+) -> Result<BTreeMap<String, String>> {
+    let ip = primary_ip(node)?;
+    let mut initial = Vec::new();
+    for n in &spec.nodes {
+        initial.push(format!("{}={}", n.name, url("https", &primary_ip(n)?, PEER_PORT)));
+    }
+    let loopback: IpAddr = if ip.is_ipv6() { "::1".parse()? } else { "127.0.0.1".parse()? };
+    let pki_file = |name: &str| format!("{}/{name}", paths.pki_dir.trim_end_matches('/'));
+    let mut env = BTreeMap::new();
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    set("ETCD_NAME", node.name.clone());
+    set("ETCD_DATA_DIR", paths.data_dir.clone());
+    // Clients: the node's address and loopback (etcdctl on the node, published ports).
+    set("ETCD_LISTEN_CLIENT_URLS", format!("{},{}", url("https", &ip, CLIENT_PORT), url("https", &loopback, CLIENT_PORT)));
+    set("ETCD_ADVERTISE_CLIENT_URLS", url("https", &ip, CLIENT_PORT));
+    set("ETCD_LISTEN_PEER_URLS", url("https", &ip, PEER_PORT));
+    set("ETCD_INITIAL_ADVERTISE_PEER_URLS", url("https", &ip, PEER_PORT));
+    set("ETCD_INITIAL_CLUSTER", initial.join(","));
+    set("ETCD_INITIAL_CLUSTER_STATE", "new".to_string());
+    set("ETCD_INITIAL_CLUSTER_TOKEN", pki.token.clone());
+    // Metrics and health without TLS, reachable from the node itself only.
+    set("ETCD_LISTEN_METRICS_URLS", url("http", &loopback, METRICS_PORT));
+    set("ETCD_CLIENT_CERT_AUTH", "true".to_string());
+    set("ETCD_TRUSTED_CA_FILE", pki_file("ca.crt"));
+    set("ETCD_CERT_FILE", pki_file("server.crt"));
+    set("ETCD_KEY_FILE", pki_file("server.key"));
+    set("ETCD_PEER_CLIENT_CERT_AUTH", "true".to_string());
+    set("ETCD_PEER_TRUSTED_CA_FILE", pki_file("peer-ca.crt"));
+    set("ETCD_PEER_CERT_FILE", pki_file("peer.crt"));
+    set("ETCD_PEER_KEY_FILE", pki_file("peer.key"));
+    if let Some(cn) = &pki.peer_cert_allowed_cn {
+        set("ETCD_PEER_CERT_ALLOWED_CN", cn.clone());
+    }
+    set("ETCD_LOGGER", "zap".to_string());
+    set("ETCD_LOG_OUTPUTS", "stderr".to_string());
+    Ok(env)
+}
+
+/// The variables as an environment file (`KEY=value` lines, sorted), with a header.
+pub fn env_file(header: &str, env: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    for line in header.lines() {
+        out.push_str("# ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    for (k, v) in env {
+        out.push_str(&format!("{k}={v}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ClusterSpec {
+        ClusterSpec::from_toml(
+            "name='t'\nclients=['etcdctl']\n[[nodes]]\nname='a'\nips=['10.0.0.1']\n[[nodes]]\nname='b'\nips=['10.0.0.2']\n[[nodes]]\nname='c'\nips=['fd00::3']\n",
+            "t.toml",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_node_gets_tls_everywhere_and_the_whole_cluster() {
+        let spec = spec();
+        let facts = PkiFacts { token: "tok".into(), peer_cert_allowed_cn: None };
+        let env = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard()).unwrap();
+        assert_eq!(env["ETCD_INITIAL_CLUSTER"], "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,c=https://[fd00::3]:2380");
+        assert_eq!(env["ETCD_LISTEN_CLIENT_URLS"], "https://10.0.0.1:2379,https://127.0.0.1:2379");
+        assert_eq!(env["ETCD_LISTEN_METRICS_URLS"], "http://127.0.0.1:2381");
+        assert_eq!(env["ETCD_PEER_TRUSTED_CA_FILE"], "/etc/etcd/pki/peer-ca.crt");
+        assert_eq!(env["ETCD_CLIENT_CERT_AUTH"], "true");
+        assert_eq!(env["ETCD_PEER_CLIENT_CERT_AUTH"], "true");
+        assert!(!env.contains_key("ETCD_PEER_CERT_ALLOWED_CN"));
+        for (k, v) in &env {
+            if k.ends_with("_URLS") && k != "ETCD_LISTEN_METRICS_URLS" {
+                assert!(v.split(',').all(|u| u.starts_with("https://")), "{k}={v}");
+            }
+        }
+        let env = node_env(&spec, &spec.nodes[2], &facts, &TargetPaths::standard()).unwrap();
+        assert_eq!(env["ETCD_LISTEN_CLIENT_URLS"], "https://[fd00::3]:2379,https://[::1]:2379");
+    }
+
+    #[test]
+    fn a_shared_ca_restricts_peers_by_cn() {
+        let spec = spec();
+        let facts = PkiFacts { token: "tok".into(), peer_cert_allowed_cn: Some("etcd-peer".into()) };
+        let env = node_env(&spec, &spec.nodes[1], &facts, &TargetPaths::standard()).unwrap();
+        assert_eq!(env["ETCD_PEER_CERT_ALLOWED_CN"], "etcd-peer");
+    }
+}
