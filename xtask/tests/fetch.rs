@@ -399,3 +399,22 @@ fn help_explains_the_sources() {
     }
 }
 
+
+#[test]
+fn a_foreign_architecture_comes_from_debian_with_its_c_library() {
+    // Private apt lists for arm64 (the host's apt configuration is left alone).
+    let root = target().join("test-cache/etcd");
+    let out = xtask(&["fetch", "--source", "distro", "--arch", "arm64", "--out-root", root.to_str().unwrap()], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = root.join(VERSION).join("arm64");
+    let head = fs::read(dir.join("etcd")).unwrap();
+    assert_eq!(&head[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([head[18], head[19]]), 183, "an aarch64 binary");
+    let prov: serde_json::Value = serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
+    assert_eq!(prov["source"], "distro");
+    assert_eq!(prov["reported_version"], serde_json::Value::Null, "arm64 does not run here");
+    assert!(prov["origin"].as_str().unwrap().contains("debian:libc6:arm64="));
+    let libc = "sysroot/lib/aarch64-linux-gnu/libc.so.6";
+    assert_eq!(prov["files"][libc].as_str().unwrap(), sha256_hex(&fs::read(dir.join(libc)).unwrap()));
+    assert!(dir.join("sysroot/lib/ld-linux-aarch64.so.1").exists(), "the ELF interpreter's path");
+}

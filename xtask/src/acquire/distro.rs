@@ -15,6 +15,67 @@ use crate::util::{Arch, Sha256Hex};
 /// The packages that carry etcd and etcdctl, and the binaries taken from each.
 pub const PACKAGES: [(&str, &[&str]); 2] = [("etcd-server", &["etcd"]), ("etcd-client", &["etcdctl", "etcdutl"])];
 
+/// How apt is invoked for one architecture. The host's own configuration serves the host's
+/// architecture and any foreign one dpkg is configured for; any other gets a private apt state
+/// under the output root (same sources, same keyring, nothing on the host changed).
+#[derive(Debug, Clone)]
+pub struct Apt {
+    pub arch: Arch,
+    opts: Vec<String>,
+}
+
+impl Apt {
+    pub fn for_arch(arch: Arch, root: &Path) -> Result<Apt> {
+        if Arch::host() == Some(arch) || host_knows(arch) {
+            return Ok(Apt { arch, opts: Vec::new() });
+        }
+        let state = root.join("apt").join(debian_arch(arch));
+        let lists = state.join("lists");
+        let cache = state.join("cache");
+        for d in [lists.join("partial"), cache.join("archives/partial")] {
+            fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        let host = Arch::host().map(debian_arch).unwrap_or("amd64");
+        let mut opts = vec![
+            format!("-oDir::State::Lists={}", lists.display()),
+            format!("-oDir::Cache={}", cache.display()),
+            format!("-oAPT::Architectures::={host}"),
+            format!("-oAPT::Architectures::={}", debian_arch(arch)),
+        ];
+        if is_root() {
+            opts.push("-oAPT::Sandbox::User=root".to_string());
+        }
+        let apt = Apt { arch, opts };
+        let has_lists = fs::read_dir(&lists).map(|rd| rd.flatten().any(|e| e.file_name() != "partial" && e.file_name() != "lock")).unwrap_or(false);
+        if !has_lists {
+            apt.update()?;
+        }
+        Ok(apt)
+    }
+
+    /// `apt-get update` of the private state (the host's own lists are never touched).
+    pub fn update(&self) -> Result<()> {
+        if self.opts.is_empty() {
+            bail!("refusing to update the host's apt lists from here: run `apt-get update` yourself");
+        }
+        eprintln!("apt-get update (private {} package lists, verified with the host's keyring)", debian_arch(self.arch));
+        let status = Command::new("apt-get").args(&self.opts).args(["update", "-q"]).status().context("cannot run apt-get")?;
+        if !status.success() {
+            bail!("apt-get update for {} failed ({status}); check that the Debian mirror is reachable", debian_arch(self.arch));
+        }
+        Ok(())
+    }
+}
+
+/// Whether dpkg is configured for `arch` as a foreign architecture.
+fn host_knows(arch: Arch) -> bool {
+    Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().any(|a| a == debian_arch(arch)))
+        .unwrap_or(false)
+}
+
 /// One package as apt's indices describe it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -40,9 +101,11 @@ pub fn upstream_version(debian: &str) -> String {
 }
 
 /// Asks apt which version of `package` it would download for `arch`, and its pinned sum.
-pub fn candidate(package: &str, arch: Arch) -> Result<Candidate> {
+pub fn candidate(apt: &Apt, package: &str) -> Result<Candidate> {
+    let arch = apt.arch;
     let spec = format!("{package}:{}", debian_arch(arch));
     let out = Command::new("apt-cache")
+        .args(&apt.opts)
         .args(["show", "--no-all-versions", &spec])
         .stderr(Stdio::piped())
         .output()
@@ -52,14 +115,10 @@ pub fn candidate(package: &str, arch: Arch) -> Result<Candidate> {
         text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
     };
     let (Some(version), Some(sha), Some(file)) = (field("Version"), field("SHA256"), field("Filename")) else {
-        let host = Arch::host();
-        let hint = if host == Some(arch) {
+        let hint = if apt.opts.is_empty() {
             "run `apt-get update` (as root) so that apt knows the package".to_string()
         } else {
-            format!(
-                "apt does not list {arch} packages here: as root, `dpkg --add-architecture {} && apt-get update`",
-                debian_arch(arch)
-            )
+            format!("the private {} package lists lack it; remove them to fetch them again", debian_arch(arch))
         };
         bail!("apt has no package {spec} ({}): {hint}", String::from_utf8_lossy(&out.stderr).trim());
     };
@@ -76,7 +135,8 @@ pub fn candidate(package: &str, arch: Arch) -> Result<Candidate> {
 }
 
 /// Makes sure the `.deb` of `cand` is in `cache_dir`, verified against apt's sum.
-pub fn ensure_deb(cand: &Candidate, arch: Arch, cache_dir: &Path) -> Result<PathBuf> {
+pub fn ensure_deb(apt: &Apt, cand: &Candidate, cache_dir: &Path) -> Result<PathBuf> {
+    let arch = apt.arch;
     let dest = cache_dir.join(&cand.file_name);
     if dest.exists() {
         if Sha256Hex::of_file(&dest)? == cand.sha256 {
@@ -88,12 +148,13 @@ pub fn ensure_deb(cand: &Candidate, arch: Arch, cache_dir: &Path) -> Result<Path
     let work = crate::util::StagingDir::beside(&dest)?;
     let spec = format!("{}:{}={}", cand.package, debian_arch(arch), cand.version);
     eprintln!("apt-get download {spec}");
-    let mut apt = Command::new("apt-get");
-    if is_root() {
+    let mut cmd = Command::new("apt-get");
+    cmd.args(&apt.opts);
+    if is_root() && apt.opts.is_empty() {
         // The staging directory is private to root; apt's download sandbox user could not write it.
-        apt.args(["-o", "APT::Sandbox::User=root"]);
+        cmd.args(["-o", "APT::Sandbox::User=root"]);
     }
-    let status = apt
+    let status = cmd
         .args(["download", "-q", &spec])
         .current_dir(work.path())
         .status()
@@ -155,15 +216,70 @@ pub fn extract_binaries(deb: &Path, wanted: &[&str], out_dir: &Path) -> Result<V
     Ok(found)
 }
 
+/// Extracts the shared libraries and symlinks under `lib*/` and `usr/lib*/` of a `.deb` into
+/// `root` (a sysroot for a foreign architecture). Paths are checked to stay inside `root`.
+pub fn extract_libraries(deb: &Path, root: &Path) -> Result<usize> {
+    let mut child = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot run dpkg-deb (package dpkg)")?;
+    let stdout = child.stdout.take().context("dpkg-deb gave no output pipe")?;
+    let mut archive = tar::Archive::new(stdout);
+    let mut count = 0;
+    let mut read_all = || -> Result<()> {
+        for entry in archive.entries().context("cannot read the package's file tree")? {
+            let mut entry = entry.context("corrupt package file tree")?;
+            let path = entry.path().context("bad path in package")?.into_owned();
+            let rel = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
+            let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+            let in_lib = top.starts_with("lib") || rel.starts_with("usr/lib");
+            if !in_lib || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                continue;
+            }
+            let dest = root.join(&rel);
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+            } else if kind.is_symlink() {
+                let target = entry.link_name().context("bad link in package")?.context("symlink without target")?.into_owned();
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+                }
+                let _ = fs::remove_file(&dest);
+                std::os::unix::fs::symlink(&target, &dest).with_context(|| format!("cannot link {}", dest.display()))?;
+            } else if kind.is_file() {
+                let mut data = Vec::new();
+                entry.read_to_end(&mut data).with_context(|| format!("cannot read {} from {}", rel.display(), deb.display()))?;
+                crate::util::write_atomic(&dest, &data, 0o755)?;
+                count += 1;
+            }
+        }
+        Ok(())
+    };
+    let res = read_all();
+    let status = child.wait().context("dpkg-deb did not finish")?;
+    res?;
+    if !status.success() {
+        bail!("dpkg-deb --fsys-tarfile {} failed ({status})", deb.display());
+    }
+    Ok(count)
+}
+
 /// Fetches both packages for `arch` and extracts the binaries into `out_dir`.
 /// Returns the upstream version, the origin text and the artifacts' sums.
-pub fn acquire_into(arch: Arch, cache_dir: &Path, out_dir: &Path) -> Result<(String, String, BTreeMap<String, Sha256Hex>)> {
+/// For an architecture other than the host's, the C library the dynamic binaries need is
+/// extracted into `out_dir/sysroot/` (from Debian's `libc6` of that architecture): the image
+/// stage copies the ELF interpreter and libraries from there instead of from the host.
+pub fn acquire_into(apt: &Apt, cache_dir: &Path, out_dir: &Path) -> Result<(String, String, BTreeMap<String, Sha256Hex>)> {
+    let arch = apt.arch;
     let mut artifacts = BTreeMap::new();
     let mut origin = Vec::new();
     let mut version = None;
     for (package, wanted) in PACKAGES {
-        let cand = candidate(package, arch)?;
-        let deb = ensure_deb(&cand, arch, cache_dir)?;
+        let cand = candidate(apt, package)?;
+        let deb = ensure_deb(apt, &cand, cache_dir)?;
         let found = extract_binaries(&deb, wanted, out_dir)?;
         if !found.iter().any(|f| f == wanted[0]) {
             bail!("{} does not contain /usr/bin/{}", deb.display(), wanted[0]);
@@ -179,6 +295,13 @@ pub fn acquire_into(arch: Arch, cache_dir: &Path, out_dir: &Path) -> Result<(Str
         artifacts.insert(cand.file_name.clone(), cand.sha256);
     }
     let version = version.context("no package was fetched")?;
+    if Arch::host() != Some(arch) {
+        let cand = candidate(apt, "libc6")?;
+        let deb = ensure_deb(apt, &cand, cache_dir)?;
+        extract_libraries(&deb, &out_dir.join("sysroot"))?;
+        origin.push(format!("debian:libc6:{}={}", debian_arch(arch), cand.version));
+        artifacts.insert(cand.file_name.clone(), cand.sha256);
+    }
     Ok((version, origin.join(" "), artifacts))
 }
 

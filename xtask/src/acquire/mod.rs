@@ -367,7 +367,8 @@ fn install_tarball(
 fn ensure_distro(arch: Arch, root: &Path) -> Result<Acquired> {
     let cache = root.join("cache");
     // Resolve the candidate first (no network): an unchanged acquisition is reused as is.
-    let server = distro::candidate("etcd-server", arch)?;
+    let apt = distro::Apt::for_arch(arch, root)?;
+    let server = distro::candidate(&apt, "etcd-server")?;
     let version = distro::upstream_version(&server.version);
     let out_dir = root.join(&version).join(arch.as_str());
     if let Ok(got) = Acquired::open(&out_dir) {
@@ -377,7 +378,7 @@ fn ensure_distro(arch: Arch, root: &Path) -> Result<Acquired> {
         }
     }
     let staging = StagingDir::beside(&out_dir)?;
-    let (version, origin, artifacts) = distro::acquire_into(arch, &cache, staging.path())?;
+    let (version, origin, artifacts) = distro::acquire_into(&apt, &cache, staging.path())?;
     let provenance = Provenance {
         source: SourceKind::Distro,
         version,
@@ -403,6 +404,12 @@ pub fn finish(staging: StagingDir, mut provenance: Provenance, out_dir: &Path) -
         check_elf_arch(&path, arch)?;
         provenance.files.insert(name.to_string(), Sha256Hex::of_file(&path)?);
     }
+    let sysroot = staging.path().join("sysroot");
+    if sysroot.is_dir() {
+        for (rel, sum) in hash_tree(&sysroot)? {
+            provenance.files.insert(format!("sysroot/{rel}"), sum);
+        }
+    }
     if Arch::host() == Some(arch) {
         let reported = reported_version(&staging.path().join("etcd"))?;
         if reported != provenance.version {
@@ -418,6 +425,25 @@ pub fn finish(staging: StagingDir, mut provenance: Provenance, out_dir: &Path) -
     write_atomic(&staging.path().join("provenance.json"), format!("{json}\n").as_bytes(), 0o644)?;
     staging.commit(out_dir)?;
     Ok(Acquired { dir: out_dir.to_path_buf(), provenance })
+}
+
+/// SHA-256 of every regular file under `dir`, by relative path (symlinks are not followed).
+fn hash_tree(dir: &Path) -> Result<BTreeMap<String, Sha256Hex>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))? {
+            let e = e?;
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                let rel = e.path().strip_prefix(dir).map(|p| p.display().to_string()).unwrap_or_default();
+                out.insert(rel, Sha256Hex::of_file(&e.path())?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the ELF header and checks the machine type against `arch`.
