@@ -16,6 +16,9 @@ pub const DEFAULT_DEFINITION: &str = "images/etcd.toml";
 #[serde(deny_unknown_fields)]
 pub struct Definition {
     pub etcd: EtcdSpec,
+    /// What the OCI image contains and how it runs (read by `cargo xtask image`).
+    #[serde(default)]
+    pub image: Option<crate::image::spec::ImageSpec>,
     /// Where the definition was read from (set after parsing).
     #[serde(skip)]
     pub path: PathBuf,
@@ -65,6 +68,9 @@ impl Definition {
         }
         for m in &self.etcd.mirrors {
             check_mirror_url(m).context("field etcd.mirrors")?;
+        }
+        if let Some(image) = &self.image {
+            image.check().context("section [image]")?;
         }
         Ok(())
     }
@@ -131,5 +137,26 @@ mod tests {
         let err = Definition::parse("[etcd]\nversion='3.4.9'\narches=['amd64']\nchecksums='x'\nmirrors=['ftp://x']\n", p)
             .unwrap_err();
         assert!(format!("{err:#}").contains("etcd.mirrors"));
+    }
+
+    #[test]
+    fn shipped_image_section_is_checked() {
+        let path = project_root().join(DEFAULT_DEFINITION);
+        let text = fs::read_to_string(&path).unwrap();
+        let def = Definition::parse(&text, &path).unwrap();
+        let image = def.image.as_ref().expect("images/etcd.toml has an [image] section");
+        assert_eq!(image.run_as_ids().unwrap(), (10001, 10001));
+
+        let p = Path::new("images/x.toml");
+        for (from, to, want) in [
+            ("run_as = \"etcd\"", "run_as = \"etcd\"\ncolour = \"red\"", "colour"),
+            ("path = \"/var/lib/etcd\"", "path = \"/var/lib/../../etc\"", "outside the image"),
+            ("mode = \"0700\"", "mode = \"70000\"", "between \"0000\" and \"7777\""),
+            ("mode = \"0700\"", "mode = \"4755\"", "setuid"),
+        ] {
+            assert!(text.contains(from), "{from}");
+            let msg = format!("{:#}", Definition::parse(&text.replacen(from, to, 1), p).unwrap_err());
+            assert!(msg.contains("images/x.toml") && msg.contains(want), "{msg}");
+        }
     }
 }

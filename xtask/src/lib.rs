@@ -8,6 +8,7 @@ pub mod definition;
 pub mod image;
 pub mod pki;
 pub mod render;
+pub mod smoke;
 pub mod util;
 
 use anyhow::Result;
@@ -27,6 +28,7 @@ pub enum Cmd {
     BuildEtcd(build_etcd::BuildEtcd),
     Pki(pki::PkiCmd),
     Image(image::ImageCmd),
+    Smoke(smoke::Smoke),
     Ci(ci::Ci),
 }
 
@@ -37,6 +39,7 @@ impl Cli {
             Cmd::BuildEtcd(cmd) => cmd.run(),
             Cmd::Pki(cmd) => cmd.run(),
             Cmd::Image(cmd) => cmd.run(),
+            Cmd::Smoke(cmd) => cmd.run(),
             Cmd::Ci(cmd) => cmd.run(),
         }
     }

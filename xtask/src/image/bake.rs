@@ -1,0 +1,633 @@
+//! Baking: verified etcd binaries + the `[image]` definition in, an OCI image layout directory
+//! and an oci-archive `.tar` out (per architecture, plus a multi-arch index when asked).
+//!
+//! Steps, in this order:
+//! 1. [`plan`]: resolve everything into a frozen [`Plan`] (every layer entry with its owner,
+//!    mode, size and SHA-256; the image config without diff_ids). The plan's hash is the
+//!    build's *inputs*: definition, binaries, runtime libraries and SOURCE_DATE_EPOCH.
+//! 2. If `<out>/<name>.inputs.json` records the same inputs and the outputs are in place,
+//!    stop: "up to date".
+//! 3. [`write_image`]: stream the layers (in parallel, one thread per layer) into a staging
+//!    directory, then config, manifest, `index.json`, `oci-layout`; verify the staged layout;
+//!    write the archive beside it; move both into place; record the inputs last.
+//!
+//! Layers: `base` (users, directories, small files, the ELF interpreter and libraries a
+//! dynamic etcd needs), then one layer per binary, so that two cores compress in parallel and
+//! an unchanged binary keeps its layer digest.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::acquire::Acquired;
+use crate::definition::check_version;
+use crate::image::elf;
+use crate::image::layer::{self, Entry, LayerBlob};
+use crate::image::oci::{self, Descriptor, Empty, History, ImageConfig, Index, Manifest, Platform, RootFs, RunConfig};
+use crate::image::spec::{EntryKind, ImageSpec};
+use crate::image::verify;
+use crate::util::{temp_sibling, write_atomic, Arch, HashingWriter, Sha256Hex, StagingDir};
+
+/// Bumped whenever the engine would write different bytes for the same plan.
+pub const FORMAT: &str = "xtask-image/1";
+
+/// One layer to write: its entries, sorted, parents first.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerPlan {
+    pub created_by: String,
+    pub entries: Vec<Entry>,
+}
+
+/// Everything an image build depends on, resolved. Its hash decides whether to rebuild.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub arch: Arch,
+    /// The etcd version actually inside.
+    pub version: String,
+    /// Full name with tag, e.g. `localhost/etcd:3.4.23`.
+    pub reference: String,
+    /// Output file stem, e.g. `etcd-3.4.23-linux-amd64`.
+    pub stem: String,
+    pub epoch: u64,
+    pub gzip_level: u32,
+    pub layers: Vec<LayerPlan>,
+    /// The image config with empty `rootfs.diff_ids` (filled in when the layers are written).
+    pub config: ImageConfig,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Plan {
+    /// SHA-256 over the canonical JSON of the plan and the engine format.
+    pub fn inputs(&self) -> Result<Sha256Hex> {
+        let mut bytes = FORMAT.as_bytes().to_vec();
+        bytes.push(b'\n');
+        bytes.extend(oci::to_canonical_json(self)?);
+        Ok(Sha256Hex::of_bytes(&bytes))
+    }
+
+    /// Total bytes of the regular files in the image.
+    pub fn files_size(&self) -> u64 {
+        self.layers.iter().flat_map(|l| &l.entries).map(|e| e.size).sum()
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.layers.iter().flat_map(|l| &l.entries).filter(|e| e.kind == EntryKind::File).count()
+    }
+}
+
+/// The file name part of a repository: `localhost/etcd` -> `etcd`.
+pub fn repo_stem(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+/// Resolves the definition and the acquired binaries into a [`Plan`].
+pub fn plan(spec: &ImageSpec, acquired: &Acquired, epoch: u64) -> Result<Plan> {
+    let prov = &acquired.provenance;
+    let version = prov.version.clone();
+    check_version(&version)
+        .with_context(|| format!("the provenance in {} names version {version:?}", acquired.dir.display()))?;
+    let arch = prov.arch;
+    let reference = format!("{}:{version}", spec.name);
+    let stem = format!("{}-{version}-linux-{arch}", repo_stem(&spec.name));
+    let created = oci::rfc3339(epoch);
+
+    // The binaries, checked against what acquire recorded.
+    let mut binaries: Vec<(String, PathBuf)> = Vec::new();
+    for (name, required) in
+        spec.binaries.required.iter().map(|n| (n, true)).chain(spec.binaries.optional.iter().map(|n| (n, false)))
+    {
+        let path = acquired.binary(name);
+        if !path.is_file() {
+            if required {
+                bail!(
+                    "{} has no {name}, which image.binaries.required lists: fetch etcd again (cargo xtask fetch) or remove it from the definition",
+                    acquired.dir.display()
+                );
+            }
+            continue;
+        }
+        binaries.push((name.clone(), path));
+    }
+
+    let dir_meta = |path: &str| -> Result<(u32, u32, u32)> {
+        match spec.dirs.iter().find(|d| d.path.trim_start_matches('/') == path) {
+            Some(d) => Ok((d.mode.0, spec.uid_of(&d.owner)?, spec.gid_of(&d.group)?)),
+            None => Ok((0o755, 0, 0)),
+        }
+    };
+
+    // Base layer: generated and declared files, declared directories, runtime files.
+    let mut base: Vec<Entry> = vec![
+        Entry::inline("etc/passwd", 0o644, 0, 0, spec.passwd()?.into_bytes()),
+        Entry::inline("etc/group", 0o644, 0, 0, spec.group().into_bytes()),
+    ];
+    for f in &spec.files {
+        base.push(Entry::inline(
+            f.path.trim_start_matches('/'),
+            f.mode.0,
+            spec.uid_of(&f.owner)?,
+            spec.gid_of(&f.group)?,
+            f.content.clone().into_bytes(),
+        ));
+    }
+    for d in &spec.dirs {
+        let p = d.path.trim_start_matches('/');
+        let (mode, uid, gid) = dir_meta(p)?;
+        base.push(Entry::dir(p, mode, uid, gid));
+    }
+    for rf in elf::runtime_closure(&binaries, arch, Path::new("/"))? {
+        base.push(
+            Entry::host(rf.image_path.trim_start_matches('/'), 0o755, 0, 0, &rf.host_path)
+                .with_context(|| format!("cannot add {} ({})", rf.image_path, rf.reason))?,
+        );
+    }
+
+    let mut layers = vec![LayerPlan {
+        created_by: "cargo xtask image: base (users, directories, files from the definition, runtime libraries)".into(),
+        entries: with_parents(base, &dir_meta)?,
+    }];
+    for (name, path) in &binaries {
+        let image_path = format!("{}/{name}", spec.binaries.dir);
+        let rel = image_path.trim_start_matches('/');
+        // acquire recorded each binary's SHA-256 when it verified it; the layer writer checks
+        // the bytes against it while it streams them. Without a record, hash now.
+        let e = match prov.files.get(name) {
+            Some(sha) => Entry::host_known(rel, 0o755, 0, 0, path, *sha)?,
+            None => Entry::host(rel, 0o755, 0, 0, path)?,
+        };
+        layers.push(LayerPlan {
+            created_by: format!("cargo xtask image: {image_path} (etcd {version}, {:?} source)", prov.source)
+                .to_lowercase(),
+            entries: with_parents(vec![e], &dir_meta)?,
+        });
+    }
+
+    // No path may appear twice with different meaning across layers.
+    let mut seen: BTreeMap<&str, &Entry> = BTreeMap::new();
+    for e in layers.iter().flat_map(|l| &l.entries) {
+        if let Some(prev) = seen.insert(e.path.as_str(), e) {
+            if prev.kind != EntryKind::Dir
+                || e.kind != EntryKind::Dir
+                || (prev.mode, prev.uid, prev.gid) != (e.mode, e.uid, e.gid)
+            {
+                bail!(
+                    "/{} is put into the image twice (a runtime library, a binary or image.files collide): rename one",
+                    e.path
+                );
+            }
+        }
+    }
+    let is = |p: &str, kind: EntryKind| seen.get(p.trim_start_matches('/')).is_some_and(|e| e.kind == kind);
+    if !is(&spec.config.entrypoint[0], EntryKind::File) {
+        bail!(
+            "field image.config.entrypoint: {} is not a file in the image (binaries go to {})",
+            spec.config.entrypoint[0],
+            spec.binaries.dir
+        );
+    }
+    if !is(&spec.config.working_dir, EntryKind::Dir) {
+        bail!(
+            "field image.config.working_dir: {} is not a directory in the image: add it to image.dirs",
+            spec.config.working_dir
+        );
+    }
+
+    let revision = prov.details.get("git_sha").cloned().unwrap_or_else(|| format!("v{version}"));
+    let mut annotations = BTreeMap::new();
+    for (k, v) in [
+        ("title", spec.title.clone()),
+        ("description", spec.description.clone()),
+        ("version", version.clone()),
+        ("revision", revision),
+        ("source", spec.source.clone()),
+        ("licenses", spec.licenses.clone()),
+        ("created", created.clone()),
+    ] {
+        annotations.insert(format!("{}{k}", crate::image::spec::COMPUTED_LABEL_PREFIX), v);
+    }
+    let mut labels = spec.config.labels.clone();
+    labels.extend(annotations.clone());
+
+    let (uid, gid) = spec.run_as_ids()?;
+    let c = &spec.config;
+    let config = ImageConfig {
+        created: created.clone(),
+        architecture: arch.as_str().into(),
+        os: "linux".into(),
+        config: RunConfig {
+            user: Some(format!("{uid}:{gid}")),
+            exposed_ports: c.exposed_ports.iter().map(|p| (p.clone(), Empty {})).collect(),
+            env: c.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            entrypoint: c.entrypoint.clone(),
+            cmd: c.cmd.clone(),
+            volumes: c.volumes.iter().map(|v| (v.clone(), Empty {})).collect(),
+            working_dir: Some(c.working_dir.clone()),
+            labels,
+            stop_signal: c.stop_signal.clone(),
+        },
+        rootfs: RootFs { kind: "layers".into(), diff_ids: vec![] },
+        history: layers
+            .iter()
+            .map(|l| History {
+                created: Some(created.clone()),
+                created_by: Some(l.created_by.clone()),
+                comment: None,
+                empty_layer: false,
+            })
+            .collect(),
+    };
+    Ok(Plan { arch, version, reference, stem, epoch, gzip_level: spec.gzip_level, layers, config, annotations })
+}
+
+/// Adds every missing parent directory, then sorts by path (a parent sorts before its children).
+/// `(mode, uid, gid)` of a directory of the image, by path without leading `/`.
+type DirMeta<'a> = &'a dyn Fn(&str) -> Result<(u32, u32, u32)>;
+
+fn with_parents(entries: Vec<Entry>, dir_meta: DirMeta) -> Result<Vec<Entry>> {
+    let mut map: BTreeMap<String, Entry> = BTreeMap::new();
+    for e in entries {
+        let mut parent = e.path.as_str();
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            if !map.contains_key(p) {
+                let (mode, uid, gid) = dir_meta(p)?;
+                map.insert(p.to_string(), Entry::dir(p, mode, uid, gid));
+            }
+            parent = p;
+        }
+        if let Some(prev) = map.get(&e.path) {
+            if prev.kind != EntryKind::Dir || e.kind != EntryKind::Dir {
+                bail!("/{} is declared twice", e.path);
+            }
+        }
+        map.insert(e.path.clone(), e);
+    }
+    for e in map.values() {
+        if let Some((p, _)) = e.path.rsplit_once('/') {
+            if map.get(p).is_some_and(|pe| pe.kind != EntryKind::Dir) {
+                bail!("/{} lies below /{p}, which is a file", e.path);
+            }
+        }
+    }
+    Ok(map.into_values().collect())
+}
+
+/// What a build produced (or found up to date); recorded as `<stem>.inputs.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stamp {
+    pub format: String,
+    /// Hash of the plan (see [`Plan::inputs`]).
+    pub inputs: Sha256Hex,
+    pub reference: String,
+    /// Manifest digest (single arch) or image index digest (multi-arch), `sha256:...`.
+    pub digest: String,
+    pub archive_size: u64,
+    pub archive_sha256: Sha256Hex,
+    /// Bytes of the regular files in the image, of the uncompressed layers, of the gzip layers.
+    pub files_size: u64,
+    pub tar_size: u64,
+    pub layers_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub stamp: Stamp,
+    pub arch: Option<Arch>,
+    pub layout: PathBuf,
+    pub archive: PathBuf,
+    pub up_to_date: bool,
+}
+
+fn paths(out_dir: &Path, stem: &str) -> (PathBuf, PathBuf, PathBuf) {
+    (out_dir.join(stem), out_dir.join(format!("{stem}.tar")), out_dir.join(format!("{stem}.inputs.json")))
+}
+
+/// The recorded build, if `inputs` match and the outputs it names are in place.
+pub fn up_to_date(out_dir: &Path, stem: &str, inputs: &Sha256Hex) -> Option<Stamp> {
+    let (layout, archive, stamp_path) = paths(out_dir, stem);
+    let stamp: Stamp = serde_json::from_slice(&fs::read(stamp_path).ok()?).ok()?;
+    let hex = stamp.digest.strip_prefix("sha256:")?;
+    let ok = stamp.format == FORMAT
+        && stamp.inputs == *inputs
+        && layout.join("index.json").is_file()
+        && layout.join("oci-layout").is_file()
+        && layout.join("blobs/sha256").join(hex).is_file()
+        && fs::metadata(&archive).map(|m| m.len() == stamp.archive_size).unwrap_or(false);
+    ok.then_some(stamp)
+}
+
+/// Writes a blob (small, in memory: configs, manifests, indexes) and returns its descriptor.
+fn write_blob(blobs: &Path, media_type: &str, bytes: &[u8]) -> Result<Descriptor> {
+    let digest = Sha256Hex::of_bytes(bytes);
+    write_atomic(&blobs.join(digest.to_string()), bytes, 0o644)?;
+    Ok(Descriptor {
+        media_type: media_type.into(),
+        digest: oci::digest_string(&digest),
+        size: bytes.len() as u64,
+        platform: None,
+        annotations: BTreeMap::new(),
+    })
+}
+
+fn platform(arch: Arch) -> Platform {
+    Platform {
+        architecture: arch.as_str().into(),
+        os: "linux".into(),
+        variant: (arch == Arch::Arm64).then(|| "v8".to_string()),
+    }
+}
+
+/// Builds (or finds up to date) the image of `plan` under `out_dir`.
+pub fn build(plan: &Plan, out_dir: &Path) -> Result<Built> {
+    let inputs = plan.inputs()?;
+    let (layout, archive, _) = paths(out_dir, &plan.stem);
+    if let Some(stamp) = up_to_date(out_dir, &plan.stem, &inputs) {
+        return Ok(Built { stamp, arch: Some(plan.arch), layout, archive, up_to_date: true });
+    }
+    let stamp = write_image(plan, out_dir, inputs)?;
+    Ok(Built { stamp, arch: Some(plan.arch), layout, archive, up_to_date: false })
+}
+
+/// Writes the layout and archive of `plan` (always; see [`build`] for the up-to-date check).
+pub fn write_image(plan: &Plan, out_dir: &Path, inputs: Sha256Hex) -> Result<Stamp> {
+    fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let (layout, _, _) = paths(out_dir, &plan.stem);
+    let staging = StagingDir::beside(&layout)?;
+    let blobs = staging.path().join("blobs/sha256");
+    fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
+
+    // Layers, one thread each: gzip is the bottleneck and layers are independent.
+    let results: Vec<Result<LayerBlob>> = std::thread::scope(|s| {
+        let handles: Vec<_> = plan
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let blobs = &blobs;
+                s.spawn(move || layer::write_layer(&l.entries, plan.epoch, plan.gzip_level, blobs, &i.to_string()))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a layer writer thread panicked"))))
+            .collect()
+    });
+    let mut layer_blobs = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        layer_blobs.push(r.with_context(|| format!("cannot write layer {i} ({})", plan.layers[i].created_by))?);
+    }
+
+    let mut config = plan.config.clone();
+    config.rootfs.diff_ids = layer_blobs.iter().map(|l| oci::digest_string(&l.diff_id)).collect();
+    let config_desc = write_blob(&blobs, oci::MEDIA_CONFIG, &oci::to_canonical_json(&config)?)?;
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: oci::MEDIA_MANIFEST.into(),
+        config: config_desc,
+        layers: layer_blobs
+            .iter()
+            .map(|l| Descriptor {
+                media_type: oci::MEDIA_LAYER_GZIP.into(),
+                digest: oci::digest_string(&l.digest),
+                size: l.size,
+                platform: None,
+                annotations: BTreeMap::new(),
+            })
+            .collect(),
+        annotations: plan.annotations.clone(),
+    };
+    let mut manifest_desc = write_blob(&blobs, oci::MEDIA_MANIFEST, &oci::to_canonical_json(&manifest)?)?;
+    manifest_desc.platform = Some(platform(plan.arch));
+    manifest_desc.annotations.insert(oci::ANNOTATION_REF_NAME.into(), plan.reference.clone());
+    let stamp = Stamp {
+        format: FORMAT.into(),
+        inputs,
+        reference: plan.reference.clone(),
+        digest: manifest_desc.digest.clone(),
+        archive_size: 0,
+        archive_sha256: Sha256Hex([0; 32]),
+        files_size: plan.files_size(),
+        tar_size: layer_blobs.iter().map(|l| l.tar_size).sum(),
+        layers_size: layer_blobs.iter().map(|l| l.size).sum(),
+    };
+    finish_layout(staging, &layout, manifest_desc, plan.epoch, out_dir, &plan.stem, stamp)
+}
+
+/// Writes `index.json` and `oci-layout` into the staged layout, verifies it, writes the archive,
+/// moves both into place and records `stamp` (completed with the archive's sum and size) last.
+fn finish_layout(
+    staging: StagingDir,
+    layout: &Path,
+    top: Descriptor,
+    epoch: u64,
+    out_dir: &Path,
+    stem: &str,
+    mut stamp: Stamp,
+) -> Result<Stamp> {
+    let index = Index {
+        schema_version: 2,
+        media_type: oci::MEDIA_INDEX.into(),
+        manifests: vec![top],
+        annotations: BTreeMap::new(),
+    };
+    write_atomic(&staging.path().join("index.json"), &oci::to_canonical_json(&index)?, 0o644)?;
+    write_atomic(&staging.path().join("oci-layout"), oci::OCI_LAYOUT.as_bytes(), 0o644)?;
+    verify::verify_path(staging.path())
+        .context("the freshly written image failed its own verification (an engine bug)")?;
+
+    let (_, archive, stamp_path) = paths(out_dir, stem);
+    let tmp_archive = temp_sibling(&archive);
+    let written = write_archive(staging.path(), &tmp_archive, epoch);
+    let (sha, size) = match written {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp_archive);
+            return Err(e);
+        }
+    };
+    // The old stamp goes first: an interrupted replacement is then simply rebuilt next time.
+    if stamp_path.exists() {
+        fs::remove_file(&stamp_path).with_context(|| format!("cannot remove {}", stamp_path.display()))?;
+    }
+    if let Err(e) = staging.commit(layout) {
+        let _ = fs::remove_file(&tmp_archive);
+        return Err(e);
+    }
+    fs::rename(&tmp_archive, &archive)
+        .with_context(|| format!("cannot move {} to {}", tmp_archive.display(), archive.display()))?;
+    stamp.archive_sha256 = sha;
+    stamp.archive_size = size;
+    let mut text = serde_json::to_vec_pretty(&stamp).context("cannot serialise the build record")?;
+    text.push(b'\n');
+    write_atomic(&stamp_path, &text, 0o644)?;
+    Ok(stamp)
+}
+
+/// Writes the oci-archive of a layout directory: a plain tar with `blobs/`, `blobs/sha256/`,
+/// every blob, `index.json` and `oci-layout`, sorted, root-owned, mtime = epoch.
+pub fn write_archive(layout: &Path, dest: &Path, epoch: u64) -> Result<(Sha256Hex, u64)> {
+    let mut entries = vec![Entry::dir("blobs", 0o755, 0, 0), Entry::dir("blobs/sha256", 0o755, 0, 0)];
+    let blobs = layout.join("blobs/sha256");
+    let mut names = Vec::new();
+    for e in fs::read_dir(&blobs).with_context(|| format!("cannot list {}", blobs.display()))? {
+        let name =
+            e.with_context(|| format!("cannot list {}", blobs.display()))?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            names.push(name);
+        }
+    }
+    names.sort();
+    for n in names {
+        // A blob's name is its SHA-256 (verified just before); write_tar re-checks while copying.
+        let sha: Sha256Hex = n.parse().with_context(|| format!("{}: blob name {n:?}", blobs.display()))?;
+        entries.push(Entry::host_known(&format!("blobs/sha256/{n}"), 0o644, 0, 0, &blobs.join(&n), sha)?);
+    }
+    entries.push(Entry::host("index.json", 0o644, 0, 0, &layout.join("index.json"))?);
+    entries.push(Entry::host("oci-layout", 0o644, 0, 0, &layout.join("oci-layout"))?);
+
+    let file = fs::File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 16, file));
+    layer::write_tar(&entries, epoch, &mut w)?;
+    let (buffered, sha, size) = w.finish();
+    let file = buffered
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("cannot write {}", dest.display()))?;
+    file.sync_all().with_context(|| format!("cannot sync {}", dest.display()))?;
+    Ok((sha, size))
+}
+
+/// Builds the multi-arch layout `<out>/<stem>` (and its archive) from per-arch builds: their
+/// blobs (hard-linked when possible), an image index listing each manifest with its platform,
+/// and `index.json` naming that index `reference`.
+pub fn build_multi(builds: &[Built], out_dir: &Path, stem: &str, reference: &str, epoch: u64) -> Result<Built> {
+    let mut inputs_text = format!("{FORMAT}\nmulti\n{reference}\n{epoch}\n");
+    for b in builds {
+        inputs_text.push_str(&format!("{} {}\n", b.arch.map(|a| a.as_str()).unwrap_or("?"), b.stamp.digest));
+    }
+    let inputs = Sha256Hex::of_bytes(inputs_text.as_bytes());
+    let (layout, archive, _) = paths(out_dir, stem);
+    if let Some(stamp) = up_to_date(out_dir, stem, &inputs) {
+        return Ok(Built { stamp, arch: None, layout, archive, up_to_date: true });
+    }
+    let staging = StagingDir::beside(&layout)?;
+    let blobs = staging.path().join("blobs/sha256");
+    fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
+    let mut manifests = Vec::new();
+    for b in builds {
+        let arch = b.arch.context("a multi-arch index is made of single-arch images")?;
+        let src = b.layout.join("blobs/sha256");
+        for e in fs::read_dir(&src).with_context(|| format!("cannot list {}", src.display()))? {
+            let e = e.with_context(|| format!("cannot list {}", src.display()))?;
+            let dest = blobs.join(e.file_name());
+            if dest.exists() {
+                continue;
+            }
+            if fs::hard_link(e.path(), &dest).is_err() {
+                fs::copy(e.path(), &dest)
+                    .with_context(|| format!("cannot copy {} to {}", e.path().display(), dest.display()))?;
+            }
+        }
+        let hex = oci::parse_digest(&b.stamp.digest)?.to_string();
+        let size = fs::metadata(src.join(&hex))
+            .with_context(|| format!("manifest {} of {arch} is missing", b.stamp.digest))?
+            .len();
+        manifests.push(Descriptor {
+            media_type: oci::MEDIA_MANIFEST.into(),
+            digest: b.stamp.digest.clone(),
+            size,
+            platform: Some(platform(arch)),
+            annotations: BTreeMap::new(),
+        });
+    }
+    let index =
+        Index { schema_version: 2, media_type: oci::MEDIA_INDEX.into(), manifests, annotations: BTreeMap::new() };
+    let mut top = write_blob(&blobs, oci::MEDIA_INDEX, &oci::to_canonical_json(&index)?)?;
+    top.annotations.insert(oci::ANNOTATION_REF_NAME.into(), reference.to_string());
+    let stamp = Stamp {
+        format: FORMAT.into(),
+        inputs,
+        reference: reference.to_string(),
+        digest: top.digest.clone(),
+        archive_size: 0,
+        archive_sha256: Sha256Hex([0; 32]),
+        files_size: builds.iter().map(|b| b.stamp.files_size).sum(),
+        tar_size: builds.iter().map(|b| b.stamp.tar_size).sum(),
+        layers_size: builds.iter().map(|b| b.stamp.layers_size).sum(),
+    };
+    let stamp = finish_layout(staging, &layout, top, epoch, out_dir, stem, stamp)?;
+    Ok(Built { stamp, arch: None, layout, archive, up_to_date: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acquire::{Provenance, SourceKind};
+
+    fn fake_acquired(dir: &Path, arch: Arch, names: &[&str]) -> Acquired {
+        let mut files = BTreeMap::new();
+        for n in names {
+            fs::write(dir.join(n), crate::image::elf::tests::fake_static_elf(arch.elf_machine())).unwrap();
+            files.insert(n.to_string(), Sha256Hex::of_file(&dir.join(n)).unwrap());
+        }
+        let provenance = Provenance {
+            source: SourceKind::Tarball,
+            version: "3.5.1".into(),
+            arch,
+            origin: "test".into(),
+            artifacts: BTreeMap::new(),
+            files,
+            reported_version: None,
+            details: BTreeMap::new(),
+        };
+        Acquired { dir: dir.to_path_buf(), provenance }
+    }
+
+    #[test]
+    fn plan_lists_parents_first_and_its_inputs_follow_every_input() {
+        let spec: ImageSpec = toml::from_str(crate::image::spec::tests::MINIMAL).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let acq = fake_acquired(dir.path(), Arch::Amd64, &["etcd", "etcdctl"]);
+        let p = plan(&spec, &acq, 0).unwrap();
+        let paths = |i: usize| -> Vec<String> { p.layers[i].entries.iter().map(|e| e.path.clone()).collect() };
+        assert_eq!(paths(0), ["etc", "etc/group", "etc/passwd", "tmp", "var", "var/lib", "var/lib/etcd"]);
+        assert_eq!(paths(1), ["usr", "usr/local", "usr/local/bin", "usr/local/bin/etcd"]);
+        assert_eq!(paths(2), ["usr", "usr/local", "usr/local/bin", "usr/local/bin/etcdctl"]);
+        assert_eq!(p.reference, "localhost/etcd:3.5.1");
+        assert_eq!(p.stem, "etcd-3.5.1-linux-amd64");
+        assert_eq!(p.config.config.user.as_deref(), Some("10001:10001"));
+        assert_eq!(p.config.history.len(), 3);
+
+        let same = plan(&spec, &acq, 0).unwrap();
+        assert_eq!(p.inputs().unwrap(), same.inputs().unwrap());
+        assert_ne!(p.inputs().unwrap(), plan(&spec, &acq, 1).unwrap().inputs().unwrap());
+        let mut other = spec.clone();
+        other.gzip_level = 9;
+        assert_ne!(p.inputs().unwrap(), plan(&other, &acq, 0).unwrap().inputs().unwrap());
+
+        // A required binary that acquire did not deliver is an error naming the fix.
+        fs::remove_file(dir.path().join("etcdctl")).unwrap();
+        let err = format!("{:#}", plan(&spec, &acq, 0).unwrap_err());
+        assert!(err.contains("etcdctl") && err.contains("cargo xtask fetch"), "{err}");
+    }
+
+    #[test]
+    fn a_binary_changed_after_acquire_fails_the_build_and_leaves_nothing() {
+        let spec: ImageSpec = toml::from_str(crate::image::spec::tests::MINIMAL).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let acq = fake_acquired(dir.path(), Arch::Amd64, &["etcd", "etcdctl"]);
+        let mut tampered = crate::image::elf::tests::fake_static_elf(62);
+        tampered.push(1);
+        fs::write(dir.path().join("etcd"), tampered).unwrap();
+        let p = plan(&spec, &acq, 0).unwrap();
+        let out = dir.path().join("out");
+        let err = format!("{:#}", build(&p, &out).unwrap_err());
+        assert!(err.contains("is not the file that was verified"), "{err}");
+        let left: Vec<_> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}

@@ -1,0 +1,416 @@
+//! Just enough ELF to know what a binary needs at run time.
+//! In: an executable or shared library on disk. Out: its machine, its ELF interpreter
+//! (`PT_INTERP`), the libraries it names (`DT_NEEDED`), its `DT_RUNPATH`/`DT_RPATH` and
+//! `DT_SONAME`; and, for a set of binaries, the closure of host files (interpreter and
+//! libraries) that must be copied into the image. Static binaries need nothing.
+//!
+//! Files are read with positioned reads of the headers only, never whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::util::Arch;
+
+const PT_LOAD: u32 = 1;
+const PT_DYNAMIC: u32 = 2;
+const PT_INTERP: u32 = 3;
+const DT_NULL: u64 = 0;
+const DT_NEEDED: u64 = 1;
+const DT_STRTAB: u64 = 5;
+const DT_STRSZ: u64 = 10;
+const DT_SONAME: u64 = 14;
+const DT_RPATH: u64 = 15;
+const DT_RUNPATH: u64 = 29;
+
+/// Refuse headers claiming more than this many entries (a corrupt or hostile file).
+const MAX_ENTRIES: u64 = 1 << 16;
+
+/// What one ELF file says about its run-time needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElfInfo {
+    pub machine: u16,
+    pub is_64: bool,
+    pub interp: Option<String>,
+    pub needed: Vec<String>,
+    pub runpath: Vec<String>,
+    pub soname: Option<String>,
+}
+
+impl ElfInfo {
+    pub fn is_static(&self) -> bool {
+        self.interp.is_none() && self.needed.is_empty()
+    }
+}
+
+struct Reader<'a> {
+    file: &'a File,
+    path: &'a Path,
+    le: bool,
+    len: u64,
+}
+
+impl Reader<'_> {
+    fn bytes(&self, off: u64, n: usize) -> Result<Vec<u8>> {
+        if off.checked_add(n as u64).is_none_or(|end| end > self.len) {
+            bail!(
+                "{}: truncated ELF file (wants {n} bytes at offset {off}, file has {})",
+                self.path.display(),
+                self.len
+            );
+        }
+        let mut buf = vec![0u8; n];
+        self.file.read_exact_at(&mut buf, off).with_context(|| format!("cannot read {}", self.path.display()))?;
+        Ok(buf)
+    }
+    fn u16(&self, b: &[u8], at: usize) -> u16 {
+        let a = [b[at], b[at + 1]];
+        if self.le {
+            u16::from_le_bytes(a)
+        } else {
+            u16::from_be_bytes(a)
+        }
+    }
+    fn u32(&self, b: &[u8], at: usize) -> u32 {
+        let a = [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        if self.le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    }
+    fn u64(&self, b: &[u8], at: usize) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[at..at + 8]);
+        if self.le {
+            u64::from_le_bytes(a)
+        } else {
+            u64::from_be_bytes(a)
+        }
+    }
+    /// A word: 8 bytes in ELF64, 4 in ELF32.
+    fn word(&self, b: &[u8], at: usize, is_64: bool) -> u64 {
+        if is_64 {
+            self.u64(b, at)
+        } else {
+            u64::from(self.u32(b, at))
+        }
+    }
+}
+
+struct Segment {
+    kind: u32,
+    offset: u64,
+    vaddr: u64,
+    filesz: u64,
+}
+
+/// Reads the ELF headers of `path`.
+pub fn read(path: &Path) -> Result<ElfInfo> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
+    let mut r = Reader { file: &file, path, le: true, len };
+    let ident = r.bytes(0, 16).with_context(|| format!("{} is not an ELF file", path.display()))?;
+    if &ident[..4] != b"\x7fELF" {
+        bail!("{} is not an ELF file (no \\x7fELF magic)", path.display());
+    }
+    let is_64 = match ident[4] {
+        1 => false,
+        2 => true,
+        c => bail!("{}: unknown ELF class {c}", path.display()),
+    };
+    r.le = match ident[5] {
+        1 => true,
+        2 => false,
+        d => bail!("{}: unknown ELF data encoding {d}", path.display()),
+    };
+    let eh = r.bytes(0, if is_64 { 64 } else { 52 })?;
+    let machine = r.u16(&eh, 18);
+    let (phoff, phentsize, phnum) = if is_64 {
+        (r.u64(&eh, 32), r.u16(&eh, 54), r.u16(&eh, 56))
+    } else {
+        (u64::from(r.u32(&eh, 28)), r.u16(&eh, 42), r.u16(&eh, 44))
+    };
+    let want = if is_64 { 56 } else { 32 };
+    if phnum > 0 && usize::from(phentsize) < want {
+        bail!("{}: program header entries of {phentsize} bytes are too small", path.display());
+    }
+    let table = r.bytes(phoff, usize::from(phentsize) * usize::from(phnum))?;
+    let mut segs = Vec::new();
+    for i in 0..usize::from(phnum) {
+        let at = i * usize::from(phentsize);
+        let kind = r.u32(&table, at);
+        let seg = if is_64 {
+            Segment {
+                kind,
+                offset: r.u64(&table, at + 8),
+                vaddr: r.u64(&table, at + 16),
+                filesz: r.u64(&table, at + 32),
+            }
+        } else {
+            Segment {
+                kind,
+                offset: u64::from(r.u32(&table, at + 4)),
+                vaddr: u64::from(r.u32(&table, at + 8)),
+                filesz: u64::from(r.u32(&table, at + 16)),
+            }
+        };
+        segs.push(seg);
+    }
+
+    let mut info = ElfInfo { machine, is_64, interp: None, needed: vec![], runpath: vec![], soname: None };
+    if let Some(s) = segs.iter().find(|s| s.kind == PT_INTERP) {
+        let n = usize::try_from(s.filesz.min(4096)).context("interpreter length")?;
+        let raw = r.bytes(s.offset, n)?;
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let interp = String::from_utf8(raw[..end].to_vec())
+            .with_context(|| format!("{}: PT_INTERP is not UTF-8", path.display()))?;
+        info.interp = Some(interp);
+    }
+    let Some(dynamic) = segs.iter().find(|s| s.kind == PT_DYNAMIC) else {
+        return Ok(info);
+    };
+    let entsize: u64 = if is_64 { 16 } else { 8 };
+    let count = (dynamic.filesz / entsize).min(MAX_ENTRIES);
+    let dyn_bytes = r.bytes(dynamic.offset, usize::try_from(count * entsize).context("dynamic section size")?)?;
+    let mut entries = Vec::new();
+    for i in 0..count as usize {
+        let at = i * entsize as usize;
+        let tag = r.word(&dyn_bytes, at, is_64);
+        let val = r.word(&dyn_bytes, at + entsize as usize / 2, is_64);
+        if tag == DT_NULL {
+            break;
+        }
+        entries.push((tag, val));
+    }
+    let find = |t: u64| entries.iter().find(|(tag, _)| *tag == t).map(|(_, v)| *v);
+    let (Some(strtab_addr), Some(strsz)) = (find(DT_STRTAB), find(DT_STRSZ)) else {
+        return Ok(info);
+    };
+    // DT_STRTAB is a virtual address: map it through the PT_LOAD segments.
+    let strtab_off = segs
+        .iter()
+        .filter(|s| s.kind == PT_LOAD)
+        .find(|s| strtab_addr >= s.vaddr && strtab_addr < s.vaddr.saturating_add(s.filesz))
+        .map(|s| strtab_addr - s.vaddr + s.offset)
+        .with_context(|| format!("{}: DT_STRTAB address {strtab_addr:#x} is in no loadable segment", path.display()))?;
+    let strtab = r.bytes(strtab_off, usize::try_from(strsz.min(1 << 24)).context("string table size")?)?;
+    let string_at = |off: u64| -> Result<String> {
+        let start = usize::try_from(off).context("string offset")?;
+        if start >= strtab.len() {
+            bail!("{}: dynamic string offset {off} is past the string table", path.display());
+        }
+        let end = strtab[start..].iter().position(|&b| b == 0).map_or(strtab.len(), |p| start + p);
+        String::from_utf8(strtab[start..end].to_vec())
+            .with_context(|| format!("{}: dynamic string is not UTF-8", path.display()))
+    };
+    for (tag, val) in &entries {
+        match *tag {
+            DT_NEEDED => info.needed.push(string_at(*val)?),
+            DT_SONAME => info.soname = Some(string_at(*val)?),
+            DT_RUNPATH | DT_RPATH => {
+                info.runpath.extend(string_at(*val)?.split(':').filter(|s| !s.is_empty()).map(str::to_string))
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
+/// The Debian multiarch triplet of an architecture: where its libraries live.
+pub fn multiarch_triplet(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "x86_64-linux-gnu",
+        Arch::Arm64 => "aarch64-linux-gnu",
+        Arch::Ppc64le => "powerpc64le-linux-gnu",
+        Arch::S390x => "s390x-linux-gnu",
+    }
+}
+
+/// The directories searched for `DT_NEEDED` libraries, in order: the ones the dynamic
+/// loader in the image searches by default (there is no `ld.so.cache` in the image).
+pub fn default_search_dirs(arch: Arch) -> Vec<String> {
+    let t = multiarch_triplet(arch);
+    vec![
+        format!("/lib/{t}"),
+        format!("/usr/lib/{t}"),
+        "/lib64".into(),
+        "/usr/lib64".into(),
+        "/lib".into(),
+        "/usr/lib".into(),
+    ]
+}
+
+/// One host file the image needs at run time: stored as a regular file (symlinks followed)
+/// at `image_path`, the path the loader looks it up under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeFile {
+    /// Absolute path inside the image.
+    pub image_path: String,
+    /// Where it was found on the build host (under `host_root`).
+    pub host_path: PathBuf,
+    /// Why it is needed ("interpreter of etcd", "libc.so.6, needed by etcd").
+    pub reason: String,
+}
+
+/// The interpreter and library closure of `binaries` for `arch`, resolved on the build host.
+/// `host_root` is `/` except in tests. Static binaries contribute nothing.
+pub fn runtime_closure(binaries: &[(String, PathBuf)], arch: Arch, host_root: &Path) -> Result<Vec<RuntimeFile>> {
+    let mut out: BTreeMap<String, RuntimeFile> = BTreeMap::new();
+    // sonames already provided (the interpreter satisfies its own soname: libc names it).
+    let mut provided: BTreeSet<String> = BTreeSet::new();
+    let mut queue: Vec<(String, ElfInfo)> = Vec::new();
+    for (name, path) in binaries {
+        let info = read(path).with_context(|| format!("cannot read the ELF headers of {name}"))?;
+        if info.machine != arch.elf_machine() {
+            bail!(
+                "{name} ({}) is built for ELF machine {}, not {arch} (machine {}): acquire etcd for {arch}",
+                path.display(),
+                info.machine,
+                arch.elf_machine()
+            );
+        }
+        queue.push((name.clone(), info));
+    }
+    let host = |p: &str| host_root.join(p.trim_start_matches('/'));
+    while let Some((who, info)) = queue.pop() {
+        if let Some(interp) = &info.interp {
+            if !out.contains_key(interp) {
+                crate::image::spec::check_image_path(interp)
+                    .with_context(|| format!("{who}: its ELF interpreter {interp:?} is not a usable path"))?;
+                let host_path = host(interp);
+                if !host_path.exists() {
+                    bail!(
+                        "{who} is dynamically linked and needs the ELF interpreter {interp}, which this host lacks: \
+                         install the C library for {arch} (Debian: libc6:{arch}) or use a statically linked etcd (--source tarball)"
+                    );
+                }
+                let ii = read(&host_path).with_context(|| format!("interpreter {interp} of {who}"))?;
+                check_same_kind(&ii, &info, arch, interp)?;
+                if let Some(file) = Path::new(interp).file_name() {
+                    provided.insert(file.to_string_lossy().into_owned());
+                }
+                if let Some(so) = &ii.soname {
+                    provided.insert(so.clone());
+                }
+                out.insert(
+                    interp.clone(),
+                    RuntimeFile { image_path: interp.clone(), host_path, reason: format!("ELF interpreter of {who}") },
+                );
+            }
+        }
+        for lib in &info.needed {
+            if provided.contains(lib) {
+                continue;
+            }
+            if lib.contains('/') {
+                bail!("{who} needs {lib:?} by path; only plain sonames are supported");
+            }
+            let mut dirs = Vec::new();
+            for rp in &info.runpath {
+                if rp.contains("$ORIGIN") || rp.contains("${ORIGIN}") {
+                    bail!("{who} has a DT_RUNPATH/DT_RPATH with $ORIGIN ({rp}), which this engine does not lay out: use a build without it");
+                }
+                dirs.push(rp.clone());
+            }
+            dirs.extend(default_search_dirs(arch));
+            let mut found = None;
+            for d in &dirs {
+                let image_path = format!("{}/{lib}", d.trim_end_matches('/'));
+                let host_path = host(&image_path);
+                if !host_path.is_file() {
+                    continue;
+                }
+                let li = read(&host_path).with_context(|| format!("library {lib} needed by {who}"))?;
+                if li.machine == info.machine && li.is_64 == info.is_64 {
+                    found = Some((image_path, host_path, li));
+                    break;
+                }
+            }
+            let Some((image_path, host_path, li)) = found else {
+                bail!(
+                    "{who} needs {lib}, which is not installed for {arch} on this host (searched {}): \
+                     install it (Debian: the package providing {lib} for {arch}, e.g. libc6:{arch}) or use a statically linked etcd",
+                    dirs.join(", ")
+                );
+            };
+            crate::image::spec::check_image_path(&image_path).with_context(|| format!("library {lib} of {who}"))?;
+            provided.insert(lib.clone());
+            out.insert(
+                image_path.clone(),
+                RuntimeFile { image_path, host_path, reason: format!("{lib}, needed by {who}") },
+            );
+            queue.push((lib.clone(), li));
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+fn check_same_kind(lib: &ElfInfo, user: &ElfInfo, arch: Arch, path: &str) -> Result<()> {
+    if lib.machine != user.machine || lib.is_64 != user.is_64 {
+        bail!("{path} on this host is for ELF machine {}, not {arch}: install the {arch} C library (Debian: libc6:{arch})", lib.machine);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A minimal static ELF64 little-endian executable header (no program headers).
+    pub(crate) fn fake_static_elf(machine: u16) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        b[..4].copy_from_slice(b"\x7fELF");
+        b[4] = 2; // 64-bit
+        b[5] = 1; // little endian
+        b[6] = 1; // version
+        b[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        b[18..20].copy_from_slice(&machine.to_le_bytes());
+        b[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+        b[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+        b
+    }
+
+    #[test]
+    fn static_binaries_need_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("etcd");
+        std::fs::write(&p, fake_static_elf(62)).unwrap();
+        let info = read(&p).unwrap();
+        assert!(info.is_static());
+        assert_eq!(info.machine, 62);
+        let closure = runtime_closure(&[("etcd".into(), p.clone())], Arch::Amd64, Path::new("/")).unwrap();
+        assert!(closure.is_empty());
+        let err = runtime_closure(&[("etcd".into(), p)], Arch::Arm64, Path::new("/")).unwrap_err();
+        assert!(format!("{err:#}").contains("not arm64"));
+    }
+
+    #[test]
+    fn garbage_is_not_elf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x");
+        std::fs::write(&p, b"#!/bin/sh\n").unwrap();
+        assert!(format!("{:#}", read(&p).unwrap_err()).contains("not an ELF"));
+    }
+
+    /// The host's own executables are dynamic: their closure includes the interpreter and libc,
+    /// with the interpreter not copied twice.
+    #[test]
+    fn host_binary_closure_has_interpreter_and_libc() {
+        let Some(arch) = Arch::host() else { return };
+        let exe = Path::new("/bin/ls");
+        if !exe.exists() || read(exe).map(|i| i.is_static()).unwrap_or(true) {
+            return;
+        }
+        let files = runtime_closure(&[("ls".into(), exe.into())], arch, Path::new("/")).unwrap();
+        let info = read(exe).unwrap();
+        let interp = info.interp.unwrap();
+        assert!(files.iter().any(|f| f.image_path == interp), "{files:?}");
+        assert!(files.iter().any(|f| f.image_path.ends_with("/libc.so.6")), "{files:?}");
+        let interp_name = Path::new(&interp).file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(files.iter().filter(|f| f.image_path.ends_with(&interp_name)).count(), 1, "{files:?}");
+    }
+}

@@ -1,0 +1,133 @@
+//! podman, adapted to the host. In: the host's cgroup layout and resource limits. Out: the
+//! extra `podman run` arguments that make containers start here, each adaptation logged.
+//!
+//! - On a cgroup v1 or hybrid host crun fails ("cgroups in hybrid mode not supported"):
+//!   use `--runtime runc` when runc is installed.
+//! - podman asks for rlimits above the host's hard limits and fails with EPERM: pass
+//!   `--ulimit nofile=N:N --ulimit nproc=N:N` with N the hard limit, so a container never
+//!   asks for more than the host allows. For nproc, podman also lowers its own hard limit to
+//!   `kernel.pid_max` when that is smaller (measured: hard 96364, pid_max 32768 -> anything
+//!   above 32768 fails), so N is the smaller of the two.
+//!
+//! Also: loading an oci-archive (`podman load`), used by `cargo xtask image --load`.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+/// podman's own defaults for a rootful container; the host's hard limit is used when lower.
+const PODMAN_NOFILE: u64 = 1_048_576;
+const PODMAN_NPROC: u64 = 4_194_304;
+
+/// Whether an executable is on `PATH`.
+pub fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file())).unwrap_or(false)
+}
+
+/// Whether podman is installed.
+pub fn available() -> bool {
+    on_path("podman")
+}
+
+/// The hard limit `name` (a row of `/proc/self/limits`, e.g. "Max open files"); `None` = unlimited.
+fn hard_limit(limits: &str, name: &str) -> Result<Option<u64>> {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(name))
+        .with_context(|| format!("/proc/self/limits has no {name:?} row"))?;
+    let fields: Vec<&str> = line[name.len()..].split_whitespace().collect();
+    match fields.get(1) {
+        Some(&"unlimited") => Ok(None),
+        Some(v) => Ok(Some(v.parse().with_context(|| format!("hard limit {v:?} of {name:?} is not a number"))?)),
+        None => bail!("cannot read the hard limit of {name:?} from /proc/self/limits"),
+    }
+}
+
+/// Whether the host runs a pure cgroup v2 hierarchy (then crun works).
+fn cgroup_v2_only() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// Extra arguments for `podman run` on this host; every adaptation is logged on stderr.
+pub fn run_args() -> Result<Vec<String>> {
+    let mut args = Vec::new();
+    if !cgroup_v2_only() {
+        if on_path("runc") {
+            eprintln!(
+                "note: podman: this host has cgroup v1/hybrid, which crun does not support; adding --runtime runc"
+            );
+            args.extend(["--runtime".to_string(), "runc".to_string()]);
+        } else {
+            eprintln!("warning: podman: this host has cgroup v1/hybrid and runc is not installed; containers may fail to start (install runc)");
+        }
+    }
+    let limits = fs::read_to_string("/proc/self/limits").context("cannot read /proc/self/limits")?;
+    let pid_max: Option<u64> = fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse().ok());
+    for (name, row, default) in [("nofile", "Max open files", PODMAN_NOFILE), ("nproc", "Max processes", PODMAN_NPROC)]
+    {
+        let hard = hard_limit(&limits, row)?;
+        let (n, why) = match (name, hard, pid_max) {
+            ("nproc", Some(h), Some(p)) if p < h => {
+                (p, format!("kernel.pid_max={p} (below the hard limit {h}, and podman caps itself there)"))
+            }
+            ("nproc", None, Some(p)) => (p, format!("kernel.pid_max={p}")),
+            (_, Some(h), _) => (h, format!("host hard limit {h}")),
+            _ => continue,
+        };
+        if n < default {
+            eprintln!(
+                "note: podman: {name}: {why} is below podman's default {default}; adding --ulimit {name}={n}:{n}"
+            );
+            args.extend(["--ulimit".to_string(), format!("{name}={n}:{n}")]);
+        }
+    }
+    Ok(args)
+}
+
+/// `podman load -i ARCHIVE`; returns the name podman gave the image.
+pub fn load(archive: &Path) -> Result<String> {
+    let sh = Shell::new().context("cannot start a shell")?;
+    let out = cmd!(sh, "podman load -i {archive}")
+        .quiet()
+        .read()
+        .with_context(|| format!("podman load -i {} failed", archive.display()))?;
+    out.lines()
+        .filter_map(|l| l.strip_prefix("Loaded image:").or_else(|| l.strip_prefix("Loaded image(s):")))
+        .map(|s| s.trim().to_string())
+        .next_back()
+        .with_context(|| format!("podman load printed no image name: {out}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: &str = "Limit                     Soft Limit           Hard Limit           Units     \n\
+Max processes             96364                96364                processes \n\
+Max open files            1024                 20000                files     \n\
+Max locked memory         unlimited            unlimited            bytes     \n";
+
+    #[test]
+    fn hard_limits_are_read() {
+        assert_eq!(hard_limit(LIMITS, "Max open files").unwrap(), Some(20000));
+        assert_eq!(hard_limit(LIMITS, "Max processes").unwrap(), Some(96364));
+        assert_eq!(hard_limit(LIMITS, "Max locked memory").unwrap(), None);
+        assert!(hard_limit(LIMITS, "Max cpu").is_err());
+    }
+
+    #[test]
+    fn run_args_never_exceed_host_limits() {
+        let args = run_args().unwrap();
+        let limits = fs::read_to_string("/proc/self/limits").unwrap();
+        for (name, row) in [("nofile", "Max open files"), ("nproc", "Max processes")] {
+            if let Some(hard) = hard_limit(&limits, row).unwrap() {
+                if let Some(a) = args.iter().find(|a| a.starts_with(&format!("{name}="))) {
+                    let n: u64 = a.split(['=', ':']).nth(1).unwrap().parse().unwrap();
+                    assert!(n <= hard);
+                }
+            }
+        }
+    }
+}
