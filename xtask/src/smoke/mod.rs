@@ -1,0 +1,840 @@
+//! Smoke stage: `cargo xtask smoke` proves the baked image on a three-node mutual-TLS cluster.
+//! In: the image (built or reused), a cluster description (`clusters/smoke.toml`), a throwaway
+//! PKI issued for it. Out: `target/smoke/report.json` and a summary, every check PASS or FAIL
+//! with its reason; non-zero exit on any FAIL. Nothing is left running unless `--keep`.
+//!
+//! The etcd configuration of every container comes from [`crate::render::config::node_env`],
+//! the same code that writes host bundles: there is no second flag list here.
+
+mod podman;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{IpAddr, TcpListener};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::definition::Definition;
+use crate::image::{self, BuildArgs};
+use crate::pki::cluster::{ClusterSpec, NodeSpec};
+use crate::pki::issue::{issue, PkiLayout};
+use crate::pki::profiles::Profiles;
+use crate::render::config::{node_env, PkiFacts, TargetPaths};
+use crate::util::{display_rel, project_root, target_dir, write_atomic, Arch};
+use podman::{podman, podman_checked, podman_output, Interrupt, Resources, LABEL};
+
+/// Where the node's PKI directory and the operator's client identity are mounted.
+const PKI_MOUNT: &str = "/etc/etcd/pki";
+const CLIENT_MOUNT: &str = "/etc/etcd/client";
+/// Goals printed by every run.
+const GOAL_HEALTHY_S: f64 = 3.0;
+const GOAL_TOTAL_S: f64 = 45.0;
+
+/// Start a three-node mutual-TLS etcd cluster from the baked image in podman, check it (health,
+/// linearizable reads, the JSON gateway, refused connections, non-root and no capabilities,
+/// faults, backup and restore), and remove it again
+#[derive(Debug, clap::Args)]
+pub struct Smoke {
+    /// Leave the cluster running and print how to reach it with etcdctl
+    #[arg(long)]
+    pub keep: bool,
+    /// Cluster description (three nodes with static IPs on the network the test creates)
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+    /// Where etcd comes from when the image has to be built
+    #[arg(long, value_enum, default_value_t)]
+    pub source: crate::acquire::SourcePolicy,
+    /// Output directory [default: target/smoke]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// One check of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub outcome: Outcome,
+    pub reason: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Outcome {
+    Pass,
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub image: String,
+    pub etcd_version: String,
+    pub cluster: String,
+    pub checks: Vec<Check>,
+    pub timings: BTreeMap<String, f64>,
+    pub passed: usize,
+    pub failed: usize,
+}
+
+impl Smoke {
+    pub fn run(self) -> Result<()> {
+        let started = Instant::now();
+        let out = self.out.clone().unwrap_or_else(|| target_dir().join("smoke"));
+        let cluster_path = self.cluster.clone().unwrap_or_else(|| project_root().join("clusters/smoke.toml"));
+        let spec = ClusterSpec::load(&cluster_path)?;
+        if spec.nodes.len() != 3 {
+            bail!("{}: field nodes must list exactly three nodes for the smoke test", cluster_path.display());
+        }
+        preflight()?;
+        let interrupt = Interrupt::install()?;
+        Resources::remove_leftovers()?;
+
+        // The image, built (or found up to date) and loaded.
+        let def = Definition::load_default()?;
+        let host = Arch::host().context("this machine's architecture has no etcd build")?;
+        let args = BuildArgs {
+            arches: vec![host],
+            all_arches: false,
+            out: None,
+            load: false,
+            source: self.source,
+            etcd_dir: Vec::new(),
+            force: false,
+        };
+        let built = image::build_images(&def, &args)?;
+        let built = built.first().context("the image stage built nothing")?;
+        let tag = image::podman::load(&built.archive)?;
+        let spec_img = def.image.as_ref().context("the image definition has no [image] section")?;
+        let (uid, gid) = spec_img.run_as_ids()?;
+        let etcd_version = built.stamp.reference.rsplit(':').next().unwrap_or_default().to_string();
+        eprintln!("smoke: image {tag} (etcd runs as {uid}:{gid})");
+
+        let mut run = Run::prepare(&spec, &out, &tag, uid, gid, self.keep, interrupt)?;
+        let result = run.all_checks();
+        let total = started.elapsed().as_secs_f64();
+        run.timings.insert("total".into(), total);
+        let report = Report {
+            image: tag.clone(),
+            etcd_version,
+            cluster: spec.name.clone(),
+            passed: run.checks.iter().filter(|c| c.outcome == Outcome::Pass).count(),
+            failed: run.checks.iter().filter(|c| c.outcome == Outcome::Fail).count(),
+            checks: run.checks.clone(),
+            timings: run.timings.clone(),
+        };
+        let json = serde_json::to_string_pretty(&report).context("cannot serialise the report")?;
+        write_atomic(&out.join("report.json"), format!("{json}\n").as_bytes(), 0o644)?;
+        print_summary(&report, &out);
+        if self.keep {
+            run.print_how_to_reach();
+        }
+        result?;
+        if report.failed > 0 {
+            bail!("{} of {} smoke checks failed (see {})", report.failed, report.checks.len(), display_rel(&out.join("report.json")));
+        }
+        Ok(())
+    }
+}
+
+fn preflight() -> Result<()> {
+    for tool in ["podman", "curl"] {
+        if !crate::ci::on_path(tool) {
+            bail!("the smoke test needs {tool}: install it (apt-get install {tool}) or run `cargo xtask ci --deps-only` as root");
+        }
+    }
+    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    if uid != 0 {
+        bail!("the smoke test runs rootful podman containers with static IPs and must run as root");
+    }
+    Ok(())
+}
+
+/// A free TCP port on loopback for a published container port.
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(l.local_addr().context("no local address")?.port())
+}
+
+/// One node as started.
+#[derive(Debug, Clone)]
+struct Node {
+    spec: NodeSpec,
+    container: String,
+    volume: String,
+    /// Published loopback ports of the client and peer ports.
+    client_port: u16,
+    peer_port: u16,
+    env: BTreeMap<String, String>,
+}
+
+struct Run {
+    spec: ClusterSpec,
+    out: PathBuf,
+    tag: String,
+    network: String,
+    nodes: Vec<Node>,
+    pki: PkiLayout,
+    rogue: PkiLayout,
+    /// The operator identity, staged for the host's etcdctl and curl.
+    client: PathBuf,
+    etcdctl: PathBuf,
+    mounts: PathBuf,
+    uid: u32,
+    gid: u32,
+    run_args: Vec<String>,
+    res: Resources,
+    interrupt: Interrupt,
+    checks: Vec<Check>,
+    timings: BTreeMap<String, f64>,
+}
+
+impl Run {
+    fn prepare(spec: &ClusterSpec, out: &Path, tag: &str, uid: u32, gid: u32, keep: bool, interrupt: Interrupt) -> Result<Run> {
+        // A throwaway PKI for this run, and a second, unrelated one for the "wrong CA" check.
+        for d in ["pki", "rogue-pki", "mounts", "backup"] {
+            let p = out.join(d);
+            if p.exists() {
+                fs::remove_dir_all(&p).with_context(|| format!("cannot clear {}", p.display()))?;
+            }
+        }
+        let profiles = Profiles::load(&Profiles::default_path())?;
+        let pki = PkiLayout::new(out.join("pki"));
+        issue(spec, &profiles, &pki.root, false).context("cannot issue the smoke PKI")?;
+        let rogue = PkiLayout::new(out.join("rogue-pki"));
+        issue(spec, &profiles, &rogue.root, false).context("cannot issue the second (rogue) PKI")?;
+        let facts = PkiFacts::read(&pki.root)?;
+
+        // Keys readable by the etcd uid only: copies owned by it, 0400 in 0500 directories.
+        let mounts = out.join("mounts");
+        let client = mounts.join("client");
+        stage_dir(&pki.client_dir("etcdctl"), &client, uid, gid)?;
+        let ip = crate::render::config::primary_ip(&spec.nodes[0])?;
+        let subnet = match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+            }
+            IpAddr::V6(_) => bail!("the smoke test needs IPv4 node addresses (field nodes.ips)"),
+        };
+        let network = format!("xtask-smoke-{}", spec.name);
+        let mut res = Resources::new(keep);
+        podman(&["network", "create", "--label", LABEL, "--subnet", &subnet, &network])
+            .with_context(|| format!("cannot create the podman network {network} ({subnet})"))?;
+        res.networks.push(network.clone());
+
+        let paths = TargetPaths::standard();
+        let mut nodes = Vec::new();
+        for n in &spec.nodes {
+            stage_dir(&pki.node_dir(&n.name), &mounts.join(&n.name), uid, gid)?;
+            let env = node_env(spec, n, &facts, &paths)?;
+            nodes.push(Node {
+                spec: n.clone(),
+                container: format!("xtask-smoke-{}", n.name),
+                volume: format!("xtask-smoke-{}-data", n.name),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                env,
+            });
+        }
+        let etcdctl = find_etcdctl(tag)?;
+        Ok(Run {
+            spec: spec.clone(),
+            out: out.to_path_buf(),
+            tag: tag.to_string(),
+            network,
+            nodes,
+            pki,
+            rogue,
+            client,
+            etcdctl,
+            mounts,
+            uid,
+            gid,
+            run_args: image::podman::run_args()?,
+            res,
+            interrupt,
+            checks: Vec::new(),
+            timings: BTreeMap::new(),
+        })
+    }
+
+    fn record(&mut self, name: &str, started: Instant, result: Result<String>) {
+        let seconds = started.elapsed().as_secs_f64();
+        let (outcome, reason) = match result {
+            Ok(r) => (Outcome::Pass, r),
+            Err(e) => (Outcome::Fail, format!("{e:#}")),
+        };
+        eprintln!("smoke: {} {name}: {reason}", if outcome == Outcome::Pass { "PASS" } else { "FAIL" });
+        self.checks.push(Check { name: name.to_string(), outcome, reason, seconds });
+    }
+
+    fn all_checks(&mut self) -> Result<()> {
+        let t = Instant::now();
+        self.start_all()?;
+        let healthy = self.wait_healthy(&[0, 1, 2], Duration::from_secs(60));
+        self.timings.insert("start_to_healthy".into(), t.elapsed().as_secs_f64());
+        self.record("cluster starts: 3/3 healthy", t, healthy.map(|_| format!("in {:.2} s", t.elapsed().as_secs_f64())));
+        if self.checks.iter().any(|c| c.outcome == Outcome::Fail) {
+            self.record_logs();
+            return Ok(());
+        }
+        let t = Instant::now();
+        let r = self.check_members();
+        self.record("one leader, three started members, 3/3 healthy (etcdctl --cluster)", t, r);
+        let t = Instant::now();
+        let r = self.check_linearizable();
+        self.record("write via node 1 reads back linearizably via node 3", t, r);
+        let t = Instant::now();
+        let r = self.check_gateway();
+        self.record("JSON gateway /v3/kv/range answers with the client certificate", t, r);
+        for (name, case) in [
+            ("refused: no client certificate", Refusal::NoCert),
+            ("refused: client certificate from another CA", Refusal::OtherCa),
+            ("refused: plain http on the client port", Refusal::PlainHttp),
+            ("refused: client certificate on the peer port", Refusal::ClientOnPeer),
+        ] {
+            self.interrupt.check()?;
+            let t = Instant::now();
+            let r = self.check_refused(case);
+            self.record(name, t, r);
+        }
+        let t = Instant::now();
+        let r = self.check_identity();
+        self.record("etcd runs as the etcd uid with no capabilities; data dir 0700", t, r);
+        let t = Instant::now();
+        let r = self.check_faults();
+        self.record("faults: one down writes, two down no quorum, heal, SIGKILL restart", t, r);
+        let t = Instant::now();
+        let r = self.check_backup();
+        self.record("backup: snapshot save, restore into a fresh node, data read back", t, r);
+        if self.checks.iter().any(|c| c.outcome == Outcome::Fail) {
+            self.record_logs();
+        }
+        Ok(())
+    }
+
+    /// Keeps the nodes' logs beside the report when something failed.
+    fn record_logs(&self) {
+        for n in &self.nodes {
+            if let Ok(out) = podman_output(&["logs".into(), n.container.clone()]) {
+                let mut text = out.stdout;
+                text.extend_from_slice(&out.stderr);
+                let _ = write_atomic(&self.out.join(format!("{}.log", n.spec.name)), &text, 0o644);
+            }
+        }
+    }
+
+    /// Creates the nodes' volumes, then starts all containers at once (each `podman run` takes
+    /// a few hundred milliseconds; in sequence they would dominate the time to healthy).
+    fn start_all(&mut self) -> Result<()> {
+        let mut runs = Vec::new();
+        for n in self.nodes.clone() {
+            podman(&["volume", "create", "--label", LABEL, &n.volume])?;
+            self.res.volumes.push(n.volume.clone());
+            runs.push((n.container.clone(), self.container_args(&n)?));
+        }
+        let results: Vec<(String, Result<String>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = runs
+                .iter()
+                .map(|(name, args)| (name.clone(), scope.spawn(move || podman_checked(args))))
+                .collect();
+            handles
+                .into_iter()
+                .map(|(name, h)| (name, h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("podman run panicked")))))
+                .collect()
+        });
+        for (name, result) in results {
+            // Registered even on failure: a half-created container is removed too.
+            self.res.containers.push(name.clone());
+            result.with_context(|| format!("cannot start {name}"))?;
+        }
+        Ok(())
+    }
+
+    fn container_args(&self, n: &Node) -> Result<Vec<String>> {
+        let ip = crate::render::config::primary_ip(&n.spec)?.to_string();
+        let mut args: Vec<String> = vec!["run", "-d", "--name", &n.container, "--label", LABEL, "--network", &self.network, "--ip", &ip]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        args.extend(hardening_args());
+        args.extend(["--hostname".into(), n.spec.name.clone()]);
+        args.extend(["-v".into(), format!("{}:/var/lib/etcd", n.volume)]);
+        args.extend(["-v".into(), format!("{}:{PKI_MOUNT}:ro", self.mounts.join(&n.spec.name).display())]);
+        args.extend(["-v".into(), format!("{}:{CLIENT_MOUNT}:ro", self.client.display())]);
+        args.extend(["-p".into(), format!("127.0.0.1:{}:2379", n.client_port)]);
+        args.extend(["-p".into(), format!("127.0.0.1:{}:2380", n.peer_port)]);
+        for (k, v) in &n.env {
+            args.extend(["--env".into(), format!("{k}={v}")]);
+        }
+        args.extend(self.run_args.iter().cloned());
+        args.push(self.tag.clone());
+        Ok(args)
+    }
+
+    /// The host's etcdctl with the operator identity, against published loopback ports.
+    fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
+        let endpoints: Vec<String> = nodes.iter().map(|i| format!("https://127.0.0.1:{}", self.nodes[*i].client_port)).collect();
+        Command::new(&self.etcdctl)
+            .env_clear()
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg(format!("--cacert={}", self.client.join("ca.crt").display()))
+            .arg(format!("--cert={}", self.client.join("client.crt").display()))
+            .arg(format!("--key={}", self.client.join("client.key").display()))
+            .arg("--dial-timeout=2s")
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {}", self.etcdctl.display()))
+    }
+
+    fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
+        let out = self.etcdctl(nodes, args)?;
+        if !out.status.success() {
+            bail!("etcdctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// etcdctl inside a node's container, as the image's user: exercises the image's etcdctl
+    /// and the cluster's own addresses.
+    fn exec_etcdctl(&self, node: usize, args: &[&str]) -> Result<String> {
+        self.exec_etcdctl_full(node, args).map(|(out, _)| out)
+    }
+
+    /// Like `exec_etcdctl`, with stderr too (etcdctl 3.4 prints `endpoint health` there).
+    fn exec_etcdctl_full(&self, node: usize, args: &[&str]) -> Result<(String, String)> {
+        let mut a: Vec<String> = vec!["exec".into(), self.nodes[node].container.clone(), "etcdctl".into()];
+        a.push("--endpoints=https://127.0.0.1:2379".to_string());
+        a.push(format!("--cacert={CLIENT_MOUNT}/ca.crt"));
+        a.push(format!("--cert={CLIENT_MOUNT}/client.crt"));
+        a.push(format!("--key={CLIENT_MOUNT}/client.key"));
+        a.extend(args.iter().map(|s| s.to_string()));
+        let mut cmd = Command::new("podman");
+        cmd.args(&a).env("ETCDCTL_API", "3");
+        let out = cmd.output().context("cannot run podman exec")?;
+        if !out.status.success() {
+            bail!("etcdctl {} in {} failed: {}", args.join(" "), self.nodes[node].container, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok((String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    }
+
+    fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last;
+        loop {
+            self.interrupt.check()?;
+            let out = self.etcdctl(nodes, &["endpoint", "health", "--command-timeout=1s"])?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            let healthy = text.lines().filter(|l| l.contains("is healthy")).count();
+            if out.status.success() && healthy == nodes.len() {
+                return Ok(());
+            }
+            last = text.trim().to_string();
+            for i in nodes {
+                let state = podman(&["inspect", "--format", "{{.State.Status}}", &self.nodes[*i].container]).unwrap_or_default();
+                if state.trim() == "exited" {
+                    let logs = podman_output(&["logs".into(), "--tail".into(), "5".into(), self.nodes[*i].container.clone()])
+                        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                        .unwrap_or_default();
+                    bail!("{} exited: {}", self.nodes[*i].container, logs.trim());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("not healthy after {} s: {last}", timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn check_members(&self) -> Result<String> {
+        let (out, err) = self.exec_etcdctl_full(0, &["endpoint", "health", "--cluster"])?;
+        let health = out + &err;
+        let healthy = health.lines().filter(|l| l.contains("is healthy")).count();
+        if healthy != 3 {
+            bail!("{healthy}/3 healthy: {}", health.trim());
+        }
+        let status: serde_json::Value =
+            serde_json::from_str(&self.exec_etcdctl(0, &["endpoint", "status", "--cluster", "-w", "json"])?)
+                .context("endpoint status printed no JSON")?;
+        let list = status.as_array().context("endpoint status is not a list")?;
+        let leaders = list
+            .iter()
+            .filter(|s| s["Status"]["leader"].as_u64().is_some() && s["Status"]["leader"] == s["Status"]["header"]["member_id"])
+            .count();
+        if leaders != 1 {
+            bail!("{leaders} members say they lead; expected exactly one");
+        }
+        let members: serde_json::Value =
+            serde_json::from_str(&self.exec_etcdctl(0, &["member", "list", "-w", "json"])?).context("member list printed no JSON")?;
+        let members = members["members"].as_array().context("member list has no members")?;
+        let started = members.iter().filter(|m| m["name"].as_str().is_some_and(|n| !n.is_empty())).count();
+        if members.len() != 3 || started != 3 {
+            bail!("{} members, {started} started; expected 3 and 3", members.len());
+        }
+        Ok(format!("3/3 healthy, 1 leader, {started} started members"))
+    }
+
+    fn check_linearizable(&self) -> Result<String> {
+        self.etcdctl_ok(&[0], &["put", "smoke/linearizable", "from-node-1"])?;
+        let got = self.etcdctl_ok(&[2], &["get", "--print-value-only", "--consistency=l", "smoke/linearizable"])?;
+        if got.trim() != "from-node-1" {
+            bail!("node 3 returned {:?}", got.trim());
+        }
+        Ok("put via node 1, linearizable get via node 3 returned it".into())
+    }
+
+    fn curl(&self, extra: &[String], url: &str) -> Result<Output> {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .args(extra)
+            .arg(url)
+            .output()
+            .context("cannot run curl")
+    }
+
+    fn check_gateway(&self) -> Result<String> {
+        let url = format!("https://127.0.0.1:{}/v3/kv/range", self.nodes[0].client_port);
+        // base64("smoke/linearizable")
+        let key = "c21va2UvbGluZWFyaXphYmxl";
+        let out = self.curl(
+            &[
+                "--cacert".into(),
+                self.client.join("ca.crt").display().to_string(),
+                "--cert".into(),
+                self.client.join("client.crt").display().to_string(),
+                "--key".into(),
+                self.client.join("client.key").display().to_string(),
+                "-X".into(),
+                "POST".into(),
+                "-d".into(),
+                format!("{{\"key\":\"{key}\"}}"),
+            ],
+            &url,
+        )?;
+        let body = String::from_utf8_lossy(&out.stdout);
+        // base64("from-node-1")
+        if !out.status.success() || !body.contains("ZnJvbS1ub2RlLTE=") {
+            bail!("{url}: {} {}", body.trim(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(format!("POST {url} returned the value"))
+    }
+
+    /// Count of "rejected connection" lines in a node's log so far.
+    fn rejections(&self, node: usize) -> Result<Vec<String>> {
+        let out = podman_output(&["logs".into(), self.nodes[node].container.clone()])?;
+        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .lines()
+            .filter(|l| l.contains("rejected connection") || l.contains("TLS handshake error"))
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn check_refused(&self, case: Refusal) -> Result<String> {
+        let before = self.rejections(0)?.len();
+        let n = &self.nodes[0];
+        let rogue = self.rogue.client_dir("etcdctl");
+        let ca = || vec!["--cacert".to_string(), self.client.join("ca.crt").display().to_string()];
+        let pair = |dir: &Path| {
+            vec![
+                "--cert".to_string(),
+                dir.join("client.crt").display().to_string(),
+                "--key".to_string(),
+                dir.join("client.key").display().to_string(),
+            ]
+        };
+        let (args, url): (Vec<String>, String) = match case {
+            Refusal::NoCert => (ca(), format!("https://127.0.0.1:{}/v3/kv/range", n.client_port)),
+            Refusal::OtherCa => (
+                [ca(), pair(&rogue)].concat(),
+                format!("https://127.0.0.1:{}/v3/kv/range", n.client_port),
+            ),
+            Refusal::PlainHttp => (vec![], format!("http://127.0.0.1:{}/v3/kv/range", n.client_port)),
+            Refusal::ClientOnPeer => (
+                [
+                    vec!["--cacert".to_string(), self.pki.node_dir(&n.spec.name).join("peer-ca.crt").display().to_string()],
+                    pair(&self.client),
+                ]
+                .concat(),
+                format!("https://127.0.0.1:{}/members", n.peer_port),
+            ),
+        };
+        let mut args = args;
+        args.extend(["-X".into(), "POST".into(), "-d".into(), "{\"key\":\"YQ==\"}".into()]);
+        let out = self.curl(&args, &url)?;
+        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() && (body.contains("\"header\"") || body.contains("\"id\"")) {
+            bail!("{url} answered: {}", body.trim());
+        }
+        // The server's reason: the new rejection lines in its log (they may take a moment).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let lines = self.rejections(0)?;
+            if let Some(line) = lines.get(before..).and_then(|l| l.last()) {
+                return Ok(format!("server: {}", server_reason(line)));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the request failed ({}) but the server logged no rejection",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn check_identity(&self) -> Result<String> {
+        let mut seen = Vec::new();
+        for n in &self.nodes {
+            let pid = podman(&["inspect", "--format", "{{.State.Pid}}", &n.container])?;
+            let status = fs::read_to_string(format!("/proc/{}/status", pid.trim()))
+                .with_context(|| format!("cannot read the status of {}'s etcd (pid {})", n.container, pid.trim()))?;
+            let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.split_whitespace().collect::<Vec<_>>());
+            let uids = field("Uid:").context("no Uid line")?;
+            let cap_eff = field("CapEff:").context("no CapEff line")?;
+            let cap_prm = field("CapPrm:").context("no CapPrm line")?;
+            if uids.iter().any(|u| *u != self.uid.to_string()) {
+                bail!("{}: etcd runs with uids {:?}, expected {}", n.container, uids, self.uid);
+            }
+            if cap_eff.first().is_none_or(|c| c.trim_start_matches('0') != "") || cap_prm.first().is_none_or(|c| c.trim_start_matches('0') != "") {
+                bail!("{}: capabilities effective {:?} permitted {:?}, expected none", n.container, cap_eff, cap_prm);
+            }
+            let mount = podman(&["volume", "inspect", "--format", "{{.Mountpoint}}", &n.volume])?;
+            let meta = fs::metadata(mount.trim()).with_context(|| format!("cannot stat the data volume {}", mount.trim()))?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if mode != 0o700 || meta.uid() != self.uid {
+                bail!("{}: data dir mode {mode:04o} owner {}, expected 0700 owner {}", n.container, meta.uid(), self.uid);
+            }
+            seen.push(n.spec.name.clone());
+        }
+        Ok(format!("uid {} (all ids), CapEff=0, CapPrm=0, data dir 0700 on {}", self.uid, seen.join(", ")))
+    }
+
+    fn stop(&self, i: usize) -> Result<()> {
+        podman(&["stop", "-t", "5", &self.nodes[i].container]).map(|_| ())
+    }
+
+    fn start(&self, i: usize) -> Result<()> {
+        podman(&["start", &self.nodes[i].container]).map(|_| ())
+    }
+
+    fn check_faults(&mut self) -> Result<String> {
+        let mut notes = Vec::new();
+        self.etcdctl_ok(&[0], &["put", "smoke/before-faults", "kept"])?;
+        self.stop(2)?;
+        self.etcdctl_ok(&[0], &["put", "smoke/one-down", "ok"]).context("a write with one node down must succeed")?;
+        notes.push("one down: write ok".to_string());
+        self.stop(1)?;
+        let t = Instant::now();
+        let out = self.etcdctl(&[0], &["put", "--command-timeout=3s", "smoke/two-down", "unknown"])?;
+        if out.status.success() {
+            bail!("a write with two of three nodes down succeeded; quorum is not enforced");
+        }
+        // Its outcome is unknown: it may still commit once the cluster heals. Never asserted absent.
+        notes.push(format!("two down: write failed after {:.1} s (outcome unknown)", t.elapsed().as_secs_f64()));
+        let t = Instant::now();
+        self.start(1)?;
+        self.start(2)?;
+        self.wait_healthy(&[0, 1, 2], Duration::from_secs(60)).context("the cluster did not heal")?;
+        let heal = t.elapsed().as_secs_f64();
+        self.timings.insert("heal_after_restart".into(), heal);
+        notes.push(format!("healed in {heal:.2} s"));
+        for (key, want, node) in [("smoke/before-faults", "kept", 2usize), ("smoke/one-down", "ok", 2)] {
+            let got = self.etcdctl_ok(&[node], &["get", "--print-value-only", key])?;
+            if got.trim() != want {
+                bail!("after healing, {key} is {:?} on node {}, expected {want:?}", got.trim(), node + 1);
+            }
+        }
+        notes.push("earlier data intact".into());
+        podman(&["kill", "-s", "KILL", &self.nodes[0].container])?;
+        let _ = podman(&["wait", &self.nodes[0].container]);
+        let t = Instant::now();
+        self.start(0)?;
+        self.wait_healthy(&[0, 1, 2], Duration::from_secs(60)).context("node 1 did not come back after SIGKILL")?;
+        let got = self.etcdctl_ok(&[0], &["get", "--print-value-only", "--consistency=s", "smoke/before-faults"])?;
+        if got.trim() != "kept" {
+            bail!("after SIGKILL, node 1 serves {:?} for smoke/before-faults", got.trim());
+        }
+        notes.push(format!("SIGKILLed node 1 back with its data in {:.2} s", t.elapsed().as_secs_f64()));
+        Ok(notes.join("; "))
+    }
+
+    fn check_backup(&mut self) -> Result<String> {
+        let backup = self.out.join("backup");
+        fs::create_dir_all(&backup).with_context(|| format!("cannot create {}", backup.display()))?;
+        let snap = backup.join("snapshot.db");
+        self.etcdctl_ok(&[0], &["snapshot", "save", &snap.to_string_lossy()])?;
+        // Restore into a fresh single node on the next address of the subnet.
+        let first = match crate::render::config::primary_ip(&self.nodes[0].spec)? {
+            IpAddr::V4(v4) => v4.octets(),
+            IpAddr::V6(_) => bail!("IPv4 only"),
+        };
+        let ip: IpAddr = format!("{}.{}.{}.{}", first[0], first[1], first[2], first[3].wrapping_add(3)).parse()?;
+        let node = NodeSpec { name: "restored".into(), ips: vec![ip], dns: Vec::new() };
+        let data = backup.join("data");
+        let facts = PkiFacts::read(&self.pki.root)?;
+        let single = ClusterSpec { token: None, clients: Vec::new(), nodes: vec![node.clone()], ..self.spec.clone() };
+        let env = node_env(&single, &node, &facts, &TargetPaths::standard())?;
+        let out = Command::new(&self.etcdctl)
+            .env_clear()
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore", &snap.to_string_lossy()])
+            .arg(format!("--data-dir={}", data.display()))
+            .arg("--name=restored")
+            .arg(format!("--initial-cluster={}", env["ETCD_INITIAL_CLUSTER"]))
+            .arg(format!("--initial-advertise-peer-urls={}", env["ETCD_INITIAL_ADVERTISE_PEER_URLS"]))
+            .arg(format!("--initial-cluster-token={}", facts.token))
+            .output()
+            .context("cannot run etcdctl snapshot restore")?;
+        if !out.status.success() {
+            bail!("snapshot restore failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        chown_tree(&data, self.uid, self.gid)?;
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o700))?;
+        // Node 1's certificates serve it: clients reach it on loopback, which they cover.
+        let container = "xtask-smoke-restored".to_string();
+        let port = free_port()?;
+        let mut args: Vec<String> =
+            vec!["run", "-d", "--name", &container, "--label", LABEL, "--network", &self.network, "--ip", &ip.to_string()]
+                .into_iter()
+                .map(String::from)
+                .collect();
+        args.extend(hardening_args());
+        args.extend(["-v".into(), format!("{}:/var/lib/etcd", data.display())]);
+        args.extend(["-v".into(), format!("{}:{PKI_MOUNT}:ro", self.mounts.join(&self.nodes[0].spec.name).display())]);
+        args.extend(["-p".into(), format!("127.0.0.1:{port}:2379")]);
+        for (k, v) in &env {
+            args.extend(["--env".into(), format!("{k}={v}")]);
+        }
+        args.extend(self.run_args.iter().cloned());
+        args.push(self.tag.clone());
+        podman_checked(&args).context("cannot start the restored node")?;
+        self.res.containers.push(container.clone());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let value = loop {
+            self.interrupt.check()?;
+            let out = Command::new(&self.etcdctl)
+                .env_clear()
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints=https://127.0.0.1:{port}"))
+                .arg(format!("--cacert={}", self.client.join("ca.crt").display()))
+                .arg(format!("--cert={}", self.client.join("client.crt").display()))
+                .arg(format!("--key={}", self.client.join("client.key").display()))
+                .args(["get", "--print-value-only", "smoke/before-faults"])
+                .output()
+                .context("cannot run etcdctl")?;
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            if Instant::now() > deadline {
+                bail!("the restored node never answered: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if value != "kept" {
+            bail!("the restored node returned {value:?} for smoke/before-faults");
+        }
+        let size = fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
+        Ok(format!("snapshot of {size} bytes restored into a fresh node; data read back"))
+    }
+
+    fn print_how_to_reach(&self) {
+        println!("\nThe cluster is still running (--keep). Reach it with:");
+        let endpoints: Vec<String> = self.nodes.iter().map(|n| format!("https://127.0.0.1:{}", n.client_port)).collect();
+        println!(
+            "  {} --endpoints={} --cacert={} --cert={} --key={} endpoint health",
+            display_rel(&self.etcdctl),
+            endpoints.join(","),
+            display_rel(&self.client.join("ca.crt")),
+            display_rel(&self.client.join("client.crt")),
+            display_rel(&self.client.join("client.key"))
+        );
+        println!("Remove it with: podman rm -f -t 0 $(podman ps -aq --filter label={LABEL}); podman volume prune -f --filter label={LABEL}; podman network rm {}", self.network);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    NoCert,
+    OtherCa,
+    PlainHttp,
+    ClientOnPeer,
+}
+
+/// The `error` field of an etcd (zap) log line, or the line itself.
+fn server_reason(line: &str) -> String {
+    if let Some(start) = line.find('{') {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line[start..]) {
+            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                return e.to_string();
+            }
+        }
+    }
+    line.trim().to_string()
+}
+
+/// The run-time hardening every container gets.
+fn hardening_args() -> Vec<String> {
+    ["--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges"].iter().map(|s| s.to_string()).collect()
+}
+
+/// Copies a PKI directory for a container: owned by the etcd uid, keys 0400, dir 0500.
+fn stage_dir(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    for entry in fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        fs::copy(entry.path(), &dest).with_context(|| format!("cannot copy {}", entry.path().display()))?;
+        std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).with_context(|| format!("cannot chown {}", dest.display()))?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o400))?;
+    }
+    std::os::unix::fs::chown(to, Some(uid), Some(gid)).with_context(|| format!("cannot chown {}", to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o500))?;
+    Ok(())
+}
+
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).with_context(|| format!("cannot chown {}", dir.display()))?;
+    if dir.is_dir() {
+        for e in fs::read_dir(dir)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// The host-side etcdctl: the one acquired with the image's etcd (same version).
+fn find_etcdctl(tag: &str) -> Result<PathBuf> {
+    let version = tag.rsplit(':').next().unwrap_or_default();
+    let host = Arch::host().context("unsupported host architecture")?;
+    let p = target_dir().join("etcd").join(version).join(host.as_str()).join("etcdctl");
+    if !p.exists() {
+        bail!("{} is missing: run `cargo xtask fetch` for etcd {version}", p.display());
+    }
+    Ok(p)
+}
+
+fn print_summary(report: &Report, out: &Path) {
+    println!("\nsmoke test of {} ({} nodes, mutual TLS)", report.image, 3);
+    for c in &report.checks {
+        let mark = if c.outcome == Outcome::Pass { "PASS" } else { "FAIL" };
+        println!("  {mark}  {:<70} {:>6.2} s  {}", c.name, c.seconds, c.reason);
+    }
+    let t = |k: &str| report.timings.get(k).copied();
+    if let Some(s) = t("start_to_healthy") {
+        println!("  start to 3/3 healthy: {s:.2} s (goal <= {GOAL_HEALTHY_S} s)");
+    }
+    if let Some(s) = t("heal_after_restart") {
+        println!("  heal after restart:   {s:.2} s");
+    }
+    if let Some(s) = t("total") {
+        println!("  total:                {s:.1} s (goal <= {GOAL_TOTAL_S} s with the image built)");
+    }
+    println!("  {} passed, {} failed; report: {}", report.passed, report.failed, display_rel(&out.join("report.json")));
+}

@@ -1,0 +1,116 @@
+//! The podman resources of one smoke run, and their removal.
+//! In: names of containers, volumes and the network as they are created. Out: nothing left
+//! behind when the run ends, whether it passed, failed or was interrupted (unless `--keep`).
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+/// Every resource of a smoke run carries this label, so leftovers of a killed run are found.
+pub const LABEL: &str = "xtask.smoke=1";
+
+/// Runs `podman ARGS`; returns the output whether or not it succeeded.
+pub fn podman_output(args: &[String]) -> Result<Output> {
+    Command::new("podman").args(args).output().context("cannot run podman (install it: apt-get install podman)")
+}
+
+/// Runs `podman ARGS` and returns its stdout, or an error carrying its stderr.
+pub fn podman(args: &[&str]) -> Result<String> {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    podman_checked(&args)
+}
+
+pub fn podman_checked(args: &[String]) -> Result<String> {
+    let out = podman_output(args)?;
+    if !out.status.success() {
+        bail!(
+            "`podman {}` failed ({}): {}",
+            args.first().map(String::as_str).unwrap_or(""),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What a run created; removed on drop unless kept.
+pub struct Resources {
+    pub containers: Vec<String>,
+    pub volumes: Vec<String>,
+    pub networks: Vec<String>,
+    pub keep: bool,
+}
+
+impl Resources {
+    pub fn new(keep: bool) -> Self {
+        Resources { containers: Vec::new(), volumes: Vec::new(), networks: Vec::new(), keep }
+    }
+
+    /// Removes everything labelled by an earlier run that could not clean up (killed with SIGKILL).
+    pub fn remove_leftovers() -> Result<()> {
+        let filter = format!("label={LABEL}");
+        let containers = podman(&["ps", "-a", "-q", "--filter", &filter])?;
+        for id in containers.split_whitespace() {
+            eprintln!("smoke: removing container {id} left by an earlier run");
+            let _ = podman(&["rm", "-f", "-t", "0", id]);
+        }
+        let volumes = podman(&["volume", "ls", "-q", "--filter", &filter])?;
+        for v in volumes.split_whitespace() {
+            eprintln!("smoke: removing volume {v} left by an earlier run");
+            let _ = podman(&["volume", "rm", "-f", v]);
+        }
+        let networks = podman(&["network", "ls", "-q", "--filter", &filter])?;
+        for n in networks.split_whitespace() {
+            eprintln!("smoke: removing network {n} left by an earlier run");
+            let _ = podman(&["network", "rm", "-f", n]);
+        }
+        Ok(())
+    }
+
+    pub fn cleanup(&mut self) {
+        for c in self.containers.drain(..).rev() {
+            let _ = podman(&["rm", "-f", "-t", "0", &c]);
+        }
+        for v in self.volumes.drain(..) {
+            let _ = podman(&["volume", "rm", "-f", &v]);
+        }
+        for n in self.networks.drain(..) {
+            let _ = podman(&["network", "rm", "-f", &n]);
+        }
+    }
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.cleanup();
+        }
+    }
+}
+
+/// Set by Ctrl-C (or SIGTERM); long waits poll it and give up, so that the resources are
+/// dropped and removed on the way out.
+#[derive(Clone)]
+pub struct Interrupt(Arc<AtomicBool>);
+
+impl Interrupt {
+    pub fn install() -> Result<Self> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        ctrlc::set_handler(move || {
+            eprintln!("\nsmoke: interrupted; removing what this run created");
+            f.store(true, Ordering::SeqCst);
+        })
+        .context("cannot install the Ctrl-C handler")?;
+        Ok(Interrupt(flag))
+    }
+
+    pub fn check(&self) -> Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+}
