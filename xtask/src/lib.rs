@@ -7,6 +7,7 @@ pub mod ci;
 pub mod definition;
 pub mod image;
 pub mod pki;
+pub mod portable;
 pub mod render;
 pub mod smoke;
 pub mod util;
@@ -28,6 +29,8 @@ pub enum Cmd {
     BuildEtcd(build_etcd::BuildEtcd),
     Pki(pki::PkiCmd),
     Image(image::ImageCmd),
+    Render(render::Render),
+    Portable(portable::Portable),
     Smoke(smoke::Smoke),
     Ci(ci::Ci),
 }
@@ -39,6 +42,8 @@ impl Cli {
             Cmd::BuildEtcd(cmd) => cmd.run(),
             Cmd::Pki(cmd) => cmd.run(),
             Cmd::Image(cmd) => cmd.run(),
+            Cmd::Render(cmd) => cmd.run(),
+            Cmd::Portable(cmd) => cmd.run(),
             Cmd::Smoke(cmd) => cmd.run(),
             Cmd::Ci(cmd) => cmd.run(),
         }

@@ -6,6 +6,8 @@
 //! name = "tutorial"                 # DNS label; names the output directory
 //! # token = "..."                   # optional initial-cluster token; generated when absent
 //! clients = ["etcdctl", "healthcheck"]
+//! # tuning = "medium"              # optional preset of systemd/tuning.toml (small, medium,
+//!                                   # large, xlarge); etcd's own defaults when absent
 //!
 //! [[nodes]]
 //! name = "master1"                  # DNS label, also the certificate CN and a SAN
@@ -40,6 +42,17 @@ pub struct ClusterSpec {
     pub nodes: Vec<NodeSpec>,
 }
 
+/// A description with the choices only host bundles use: [`ClusterSpec::load_described`].
+/// (Kept beside [`ClusterSpec`] rather than in it, so that code building a `ClusterSpec` by hand
+/// is unaffected.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribedCluster {
+    pub spec: ClusterSpec,
+    /// The tuning preset (a name defined in `systemd/tuning.toml`, checked when rendering);
+    /// `None` runs etcd with its own defaults.
+    pub tuning: Option<String>,
+}
+
 /// One etcd member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeSpec {
@@ -61,6 +74,7 @@ struct RawCluster {
     clients: Vec<String>,
     #[serde(default)]
     nodes: Vec<RawNode>,
+    tuning: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,8 +96,21 @@ impl ClusterSpec {
         ClusterSpec::from_toml(&text, &path.display().to_string())
     }
 
+    /// Reads and checks a cluster description file, with its tuning choice.
+    pub fn load_described(path: &Path) -> Result<DescribedCluster> {
+        let text = fs::read_to_string(path).with_context(|| {
+            format!("cannot read cluster description {}: pass an existing file to --cluster", path.display())
+        })?;
+        ClusterSpec::from_toml_described(&text, &path.display().to_string())
+    }
+
     /// Parses and checks a description; `origin` names the file in messages.
     pub fn from_toml(text: &str, origin: &str) -> Result<ClusterSpec> {
+        Ok(ClusterSpec::from_toml_described(text, origin)?.spec)
+    }
+
+    /// Parses and checks a description, with its tuning choice.
+    pub fn from_toml_described(text: &str, origin: &str) -> Result<DescribedCluster> {
         let raw: RawCluster = toml::from_str(text).with_context(|| format!("{origin}: invalid cluster description"))?;
         let err = |field: &str, msg: String| anyhow::anyhow!("{origin}: {field}: {msg}");
 
@@ -97,6 +124,12 @@ impl ClusterSpec {
                         .into(),
                 ));
             }
+        }
+
+        if let Some(tuning) = &raw.tuning {
+            check_dns_label(tuning).map_err(|m| {
+                err("tuning", format!("{m}; name a preset of systemd/tuning.toml (small, medium, large, xlarge) or remove the field"))
+            })?;
         }
 
         if raw.nodes.is_empty() {
@@ -178,7 +211,8 @@ impl ClusterSpec {
             }
         }
 
-        Ok(ClusterSpec { name: raw.name, token: raw.token, clients: raw.clients, nodes })
+        let spec = ClusterSpec { name: raw.name, token: raw.token, clients: raw.clients, nodes };
+        Ok(DescribedCluster { spec, tuning: raw.tuning })
     }
 
     /// Things that are allowed but probably wrong, one sentence each.
@@ -380,6 +414,18 @@ ips = ["10.0.0.3"]
         assert_eq!(ips, ["10.0.1.204", "10.0.1.67", "10.0.1.236"]);
         assert!(spec.clients.contains(&"etcdctl".to_string()));
         assert!(spec.token.is_none());
+        let described = ClusterSpec::load_described(&crate::util::project_root().join("clusters/tutorial.toml")).unwrap();
+        assert_eq!(described.tuning.as_deref(), Some("medium"));
+        assert_eq!(described.spec, spec);
+    }
+
+    #[test]
+    fn tuning_is_optional() {
+        assert_eq!(ClusterSpec::from_toml_described(GOOD, "t.toml").unwrap().tuning, None);
+        let text = GOOD.replace("name = \"demo\"", "name = \"demo\"\ntuning = \"large\"");
+        let described = ClusterSpec::from_toml_described(&text, "t.toml").unwrap();
+        assert_eq!(described.tuning.as_deref(), Some("large"));
+        assert_eq!(described.spec, parse(GOOD).unwrap());
     }
 
     #[test]
@@ -397,6 +443,7 @@ ips = ["10.0.0.3"]
             (GOOD.replace("10.0.0.3", "127.0.0.1"), "nodes[2].ips[0]"),
             ("name = \"demo\"\n".to_string(), "nodes"),
             (GOOD.replace("name = \"demo\"", "name = \"demo\"\ntoken = \"has space\""), "token"),
+            (GOOD.replace("name = \"demo\"", "name = \"demo\"\ntuning = \"Huge One\""), "tuning"),
         ];
         for (text, field) in cases {
             let msg = err_of(&text);

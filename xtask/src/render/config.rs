@@ -18,6 +18,25 @@ pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 pub const METRICS_PORT: u16 = 2381;
 
+/// The TLS file variables and the file of the node's PKI directory each names (the
+/// `nodes/<node>/` layout of `cargo xtask pki`). The portable service passes exactly these as
+/// flags pointing into `${CREDENTIALS_DIRECTORY}` and loads each file as a credential of the
+/// same name.
+pub const TLS_FILES: [(&str, &str); 6] = [
+    ("ETCD_TRUSTED_CA_FILE", "ca.crt"),
+    ("ETCD_CERT_FILE", "server.crt"),
+    ("ETCD_KEY_FILE", "server.key"),
+    ("ETCD_PEER_TRUSTED_CA_FILE", "peer-ca.crt"),
+    ("ETCD_PEER_CERT_FILE", "peer.crt"),
+    ("ETCD_PEER_KEY_FILE", "peer.key"),
+];
+
+/// The command-line flag of an `ETCD_*` variable: `ETCD_PEER_CERT_FILE` -> `--peer-cert-file`.
+pub fn flag_of(key: &str) -> Option<String> {
+    let rest = key.strip_prefix("ETCD_")?;
+    Some(format!("--{}", rest.to_ascii_lowercase().replace('_', "-")))
+}
+
 /// What the configuration needs from a PKI directory made by `cargo xtask pki`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PkiFacts {
@@ -110,13 +129,10 @@ pub fn node_env(
     // Metrics and health without TLS, reachable from the node itself only.
     set("ETCD_LISTEN_METRICS_URLS", url("http", &loopback, METRICS_PORT));
     set("ETCD_CLIENT_CERT_AUTH", "true".to_string());
-    set("ETCD_TRUSTED_CA_FILE", pki_file("ca.crt"));
-    set("ETCD_CERT_FILE", pki_file("server.crt"));
-    set("ETCD_KEY_FILE", pki_file("server.key"));
     set("ETCD_PEER_CLIENT_CERT_AUTH", "true".to_string());
-    set("ETCD_PEER_TRUSTED_CA_FILE", pki_file("peer-ca.crt"));
-    set("ETCD_PEER_CERT_FILE", pki_file("peer.crt"));
-    set("ETCD_PEER_KEY_FILE", pki_file("peer.key"));
+    for (key, file) in TLS_FILES {
+        set(key, pki_file(file));
+    }
     if let Some(cn) = &pki.peer_cert_allowed_cn {
         set("ETCD_PEER_CERT_ALLOWED_CN", cn.clone());
     }

@@ -1,4 +1,117 @@
-//! Node configuration and per-node host bundles.
-//! In: a cluster description and its PKI. Out: what each node runs etcd with.
+//! Node configuration and per-node host bundles: `cargo xtask render --cluster FILE`.
+//! In: a cluster description (`clusters/*.toml`, with its tuning choice), its PKI (issued or
+//! brought up to date on the way, like `cargo xtask pki`), the unit templates and tuning
+//! presets in `systemd/`, SOURCE_DATE_EPOCH. Out: `target/render/<cluster>/`, staged whole and
+//! renamed into place (layout in [`Render`]).
+//!
+//! Modules: `config` (every etcd flag, as `ETCD_*` variables), `tuning` (the presets),
+//! `template` (reading and filling `systemd/`), `host` (the per-node trees and tarballs).
 
 pub mod config;
+pub mod host;
+pub mod template;
+pub mod tuning;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::pki::cluster::ClusterSpec;
+use crate::pki::issue::{issue, PkiLayout};
+use crate::pki::Profiles;
+use crate::util::{display_rel, source_date_epoch, target_dir, StagingDir};
+use config::PkiFacts;
+use host::{pick_client, render_node, write_node, ClusterInputs};
+use tuning::Presets;
+
+/// Render per-node host bundles: the files etcd needs on each member, laid out as they land
+/// on the host, and a tarball of each.
+///
+/// The PKI is issued first when missing, or brought up to date (like `cargo xtask pki`: kept
+/// where it matches). Output, per node, in OUT (default target/render/<cluster>/):
+///   <node>/                 etc/etcd/etcd.conf (ETCD_* + tuning), etc/etcd/pki/, etc/etcd/etcdctl.env
+///                           and etc/etcd/etcdctl/ (operator's client certificate),
+///                           etc/systemd/system/etcd.service, etcd-backup.{service,timer},
+///                           usr/lib/sysusers.d/etcd.conf, usr/lib/tmpfiles.d/etcd.conf
+///   <node>.tar              that tree, owned by root, to unpack at / on the host
+///   <node>.portable/, .tar  the host side of the portable service (`cargo xtask portable`)
+///   <node>.INSTALL.md       the steps on the host
+#[derive(Debug, clap::Args)]
+#[command(long_about, verbatim_doc_comment)]
+pub struct Render {
+    /// Cluster description (TOML), e.g. clusters/tutorial.toml
+    #[arg(long, value_name = "FILE")]
+    pub cluster: PathBuf,
+    /// PKI directory to use (issued or updated there) [default: target/pki/<cluster name>/]
+    #[arg(long, value_name = "DIR")]
+    pub pki: Option<PathBuf>,
+    /// Output directory [default: target/render/<cluster name>/]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Client identity whose certificate etcdctl and the backup use [default: etcdctl, or the
+    /// first client of the description]
+    #[arg(long, value_name = "ID")]
+    pub client: Option<String>,
+    /// Tuning presets [default: systemd/tuning.toml]
+    #[arg(long, value_name = "FILE")]
+    pub tuning_presets: Option<PathBuf>,
+}
+
+impl Render {
+    pub fn run(self) -> Result<()> {
+        let out = render(&self)?;
+        println!("{}: bundles written; see <node>.INSTALL.md", display_rel(&out));
+        Ok(())
+    }
+}
+
+/// Renders every node of `args.cluster`; returns the output directory.
+pub fn render(args: &Render) -> Result<PathBuf> {
+    let described = ClusterSpec::load_described(&args.cluster)?;
+    let spec = &described.spec;
+    for w in spec.warnings() {
+        eprintln!("warning: {}: {w}", args.cluster.display());
+    }
+    let presets_path = args.tuning_presets.clone().unwrap_or_else(Presets::default_path);
+    let presets = Presets::load(&presets_path)?;
+    let tuning = match &described.tuning {
+        Some(name) => Some((name.as_str(), presets.get(name, &args.cluster)?)),
+        None => None,
+    };
+    let client = pick_client(spec, args.client.as_deref(), &args.cluster)?;
+
+    let pki = args.pki.clone().map(PkiLayout::new).unwrap_or_else(|| PkiLayout::default_for(spec));
+    let profiles = Profiles::load(&Profiles::default_path())?;
+    let report = issue(spec, &profiles, &pki.root, false)
+        .with_context(|| format!("cannot issue the PKI of {} into {}", args.cluster.display(), pki.root.display()))?;
+    let issued = report.issued().count();
+    if issued > 0 {
+        eprintln!("pki {}: {issued} certificate(s) issued", display_rel(&pki.root));
+    }
+    let facts = PkiFacts::read(&pki.root)?;
+
+    let out = args.out.clone().unwrap_or_else(|| default_out(spec));
+    if let Some(parent) = out.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let epoch = source_date_epoch()?;
+    let staged = StagingDir::beside(&out)?;
+    // Keys inside: nobody but the owner looks in.
+    fs::set_permissions(staged.path(), fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set the mode of {}", staged.path().display()))?;
+    let inputs = ClusterInputs { spec, tuning, pki: &pki, facts: &facts, client };
+    for node in &spec.nodes {
+        let bundle = render_node(&inputs, node).with_context(|| format!("cannot render node {}", node.name))?;
+        write_node(&bundle, staged.path(), epoch)?;
+        println!("{}: {}", node.name, display_rel(&out.join(&node.name)));
+    }
+    staged.commit(&out)?;
+    Ok(out)
+}
+
+/// The default output directory of a cluster's bundles.
+pub fn default_out(spec: &ClusterSpec) -> PathBuf {
+    target_dir().join("render").join(&spec.name)
+}

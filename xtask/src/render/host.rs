@@ -1,0 +1,262 @@
+//! Per-node bundles. In: a checked cluster description, its tuning preset, its PKI directory
+//! (`cargo xtask pki` layout) and the templates in `systemd/`. Out, per node, two file trees
+//! laid out as they land on the host, and a tarball of each (numeric root owner, mtime
+//! SOURCE_DATE_EPOCH):
+//!
+//! - the host bundle: `/etc/etcd/etcd.conf`, the hardened `etcd.service`, the backup service and
+//!   timer, sysusers.d and tmpfiles.d entries, the node's certificates, the operator's etcdctl
+//!   settings and client certificate;
+//! - the host side of the portable service: the same without units or user, and an
+//!   `etcd.conf` without the TLS file variables (the portable unit passes those as flags into
+//!   `${CREDENTIALS_DIRECTORY}`).
+//!
+//! Every etcd setting comes from [`config::node_env`] plus the tuning preset.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::config::{self, node_env, PkiFacts, TargetPaths, CLIENT_PORT, TLS_FILES};
+use super::template;
+use super::tuning::Preset;
+use crate::image::layer::{self, Entry};
+use crate::pki::cluster::{ClusterSpec, NodeSpec};
+use crate::pki::issue::{PkiLayout, CA_CERT, CLIENT_CERT, CLIENT_KEY};
+use crate::util::write_atomic;
+
+/// Where the host bundle puts the operator's client certificate.
+pub const ETCDCTL_DIR: &str = "/etc/etcd/etcdctl";
+
+/// One file of a bundle: its path on the host (without the leading `/`), mode and content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleFile {
+    pub path: String,
+    pub mode: u32,
+    pub data: Vec<u8>,
+}
+
+/// A file tree for one node: directories we own (created with their mode) and files.
+#[derive(Debug, Clone, Default)]
+pub struct Tree {
+    /// Directories this bundle owns (parents like `etc/` are the host's and left out).
+    pub dirs: Vec<(String, u32)>,
+    pub files: Vec<BundleFile>,
+}
+
+impl Tree {
+    fn file(&mut self, path: &str, mode: u32, data: impl Into<Vec<u8>>) {
+        self.files.push(BundleFile { path: path.to_string(), mode, data: data.into() });
+    }
+
+    /// Writes the tree under `root` with the modes given.
+    pub fn write(&self, root: &Path) -> Result<()> {
+        for (dir, mode) in &self.dirs {
+            let p = root.join(dir);
+            fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(*mode))
+                .with_context(|| format!("cannot set the mode of {}", p.display()))?;
+        }
+        for f in &self.files {
+            write_atomic(&root.join(&f.path), &f.data, f.mode)?;
+        }
+        Ok(())
+    }
+
+    /// The tree as a tar archive: sorted, owned by uid/gid 0, mtime `epoch`.
+    pub fn tar(&self, epoch: u64) -> Result<Vec<u8>> {
+        let mut entries: Vec<Entry> = self.dirs.iter().map(|(d, m)| Entry::dir(d, *m, 0, 0)).collect();
+        entries.extend(self.files.iter().map(|f| Entry::inline(&f.path, f.mode, 0, 0, f.data.clone())));
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut out = Vec::new();
+        layer::write_tar(&entries, epoch, &mut out).context("cannot write the bundle tarball")?;
+        Ok(out)
+    }
+}
+
+/// Everything rendered for one node.
+#[derive(Debug, Clone)]
+pub struct NodeBundle {
+    pub node: String,
+    pub host: Tree,
+    pub portable: Tree,
+    pub install_md: String,
+}
+
+/// What every node of a cluster shares.
+pub struct ClusterInputs<'a> {
+    pub spec: &'a ClusterSpec,
+    /// The chosen preset and its name.
+    pub tuning: Option<(&'a str, &'a Preset)>,
+    pub pki: &'a PkiLayout,
+    pub facts: &'a PkiFacts,
+    /// The client identity whose certificate the operator's etcdctl and the backup use.
+    pub client: &'a str,
+}
+
+/// The client identity for etcdctl: `wanted`, else `etcdctl` if issued, else the first client.
+pub fn pick_client<'a>(spec: &'a ClusterSpec, wanted: Option<&'a str>, cluster: &Path) -> Result<&'a str> {
+    if let Some(w) = wanted {
+        return match spec.clients.iter().find(|c| c.as_str() == w) {
+            Some(c) => Ok(c),
+            None => bail!(
+                "--client {w}: {} lists no such client (clients = {:?}); add it there or pick one of those",
+                cluster.display(),
+                spec.clients
+            ),
+        };
+    }
+    spec.clients
+        .iter()
+        .find(|c| c.as_str() == "etcdctl")
+        .or_else(|| spec.clients.first())
+        .map(String::as_str)
+        .with_context(|| {
+            format!(
+                "{}: clients: empty, so no etcdctl or backup could authenticate: add e.g. clients = [\"etcdctl\"]",
+                cluster.display()
+            )
+        })
+}
+
+/// The environment file of a node: `node_env` plus the tuning preset, with a header.
+pub fn etcd_conf(inputs: &ClusterInputs<'_>, node: &NodeSpec, portable: bool) -> Result<String> {
+    let mut env = node_env(inputs.spec, node, inputs.facts, &TargetPaths::standard())?;
+    if portable {
+        for (key, _) in TLS_FILES {
+            env.remove(key);
+        }
+    }
+    let tuning_line = match inputs.tuning {
+        Some((name, preset)) => {
+            env.extend(preset.env());
+            format!("Tuning: preset {name} of systemd/tuning.toml: {}.", preset.description)
+        }
+        None => "Tuning: none chosen (tuning = ... in the cluster description), etcd's defaults apply.".to_string(),
+    };
+    let what = if portable {
+        "Read on the host by the portable etcd.service (EnvironmentFile=). The TLS file flags are\n\
+         not here: the unit passes them, pointing at its credentials (LoadCredential=)."
+    } else {
+        "Read by etcd.service (EnvironmentFile=). Certificates: /etc/etcd/pki/."
+    };
+    let header = format!(
+        "etcd member {} of cluster {}, generated by `cargo xtask render`: do not edit, render again.\n{what}\n{tuning_line}",
+        node.name, inputs.spec.name
+    );
+    Ok(config::env_file(&header, &env))
+}
+
+/// The operator's etcdctl settings: every member's client URL and the client certificate.
+pub fn etcdctl_env(inputs: &ClusterInputs<'_>) -> Result<String> {
+    let mut endpoints = Vec::new();
+    for n in &inputs.spec.nodes {
+        endpoints.push(config::url("https", &config::primary_ip(n)?, CLIENT_PORT));
+    }
+    let env = BTreeMap::from([
+        ("ETCDCTL_API".to_string(), "3".to_string()),
+        ("ETCDCTL_ENDPOINTS".to_string(), endpoints.join(",")),
+        ("ETCDCTL_CACERT".to_string(), format!("{ETCDCTL_DIR}/{CA_CERT}")),
+        ("ETCDCTL_CERT".to_string(), format!("{ETCDCTL_DIR}/{CLIENT_CERT}")),
+        ("ETCDCTL_KEY".to_string(), format!("{ETCDCTL_DIR}/{CLIENT_KEY}")),
+    ]);
+    let header = format!(
+        "etcdctl settings of cluster {} (client certificate of {:?}), generated by `cargo xtask render`.\n\
+         Use: set -a; . /etc/etcd/etcdctl.env; set +a; etcdctl endpoint health",
+        inputs.spec.name, inputs.client
+    );
+    Ok(config::env_file(&header, &env))
+}
+
+/// The backup's settings: the member's own loopback client URL, which [`node_env`] always
+/// listens on.
+pub fn backup_env(inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<String> {
+    let ip = config::primary_ip(node)?;
+    let loopback: std::net::IpAddr = if ip.is_ipv6() { "::1".parse()? } else { "127.0.0.1".parse()? };
+    let endpoint = config::url("https", &loopback, CLIENT_PORT);
+    let env = node_env(inputs.spec, node, inputs.facts, &TargetPaths::standard())?;
+    let listens = env.get("ETCD_LISTEN_CLIENT_URLS").map(String::as_str).unwrap_or("");
+    if !listens.split(',').any(|u| u == endpoint) {
+        bail!("node {}: etcd does not listen on {endpoint} (ETCD_LISTEN_CLIENT_URLS={listens}), so the backup could not reach it", node.name);
+    }
+    let env = BTreeMap::from([("ETCDCTL_API".to_string(), "3".to_string()), ("ETCDCTL_ENDPOINTS".to_string(), endpoint)]);
+    let header = format!(
+        "Where etcd-backup.service of member {} reaches etcd, generated by `cargo xtask render`.",
+        node.name
+    );
+    Ok(config::env_file(&header, &env))
+}
+
+fn read_pki(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).with_context(|| {
+        format!("cannot read {}: issue the PKI again with `cargo xtask pki --cluster FILE` (render does so itself)", path.display())
+    })
+}
+
+/// The certificates and keys of a node and of the operator, with the modes they have in the
+/// tarball (keys root-only; the host bundle's tmpfiles.d hands the node's keys to the etcd group).
+fn add_certificates(tree: &mut Tree, inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<()> {
+    let node_dir = inputs.pki.node_dir(&node.name);
+    for (_, file) in TLS_FILES {
+        let mode = if file.ends_with(".key") { 0o400 } else { 0o644 };
+        tree.file(&format!("etc/etcd/pki/{file}"), mode, read_pki(&node_dir.join(file))?);
+    }
+    let client_dir = inputs.pki.client_dir(inputs.client);
+    for (file, mode) in [(CA_CERT, 0o644), (CLIENT_CERT, 0o644), (CLIENT_KEY, 0o400)] {
+        tree.file(&format!("{}/{file}", ETCDCTL_DIR.trim_start_matches('/')), mode, read_pki(&client_dir.join(file))?);
+    }
+    tree.dirs.push(("etc/etcd".into(), 0o755));
+    tree.dirs.push(("etc/etcd/pki".into(), 0o755));
+    tree.dirs.push((ETCDCTL_DIR.trim_start_matches('/').into(), 0o700));
+    Ok(())
+}
+
+/// Renders both trees and the install notes of `node`.
+pub fn render_node(inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<NodeBundle> {
+    let etcdctl = etcdctl_env(inputs)?;
+
+    let mut host = Tree::default();
+    add_certificates(&mut host, inputs, node)?;
+    host.file("etc/etcd/etcd.conf", 0o644, etcd_conf(inputs, node, false)?);
+    host.file("etc/etcd/etcdctl.env", 0o644, etcdctl.clone());
+    host.file("etc/etcd/etcd-backup.env", 0o644, backup_env(inputs, node)?);
+    for unit in ["etcd.service", "etcd-backup.service", "etcd-backup.timer"] {
+        host.file(&format!("etc/systemd/system/{unit}"), 0o644, template::read(&format!("host/{unit}"))?);
+    }
+    host.file("usr/lib/sysusers.d/etcd.conf", 0o644, template::read("host/sysusers.conf")?);
+    host.file("usr/lib/tmpfiles.d/etcd.conf", 0o644, template::read("host/tmpfiles.conf")?);
+
+    let mut portable = Tree::default();
+    add_certificates(&mut portable, inputs, node)?;
+    portable.file("etc/etcd/etcd.conf", 0o644, etcd_conf(inputs, node, true)?);
+    portable.file("etc/etcd/etcdctl.env", 0o644, etcdctl);
+    portable.file("etc/etcd/etcd-backup.env", 0o644, backup_env(inputs, node)?);
+
+    let install_md = template::fill(
+        "systemd/host/INSTALL.md.in",
+        &template::read("host/INSTALL.md.in")?,
+        &[
+            ("NODE", node.name.clone()),
+            ("CLUSTER", inputs.spec.name.clone()),
+            ("ADDRESS", config::primary_ip(node)?.to_string()),
+            ("COUNT", inputs.spec.nodes.len().to_string()),
+            ("TUNING", inputs.tuning.map(|(n, _)| n.to_string()).unwrap_or_else(|| "etcd defaults".into())),
+            ("CLIENT", inputs.client.to_string()),
+        ],
+    )?;
+    Ok(NodeBundle { node: node.name.clone(), host, portable, install_md })
+}
+
+/// Writes a node's bundle into `out` (the cluster's staging directory): `<node>/`,
+/// `<node>.tar`, `<node>.portable/`, `<node>.portable.tar`, `<node>.INSTALL.md`.
+pub fn write_node(bundle: &NodeBundle, out: &Path, epoch: u64) -> Result<()> {
+    let n = &bundle.node;
+    bundle.host.write(&out.join(n))?;
+    write_atomic(&out.join(format!("{n}.tar")), &bundle.host.tar(epoch)?, 0o600)?;
+    bundle.portable.write(&out.join(format!("{n}.portable")))?;
+    write_atomic(&out.join(format!("{n}.portable.tar")), &bundle.portable.tar(epoch)?, 0o600)?;
+    write_atomic(&out.join(format!("{n}.INSTALL.md")), bundle.install_md.as_bytes(), 0o644)?;
+    Ok(())
+}

@@ -1,0 +1,457 @@
+//! `cargo xtask portable` end to end, and both bundles under a real systemd.
+//!
+//! 1. The units and os-release of the image match their golden files (refresh with
+//!    `UPDATE_GOLDEN=1 cargo test --test portable`).
+//! 2. The real binary builds the image twice from Debian's etcd (`--source distro`): the
+//!    directory image has every mount point, the libraries of the dynamic etcd and no file
+//!    owned by anyone but root in the `.raw`; the two `.raw` files are byte-identical.
+//! 3. A minimal Debian (debootstrap, cached under `target/nspawn/`) boots in systemd-nspawn
+//!    with its own loopback network only, on a throw-away overlay of the cached root. A oneshot
+//!    unit inside attaches the directory image with `portablectl attach --now`, gives it the
+//!    host side rendered by `cargo xtask render` for a one-node cluster on 127.0.0.2, and
+//!    checks that etcd.service is active, runs as a non-root uid, answers `etcdctl endpoint
+//!    health` over TLS with a client certificate and that the backup writes a snapshot; it
+//!    detaches, then installs the host bundle of the same node (sysusers, tmpfiles, the unit)
+//!    and checks the same. It writes `key=value` results into a bound directory and powers off.
+//!    Before that, when the host has loop devices, the `.raw` image is attached the same way
+//!    (the host's /dev/loop-control and /dev/loopN are bound in) and checked active and healthy.
+//!    The boot is bounded (180 s); on timeout only the nspawn process this test started is
+//!    stopped. The guest's systemd removes loop device nodes it sees go away, and those are the
+//!    host's: the test records them before the boot and recreates any that vanished.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .current_dir(root())
+        .env("XTASK_NO_OFFICIAL", "1")
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = xtask(args);
+    assert!(out.status.success(), "xtask {args:?} failed:\n{}", text(&out));
+    text(&out)
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = golden_dir().join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("golden file {} is missing: run UPDATE_GOLDEN=1 cargo test --test portable", path.display()));
+    assert_eq!(actual, want, "{name} differs from its golden file; if the change is intended: UPDATE_GOLDEN=1 cargo test");
+}
+
+/// The one image directory (`etcd_<version>`) in `out`.
+fn image_dir(out: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("etcd_"))
+        .collect();
+    assert_eq!(dirs.len(), 1, "one image directory expected in {}: {dirs:?}", out.display());
+    dirs[0].clone()
+}
+
+fn build(out: &Path) -> PathBuf {
+    ok(&["portable", "--source", "distro", "--out", out.to_str().unwrap()]);
+    image_dir(out)
+}
+
+#[test]
+fn units_and_os_release_match_golden_files() {
+    for (name, text) in xtask::portable::units().unwrap() {
+        golden(&format!("portable/{name}"), &text);
+    }
+    golden("portable/os-release", &xtask::portable::os_release("3.4.9").unwrap());
+    let units = xtask::portable::units().unwrap();
+    let etcd = &units.iter().find(|(n, _)| n == "etcd.service").unwrap().1;
+    // One source of truth: every TLS file variable of node_env is a flag on ExecStart, loaded
+    // as a credential of the same name.
+    for (key, file) in xtask::render::config::TLS_FILES {
+        let flag = xtask::render::config::flag_of(key).unwrap();
+        assert!(etcd.contains(&format!("{flag}=${{CREDENTIALS_DIRECTORY}}/{file}")), "{flag} missing");
+        assert!(etcd.contains(&format!("LoadCredential={file}:/etc/etcd/pki/{file}")), "{file} missing");
+    }
+    for line in ["DynamicUser=yes", "StateDirectory=etcd", "StateDirectoryMode=0700", "EnvironmentFile=/etc/etcd/etcd.conf"] {
+        assert!(etcd.lines().any(|l| l == line), "{line} missing");
+    }
+}
+
+#[test]
+fn builds_a_complete_image_and_a_reproducible_raw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let started = Instant::now();
+    let dir = build(&a);
+    println!("portable build: {:.1} s", started.elapsed().as_secs_f64());
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    let version = name.strip_prefix("etcd_").unwrap();
+
+    for mount in ["proc", "sys", "dev", "run", "tmp", "var/tmp", "var/lib/etcd", "var/lib/etcd-backup"] {
+        assert!(dir.join(mount).is_dir(), "mount point /{mount} missing");
+    }
+    for empty in ["etc/resolv.conf", "etc/machine-id"] {
+        assert_eq!(fs::metadata(dir.join(empty)).unwrap().len(), 0, "/{empty}");
+    }
+    for unit in ["etcd.service", "etcd-backup.service", "etcd-backup.timer"] {
+        assert!(dir.join("usr/lib/systemd/system").join(unit).is_file(), "{unit} missing");
+    }
+    let os_release = fs::read_to_string(dir.join("usr/lib/os-release")).unwrap();
+    for line in ["ID=etcd", &format!("VERSION_ID={version}"), "PORTABLE_PREFIXES=etcd"] {
+        assert!(os_release.lines().any(|l| l == line), "{line} missing from os-release:\n{os_release}");
+    }
+    assert!(os_release.contains("PORTABLE_PRETTY_NAME="));
+    // Debian's etcd is dynamic: its interpreter and libc come along.
+    let interp = xtask::image::elf::read(&dir.join("usr/bin/etcd")).unwrap().interp;
+    if let Some(interp) = interp {
+        assert!(dir.join(interp.trim_start_matches('/')).is_file(), "interpreter {interp} missing");
+    }
+    assert_eq!(fs::metadata(dir.join("usr/bin/etcd")).unwrap().permissions().mode() & 0o777, 0o755);
+
+    // Everything in the squashfs is root's, and it holds what the directory holds.
+    let raw = a.join(format!("{name}.raw"));
+    let out = Command::new("unsquashfs").arg("-lln").arg(&raw).output().expect("unsquashfs is installed (squashfs-tools)");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}", text(&out));
+    for line in listing.lines().filter(|l| l.starts_with(['d', '-', 'l'])) {
+        let owner = line.split_whitespace().nth(1).unwrap();
+        assert_eq!(owner, "0/0", "not root-owned: {line}");
+    }
+    assert!(listing.contains("squashfs-root/usr/lib/systemd/system/etcd.service"));
+    assert!(listing.contains("2023-11-14"), "timestamps are SOURCE_DATE_EPOCH (2023-11-14):\n{listing}");
+
+    // A second build elsewhere gives the same bytes.
+    build(&b);
+    let (ra, rb) = (fs::read(&raw).unwrap(), fs::read(b.join(format!("{name}.raw"))).unwrap());
+    assert!(ra == rb, "the .raw image is not reproducible");
+    let names: Vec<String> = fs::read_dir(&a).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "leftovers: {names:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Under a real systemd.
+
+const SUITE: &str = "bookworm";
+const INCLUDE: &str = "systemd,systemd-sysv,dbus,systemd-container";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn mirror() -> String {
+    std::env::var("XTASK_DEBIAN_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".to_string())
+}
+
+/// A minimal Debian with systemd, made once and reused: `target/nspawn/debian-<suite>-<key>/`,
+/// keyed by what debootstrap is asked for. Built beside and renamed when complete.
+fn cached_rootfs() -> PathBuf {
+    let recipe = format!("{SUITE} minbase {INCLUDE} {}", mirror());
+    let key: String = Sha256::digest(recipe.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
+    let base = xtask::util::target_dir().join("nspawn");
+    let dest = base.join(format!("debian-{SUITE}-{key}"));
+    if dest.join("usr/lib/systemd/systemd").is_file() {
+        return dest;
+    }
+    fs::create_dir_all(&base).unwrap();
+    let tmp = base.join(format!(".debian-{SUITE}-{key}.tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let started = Instant::now();
+    let out = Command::new("debootstrap")
+        .args(["--variant=minbase", &format!("--include={INCLUDE}"), SUITE])
+        .arg(&tmp)
+        .arg(mirror())
+        .output()
+        .expect("debootstrap is installed (Debian: debootstrap)");
+    if !out.status.success() {
+        let _ = fs::remove_dir_all(&tmp);
+        panic!("debootstrap failed (set XTASK_DEBIAN_MIRROR to a reachable mirror):\n{}", text(&out));
+    }
+    fs::rename(&tmp, &dest).unwrap();
+    println!("debootstrap {SUITE}: {:.0} s, cached in {}", started.elapsed().as_secs_f64(), dest.display());
+    dest
+}
+
+/// Runs inside the guest. `/xtask/params` names the image; results go to /xtask-result/status.
+const CHECK_SCRIPT: &str = r#"#!/bin/sh
+# The checks of tests/portable.rs, inside the booted guest.
+R=/xtask-result
+exec >"$R/log" 2>&1
+set -x
+. /xtask/params
+step() { echo "$1=$2" >>"$R/status"; }
+health() {
+    for i in $(seq 1 20); do
+        if "$@" endpoint health; then echo yes; return; fi
+        sleep 1
+    done
+    echo no
+}
+uid_of() { awk '/^Uid:/ {print $2}' "/proc/$(systemctl show -P MainPID "$1")/status"; }
+IMG="/xtask-image/$IMAGE"
+CLIENT="--endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/etcdctl/ca.crt --cert=/etc/etcd/etcdctl/client.crt --key=/etc/etcd/etcdctl/client.key"
+
+# (0) The squashfs image, when loop devices were passed in.
+if [ "$RAW" = yes ]; then
+    tar -xpf "/xtask-render/$NODE.portable.tar" -C / --no-same-owner --no-overwrite-dir
+    portablectl attach --now --runtime "$IMG.raw"; step raw-attach $?
+    step raw-active "$(systemctl is-active etcd.service)"
+    step raw-health "$(health "$IMG/usr/bin/etcdctl" $CLIENT)"
+    portablectl detach --now --runtime "$IMAGE"; step raw-detach $?
+    rm -rf /etc/etcd /var/lib/etcd /var/lib/private/etcd
+fi
+
+# (1) The portable image, with the host side rendered for the node.
+tar -xpf "/xtask-render/$NODE.portable.tar" -C / --no-same-owner --no-overwrite-dir
+portablectl attach --now --runtime "$IMG"; step portable-attach $?
+step portable-active "$(systemctl is-active etcd.service)"
+step portable-uid "$(uid_of etcd.service)"
+step portable-health "$(health "$IMG/usr/bin/etcdctl" $CLIENT)"
+systemctl start etcd-backup.service; step portable-backup $?
+step portable-snapshot "$(test -s /var/lib/private/etcd-backup/snapshot.db && echo yes || echo no)"
+journalctl -u etcd.service -u etcd-backup.service --no-pager | tail -30
+portablectl detach --now --runtime "$IMAGE"; step portable-detach $?
+step portable-gone "$(systemctl is-active etcd.service)"
+rm -rf /etc/etcd /var/lib/etcd /var/lib/private/etcd
+
+# (2) The host bundle of the same node.
+install -m 0755 "$IMG/usr/bin/etcd" "$IMG/usr/bin/etcdctl" /usr/local/bin/
+tar -xpf "/xtask-render/$NODE.tar" -C / --no-same-owner --no-overwrite-dir; step host-untar $?
+systemd-sysusers && systemd-tmpfiles --create etcd.conf; step host-setup $?
+step host-key-mode "$(stat -c '%a %U:%G' /etc/etcd/pki/server.key)"
+systemctl daemon-reload
+systemctl start etcd.service; step host-start $?
+step host-active "$(systemctl is-active etcd.service)"
+step host-uid "$(uid_of etcd.service)"
+step host-user "$(id -u etcd)"
+step host-data-mode "$(stat -c '%a %U' /var/lib/etcd)"
+step host-health "$(set -a; . /etc/etcd/etcdctl.env; set +a; health etcdctl)"
+systemctl start etcd-backup.service; step host-backup $?
+step host-snapshot "$(ls /var/backups/etcd/snapshot-*.db >/dev/null 2>&1 && echo yes || echo no)"
+journalctl -u etcd.service -u etcd-backup.service --no-pager | tail -30
+step done yes
+systemctl poweroff --no-block
+"#;
+
+const CHECK_SERVICE: &str = "[Unit]
+Description=xtask test: portable image and host bundle
+After=multi-user.target dbus.service
+Wants=dbus.service
+
+[Service]
+Type=oneshot
+ExecStart=/xtask/check.sh
+";
+
+const CHECK_TARGET: &str = "[Unit]
+Description=xtask test boot
+Requires=multi-user.target
+Wants=xtask-check.service
+After=multi-user.target
+AllowIsolate=yes
+";
+
+/// The host's loop device nodes, recreated (same numbers and mode) when dropped if the guest
+/// removed them.
+struct LoopNodes(Vec<(PathBuf, u64, u32)>);
+
+impl LoopNodes {
+    fn record() -> LoopNodes {
+        let mut nodes = Vec::new();
+        for entry in fs::read_dir("/dev").unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let is_loop = name == "loop-control" || name.strip_prefix("loop").is_some_and(|n| n.parse::<u32>().is_ok());
+            if let (true, Ok(meta)) = (is_loop, fs::symlink_metadata(&path)) {
+                if meta.file_type().is_block_device() || meta.file_type().is_char_device() {
+                    nodes.push((path, meta.rdev(), meta.mode()));
+                }
+            }
+        }
+        nodes.sort();
+        LoopNodes(nodes)
+    }
+}
+
+impl Drop for LoopNodes {
+    fn drop(&mut self) {
+        for (path, rdev, mode) in &self.0 {
+            if path.exists() {
+                continue;
+            }
+            let kind = if mode & 0o170000 == 0o060000 { "b" } else { "c" };
+            let (major, minor) = (((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff), (rdev & 0xff) | ((rdev >> 12) & !0xff));
+            let status = Command::new("mknod")
+                .args(["-m", &format!("{:o}", mode & 0o7777)])
+                .arg(path)
+                .args([kind, &major.to_string(), &minor.to_string()])
+                .status();
+            eprintln!("restored {} removed by the guest: {status:?}", path.display());
+        }
+    }
+}
+
+/// Waits for `child` up to `limit`; on timeout asks nspawn for an orderly shutdown (SIGTERM),
+/// then kills it. Only this child is ever signalled.
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let grace = Instant::now();
+            while grace.elapsed() < Duration::from_secs(20) {
+                if child.try_wait().unwrap().is_some() {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn mounts_under(path: &Path) -> Vec<String> {
+    let p = path.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&p)).map(str::to_string).collect()
+}
+
+#[test]
+fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let rootfs = cached_rootfs();
+
+    // The image (directory only) and the host side of a one-node cluster on the guest's loopback.
+    let image_out = t.join("image");
+    fs::create_dir_all(&image_out).unwrap();
+    ok(&["portable", "--source", "distro", "--out", image_out.to_str().unwrap()]);
+    let image = image_dir(&image_out).file_name().unwrap().to_string_lossy().into_owned();
+    let cluster = t.join("one.toml");
+    fs::write(&cluster, "name = \"nspawn\"\nclients = [\"etcdctl\"]\ntuning = \"small\"\n[[nodes]]\nname = \"node1\"\nips = [\"127.0.0.2\"]\n").unwrap();
+    let render = t.join("render");
+    ok(&[
+        "render",
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--pki",
+        t.join("pki").to_str().unwrap(),
+        "--out",
+        render.to_str().unwrap(),
+    ]);
+
+    let xt = t.join("xtask");
+    let result = t.join("result");
+    fs::create_dir_all(&xt).unwrap();
+    fs::create_dir_all(&result).unwrap();
+    fs::write(xt.join("check.sh"), CHECK_SCRIPT).unwrap();
+    fs::set_permissions(xt.join("check.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(xt.join("xtask-check.service"), CHECK_SERVICE).unwrap();
+    fs::write(xt.join("xtask-check.target"), CHECK_TARGET).unwrap();
+    let loops = LoopNodes::record();
+    let raw = loops.0.iter().any(|(p, _, _)| p.ends_with("loop-control")) && loops.0.len() > 1;
+    if !raw {
+        println!("no loop devices on this host: the .raw image is not attached under nspawn");
+    }
+    fs::write(xt.join("params"), format!("IMAGE={image}\nNODE=node1\nRAW={}\n", if raw { "yes" } else { "no" })).unwrap();
+
+    let bind = |flag: &str, from: &Path, to: &str| format!("--{flag}={}:{to}", from.display());
+    let console = fs::File::create(t.join("console.log")).unwrap();
+    let started = Instant::now();
+    let mut child = Command::new("systemd-nspawn")
+        .args(["-q", "-b", "--volatile=overlay", "--register=no", "--keep-unit", "--console=pipe", "--private-network"])
+        .arg("-D")
+        .arg(&rootfs)
+        .arg(bind("bind-ro", &xt, "/xtask"))
+        .arg(bind("bind-ro", &image_out, "/xtask-image"))
+        .arg(bind("bind-ro", &render, "/xtask-render"))
+        .arg(bind("bind", &result, "/xtask-result"))
+        .arg(bind("bind-ro", &xt.join("xtask-check.service"), "/etc/systemd/system/xtask-check.service"))
+        .arg(bind("bind-ro", &xt.join("xtask-check.target"), "/etc/systemd/system/xtask-check.target"))
+        .args(if raw { loops.0.iter().map(|(p, _, _)| format!("--bind={}", p.display())).collect() } else { Vec::new() })
+        .args(["--", "--unit=xtask-check.target"])
+        .stdin(Stdio::null())
+        .stdout(console.try_clone().unwrap())
+        .stderr(console)
+        .spawn()
+        .expect("systemd-nspawn is installed (Debian: systemd-container)");
+    let status = wait_bounded(&mut child, BOOT_TIMEOUT);
+    drop(loops);
+    println!("nspawn boot, checks and poweroff: {:.1} s", started.elapsed().as_secs_f64());
+
+    let mut log = String::new();
+    let _ = fs::File::open(result.join("log")).map(|mut f| f.read_to_string(&mut log));
+    let console = fs::read_to_string(t.join("console.log")).unwrap_or_default();
+    let status_text = fs::read_to_string(result.join("status")).unwrap_or_default();
+    let diag = format!("--- status\n{status_text}--- guest log\n{log}\n--- console\n{console}");
+    assert!(status.is_some(), "the guest did not power off within {BOOT_TIMEOUT:?}\n{diag}");
+    assert!(mounts_under(&rootfs).is_empty(), "mounts left behind: {:?}", mounts_under(&rootfs));
+
+    let get = |key: &str| {
+        status_text
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("no {key} in the results\n{diag}"))
+            .to_string()
+    };
+    println!("{status_text}");
+    assert_eq!(get("done"), "yes", "{diag}");
+    if raw {
+        assert_eq!(get("raw-attach"), "0", "{diag}");
+        assert_eq!(get("raw-active"), "active", "{diag}");
+        assert_eq!(get("raw-health"), "yes", "{diag}");
+        assert_eq!(get("raw-detach"), "0", "{diag}");
+        let raw_path = image_out.join(format!("{image}.raw")).display().to_string();
+        let losetup = Command::new("losetup").arg("-a").output().map(|o| text(&o)).unwrap_or_default();
+        assert!(!losetup.contains(&raw_path), "loop device left attached: {losetup}");
+    }
+    // (1) portable
+    assert_eq!(get("portable-attach"), "0", "{diag}");
+    assert_eq!(get("portable-active"), "active", "{diag}");
+    let uid: u32 = get("portable-uid").parse().unwrap_or(0);
+    assert!(uid != 0, "the portable etcd runs as root\n{diag}");
+    assert_eq!(get("portable-health"), "yes", "{diag}");
+    assert_eq!(get("portable-backup"), "0", "{diag}");
+    assert_eq!(get("portable-snapshot"), "yes", "{diag}");
+    assert_eq!(get("portable-detach"), "0", "{diag}");
+    assert_ne!(get("portable-gone"), "active", "{diag}");
+    // (2) host bundle
+    assert_eq!(get("host-setup"), "0", "{diag}");
+    assert_eq!(get("host-key-mode"), "440 root:etcd", "{diag}");
+    assert_eq!(get("host-start"), "0", "{diag}");
+    assert_eq!(get("host-active"), "active", "{diag}");
+    assert_eq!(get("host-uid"), get("host-user"), "etcd.service does not run as the etcd user\n{diag}");
+    assert_ne!(get("host-uid"), "0", "{diag}");
+    assert_eq!(get("host-data-mode"), "700 etcd", "{diag}");
+    assert_eq!(get("host-health"), "yes", "{diag}");
+    assert_eq!(get("host-backup"), "0", "{diag}");
+    assert_eq!(get("host-snapshot"), "yes", "{diag}");
+}

@@ -1,0 +1,304 @@
+//! `cargo xtask render` end to end: the real binary renders the golden cluster
+//! (`tests/golden/cluster.toml`) into a temporary directory; the text it writes must match the
+//! golden files (refresh them with `UPDATE_GOLDEN=1 cargo test --test render`), the tarball must
+//! be root-owned, sorted and reproducible, every unit (host bundle and portable image) must pass
+//! `systemd-analyze verify`, and `systemd-analyze security` must rate etcd.service at most 2.0
+//! where the tutorial's unit is UNSAFE. Then one thing is broken at a time (an unknown tuning
+//! preset, no clients) and render must say which field is wrong.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .current_dir(root())
+        .env("XTASK_NO_OFFICIAL", "1")
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = xtask(args);
+    assert!(out.status.success(), "xtask {args:?} failed:\n{}", text(&out));
+    text(&out)
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = xtask(args);
+    assert!(!out.status.success(), "xtask {args:?} should have failed:\n{}", text(&out));
+    text(&out)
+}
+
+/// Compares `actual` with `tests/golden/<name>`, or rewrites it with UPDATE_GOLDEN=1.
+fn golden(name: &str, actual: &str) {
+    let path = golden_dir().join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, actual).unwrap();
+        return;
+    }
+    let want = fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("golden file {} is missing: run UPDATE_GOLDEN=1 cargo test --test render", path.display()));
+    assert_eq!(actual, want, "{name} differs from its golden file; if the change is intended: UPDATE_GOLDEN=1 cargo test");
+}
+
+fn render_golden(tmp: &Path) -> PathBuf {
+    let cluster = golden_dir().join("cluster.toml");
+    let out = tmp.join("out");
+    ok(&[
+        "render",
+        "--cluster",
+        cluster.to_str().unwrap(),
+        "--pki",
+        tmp.join("pki").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    out
+}
+
+/// `(path, mode, uid, gid)` of every entry of a tar archive, in archive order.
+fn tar_listing(path: &Path) -> Vec<(String, u32, u64, u64, u64)> {
+    let mut ar = tar::Archive::new(fs::File::open(path).unwrap());
+    ar.entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let h = e.header();
+            (
+                e.path().unwrap().display().to_string(),
+                h.mode().unwrap(),
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                h.mtime().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn render_writes_the_golden_bundles_and_a_reproducible_root_owned_tarball() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = render_golden(tmp.path());
+    let m1 = out.join("m1");
+    for (file, name) in [
+        ("etc/etcd/etcd.conf", "render/m1/etc/etcd/etcd.conf"),
+        ("etc/etcd/etcdctl.env", "render/m1/etc/etcd/etcdctl.env"),
+        ("etc/systemd/system/etcd.service", "render/m1/etc/systemd/system/etcd.service"),
+        ("etc/systemd/system/etcd-backup.service", "render/m1/etc/systemd/system/etcd-backup.service"),
+        ("etc/systemd/system/etcd-backup.timer", "render/m1/etc/systemd/system/etcd-backup.timer"),
+        ("usr/lib/sysusers.d/etcd.conf", "render/m1/usr/lib/sysusers.d/etcd.conf"),
+        ("usr/lib/tmpfiles.d/etcd.conf", "render/m1/usr/lib/tmpfiles.d/etcd.conf"),
+    ] {
+        golden(name, &fs::read_to_string(m1.join(file)).unwrap());
+    }
+    golden("render/m1.portable/etc/etcd/etcd.conf", &fs::read_to_string(out.join("m1.portable/etc/etcd/etcd.conf")).unwrap());
+    golden("render/m1/etc/etcd/etcd-backup.env", &fs::read_to_string(m1.join("etc/etcd/etcd-backup.env")).unwrap());
+    golden("render/m3/etc/etcd/etcd-backup.env", &fs::read_to_string(out.join("m3/etc/etcd/etcd-backup.env")).unwrap());
+    golden("render/m1.INSTALL.md", &fs::read_to_string(out.join("m1.INSTALL.md")).unwrap());
+    // The IPv6 member listens on its address and ::1.
+    golden("render/m3/etc/etcd/etcd.conf", &fs::read_to_string(out.join("m3/etc/etcd/etcd.conf")).unwrap());
+
+    // The tuning preset and the TLS files: in the host file, and only flags in the portable one.
+    let host = fs::read_to_string(m1.join("etc/etcd/etcd.conf")).unwrap();
+    let portable = fs::read_to_string(out.join("m1.portable/etc/etcd/etcd.conf")).unwrap();
+    for line in ["ETCD_HEARTBEAT_INTERVAL=150", "ETCD_ELECTION_TIMEOUT=1500", "GOMAXPROCS=8", "ETCD_QUOTA_BACKEND_BYTES=8589934592"] {
+        assert!(host.contains(line) && portable.contains(line), "{line} missing");
+    }
+    assert!(host.contains("ETCD_KEY_FILE=/etc/etcd/pki/server.key"));
+    assert!(!portable.contains("_FILE="), "the portable env file must leave the TLS files to the unit:\n{portable}");
+
+    // Keys: only root reads them in the bundle; tmpfiles.d hands them to the etcd group.
+    for key in ["etc/etcd/pki/server.key", "etc/etcd/pki/peer.key", "etc/etcd/etcdctl/client.key"] {
+        assert_eq!(fs::metadata(m1.join(key)).unwrap().permissions().mode() & 0o777, 0o400, "{key}");
+    }
+    let tmpfiles = fs::read_to_string(m1.join("usr/lib/tmpfiles.d/etcd.conf")).unwrap();
+    assert!(tmpfiles.contains("z /etc/etcd/pki/server.key 0440 root etcd"));
+    assert!(tmpfiles.contains("d /var/lib/etcd 0700 etcd etcd"));
+    // The node's certificates are its own.
+    assert_eq!(
+        fs::read(m1.join("etc/etcd/pki/server.crt")).unwrap(),
+        fs::read(tmp.path().join("pki/nodes/m1/server.crt")).unwrap()
+    );
+
+    // The tarball: sorted, numeric root owner, mtime = SOURCE_DATE_EPOCH, same files as the tree.
+    let listing = tar_listing(&out.join("m1.tar"));
+    let paths: Vec<&str> = listing.iter().map(|e| e.0.as_str()).collect();
+    let mut sorted = paths.clone();
+    sorted.sort_by_key(|p| p.trim_end_matches('/'));
+    assert_eq!(paths, sorted, "entries are sorted by path, each directory before its content");
+    assert!(listing.iter().all(|e| e.2 == 0 && e.3 == 0 && e.4 == 1_700_000_000), "{listing:?}");
+    assert!(paths.contains(&"etc/systemd/system/etcd.service"));
+    assert!(!paths.iter().any(|p| *p == "etc/" || *p == "usr/"), "host directories must not be in the tarball: {paths:?}");
+    let key = listing.iter().find(|e| e.0 == "etc/etcd/pki/server.key").unwrap();
+    assert_eq!(key.1 & 0o777, 0o400);
+    assert_eq!(fs::metadata(out.join("m1.tar")).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // Rendering again (same PKI) gives the same bytes, and leaves no staging directory behind.
+    let first = fs::read(out.join("m1.tar")).unwrap();
+    render_golden(tmp.path());
+    assert_eq!(first, fs::read(out.join("m1.tar")).unwrap(), "the tarball is not reproducible");
+    let names: Vec<String> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(names.iter().all(|n| !n.starts_with('.')), "leftovers: {names:?}");
+}
+
+/// A root for `systemd-analyze verify --root`: the host's system units (targets the units
+/// name), the units under test in /etc/systemd/system, and executables at the paths they run.
+fn verify_root(dir: &Path, units: &[(String, String)], executables: &[&str]) {
+    let sys = dir.join("usr/lib/systemd/system");
+    fs::create_dir_all(&sys).unwrap();
+    for entry in fs::read_dir("/usr/lib/systemd/system").unwrap() {
+        let entry = entry.unwrap();
+        let meta = fs::symlink_metadata(entry.path()).unwrap();
+        if meta.is_file() {
+            fs::copy(entry.path(), sys.join(entry.file_name())).unwrap();
+        } else if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path()).unwrap(), sys.join(entry.file_name())).unwrap();
+        }
+    }
+    let etc = dir.join("etc/systemd/system");
+    fs::create_dir_all(&etc).unwrap();
+    for (name, text) in units {
+        fs::write(etc.join(name), text).unwrap();
+    }
+    for exe in executables {
+        let p = dir.join(exe.trim_start_matches('/'));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::copy("/bin/true", &p).unwrap();
+    }
+}
+
+/// `systemd-analyze verify` of the units in a verify root; any message is a failure.
+fn verify(dir: &Path, units: &[(String, String)]) {
+    let names: Vec<String> = units.iter().map(|(n, _)| format!("etc/systemd/system/{n}")).collect();
+    let out = Command::new("systemd-analyze")
+        .arg(format!("--root={}", dir.display()))
+        .arg("verify")
+        .args(&names)
+        .output()
+        .expect("systemd-analyze is installed (Debian: systemd)");
+    assert!(out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(), "systemd-analyze verify {names:?}:\n{}", text(&out));
+}
+
+/// The overall exposure `systemd-analyze security --offline=yes` gives a unit file.
+fn exposure(unit: &Path) -> (f64, String) {
+    let out = Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(unit).output().unwrap();
+    let all = text(&out);
+    let line = all
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("no exposure level in:\n{all}"))
+        .to_string();
+    let score: f64 = line.split(':').nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    (score, line.trim().to_string())
+}
+
+#[test]
+fn every_unit_verifies_and_etcd_service_is_hardened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = render_golden(tmp.path());
+    let sys = out.join("m1/etc/systemd/system");
+    let host_units: Vec<(String, String)> = ["etcd.service", "etcd-backup.service", "etcd-backup.timer"]
+        .iter()
+        .map(|n| (n.to_string(), fs::read_to_string(sys.join(n)).unwrap()))
+        .collect();
+    let host_root = tmp.path().join("host-root");
+    verify_root(&host_root, &host_units, &["/usr/local/bin/etcd", "/usr/local/bin/etcdctl", "/bin/sh", "/usr/bin/find"]);
+    verify(&host_root, &host_units);
+
+    let portable_units = xtask::portable::units().unwrap();
+    let portable_root = tmp.path().join("portable-root");
+    verify_root(&portable_root, &portable_units, &["/usr/bin/etcd", "/usr/bin/etcdctl"]);
+    verify(&portable_root, &portable_units);
+
+    let (ours, ours_line) = exposure(&sys.join("etcd.service"));
+    let (portable, portable_line) = exposure(&portable_root.join("etc/systemd/system/etcd.service"));
+    let tutorial_unit = tmp.path().join("tutorial/etcd.service");
+    fs::create_dir_all(tutorial_unit.parent().unwrap()).unwrap();
+    fs::copy(golden_dir().join("tutorial-etcd.service"), &tutorial_unit).unwrap();
+    let (tutorial, tutorial_line) = exposure(&tutorial_unit);
+    println!("host bundle:     {ours_line}");
+    println!("portable image:  {portable_line}");
+    println!("tutorial's unit: {tutorial_line}");
+    assert!(ours <= 2.0, "host etcd.service: {ours_line}");
+    assert!(portable <= 2.0, "portable etcd.service: {portable_line}");
+    assert!(tutorial >= 9.0, "the tutorial's unit should be rated UNSAFE: {tutorial_line}");
+    let (backup, backup_line) = exposure(&sys.join("etcd-backup.service"));
+    println!("host bundle:     {backup_line}");
+    assert!(backup <= 2.0, "{backup_line}");
+
+    // Break one thing: a unit with a typo in a key is reported.
+    let mut broken = host_units.clone();
+    broken[0].1 = broken[0].1.replace("ProtectSystem=strict", "ProtectSytem=strict");
+    let broken_root = tmp.path().join("broken-root");
+    verify_root(&broken_root, &broken, &["/usr/local/bin/etcd", "/usr/local/bin/etcdctl", "/bin/sh", "/usr/bin/find"]);
+    let out = Command::new("systemd-analyze")
+        .arg(format!("--root={}", broken_root.display()))
+        .args(["verify", "etc/systemd/system/etcd.service"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ProtectSytem"), "{}", text(&out));
+}
+
+#[test]
+fn bad_choices_name_the_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fs::read_to_string(golden_dir().join("cluster.toml")).unwrap();
+    let write = |name: &str, text: String| {
+        let p = tmp.path().join(name);
+        fs::write(&p, text).unwrap();
+        p
+    };
+    let pki = tmp.path().join("pki");
+    let out = tmp.path().join("out");
+    let run = |cluster: &Path| {
+        fails(&[
+            "render",
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--pki",
+            pki.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+
+    let huge = write("huge.toml", base.replace("tuning = \"large\"", "tuning = \"huge\""));
+    let msg = run(&huge);
+    assert!(msg.contains("huge.toml: tuning") && msg.contains("small"), "{msg}");
+
+    let no_clients = write("noclients.toml", base.replace("clients = [\"backup\", \"etcdctl\"]", "clients = []"));
+    let msg = run(&no_clients);
+    assert!(msg.contains("clients"), "{msg}");
+
+    let msg = fails(&[
+        "render",
+        "--cluster",
+        golden_dir().join("cluster.toml").to_str().unwrap(),
+        "--pki",
+        pki.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--client",
+        "nobody",
+    ]);
+    assert!(msg.contains("--client nobody"), "{msg}");
+    // Nothing half-written.
+    assert!(!out.exists());
+}
