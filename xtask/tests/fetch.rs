@@ -379,6 +379,26 @@ fn auto_falls_back_to_debian_only_when_unreachable_and_allowed() {
     assert_eq!(prov["source"], "distro");
     assert!(prov["origin"].as_str().unwrap().starts_with("debian:etcd-server:amd64="));
 
+    // The fallback is remembered: the next run does no network I/O and says so loudly.
+    let hits = server.hits("missing");
+    let out = run(true, "auto");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("earlier fallback"), "{}", stderr(&out));
+    assert_eq!(server.hits("missing"), hits, "a remembered fallback must not touch the network");
+
+    // Fetching the pinned tarball ends it.
+    let good = server.url("good");
+    let d = def(true);
+    let out = xtask(
+        &["fetch", "--definition", d.to_str().unwrap(), "--source", "tarball", "--mirror", &good, "--out-root", root.to_str().unwrap()],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(true, "auto");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(tarball)"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("fallback"), "{}", stderr(&out));
+
     // A mismatch never falls back, whatever the definition allows.
     let bad = server.url("bad");
     let d = def(true);

@@ -227,6 +227,17 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
                 }
             }
             let cached = root.join("cache").join(&name);
+            let marker = fallback_marker(&root, &version, arch);
+            if opts.source == SourcePolicy::Auto && def.etcd.allow_distro_fallback && !cached.exists() {
+                if let Some(got) = earlier_fallback(&marker, &root, arch) {
+                    eprintln!(
+                        "WARNING: using Debian's etcd {} ({arch}) from an earlier fallback: no download location was \
+                         reachable then. `cargo xtask fetch --source tarball` fetches the pinned {version} once it is.",
+                        got.provenance.version
+                    );
+                    return Ok(got);
+                }
+            }
             let origin = match cached_matches(&cached, expected)? {
                 true => format!("cache:{name}"),
                 false => match download_first(&version, arch, &name, expected, &cached, def, opts)? {
@@ -237,7 +248,9 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
                         eprintln!("WARNING: falling back to Debian's etcd packages, as {} allows;", display_rel(&def.path));
                         eprintln!("WARNING: the artifacts will carry the version actually shipped, not {version}.");
                         eprintln!();
-                        return ensure_distro(arch, &root);
+                        let got = ensure_distro(arch, &root)?;
+                        write_atomic(&marker, format!("{}\n", got.provenance.version).as_bytes(), 0o644)?;
+                        return Ok(got);
                     }
                     None => bail!(
                         "no download location for {name} was reachable (see above); add a reachable --mirror, \
@@ -249,9 +262,28 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
                 Some(prev) if origin.starts_with("cache:") => prev,
                 _ => origin,
             };
-            install_tarball(&cached, &version, arch, expected, &origin, &out_dir)
+            let got = install_tarball(&cached, &version, arch, expected, &origin, &out_dir)?;
+            if marker.exists() {
+                fs::remove_file(&marker).with_context(|| format!("cannot remove {}", marker.display()))?;
+            }
+            Ok(got)
         }
     }
+}
+
+/// Records that `auto` fell back to Debian's packages for a pinned version, so that later runs
+/// reuse that choice without network I/O until a tarball is fetched.
+fn fallback_marker(root: &Path, version: &str, arch: Arch) -> PathBuf {
+    root.join(version).join(format!("{arch}.fallback"))
+}
+
+/// The Debian acquisition an earlier fallback recorded, if it is still intact.
+fn earlier_fallback(marker: &Path, root: &Path, arch: Arch) -> Option<Acquired> {
+    let version = fs::read_to_string(marker).ok()?;
+    let version = version.trim();
+    check_version(version).ok()?;
+    let got = Acquired::open(&root.join(version).join(arch.as_str())).ok()?;
+    (got.provenance.source == SourceKind::Distro).then_some(got)
 }
 
 fn cached_matches(cached: &Path, expected: Sha256Hex) -> Result<bool> {
