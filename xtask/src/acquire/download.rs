@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 
-use crate::util::{temp_sibling, HashingWriter, Sha256Hex};
+use crate::util::{human_bytes, temp_sibling, HashingWriter, Sha256Hex};
 
 /// Refuse anything bigger: an etcd tarball is about 20 MB.
 const MAX_BYTES: u64 = 1 << 30;
@@ -207,19 +207,4 @@ fn draw_bar(done: u64, length: Option<u64>, started: Instant) {
     let mut err = io::stderr();
     let _ = err.write_all(line.as_bytes());
     let _ = err.flush();
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }

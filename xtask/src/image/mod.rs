@@ -212,20 +212,7 @@ pub fn build_images(def: &Definition, args: &BuildArgs) -> Result<Vec<Built>> {
 }
 
 /// `12.3 MiB`.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use crate::util::human_bytes as human;
 
 fn print_built(b: &Built) {
     let what = match b.arch {

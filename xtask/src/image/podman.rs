@@ -17,14 +17,11 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+use crate::util::on_path;
+
 /// podman's own defaults for a rootful container; the host's hard limit is used when lower.
 const PODMAN_NOFILE: u64 = 1_048_576;
 const PODMAN_NPROC: u64 = 4_194_304;
-
-/// Whether an executable is on `PATH`.
-pub fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file())).unwrap_or(false)
-}
 
 /// Whether podman is installed.
 pub fn available() -> bool {

@@ -143,12 +143,11 @@ impl Smoke {
 
 fn preflight() -> Result<()> {
     for tool in ["podman", "curl"] {
-        if !crate::ci::on_path(tool) {
+        if !crate::util::on_path(tool) {
             bail!("the smoke test needs {tool}: install it (apt-get install {tool}) or run `cargo xtask ci --deps-only` as root");
         }
     }
-    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
-    if uid != 0 {
+    if !crate::util::is_root() {
         bail!("the smoke test runs rootful podman containers with static IPs and must run as root");
     }
     Ok(())
