@@ -8,6 +8,7 @@ pub mod definition;
 pub mod image;
 pub mod pki;
 pub mod portable;
+pub mod release;
 pub mod render;
 pub mod smoke;
 pub mod util;
@@ -32,6 +33,8 @@ pub enum Cmd {
     Render(render::Render),
     Portable(portable::Portable),
     Smoke(smoke::Smoke),
+    Release(release::Release),
+    Publish(release::publish::Publish),
     Ci(ci::Ci),
 }
 
@@ -45,6 +48,8 @@ impl Cli {
             Cmd::Render(cmd) => cmd.run(),
             Cmd::Portable(cmd) => cmd.run(),
             Cmd::Smoke(cmd) => cmd.run(),
+            Cmd::Release(cmd) => cmd.run(),
+            Cmd::Publish(cmd) => cmd.run(),
             Cmd::Ci(cmd) => cmd.run(),
         }
     }

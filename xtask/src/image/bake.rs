@@ -14,6 +14,10 @@
 //! Layers: `base` (users, directories, small files, the ELF interpreter and libraries a
 //! dynamic etcd needs), then one layer per binary, so that two cores compress in parallel and
 //! an unchanged binary keeps its layer digest.
+//!
+//! The interpreter and libraries come from the build host for the host's architecture, and
+//! from the acquisition's `sysroot/` when it has one (a foreign architecture's C library, taken
+//! from Debian by the acquire stage and hashed in its provenance): see [`elf::runtime_root`].
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -58,6 +62,10 @@ pub struct Plan {
     /// The image config with empty `rootfs.diff_ids` (filled in when the layers are written).
     pub config: ImageConfig,
     pub annotations: BTreeMap<String, String>,
+    /// Where the runtime files were resolved when not on the build host: `sysroot` (the
+    /// acquisition's own C library). Absent for host builds, so their inputs are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_root: Option<String>,
 }
 
 impl Plan {
@@ -139,11 +147,27 @@ pub fn plan(spec: &ImageSpec, acquired: &Acquired, epoch: u64) -> Result<Plan> {
         let (mode, uid, gid) = dir_meta(p)?;
         base.push(Entry::dir(p, mode, uid, gid));
     }
-    for rf in elf::runtime_closure(&binaries, arch, Path::new("/"))? {
-        base.push(
-            Entry::host(rf.image_path.trim_start_matches('/'), 0o755, 0, 0, &rf.host_path)
-                .with_context(|| format!("cannot add {} ({})", rf.image_path, rf.reason))?,
-        );
+    let root = elf::runtime_root(&acquired.dir);
+    let sysroot = root != Path::new("/");
+    for rf in elf::runtime_closure(&binaries, arch, &root)? {
+        let image_path = rf.image_path.trim_start_matches('/');
+        let entry = if sysroot {
+            // A file of the sysroot: it must stay inside it (no symlink out to the build host)
+            // and be the one acquire verified and recorded as `sysroot/<path>`.
+            let (real, rel) = elf::inside_root(&root, &rf.host_path)?;
+            let key = format!("sysroot/{rel}");
+            let sha = prov.files.get(&key).with_context(|| {
+                format!(
+                    "{}/{key} ({}) is not recorded in provenance.json: fetch etcd for {arch} again (cargo xtask fetch --arch {arch})",
+                    acquired.dir.display(),
+                    rf.reason
+                )
+            })?;
+            Entry::host_known(image_path, 0o755, 0, 0, &real, *sha)
+        } else {
+            Entry::host(image_path, 0o755, 0, 0, &rf.host_path)
+        };
+        base.push(entry.with_context(|| format!("cannot add {} ({})", rf.image_path, rf.reason))?);
     }
 
     let mut layers = vec![LayerPlan {
@@ -240,7 +264,19 @@ pub fn plan(spec: &ImageSpec, acquired: &Acquired, epoch: u64) -> Result<Plan> {
             })
             .collect(),
     };
-    Ok(Plan { arch, version, reference, stem, epoch, gzip_level: spec.gzip_level, layers, config, annotations })
+    let runtime_root = sysroot.then(|| "sysroot".to_string());
+    Ok(Plan {
+        arch,
+        version,
+        reference,
+        stem,
+        epoch,
+        gzip_level: spec.gzip_level,
+        layers,
+        config,
+        annotations,
+        runtime_root,
+    })
 }
 
 /// Adds every missing parent directory, then sorts by path (a parent sorts before its children).

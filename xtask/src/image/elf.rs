@@ -256,6 +256,35 @@ pub struct RuntimeFile {
     pub reason: String,
 }
 
+/// The root the runtime closure of an acquisition is resolved under: its `sysroot/` when it
+/// has one (acquire puts a foreign architecture's C library there), the build host's `/`
+/// otherwise.
+pub fn runtime_root(acquired_dir: &Path) -> PathBuf {
+    let sysroot = acquired_dir.join("sysroot");
+    if sysroot.is_dir() {
+        sysroot
+    } else {
+        PathBuf::from("/")
+    }
+}
+
+/// Resolves `path` (symlinks followed) and checks that it lies inside `root`: a sysroot's
+/// link must never lead out to the build host. Returns the resolved path and its path
+/// relative to `root`.
+pub fn inside_root(root: &Path, path: &Path) -> Result<(PathBuf, String)> {
+    let real_root = std::fs::canonicalize(root).with_context(|| format!("cannot resolve {}", root.display()))?;
+    let real = std::fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let rel = real.strip_prefix(&real_root).map_err(|_| {
+        anyhow::anyhow!(
+            "{} resolves to {}, outside {}: a link in the sysroot leads out of it; fetch etcd again",
+            path.display(),
+            real.display(),
+            root.display()
+        )
+    })?;
+    Ok((real.clone(), rel.to_string_lossy().into_owned()))
+}
+
 /// The interpreter and library closure of `binaries` for `arch`, resolved on the build host.
 /// `host_root` is `/` except in tests. Static binaries contribute nothing.
 pub fn runtime_closure(binaries: &[(String, PathBuf)], arch: Arch, host_root: &Path) -> Result<Vec<RuntimeFile>> {

@@ -199,7 +199,7 @@ pub fn write_tree(acquired: &Acquired, root: &Path) -> Result<()> {
     for (name, path) in &binaries {
         copy(root, &format!("usr/bin/{name}"), 0o755, path)?;
     }
-    for rf in elf::runtime_closure(&binaries, p.arch, Path::new("/"))? {
+    for rf in elf::runtime_closure(&binaries, p.arch, &elf::runtime_root(&acquired.dir))? {
         copy(root, rf.image_path.trim_start_matches('/'), 0o755, &rf.host_path)
             .with_context(|| format!("cannot copy {} ({})", rf.image_path, rf.reason))?;
     }
