@@ -255,8 +255,13 @@ impl Go {
         if !out.status.success() {
             bail!("`{} version` failed ({}): {}", cmd.display(), out.status, tail(&combined(&out), 5));
         }
-        let (raw, version) = parse_go_version_output(&text)
-            .with_context(|| format!("`{} version` printed {:?}, not `go version goX.Y...`: is --go really Go?", cmd.display(), text.trim()))?;
+        let (raw, version) = parse_go_version_output(&text).with_context(|| {
+            format!(
+                "`{} version` printed {:?}, not `go version goX.Y...`: is --go really Go?",
+                cmd.display(),
+                text.trim()
+            )
+        })?;
         Ok(Go { cmd, raw, version })
     }
 
@@ -310,9 +315,10 @@ fn parse_go_version_output(text: &str) -> Option<(String, GoVersion)> {
 
 /// GOFLAGS without the module-only flags, which GOPATH mode rejects.
 fn strip_module_flags(goflags: &str) -> (String, Vec<String>) {
-    let (keep, dropped): (Vec<&str>, Vec<&str>) = goflags
-        .split_whitespace()
-        .partition(|f| !["-mod", "--mod", "-modfile", "--modfile", "-modcacherw", "--modcacherw"].contains(&f.split('=').next().unwrap_or(f)));
+    let (keep, dropped): (Vec<&str>, Vec<&str>) = goflags.split_whitespace().partition(|f| {
+        !["-mod", "--mod", "-modfile", "--modfile", "-modcacherw", "--modcacherw"]
+            .contains(&f.split('=').next().unwrap_or(f))
+    });
     (keep.join(" "), dropped.into_iter().map(str::to_string).collect())
 }
 
@@ -354,7 +360,10 @@ impl GitCache {
                 c.args(["fetch", "--quiet", "--force", "--no-tags"]).arg(&url).args(refspecs);
             });
             if let Err(err) = fetched {
-                eprintln!("warning: cannot refresh {} from {source}, building from what it already holds: {err:#}", display_rel(&dir));
+                eprintln!(
+                    "warning: cannot refresh {} from {source}, building from what it already holds: {err:#}",
+                    display_rel(&dir)
+                );
             }
             return Ok(GitCache { dir, source: url.to_string_lossy().into_owned() });
         }
@@ -500,8 +509,10 @@ impl Layout {
             .into_iter()
             .find(|f| fs::read_to_string(tree.join(f)).is_ok_and(|t| t.contains("GitSHA")))
             .context("neither version/version.go nor api/version/version.go declares GitSHA")?;
-        let text = fs::read_to_string(tree.join(version_file)).with_context(|| format!("cannot read {version_file}"))?;
-        let version = go_string_var(&text, "Version").with_context(|| format!("{version_file} declares no `Version = \"...\"`"))?;
+        let text =
+            fs::read_to_string(tree.join(version_file)).with_context(|| format!("cannot read {version_file}"))?;
+        let version = go_string_var(&text, "Version")
+            .with_context(|| format!("{version_file} declares no `Version = \"...\"`"))?;
         let version_dir = Path::new(version_file).parent().unwrap_or(Path::new(""));
         let version_pkg = import_path(tree, version_dir)?;
 
@@ -552,7 +563,15 @@ impl Layout {
                 }
             }
         }
-        Ok(Layout { version, version_file: version_file.to_string(), version_pkg, root_module, mode, targets, go_directive })
+        Ok(Layout {
+            version,
+            version_file: version_file.to_string(),
+            version_pkg,
+            root_module,
+            mode,
+            targets,
+            go_directive,
+        })
     }
 }
 
@@ -702,10 +721,13 @@ impl BuildPlan<'_> {
             let output = cmd.output().with_context(|| format!("cannot run {}", go.cmd.display()))?;
             let text = combined(&output);
             if !output.status.success() {
-                let fetching = ["dial tcp", "proxy.golang.org", "module lookup disabled", "cannot find module providing package"];
+                let fetching =
+                    ["dial tcp", "proxy.golang.org", "module lookup disabled", "cannot find module providing package"];
                 let hint = match fetching.iter().any(|s| text.contains(s)) {
-                    true => "\nhint: Go could not get the dependencies: set GOPROXY to a reachable mirror \
-                             (e.g. GOPROXY=https://goproxy.cn,direct), or vendor them in the tree",
+                    true => {
+                        "\nhint: Go could not get the dependencies: set GOPROXY to a reachable mirror \
+                             (e.g. GOPROXY=https://goproxy.cn,direct), or vendor them in the tree"
+                    }
                     false => "",
                 };
                 bail!(
@@ -720,7 +742,12 @@ impl BuildPlan<'_> {
                 eprintln!("{}", text.trim_end());
             }
             if !dest.exists() {
-                bail!("go build of {} succeeded but wrote no {}: is {} a main package?", target.name, dest.display(), target.package);
+                bail!(
+                    "go build of {} succeeded but wrote no {}: is {} a main package?",
+                    target.name,
+                    dest.display(),
+                    target.package
+                );
             }
         }
         self.check_gitsha(arch, &out.join("etcd"))?;
@@ -771,7 +798,9 @@ impl BuildPlan<'_> {
                 Some(sha) if sha == self.short_sha => Ok(()),
                 Some(sha) => bail!("{} (it reports Git SHA: {sha})", wrong_pkg()),
                 None => {
-                    eprintln!("warning: `etcd --version` prints no 'Git SHA:' line; cannot confirm the GitSHA reached it");
+                    eprintln!(
+                        "warning: `etcd --version` prints no 'Git SHA:' line; cannot confirm the GitSHA reached it"
+                    );
                     Ok(())
                 }
             }
@@ -849,7 +878,10 @@ mod tests {
         w("version/version.go", "package version\nvar (\n\tVersion = \"3.4.9\"\n\tGitSHA = \"x\"\n)\n");
         w("vendor/x/x.go", "package x\n");
         let l = Layout::detect(t).unwrap();
-        assert_eq!((l.version.as_str(), l.version_pkg.as_str(), l.mode), ("3.4.9", "go.etcd.io/etcd/version", Mode::Gopath));
+        assert_eq!(
+            (l.version.as_str(), l.version_pkg.as_str(), l.mode),
+            ("3.4.9", "go.etcd.io/etcd/version", Mode::Gopath)
+        );
         assert_eq!(l.targets[1].package, "go.etcd.io/etcd/etcdctl");
         assert_eq!(l.go_directive.as_ref().map(|(v, _)| *v), GoVersion::parse("1.12"));
         // `go mod vendor` (as the tutorial does) makes it a module tree.
@@ -874,7 +906,10 @@ mod tests {
         w("etcdutl/go.mod", "module go.etcd.io/etcd/etcdutl/v3\n\ngo 1.16\n");
         w("etcdutl/main.go", "package main\n");
         let l = Layout::detect(t).unwrap();
-        assert_eq!((l.version.as_str(), l.version_pkg.as_str(), l.mode), ("3.5.1", "go.etcd.io/etcd/api/v3/version", Mode::Module));
+        assert_eq!(
+            (l.version.as_str(), l.version_pkg.as_str(), l.mode),
+            ("3.5.1", "go.etcd.io/etcd/api/v3/version", Mode::Module)
+        );
         let names: Vec<_> = l.targets.iter().map(|t| (t.name, t.dir.display().to_string())).collect();
         assert_eq!(names, [("etcd", "server".into()), ("etcdctl", "etcdctl".into()), ("etcdutl", "etcdutl".into())]);
         let (v, file) = l.go_directive.unwrap();

@@ -30,6 +30,17 @@ impl Ci {
             return Ok(());
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        // Formatting first: it takes a second and names the file to fix.
+        let has_fmt = Command::new(&cargo).args(["fmt", "--version"]).output().is_ok_and(|o| o.status.success());
+        if has_fmt {
+            let status = Command::new(&cargo).current_dir(&root).args(["fmt", "--all", "--check"]).status();
+            if !status.is_ok_and(|s| s.success()) {
+                bail!("the code is not formatted (see the diff above): run `cargo fmt --all`");
+            }
+            eprintln!("ci: cargo fmt --check: clean");
+        } else {
+            eprintln!("ci: warning: rustfmt is not installed, formatting not checked (`rustup component add rustfmt`)");
+        }
         let status = Command::new(cargo)
             .current_dir(&root)
             .args(["test", "--workspace", "--no-fail-fast"])
@@ -173,14 +184,27 @@ pub fn ensure_pypi_tools(list: &Path) -> Result<()> {
     }
     let staging = crate::util::StagingDir::beside(&dir)?;
     let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input", "--only-binary", ":all:"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--only-binary",
+            ":all:",
+        ])
         .arg("--target")
         .arg(staging.path())
         .args(&reqs)
         .status()
         .context("cannot run python3 -m pip: install pip (Debian: apt-get install python3-pip)")?;
     if !status.success() {
-        bail!("`pip install {}` failed ({status}): check that PyPI is reachable, or edit {}", reqs.join(" "), list.display());
+        bail!(
+            "`pip install {}` failed ({status}): check that PyPI is reachable, or edit {}",
+            reqs.join(" "),
+            list.display()
+        );
     }
     for (cmd, req) in &tools {
         if !staging.path().join("bin").join(cmd).is_file() {

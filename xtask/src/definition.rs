@@ -48,14 +48,14 @@ impl Definition {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = fs::read_to_string(path)
-            .with_context(|| format!("cannot read image definition {}", path.display()))?;
+        let text =
+            fs::read_to_string(path).with_context(|| format!("cannot read image definition {}", path.display()))?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let mut def: Definition = toml::from_str(text)
-            .with_context(|| format!("invalid image definition {}", path.display()))?;
+        let mut def: Definition =
+            toml::from_str(text).with_context(|| format!("invalid image definition {}", path.display()))?;
         def.path = path.to_path_buf();
         def.check().with_context(|| format!("invalid image definition {}", path.display()))?;
         Ok(def)
@@ -86,8 +86,8 @@ impl Definition {
 pub fn check_version(v: &str) -> Result<()> {
     let core = v.split('-').next().unwrap_or("");
     let parts: Vec<&str> = core.split('.').collect();
-    if v.starts_with('v') {
-        bail!("version {v:?} must not start with 'v': write {:?}", &v[1..]);
+    if let Some(rest) = v.strip_prefix('v') {
+        bail!("version {v:?} must not start with 'v': write {rest:?}");
     }
     if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
         bail!("version {v:?} is not of the form MAJOR.MINOR.PATCH (e.g. 3.4.9)");
@@ -134,8 +134,9 @@ mod tests {
         let err = Definition::parse("[etcd]\nversion='3.4.9'\narches=['mips']\nchecksums='x'\n", p).unwrap_err();
         assert!(format!("{err:#}").contains("mips"));
 
-        let err = Definition::parse("[etcd]\nversion='3.4.9'\narches=['amd64']\nchecksums='x'\nmirrors=['ftp://x']\n", p)
-            .unwrap_err();
+        let err =
+            Definition::parse("[etcd]\nversion='3.4.9'\narches=['amd64']\nchecksums='x'\nmirrors=['ftp://x']\n", p)
+                .unwrap_err();
         assert!(format!("{err:#}").contains("etcd.mirrors"));
     }
 

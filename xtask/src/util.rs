@@ -288,9 +288,7 @@ impl Drop for StagingDir {
 
 /// Whether an executable is on `PATH`.
 pub fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
-        .unwrap_or(false)
+    std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file())).unwrap_or(false)
 }
 
 /// Whether this process runs as root (`/proc/self` belongs to the effective uid).

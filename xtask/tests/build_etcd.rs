@@ -157,7 +157,11 @@ fn etcd_repo(dir: &Path) -> PathBuf {
     write(&repo, "version/version.go", VERSION_GO);
     write(&repo, "main.go", ETCD_MAIN);
     write(&repo, "etcdctl/main.go", ETCDCTL_MAIN);
-    write(&repo, "vendor/github.com/fakeorg/flags/flags.go", "package flags\n\nfunc Name() string { return \"vendored flags\" }\n");
+    write(
+        &repo,
+        "vendor/github.com/fakeorg/flags/flags.go",
+        "package flags\n\nfunc Name() string { return \"vendored flags\" }\n",
+    );
     git(&repo, &["add", "-A"]);
     git(&repo, &["commit", "-q", "-m", "etcd 3.4.9"]);
     git(&repo, &["tag", "-a", "-m", "v3.4.9", "v3.4.9"]);
@@ -352,7 +356,17 @@ fn builds_a_3_4_tree_like_upstream_and_fetch_source_build_takes_it() {
     let root = target.join("etcd");
     let out = xtask(
         &target,
-        &["fetch", "--source", "build", "--etcd-version", VERSION, "--arch", host_arch(), "--out-root", root.to_str().unwrap()],
+        &[
+            "fetch",
+            "--source",
+            "build",
+            "--etcd-version",
+            VERSION,
+            "--arch",
+            host_arch(),
+            "--out-root",
+            root.to_str().unwrap(),
+        ],
         &[],
     );
     assert_ok(&out);
@@ -393,11 +407,8 @@ fn module_trees_use_vendor_else_the_goproxy_and_goflags_pass_through() {
     // No vendor/: dependencies come from GOPROXY, here a mirror in a directory.
     let proxy = module_proxy(tmp.path());
     let modcache = tmp.path().join("gomodcache");
-    let envs = [
-        ("GOPROXY", proxy.as_str()),
-        ("GOFLAGS", "-mod=mod -modcacherw"),
-        ("GOMODCACHE", modcache.to_str().unwrap()),
-    ];
+    let envs =
+        [("GOPROXY", proxy.as_str()), ("GOFLAGS", "-mod=mod -modcacherw"), ("GOMODCACHE", modcache.to_str().unwrap())];
     assert_ok(&build(&target, &repo, "modproxy", &envs));
     let d = provenance(&out_dir(&target))["details"].clone();
     assert_eq!(d["dependencies"], format!("etcd: GOPROXY={proxy}; etcdctl: GOPROXY={proxy}"));
@@ -408,7 +419,10 @@ fn module_trees_use_vendor_else_the_goproxy_and_goflags_pass_through() {
     let fresh = tmp.path().join("fresh-modcache");
     let envs = [("GOPROXY", "off"), ("GOFLAGS", "-mod=mod -modcacherw"), ("GOMODCACHE", fresh.to_str().unwrap())];
     let out = build(&tmp.path().join("t2"), &repo, "modproxy", &envs);
-    assert_fails_with(&out, &["go build of etcd", "GOPROXY=off", "hint: Go could not get the dependencies", "GOPROXY="]);
+    assert_fails_with(
+        &out,
+        &["go build of etcd", "GOPROXY=off", "hint: Go could not get the dependencies", "GOPROXY="],
+    );
 }
 
 #[test]
@@ -472,7 +486,10 @@ fn a_binary_that_misreports_its_version_or_sha_is_refused_and_the_good_build_kep
     let good = fs::read(out_dir(&target).join("provenance.json")).unwrap();
 
     let out = build(&target, &repo, "liar", &[]);
-    assert_fails_with(&out, &["reports version 3.4.8, not 3.4.9; refusing it", "version/version.go sets Version = \"3.4.9\""]);
+    assert_fails_with(
+        &out,
+        &["reports version 3.4.8, not 3.4.9; refusing it", "version/version.go sets Version = \"3.4.9\""],
+    );
     let out = build(&target, &repo, "nosha", &[]);
     assert_fails_with(&out, &["the GitSHA did not reach", "GitSHA=", "Git SHA: Not provided"]);
 

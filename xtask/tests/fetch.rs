@@ -36,10 +36,7 @@ fn tarball() -> &'static (Vec<u8>, String) {
     static TARBALL_BYTES: OnceLock<(Vec<u8>, String)> = OnceLock::new();
     TARBALL_BYTES.get_or_init(|| {
         let root = target().join("test-cache/etcd");
-        let out = xtask(
-            &["fetch", "--source", "distro", "--arch", "amd64", "--out-root", root.to_str().unwrap()],
-            &[],
-        );
+        let out = xtask(&["fetch", "--source", "distro", "--arch", "amd64", "--out-root", root.to_str().unwrap()], &[]);
         assert!(out.status.success(), "fetching Debian's etcd failed: {}", stderr(&out));
         let bin = root.join(VERSION).join("amd64");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -142,7 +139,8 @@ fn serve(mut stream: TcpStream, hits: Arc<Mutex<HashMap<String, usize>>>) {
             thread::sleep(Duration::from_secs(20));
         }
         "error" => {
-            let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ =
+                stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
         _ => {
             let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
@@ -199,7 +197,8 @@ fn downloads_verifies_records_provenance_and_then_uses_the_cache() {
     let err = stderr(&out);
     assert!(err.contains("25%") && err.contains("received"), "plain progress lines expected off a terminal: {err}");
     let dir = root.join(VERSION).join("amd64");
-    let prov: serde_json::Value = serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
+    let prov: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
     assert_eq!(prov["source"], "tarball");
     assert_eq!(prov["version"], VERSION);
     assert_eq!(prov["reported_version"], VERSION);
@@ -316,7 +315,8 @@ fn an_unpinned_version_is_refused_before_any_download() {
     assert_eq!(server.hits("good"), 0);
 
     // The shipped pins refuse an unknown release too.
-    let out = xtask(&["fetch", "--etcd-version", "3.4.99", "--arch", "amd64", "--out-root", root.to_str().unwrap()], &[]);
+    let out =
+        xtask(&["fetch", "--etcd-version", "3.4.99", "--arch", "amd64", "--out-root", root.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("etcd-v3.4.99-linux-amd64.tar.gz"), "{}", stderr(&out));
 }
@@ -360,7 +360,17 @@ fn auto_falls_back_to_debian_only_when_unreachable_and_allowed() {
     let run = |allow: bool, source: &str| {
         let d = def(allow);
         xtask(
-            &["fetch", "--definition", d.to_str().unwrap(), "--source", source, "--mirror", &missing, "--out-root", root.to_str().unwrap()],
+            &[
+                "fetch",
+                "--definition",
+                d.to_str().unwrap(),
+                "--source",
+                source,
+                "--mirror",
+                &missing,
+                "--out-root",
+                root.to_str().unwrap(),
+            ],
             &[],
         )
     };
@@ -390,7 +400,17 @@ fn auto_falls_back_to_debian_only_when_unreachable_and_allowed() {
     let good = server.url("good");
     let d = def(true);
     let out = xtask(
-        &["fetch", "--definition", d.to_str().unwrap(), "--source", "tarball", "--mirror", &good, "--out-root", root.to_str().unwrap()],
+        &[
+            "fetch",
+            "--definition",
+            d.to_str().unwrap(),
+            "--source",
+            "tarball",
+            "--mirror",
+            &good,
+            "--out-root",
+            root.to_str().unwrap(),
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
@@ -403,7 +423,15 @@ fn auto_falls_back_to_debian_only_when_unreachable_and_allowed() {
     let bad = server.url("bad");
     let d = def(true);
     let out = xtask(
-        &["fetch", "--definition", d.to_str().unwrap(), "--mirror", &bad, "--out-root", tmp.path().join("e2").to_str().unwrap()],
+        &[
+            "fetch",
+            "--definition",
+            d.to_str().unwrap(),
+            "--mirror",
+            &bad,
+            "--out-root",
+            tmp.path().join("e2").to_str().unwrap(),
+        ],
         &[],
     );
     assert!(!out.status.success());
@@ -419,7 +447,6 @@ fn help_explains_the_sources() {
     }
 }
 
-
 #[test]
 fn a_foreign_architecture_comes_from_debian_with_its_c_library() {
     // Private apt lists for arm64 (the host's apt configuration is left alone).
@@ -430,7 +457,8 @@ fn a_foreign_architecture_comes_from_debian_with_its_c_library() {
     let head = fs::read(dir.join("etcd")).unwrap();
     assert_eq!(&head[..4], b"\x7fELF");
     assert_eq!(u16::from_le_bytes([head[18], head[19]]), 183, "an aarch64 binary");
-    let prov: serde_json::Value = serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
+    let prov: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
     assert_eq!(prov["source"], "distro");
     assert_eq!(prov["reported_version"], serde_json::Value::Null, "arm64 does not run here");
     assert!(prov["origin"].as_str().unwrap().contains("debian:libc6:arm64="));

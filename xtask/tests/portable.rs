@@ -63,9 +63,13 @@ fn golden(name: &str, actual: &str) {
         fs::write(&path, actual).unwrap();
         return;
     }
-    let want = fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("golden file {} is missing: run UPDATE_GOLDEN=1 cargo test --test portable", path.display()));
-    assert_eq!(actual, want, "{name} differs from its golden file; if the change is intended: UPDATE_GOLDEN=1 cargo test");
+    let want = fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!("golden file {} is missing: run UPDATE_GOLDEN=1 cargo test --test portable", path.display())
+    });
+    assert_eq!(
+        actual, want,
+        "{name} differs from its golden file; if the change is intended: UPDATE_GOLDEN=1 cargo test"
+    );
 }
 
 /// The one image directory (`etcd_<version>`) in `out`.
@@ -99,7 +103,9 @@ fn units_and_os_release_match_golden_files() {
         assert!(etcd.contains(&format!("{flag}=${{CREDENTIALS_DIRECTORY}}/{file}")), "{flag} missing");
         assert!(etcd.contains(&format!("LoadCredential={file}:/etc/etcd/pki/{file}")), "{file} missing");
     }
-    for line in ["DynamicUser=yes", "StateDirectory=etcd", "StateDirectoryMode=0700", "EnvironmentFile=/etc/etcd/etcd.conf"] {
+    for line in
+        ["DynamicUser=yes", "StateDirectory=etcd", "StateDirectoryMode=0700", "EnvironmentFile=/etc/etcd/etcd.conf"]
+    {
         assert!(etcd.lines().any(|l| l == line), "{line} missing");
     }
 }
@@ -137,7 +143,8 @@ fn builds_a_complete_image_and_a_reproducible_raw() {
 
     // Everything in the squashfs is root's, and it holds what the directory holds.
     let raw = a.join(format!("{name}.raw"));
-    let out = Command::new("unsquashfs").arg("-lln").arg(&raw).output().expect("unsquashfs is installed (squashfs-tools)");
+    let out =
+        Command::new("unsquashfs").arg("-lln").arg(&raw).output().expect("unsquashfs is installed (squashfs-tools)");
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", text(&out));
     for line in listing.lines().filter(|l| l.starts_with(['d', '-', 'l'])) {
@@ -151,7 +158,8 @@ fn builds_a_complete_image_and_a_reproducible_raw() {
     build(&b);
     let (ra, rb) = (fs::read(&raw).unwrap(), fs::read(b.join(format!("{name}.raw"))).unwrap());
     assert!(ra == rb, "the .raw image is not reproducible");
-    let names: Vec<String> = fs::read_dir(&a).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        fs::read_dir(&a).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| !n.starts_with('.')), "leftovers: {names:?}");
 }
 
@@ -303,7 +311,8 @@ impl Drop for LoopNodes {
                 continue;
             }
             let kind = if mode & 0o170000 == 0o060000 { "b" } else { "c" };
-            let (major, minor) = (((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff), (rdev & 0xff) | ((rdev >> 12) & !0xff));
+            let (major, minor) =
+                (((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff), (rdev & 0xff) | ((rdev >> 12) & !0xff));
             let status = Command::new("mknod")
                 .args(["-m", &format!("{:o}", mode & 0o7777)])
                 .arg(path)
@@ -381,7 +390,8 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     if !raw {
         println!("no loop devices on this host: the .raw image is not attached under nspawn");
     }
-    fs::write(xt.join("params"), format!("IMAGE={image}\nNODE=node1\nRAW={}\n", if raw { "yes" } else { "no" })).unwrap();
+    fs::write(xt.join("params"), format!("IMAGE={image}\nNODE=node1\nRAW={}\n", if raw { "yes" } else { "no" }))
+        .unwrap();
 
     let bind = |flag: &str, from: &Path, to: &str| format!("--{flag}={}:{to}", from.display());
     let console = fs::File::create(t.join("console.log")).unwrap();
@@ -396,7 +406,11 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
         .arg(bind("bind", &result, "/xtask-result"))
         .arg(bind("bind-ro", &xt.join("xtask-check.service"), "/etc/systemd/system/xtask-check.service"))
         .arg(bind("bind-ro", &xt.join("xtask-check.target"), "/etc/systemd/system/xtask-check.target"))
-        .args(if raw { loops.0.iter().map(|(p, _, _)| format!("--bind={}", p.display())).collect() } else { Vec::new() })
+        .args(if raw {
+            loops.0.iter().map(|(p, _, _)| format!("--bind={}", p.display())).collect()
+        } else {
+            Vec::new()
+        })
         .args(["--", "--unit=xtask-check.target"])
         .stdin(Stdio::null())
         .stdout(console.try_clone().unwrap())

@@ -115,11 +115,17 @@ fn publish_pushes_every_arch_and_the_image_pulls_back_and_runs() {
     assert!(version.starts_with("3.4."), "tagged with the etcd version: {reference}");
 
     // The registry holds the multi-arch index we built, digest for digest.
-    let raw = ok(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{reference}")));
+    let raw = ok(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}")));
     let index: serde_json::Value = serde_json::from_str(&raw).unwrap();
     assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
-    let mut arches: Vec<&str> =
-        index["manifests"].as_array().unwrap().iter().map(|m| m["platform"]["architecture"].as_str().unwrap()).collect();
+    let mut arches: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
     arches.sort();
     assert_eq!(arches, ["amd64", "arm64"]);
     let local = fs::read_dir(tmp.path().join("images")).unwrap().filter_map(|e| {
@@ -127,7 +133,8 @@ fn publish_pushes_every_arch_and_the_image_pulls_back_and_runs() {
         let name = p.file_name()?.to_string_lossy().into_owned();
         (name == format!("etcd-{version}.inputs.json")).then(|| fs::read_to_string(&p).unwrap())
     });
-    let stamp: serde_json::Value = serde_json::from_str(&local.into_iter().next().expect("the multi-arch build record")).unwrap();
+    let stamp: serde_json::Value =
+        serde_json::from_str(&local.into_iter().next().expect("the multi-arch build record")).unwrap();
     assert_eq!(stamp["digest"], digest);
 
     // Pulled back with podman (this machine's architecture) and run.

@@ -91,15 +91,20 @@ fn release_is_complete_checksummed_reproducible_and_its_sboms_are_valid() {
     assert_eq!(prov_amd64["source"], "distro", "the tests take Debian's etcd");
 
     // Exactly the documented files, nothing half-written beside them.
-    let names: BTreeSet<String> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    let mut want = BTreeSet::from(["SHA256SUMS".to_string(), format!("etcd-{version}.tar"), format!("etcd_{version}.raw")]);
+    let names: BTreeSet<String> =
+        fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut want =
+        BTreeSet::from(["SHA256SUMS".to_string(), format!("etcd-{version}.tar"), format!("etcd_{version}.raw")]);
     for arch in ["amd64", "arm64"] {
         for ext in ["tar", "provenance.json", "spdx.json"] {
             want.insert(format!("etcd-{version}-linux-{arch}.{ext}"));
         }
     }
     assert_eq!(names, want);
-    let beside: Vec<String> = fs::read_dir(tmp.path().join("a")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let beside: Vec<String> = fs::read_dir(tmp.path().join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(beside.iter().filter(|n| !n.starts_with(".build")).count(), 1, "{beside:?}");
 
     // sha256sum -c passes and covers every other file.
@@ -160,7 +165,8 @@ fn release_is_complete_checksummed_reproducible_and_its_sboms_are_valid() {
         e.read_to_end(&mut v).unwrap();
         assert_eq!(&v[18..20], &183u16.to_le_bytes(), "/{path} is an aarch64 ELF file");
         let sum = Sha256Hex::of_bytes(&v).to_string();
-        let recorded = prov_arm["files"].as_object().unwrap().iter().any(|(k, s)| k.starts_with("sysroot/") && s == sum.as_str());
+        let recorded =
+            prov_arm["files"].as_object().unwrap().iter().any(|(k, s)| k.starts_with("sysroot/") && s == sum.as_str());
         assert!(recorded, "/{path} is a file of the acquired sysroot");
         from_sysroot += 1;
     }
@@ -195,7 +201,13 @@ fn workflows_pass_actionlint_call_cargo_xtask_and_a_broken_one_fails() {
 
     // The workflows run the same commands as .ci/run and hold no logic of their own.
     let all: String = files.iter().map(|f| fs::read_to_string(f).unwrap()).collect();
-    for cmd in [".ci/run", "cargo xtask ci --deps-only", "cargo xtask release", "cargo xtask publish --registry", "sha256sum -c SHA256SUMS"] {
+    for cmd in [
+        ".ci/run",
+        "cargo xtask ci --deps-only",
+        "cargo xtask release",
+        "cargo xtask publish --registry",
+        "sha256sum -c SHA256SUMS",
+    ] {
         assert!(all.contains(cmd), "no workflow runs {cmd}");
     }
     for l in all.lines().map(str::trim).filter(|l| l.starts_with("run:")) {
@@ -236,9 +248,9 @@ impl Drop for PodmanImage {
 /// Err(reason) when this machine does not allow it.
 fn register_qemu_aarch64() -> Result<Binfmt, String> {
     // Debian's rule (qemu-user-static ships it for systemd-binfmt), else one for the plain binary.
-    let debian_rule = fs::read_to_string("/usr/lib/binfmt.d/qemu-aarch64.conf").ok().filter(|r| {
-        r.split(':').nth(7).is_some_and(|interp| Path::new(interp).is_file())
-    });
+    let debian_rule = fs::read_to_string("/usr/lib/binfmt.d/qemu-aarch64.conf")
+        .ok()
+        .filter(|r| r.split(':').nth(7).is_some_and(|interp| Path::new(interp).is_file()));
     let rule = match debian_rule {
         Some(r) => r.trim().to_string(),
         None if Path::new("/usr/bin/qemu-aarch64-static").is_file() => {
@@ -296,7 +308,10 @@ fn arm64_image_runs_etcd_under_qemu_or_says_why_not() {
     };
     let name = format!("localhost/xtask-release-qemu:{}", std::process::id());
     let _image = PodmanImage(name.clone());
-    ok(Command::new("skopeo").arg("copy").arg(format!("oci-archive:{}", archive.display())).arg(format!("containers-storage:{name}")));
+    ok(Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci-archive:{}", archive.display()))
+        .arg(format!("containers-storage:{name}")));
     let mut args = vec!["run".to_string(), "--rm".into(), "--arch".into(), "arm64".into()];
     args.extend(xtask::image::podman::run_args().unwrap());
     args.extend([name.clone(), "--version".into()]);

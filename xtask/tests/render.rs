@@ -53,9 +53,13 @@ fn golden(name: &str, actual: &str) {
         fs::write(&path, actual).unwrap();
         return;
     }
-    let want = fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("golden file {} is missing: run UPDATE_GOLDEN=1 cargo test --test render", path.display()));
-    assert_eq!(actual, want, "{name} differs from its golden file; if the change is intended: UPDATE_GOLDEN=1 cargo test");
+    let want = fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!("golden file {} is missing: run UPDATE_GOLDEN=1 cargo test --test render", path.display())
+    });
+    assert_eq!(
+        actual, want,
+        "{name} differs from its golden file; if the change is intended: UPDATE_GOLDEN=1 cargo test"
+    );
 }
 
 fn render_golden(tmp: &Path) -> PathBuf {
@@ -108,7 +112,10 @@ fn render_writes_the_golden_bundles_and_a_reproducible_root_owned_tarball() {
     ] {
         golden(name, &fs::read_to_string(m1.join(file)).unwrap());
     }
-    golden("render/m1.portable/etc/etcd/etcd.conf", &fs::read_to_string(out.join("m1.portable/etc/etcd/etcd.conf")).unwrap());
+    golden(
+        "render/m1.portable/etc/etcd/etcd.conf",
+        &fs::read_to_string(out.join("m1.portable/etc/etcd/etcd.conf")).unwrap(),
+    );
     golden("render/m1/etc/etcd/etcd-backup.env", &fs::read_to_string(m1.join("etc/etcd/etcd-backup.env")).unwrap());
     golden("render/m3/etc/etcd/etcd-backup.env", &fs::read_to_string(out.join("m3/etc/etcd/etcd-backup.env")).unwrap());
     golden("render/m1.INSTALL.md", &fs::read_to_string(out.join("m1.INSTALL.md")).unwrap());
@@ -118,7 +125,12 @@ fn render_writes_the_golden_bundles_and_a_reproducible_root_owned_tarball() {
     // The tuning preset and the TLS files: in the host file, and only flags in the portable one.
     let host = fs::read_to_string(m1.join("etc/etcd/etcd.conf")).unwrap();
     let portable = fs::read_to_string(out.join("m1.portable/etc/etcd/etcd.conf")).unwrap();
-    for line in ["ETCD_HEARTBEAT_INTERVAL=150", "ETCD_ELECTION_TIMEOUT=1500", "GOMAXPROCS=8", "ETCD_QUOTA_BACKEND_BYTES=8589934592"] {
+    for line in [
+        "ETCD_HEARTBEAT_INTERVAL=150",
+        "ETCD_ELECTION_TIMEOUT=1500",
+        "GOMAXPROCS=8",
+        "ETCD_QUOTA_BACKEND_BYTES=8589934592",
+    ] {
         assert!(host.contains(line) && portable.contains(line), "{line} missing");
     }
     assert!(host.contains("ETCD_KEY_FILE=/etc/etcd/pki/server.key"));
@@ -145,7 +157,10 @@ fn render_writes_the_golden_bundles_and_a_reproducible_root_owned_tarball() {
     assert_eq!(paths, sorted, "entries are sorted by path, each directory before its content");
     assert!(listing.iter().all(|e| e.2 == 0 && e.3 == 0 && e.4 == 1_700_000_000), "{listing:?}");
     assert!(paths.contains(&"etc/systemd/system/etcd.service"));
-    assert!(!paths.iter().any(|p| *p == "etc/" || *p == "usr/"), "host directories must not be in the tarball: {paths:?}");
+    assert!(
+        !paths.iter().any(|p| *p == "etc/" || *p == "usr/"),
+        "host directories must not be in the tarball: {paths:?}"
+    );
     let key = listing.iter().find(|e| e.0 == "etc/etcd/pki/server.key").unwrap();
     assert_eq!(key.1 & 0o777, 0o400);
     assert_eq!(fs::metadata(out.join("m1.tar")).unwrap().permissions().mode() & 0o777, 0o600);
@@ -154,7 +169,8 @@ fn render_writes_the_golden_bundles_and_a_reproducible_root_owned_tarball() {
     let first = fs::read(out.join("m1.tar")).unwrap();
     render_golden(tmp.path());
     assert_eq!(first, fs::read(out.join("m1.tar")).unwrap(), "the tarball is not reproducible");
-    let names: Vec<String> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> =
+        fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(names.iter().all(|n| !n.starts_with('.')), "leftovers: {names:?}");
 }
 
@@ -193,7 +209,11 @@ fn verify(dir: &Path, units: &[(String, String)]) {
         .args(&names)
         .output()
         .expect("systemd-analyze is installed (Debian: systemd)");
-    assert!(out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(), "systemd-analyze verify {names:?}:\n{}", text(&out));
+    assert!(
+        out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+        "systemd-analyze verify {names:?}:\n{}",
+        text(&out)
+    );
 }
 
 /// The overall exposure `systemd-analyze security --offline=yes` gives a unit file.
@@ -219,7 +239,11 @@ fn every_unit_verifies_and_etcd_service_is_hardened() {
         .map(|n| (n.to_string(), fs::read_to_string(sys.join(n)).unwrap()))
         .collect();
     let host_root = tmp.path().join("host-root");
-    verify_root(&host_root, &host_units, &["/usr/local/bin/etcd", "/usr/local/bin/etcdctl", "/bin/sh", "/usr/bin/find"]);
+    verify_root(
+        &host_root,
+        &host_units,
+        &["/usr/local/bin/etcd", "/usr/local/bin/etcdctl", "/bin/sh", "/usr/bin/find"],
+    );
     verify(&host_root, &host_units);
 
     let portable_units = xtask::portable::units().unwrap();

@@ -29,10 +29,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("smoke");
 
-    let out = xtask()
-        .args(["smoke", "--source", "distro", "--out", out_dir.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = xtask().args(["smoke", "--source", "distro", "--out", out_dir.to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "smoke failed:\n{stdout}\n{stderr}");
@@ -46,7 +43,10 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     }
     // The refusals carry the server's own reason, not just the client's failure.
     let reason = |name: &str| {
-        checks.iter().find(|c| c["name"].as_str().unwrap().contains(name)).unwrap()["reason"].as_str().unwrap().to_string()
+        checks.iter().find(|c| c["name"].as_str().unwrap().contains(name)).unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_string()
     };
     assert!(reason("plain http").contains("first record does not look like a TLS handshake"));
     assert!(reason("no client certificate").contains("didn't provide a certificate"));
@@ -55,7 +55,11 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     for t in ["start_to_healthy", "heal_after_restart", "total"] {
         assert!(report["timings"][t].as_f64().unwrap() > 0.0, "{t}");
     }
-    assert!(stderr.contains("--runtime runc") || stderr.contains("--ulimit") || !Path::new("/sys/fs/cgroup/unified").exists());
+    assert!(
+        stderr.contains("--runtime runc")
+            || stderr.contains("--ulimit")
+            || !Path::new("/sys/fs/cgroup/unified").exists()
+    );
     assert!(stdout.contains("start to 3/3 healthy"), "{stdout}");
     nothing_left();
 

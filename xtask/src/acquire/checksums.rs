@@ -23,8 +23,8 @@ pub fn tarball_name(version: &str, arch: Arch) -> String {
 
 impl PinnedSums {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = fs::read_to_string(path)
-            .with_context(|| format!("cannot read pinned checksums {}", path.display()))?;
+        let text =
+            fs::read_to_string(path).with_context(|| format!("cannot read pinned checksums {}", path.display()))?;
         Self::parse(&text, path)
     }
 
@@ -39,7 +39,7 @@ impl PinnedSums {
             let (hex, name) = line.split_once(char::is_whitespace).with_context(|| {
                 format!("{}: expected `<sha256>  <file name>` as printed by sha256sum, got {line:?}", at())
             })?;
-            let sum: Sha256Hex = hex.parse().with_context(|| at())?;
+            let sum: Sha256Hex = hex.parse().with_context(at)?;
             // sha256sum marks binary mode with a leading '*'.
             let name = name.trim_start().trim_start_matches('*').to_string();
             if name.is_empty() || name.contains('/') {

@@ -46,7 +46,9 @@ impl Apt {
             opts.push("-oAPT::Sandbox::User=root".to_string());
         }
         let apt = Apt { arch, opts };
-        let has_lists = fs::read_dir(&lists).map(|rd| rd.flatten().any(|e| e.file_name() != "partial" && e.file_name() != "lock")).unwrap_or(false);
+        let has_lists = fs::read_dir(&lists)
+            .map(|rd| rd.flatten().any(|e| e.file_name() != "partial" && e.file_name() != "lock"))
+            .unwrap_or(false);
         if !has_lists {
             apt.update()?;
         }
@@ -58,10 +60,17 @@ impl Apt {
         if self.opts.is_empty() {
             bail!("refusing to update the host's apt lists from here: run `apt-get update` yourself");
         }
-        eprintln!("apt-get update (private {} package lists, verified with the host's keyring)", debian_arch(self.arch));
-        let status = Command::new("apt-get").args(&self.opts).args(["update", "-q"]).status().context("cannot run apt-get")?;
+        eprintln!(
+            "apt-get update (private {} package lists, verified with the host's keyring)",
+            debian_arch(self.arch)
+        );
+        let status =
+            Command::new("apt-get").args(&self.opts).args(["update", "-q"]).status().context("cannot run apt-get")?;
         if !status.success() {
-            bail!("apt-get update for {} failed ({status}); check that the Debian mirror is reachable", debian_arch(self.arch));
+            bail!(
+                "apt-get update for {} failed ({status}); check that the Debian mirror is reachable",
+                debian_arch(self.arch)
+            );
         }
         Ok(())
     }
@@ -154,16 +163,13 @@ pub fn ensure_deb(apt: &Apt, cand: &Candidate, cache_dir: &Path) -> Result<PathB
         // The staging directory is private to root; apt's download sandbox user could not write it.
         cmd.args(["-o", "APT::Sandbox::User=root"]);
     }
-    let status = cmd
-        .args(["download", "-q", &spec])
-        .current_dir(work.path())
-        .status()
-        .context("cannot run apt-get")?;
+    let status = cmd.args(["download", "-q", &spec]).current_dir(work.path()).status().context("cannot run apt-get")?;
     if !status.success() {
         bail!("`apt-get download {spec}` failed ({status}); check that the Debian mirror is reachable");
     }
     let got = work.path().join(&cand.file_name);
-    let actual = Sha256Hex::of_file(&got).with_context(|| format!("apt-get download did not produce {}", cand.file_name))?;
+    let actual =
+        Sha256Hex::of_file(&got).with_context(|| format!("apt-get download did not produce {}", cand.file_name))?;
     if actual != cand.sha256 {
         bail!("{}: SHA-256 {actual} does not match apt's index ({}); nothing was kept", cand.file_name, cand.sha256);
     }
@@ -173,7 +179,10 @@ pub fn ensure_deb(apt: &Apt, cand: &Candidate, cache_dir: &Path) -> Result<PathB
 
 /// Streams the file tree of a `.deb` (`dpkg-deb --fsys-tarfile`) through `visit`, one entry and
 /// its path (without the leading `./`) at a time.
-fn for_each_entry(deb: &Path, mut visit: impl FnMut(&mut tar::Entry<'_, std::process::ChildStdout>, &Path) -> Result<()>) -> Result<()> {
+fn for_each_entry(
+    deb: &Path,
+    mut visit: impl FnMut(&mut tar::Entry<'_, std::process::ChildStdout>, &Path) -> Result<()>,
+) -> Result<()> {
     let mut child = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
@@ -257,7 +266,11 @@ pub fn extract_libraries(deb: &Path, root: &Path) -> Result<usize> {
 /// For an architecture other than the host's, the C library the dynamic binaries need is
 /// extracted into `out_dir/sysroot/` (from Debian's `libc6` of that architecture): the image
 /// stage copies the ELF interpreter and libraries from there instead of from the host.
-pub fn acquire_into(apt: &Apt, cache_dir: &Path, out_dir: &Path) -> Result<(String, String, BTreeMap<String, Sha256Hex>)> {
+pub fn acquire_into(
+    apt: &Apt,
+    cache_dir: &Path,
+    out_dir: &Path,
+) -> Result<(String, String, BTreeMap<String, Sha256Hex>)> {
     let arch = apt.arch;
     let mut artifacts = BTreeMap::new();
     let mut origin = Vec::new();

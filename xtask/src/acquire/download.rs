@@ -76,13 +76,13 @@ pub fn download_verified(url: &str, dest: &Path, expected: Sha256Hex, timeouts: 
                 .map_err(unavailable)?;
         }
         let (reader, length) = open(url, timeouts).map_err(unavailable)?;
-        let file = fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))
-            .map_err(unavailable)?;
+        let file =
+            fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display())).map_err(unavailable)?;
         let mut out = HashingWriter::new(io::BufWriter::new(file));
         copy_with_progress(reader, &mut out, length, url).map_err(unavailable)?;
         let (buf, actual, written) = out.finish();
-        let file = buf.into_inner().map_err(|e| unavailable(anyhow!("cannot write {}: {}", tmp.display(), e.error())))?;
+        let file =
+            buf.into_inner().map_err(|e| unavailable(anyhow!("cannot write {}: {}", tmp.display(), e.error())))?;
         file.sync_all().with_context(|| format!("cannot sync {}", tmp.display())).map_err(unavailable)?;
         if let Some(len) = length {
             if written != len {

@@ -90,13 +90,7 @@ impl Fetch {
         for arch in arches {
             let got = ensure(&def, arch, &opts)?;
             let p = &got.provenance;
-            println!(
-                "etcd {} {} ({}) -> {}",
-                p.version,
-                p.arch,
-                p.source.as_str(),
-                display_rel(&got.dir)
-            );
+            println!("etcd {} {} ({}) -> {}", p.version, p.arch, p.source.as_str(), display_rel(&got.dir));
         }
         Ok(())
     }
@@ -210,7 +204,11 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
                 format!("no source build of etcd {version} for {arch}: run `cargo xtask build-etcd` first")
             })?;
             if got.provenance.source != SourceKind::Build {
-                bail!("{} holds a {} acquisition, not a source build", out_dir.display(), got.provenance.source.as_str());
+                bail!(
+                    "{} holds a {} acquisition, not a source build",
+                    out_dir.display(),
+                    got.provenance.source.as_str()
+                );
             }
             Ok(got)
         }
@@ -221,7 +219,9 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
             let expected = pins.expect(&name)?;
             // Already acquired and unchanged: no network at all.
             if let Ok(got) = Acquired::open(&out_dir) {
-                if got.provenance.source == SourceKind::Tarball && got.provenance.artifacts.get(&name) == Some(&expected) {
+                if got.provenance.source == SourceKind::Tarball
+                    && got.provenance.artifacts.get(&name) == Some(&expected)
+                {
                     eprintln!("etcd {version} {arch}: up to date (verified by hash)");
                     return Ok(got);
                 }
@@ -245,7 +245,10 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
                     None if opts.source == SourcePolicy::Auto && def.etcd.allow_distro_fallback => {
                         eprintln!();
                         eprintln!("WARNING: no download location for etcd {version} ({arch}) was reachable.");
-                        eprintln!("WARNING: falling back to Debian's etcd packages, as {} allows;", display_rel(&def.path));
+                        eprintln!(
+                            "WARNING: falling back to Debian's etcd packages, as {} allows;",
+                            display_rel(&def.path)
+                        );
                         eprintln!("WARNING: the artifacts will carry the version actually shipped, not {version}.");
                         eprintln!();
                         let got = ensure_distro(arch, &root)?;
@@ -376,7 +379,9 @@ fn install_tarball(
             bail!("{}: {} is not a regular file", tarball.display(), path.display());
         }
         let mut data = Vec::new();
-        entry.read_to_end(&mut data).with_context(|| format!("cannot read {} from {}", path.display(), tarball.display()))?;
+        entry
+            .read_to_end(&mut data)
+            .with_context(|| format!("cannot read {} from {}", path.display(), tarball.display()))?;
         write_atomic(&staging.path().join(name), &data, 0o755)?;
     }
     if !staging.path().join("etcd").exists() || !staging.path().join("etcdctl").exists() {
@@ -404,7 +409,9 @@ fn ensure_distro(arch: Arch, root: &Path) -> Result<Acquired> {
     let version = distro::upstream_version(&server.version);
     let out_dir = root.join(&version).join(arch.as_str());
     if let Ok(got) = Acquired::open(&out_dir) {
-        if got.provenance.source == SourceKind::Distro && got.provenance.artifacts.get(&server.file_name) == Some(&server.sha256) {
+        if got.provenance.source == SourceKind::Distro
+            && got.provenance.artifacts.get(&server.file_name) == Some(&server.sha256)
+        {
             eprintln!("etcd {version} {arch} (Debian): up to date (verified by hash)");
             return Ok(got);
         }
@@ -487,7 +494,8 @@ pub fn check_elf_arch(path: &Path, arch: Arch) -> Result<()> {
     if &head[..4] != b"\x7fELF" {
         bail!("{} is not an ELF executable", path.display());
     }
-    let machine = if head[5] == 2 { u16::from_be_bytes([head[18], head[19]]) } else { u16::from_le_bytes([head[18], head[19]]) };
+    let machine =
+        if head[5] == 2 { u16::from_be_bytes([head[18], head[19]]) } else { u16::from_le_bytes([head[18], head[19]]) };
     if machine != arch.elf_machine() {
         bail!("{} is not a {arch} binary (ELF machine {machine})", path.display());
     }

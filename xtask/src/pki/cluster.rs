@@ -128,7 +128,12 @@ impl ClusterSpec {
 
         if let Some(tuning) = &raw.tuning {
             check_dns_label(tuning).map_err(|m| {
-                err("tuning", format!("{m}; name a preset of systemd/tuning.toml (small, medium, large, xlarge) or remove the field"))
+                err(
+                    "tuning",
+                    format!(
+                        "{m}; name a preset of systemd/tuning.toml (small, medium, large, xlarge) or remove the field"
+                    ),
+                )
             })?;
         }
 
@@ -414,7 +419,8 @@ ips = ["10.0.0.3"]
         assert_eq!(ips, ["10.0.1.204", "10.0.1.67", "10.0.1.236"]);
         assert!(spec.clients.contains(&"etcdctl".to_string()));
         assert!(spec.token.is_none());
-        let described = ClusterSpec::load_described(&crate::util::project_root().join("clusters/tutorial.toml")).unwrap();
+        let described =
+            ClusterSpec::load_described(&crate::util::project_root().join("clusters/tutorial.toml")).unwrap();
         assert_eq!(described.tuning.as_deref(), Some("medium"));
         assert_eq!(described.spec, spec);
     }

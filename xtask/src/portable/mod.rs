@@ -111,7 +111,10 @@ impl Portable {
         if let (Some(raw), Some(sum)) = (&built.raw, &built.raw_sha256) {
             println!("{}: squashfs image {} (sha256 {sum})", built.name, display_rel(raw));
         }
-        println!("attach on a host: portablectl attach --now --enable {}", built.raw.as_ref().unwrap_or(&built.dir).display());
+        println!(
+            "attach on a host: portablectl attach --now --enable {}",
+            built.raw.as_ref().unwrap_or(&built.dir).display()
+        );
         Ok(())
     }
 }
@@ -154,7 +157,8 @@ pub fn units() -> Result<Vec<(String, String)>> {
 
 fn mkdir(path: &Path, mode: u32) -> Result<()> {
     fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).with_context(|| format!("cannot set the mode of {}", path.display()))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))
 }
 
 fn put(root: &Path, rel: &str, mode: u32, data: &[u8]) -> Result<()> {
@@ -167,7 +171,8 @@ fn copy(root: &Path, rel: &str, mode: u32, from: &Path) -> Result<()> {
         fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
     fs::copy(from, &dest).with_context(|| format!("cannot copy {} to {}", from.display(), dest.display()))?;
-    fs::set_permissions(&dest, fs::Permissions::from_mode(mode)).with_context(|| format!("cannot set the mode of {}", dest.display()))
+    fs::set_permissions(&dest, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", dest.display()))
 }
 
 /// Writes the directory image of `acquired` into `root` (empty).
@@ -194,7 +199,10 @@ pub fn write_tree(acquired: &Acquired, root: &Path) -> Result<()> {
         }
     }
     if !binaries.iter().any(|(n, _)| n == "etcd") || !binaries.iter().any(|(n, _)| n == "etcdctl") {
-        bail!("{}: provenance.json lists no etcd or etcdctl: acquire etcd again with `cargo xtask fetch`", acquired.dir.display());
+        bail!(
+            "{}: provenance.json lists no etcd or etcdctl: acquire etcd again with `cargo xtask fetch`",
+            acquired.dir.display()
+        );
     }
     for (name, path) in &binaries {
         copy(root, &format!("usr/bin/{name}"), 0o755, path)?;
@@ -270,12 +278,7 @@ pub fn squashfs(dir: &Path, dest: &Path, epoch: u64) -> Result<()> {
     };
     if !out.status.success() {
         let _ = fs::remove_file(&tmp);
-        bail!(
-            "mksquashfs {} failed ({}): {}",
-            dir.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("mksquashfs {} failed ({}): {}", dir.display(), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     fs::rename(&tmp, dest).with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))
 }

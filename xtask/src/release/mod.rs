@@ -93,7 +93,10 @@ pub fn build_release(
     let epoch = source_date_epoch()?;
     let arches = dedup(if arches.is_empty() { &def.etcd.arches } else { arches });
     if arches.is_empty() {
-        bail!("field etcd.arches of {} is empty and no --arch was given: name at least one architecture", def.path.display());
+        bail!(
+            "field etcd.arches of {} is empty and no --arch was given: name at least one architecture",
+            def.path.display()
+        );
     }
     let work = out.join(".build");
 
@@ -148,7 +151,8 @@ pub fn build_release(
         fs::copy(a.dir.join("provenance.json"), stage.join(format!("{stem}.provenance.json")))
             .with_context(|| format!("cannot copy {}/provenance.json", a.dir.display()))?;
         let plan = bake::plan(spec, a, epoch).with_context(|| format!("cannot plan the {arch} image for its SBOM"))?;
-        let doc = sbom::document(&sbom::SbomInput { spec, acquired: a, plan: &plan, built: b, archive_name: &name, epoch })?;
+        let doc =
+            sbom::document(&sbom::SbomInput { spec, acquired: a, plan: &plan, built: b, archive_name: &name, epoch })?;
         write_atomic(&stage.join(format!("{stem}.spdx.json")), &doc, 0o644)?;
     }
     if let Some(p) = &portable {

@@ -120,16 +120,19 @@ impl Publish {
         let src = format!("oci:{}", top.layout.display());
         let dst = format!("docker://{target}");
         let tls: Vec<&str> = if self.insecure { vec!["--dest-tls-verify=false"] } else { vec![] };
-        let pushed = cmd!(sh, "skopeo copy --all --preserve-digests --retry-times 2 {tls...} --digestfile {digest_file} {src} {dst}")
-            .quiet()
-            .run()
-            .with_context(|| {
-                format!(
-                    "cannot push to {target}: check that the registry is reachable and that you are logged in \
+        let pushed = cmd!(
+            sh,
+            "skopeo copy --all --preserve-digests --retry-times 2 {tls...} --digestfile {digest_file} {src} {dst}"
+        )
+        .quiet()
+        .run()
+        .with_context(|| {
+            format!(
+                "cannot push to {target}: check that the registry is reachable and that you are logged in \
                      (skopeo login {}); for a plain-HTTP registry on loopback add --insecure",
-                    dest.host
-                )
-            });
+                dest.host
+            )
+        });
         let digest = fs::read_to_string(&digest_file);
         let _ = fs::remove_file(&digest_file);
         pushed?;

@@ -109,8 +109,11 @@ fn sha256(sum: &Sha256Hex) -> Vec<Checksum> {
 
 /// An SPDX identifier: `SPDXRef-` followed by letters, digits, `.` and `-` only.
 fn spdx_id(kind: &str, name: &str) -> String {
-    let clean: String =
-        name.trim_start_matches('/').chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+    let clean: String = name
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
+        .collect();
     format!("SPDXRef-{kind}-{clean}")
 }
 
@@ -326,11 +329,17 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
             license_concluded: license.clone(),
             license_declared: license,
             copyright_text: NOASSERTION,
-            source_info: Some("verified before use: a pinned SHA-256 or the signed index of the package archive".into()),
+            source_info: Some(
+                "verified before use: a pinned SHA-256 or the signed index of the package archive".into(),
+            ),
             primary_package_purpose: purpose,
             external_refs: purl
                 .into_iter()
-                .map(|p| ExternalRef { reference_category: "PACKAGE-MANAGER", reference_type: "purl", reference_locator: p })
+                .map(|p| ExternalRef {
+                    reference_category: "PACKAGE-MANAGER",
+                    reference_type: "purl",
+                    reference_locator: p,
+                })
                 .collect(),
             comment: None,
         });
@@ -403,8 +412,14 @@ mod tests {
 
     #[test]
     fn identifiers_purls_and_uuids_are_well_formed() {
-        assert_eq!(spdx_id("Library", "/lib/x86_64-linux-gnu/libc.so.6"), "SPDXRef-Library-lib-x86-64-linux-gnu-libc.so.6");
-        assert_eq!(spdx_id("Artifact", "etcd-server_3.4.23-4+b4_amd64.deb"), "SPDXRef-Artifact-etcd-server-3.4.23-4-b4-amd64.deb");
+        assert_eq!(
+            spdx_id("Library", "/lib/x86_64-linux-gnu/libc.so.6"),
+            "SPDXRef-Library-lib-x86-64-linux-gnu-libc.so.6"
+        );
+        assert_eq!(
+            spdx_id("Artifact", "etcd-server_3.4.23-4+b4_amd64.deb"),
+            "SPDXRef-Artifact-etcd-server-3.4.23-4-b4-amd64.deb"
+        );
         assert_eq!(purl_escape("3.4.23-4+b4"), "3.4.23-4%2Bb4");
         assert_eq!(deb_parts("etcd-server_3.4.23-4+b4_amd64.deb"), Some(("etcd-server", "3.4.23-4+b4", "amd64")));
         let u = uuid_of(&Sha256Hex::of_bytes(b"x"));

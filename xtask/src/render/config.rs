@@ -50,14 +50,17 @@ impl PkiFacts {
     pub fn read(pki_dir: &Path) -> Result<Self> {
         let token_path = pki_dir.join("token");
         let token = fs::read_to_string(&token_path)
-            .with_context(|| format!("cannot read {}: issue the PKI with `cargo xtask pki` first", token_path.display()))?
+            .with_context(|| {
+                format!("cannot read {}: issue the PKI with `cargo xtask pki` first", token_path.display())
+            })?
             .trim()
             .to_string();
         if token.is_empty() {
             bail!("{} is empty: run `cargo xtask pki` again to regenerate it", token_path.display());
         }
         let manifest_path = pki_dir.join("manifest.json");
-        let text = fs::read_to_string(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
+        let text =
+            fs::read_to_string(&manifest_path).with_context(|| format!("cannot read {}", manifest_path.display()))?;
         let manifest: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("invalid JSON in {}", manifest_path.display()))?;
         let peer_cert_allowed_cn = manifest.get("peer_cert_allowed_cn").and_then(|v| v.as_str()).map(str::to_string);
@@ -119,7 +122,10 @@ pub fn node_env(
     set("ETCD_NAME", node.name.clone());
     set("ETCD_DATA_DIR", paths.data_dir.clone());
     // Clients: the node's address and loopback (etcdctl on the node, published ports).
-    set("ETCD_LISTEN_CLIENT_URLS", format!("{},{}", url("https", &ip, CLIENT_PORT), url("https", &loopback, CLIENT_PORT)));
+    set(
+        "ETCD_LISTEN_CLIENT_URLS",
+        format!("{},{}", url("https", &ip, CLIENT_PORT), url("https", &loopback, CLIENT_PORT)),
+    );
     set("ETCD_ADVERTISE_CLIENT_URLS", url("https", &ip, CLIENT_PORT));
     set("ETCD_LISTEN_PEER_URLS", url("https", &ip, PEER_PORT));
     set("ETCD_INITIAL_ADVERTISE_PEER_URLS", url("https", &ip, PEER_PORT));
@@ -172,7 +178,10 @@ mod tests {
         let spec = spec();
         let facts = PkiFacts { token: "tok".into(), peer_cert_allowed_cn: None };
         let env = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard()).unwrap();
-        assert_eq!(env["ETCD_INITIAL_CLUSTER"], "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,c=https://[fd00::3]:2380");
+        assert_eq!(
+            env["ETCD_INITIAL_CLUSTER"],
+            "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,c=https://[fd00::3]:2380"
+        );
         assert_eq!(env["ETCD_LISTEN_CLIENT_URLS"], "https://10.0.0.1:2379,https://127.0.0.1:2379");
         assert_eq!(env["ETCD_LISTEN_METRICS_URLS"], "http://127.0.0.1:2381");
         assert_eq!(env["ETCD_PEER_TRUSTED_CA_FILE"], "/etc/etcd/pki/peer-ca.crt");

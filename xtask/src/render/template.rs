@@ -22,8 +22,12 @@ pub fn read(rel: &str) -> Result<String> {
 /// Reads `<dir>/<rel>` (tests point `dir` elsewhere).
 pub fn read_from(dir: &Path, rel: &str) -> Result<String> {
     let path = dir.join(rel);
-    fs::read_to_string(&path)
-        .with_context(|| format!("cannot read the template {}: it ships with the project in systemd/; restore it from git", path.display()))
+    fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the template {}: it ships with the project in systemd/; restore it from git",
+            path.display()
+        )
+    })
 }
 
 /// Replaces every `@NAME@` of `text` by its value. `origin` names the template in messages.

@@ -54,14 +54,19 @@ impl Presets {
     pub fn load(path: &Path) -> Result<Presets> {
         let text = fs::read_to_string(path)
             .with_context(|| format!("cannot read tuning presets {}: restore it from git", path.display()))?;
-        let raw: RawFile = toml::from_str(&text).with_context(|| format!("{}: invalid tuning presets", path.display()))?;
+        let raw: RawFile =
+            toml::from_str(&text).with_context(|| format!("{}: invalid tuning presets", path.display()))?;
         for (name, p) in &raw.presets {
             let at = |field: &str| format!("{}: presets.{name}.{field}", path.display());
             if p.gomaxprocs == 0 {
                 bail!("{}: must be at least 1 (the vCPUs of the machine type)", at("gomaxprocs"));
             }
             if p.quota_backend_bytes == 0 || p.quota_backend_bytes > MAX_QUOTA {
-                bail!("{}: {} is outside 1..=8 GiB (8589934592), the range etcd supports well", at("quota_backend_bytes"), p.quota_backend_bytes);
+                bail!(
+                    "{}: {} is outside 1..=8 GiB (8589934592), the range etcd supports well",
+                    at("quota_backend_bytes"),
+                    p.quota_backend_bytes
+                );
             }
             if p.snapshot_count == 0 {
                 bail!("{}: must be at least 1", at("snapshot_count"));

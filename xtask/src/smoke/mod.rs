@@ -135,7 +135,12 @@ impl Smoke {
         }
         result?;
         if report.failed > 0 {
-            bail!("{} of {} smoke checks failed (see {})", report.failed, report.checks.len(), display_rel(&out.join("report.json")));
+            bail!(
+                "{} of {} smoke checks failed (see {})",
+                report.failed,
+                report.checks.len(),
+                display_rel(&out.join("report.json"))
+            );
         }
         Ok(())
     }
@@ -193,7 +198,15 @@ struct Run {
 }
 
 impl Run {
-    fn prepare(spec: &ClusterSpec, out: &Path, tag: &str, uid: u32, gid: u32, keep: bool, interrupt: Interrupt) -> Result<Run> {
+    fn prepare(
+        spec: &ClusterSpec,
+        out: &Path,
+        tag: &str,
+        uid: u32,
+        gid: u32,
+        keep: bool,
+        interrupt: Interrupt,
+    ) -> Result<Run> {
         // A throwaway PKI for this run, and a second, unrelated one for the "wrong CA" check.
         for d in ["pki", "rogue-pki", "mounts", "backup"] {
             let p = out.join(d);
@@ -277,7 +290,11 @@ impl Run {
         self.start_all()?;
         let healthy = self.wait_healthy(&[0, 1, 2], Duration::from_secs(60));
         self.timings.insert("start_to_healthy".into(), t.elapsed().as_secs_f64());
-        self.record("cluster starts: 3/3 healthy", t, healthy.map(|_| format!("in {:.2} s", t.elapsed().as_secs_f64())));
+        self.record(
+            "cluster starts: 3/3 healthy",
+            t,
+            healthy.map(|_| format!("in {:.2} s", t.elapsed().as_secs_f64())),
+        );
         if self.checks.iter().any(|c| c.outcome == Outcome::Fail) {
             self.record_logs();
             return Ok(());
@@ -338,10 +355,8 @@ impl Run {
             runs.push((n.container.clone(), self.container_args(&n)?));
         }
         let results: Vec<(String, Result<String>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = runs
-                .iter()
-                .map(|(name, args)| (name.clone(), scope.spawn(move || podman_checked(args))))
-                .collect();
+            let handles: Vec<_> =
+                runs.iter().map(|(name, args)| (name.clone(), scope.spawn(move || podman_checked(args)))).collect();
             handles
                 .into_iter()
                 .map(|(name, h)| (name, h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("podman run panicked")))))
@@ -357,10 +372,11 @@ impl Run {
 
     fn container_args(&self, n: &Node) -> Result<Vec<String>> {
         let ip = crate::render::config::primary_ip(&n.spec)?.to_string();
-        let mut args: Vec<String> = vec!["run", "-d", "--name", &n.container, "--label", LABEL, "--network", &self.network, "--ip", &ip]
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let mut args: Vec<String> =
+            vec!["run", "-d", "--name", &n.container, "--label", LABEL, "--network", &self.network, "--ip", &ip]
+                .into_iter()
+                .map(String::from)
+                .collect();
         args.extend(hardening_args());
         args.extend(["--hostname".into(), n.spec.name.clone()]);
         args.extend(["-v".into(), format!("{}:/var/lib/etcd", n.volume)]);
@@ -378,7 +394,8 @@ impl Run {
 
     /// The host's etcdctl with the operator identity, against published loopback ports.
     fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
-        let endpoints: Vec<String> = nodes.iter().map(|i| format!("https://127.0.0.1:{}", self.nodes[*i].client_port)).collect();
+        let endpoints: Vec<String> =
+            nodes.iter().map(|i| format!("https://127.0.0.1:{}", self.nodes[*i].client_port)).collect();
         Command::new(&self.etcdctl)
             .env_clear()
             .env("ETCDCTL_API", "3")
@@ -418,7 +435,12 @@ impl Run {
         cmd.args(&a).env("ETCDCTL_API", "3");
         let out = cmd.output().context("cannot run podman exec")?;
         if !out.status.success() {
-            bail!("etcdctl {} in {} failed: {}", args.join(" "), self.nodes[node].container, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "etcdctl {} in {} failed: {}",
+                args.join(" "),
+                self.nodes[node].container,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok((String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
     }
@@ -436,11 +458,13 @@ impl Run {
             }
             last = text.trim().to_string();
             for i in nodes {
-                let state = podman(&["inspect", "--format", "{{.State.Status}}", &self.nodes[*i].container]).unwrap_or_default();
+                let state = podman(&["inspect", "--format", "{{.State.Status}}", &self.nodes[*i].container])
+                    .unwrap_or_default();
                 if state.trim() == "exited" {
-                    let logs = podman_output(&["logs".into(), "--tail".into(), "5".into(), self.nodes[*i].container.clone()])
-                        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-                        .unwrap_or_default();
+                    let logs =
+                        podman_output(&["logs".into(), "--tail".into(), "5".into(), self.nodes[*i].container.clone()])
+                            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                            .unwrap_or_default();
                     bail!("{} exited: {}", self.nodes[*i].container, logs.trim());
                 }
             }
@@ -464,13 +488,16 @@ impl Run {
         let list = status.as_array().context("endpoint status is not a list")?;
         let leaders = list
             .iter()
-            .filter(|s| s["Status"]["leader"].as_u64().is_some() && s["Status"]["leader"] == s["Status"]["header"]["member_id"])
+            .filter(|s| {
+                s["Status"]["leader"].as_u64().is_some() && s["Status"]["leader"] == s["Status"]["header"]["member_id"]
+            })
             .count();
         if leaders != 1 {
             bail!("{leaders} members say they lead; expected exactly one");
         }
         let members: serde_json::Value =
-            serde_json::from_str(&self.exec_etcdctl(0, &["member", "list", "-w", "json"])?).context("member list printed no JSON")?;
+            serde_json::from_str(&self.exec_etcdctl(0, &["member", "list", "-w", "json"])?)
+                .context("member list printed no JSON")?;
         let members = members["members"].as_array().context("member list has no members")?;
         let started = members.iter().filter(|m| m["name"].as_str().is_some_and(|n| !n.is_empty())).count();
         if members.len() != 3 || started != 3 {
@@ -489,12 +516,7 @@ impl Run {
     }
 
     fn curl(&self, extra: &[String], url: &str) -> Result<Output> {
-        Command::new("curl")
-            .args(["-sS", "--max-time", "5"])
-            .args(extra)
-            .arg(url)
-            .output()
-            .context("cannot run curl")
+        Command::new("curl").args(["-sS", "--max-time", "5"]).args(extra).arg(url).output().context("cannot run curl")
     }
 
     fn check_gateway(&self) -> Result<String> {
@@ -550,14 +572,16 @@ impl Run {
         };
         let (args, url): (Vec<String>, String) = match case {
             Refusal::NoCert => (ca(), format!("https://127.0.0.1:{}/v3/kv/range", n.client_port)),
-            Refusal::OtherCa => (
-                [ca(), pair(&rogue)].concat(),
-                format!("https://127.0.0.1:{}/v3/kv/range", n.client_port),
-            ),
+            Refusal::OtherCa => {
+                ([ca(), pair(&rogue)].concat(), format!("https://127.0.0.1:{}/v3/kv/range", n.client_port))
+            }
             Refusal::PlainHttp => (vec![], format!("http://127.0.0.1:{}/v3/kv/range", n.client_port)),
             Refusal::ClientOnPeer => (
                 [
-                    vec!["--cacert".to_string(), self.pki.node_dir(&n.spec.name).join("peer-ca.crt").display().to_string()],
+                    vec![
+                        "--cacert".to_string(),
+                        self.pki.node_dir(&n.spec.name).join("peer-ca.crt").display().to_string(),
+                    ],
                     pair(&self.client),
                 ]
                 .concat(),
@@ -594,21 +618,30 @@ impl Run {
             let pid = podman(&["inspect", "--format", "{{.State.Pid}}", &n.container])?;
             let status = fs::read_to_string(format!("/proc/{}/status", pid.trim()))
                 .with_context(|| format!("cannot read the status of {}'s etcd (pid {})", n.container, pid.trim()))?;
-            let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.split_whitespace().collect::<Vec<_>>());
+            let field = |name: &str| {
+                status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.split_whitespace().collect::<Vec<_>>())
+            };
             let uids = field("Uid:").context("no Uid line")?;
             let cap_eff = field("CapEff:").context("no CapEff line")?;
             let cap_prm = field("CapPrm:").context("no CapPrm line")?;
             if uids.iter().any(|u| *u != self.uid.to_string()) {
                 bail!("{}: etcd runs with uids {:?}, expected {}", n.container, uids, self.uid);
             }
-            if cap_eff.first().is_none_or(|c| c.trim_start_matches('0') != "") || cap_prm.first().is_none_or(|c| c.trim_start_matches('0') != "") {
+            let no_caps = |set: &Vec<&str>| set.first().is_some_and(|c| c.trim_start_matches('0').is_empty());
+            if !no_caps(&cap_eff) || !no_caps(&cap_prm) {
                 bail!("{}: capabilities effective {:?} permitted {:?}, expected none", n.container, cap_eff, cap_prm);
             }
             let mount = podman(&["volume", "inspect", "--format", "{{.Mountpoint}}", &n.volume])?;
-            let meta = fs::metadata(mount.trim()).with_context(|| format!("cannot stat the data volume {}", mount.trim()))?;
+            let meta =
+                fs::metadata(mount.trim()).with_context(|| format!("cannot stat the data volume {}", mount.trim()))?;
             let mode = meta.permissions().mode() & 0o7777;
             if mode != 0o700 || meta.uid() != self.uid {
-                bail!("{}: data dir mode {mode:04o} owner {}, expected 0700 owner {}", n.container, meta.uid(), self.uid);
+                bail!(
+                    "{}: data dir mode {mode:04o} owner {}, expected 0700 owner {}",
+                    n.container,
+                    meta.uid(),
+                    self.uid
+                );
             }
             seen.push(n.spec.name.clone());
         }
@@ -699,11 +732,21 @@ impl Run {
         // Node 1's certificates serve it: clients reach it on loopback, which they cover.
         let container = "xtask-smoke-restored".to_string();
         let port = free_port()?;
-        let mut args: Vec<String> =
-            vec!["run", "-d", "--name", &container, "--label", LABEL, "--network", &self.network, "--ip", &ip.to_string()]
-                .into_iter()
-                .map(String::from)
-                .collect();
+        let mut args: Vec<String> = vec![
+            "run",
+            "-d",
+            "--name",
+            &container,
+            "--label",
+            LABEL,
+            "--network",
+            &self.network,
+            "--ip",
+            &ip.to_string(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
         args.extend(hardening_args());
         args.extend(["-v".into(), format!("{}:/var/lib/etcd", data.display())]);
         args.extend(["-v".into(), format!("{}:{PKI_MOUNT}:ro", self.mounts.join(&self.nodes[0].spec.name).display())]);
@@ -745,7 +788,8 @@ impl Run {
 
     fn print_how_to_reach(&self) {
         println!("\nThe cluster is still running (--keep). Reach it with:");
-        let endpoints: Vec<String> = self.nodes.iter().map(|n| format!("https://127.0.0.1:{}", n.client_port)).collect();
+        let endpoints: Vec<String> =
+            self.nodes.iter().map(|n| format!("https://127.0.0.1:{}", n.client_port)).collect();
         println!(
             "  {} --endpoints={} --cacert={} --cert={} --key={} endpoint health",
             display_rel(&self.etcdctl),
@@ -790,7 +834,8 @@ fn stage_dir(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<()> {
         let entry = entry?;
         let dest = to.join(entry.file_name());
         fs::copy(entry.path(), &dest).with_context(|| format!("cannot copy {}", entry.path().display()))?;
-        std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).with_context(|| format!("cannot chown {}", dest.display()))?;
+        std::os::unix::fs::chown(&dest, Some(uid), Some(gid))
+            .with_context(|| format!("cannot chown {}", dest.display()))?;
         fs::set_permissions(&dest, fs::Permissions::from_mode(0o400))?;
     }
     std::os::unix::fs::chown(to, Some(uid), Some(gid)).with_context(|| format!("cannot chown {}", to.display()))?;
