@@ -4,43 +4,22 @@
 //! bytes, the layer tree, the config, and a container that runs and becomes healthy.
 //! Every podman object a test creates has a unique name and is removed afterwards.
 
+mod common;
+use common::{ok, require, run, XTASK};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use xtask::acquire::{Provenance, SourceKind};
 use xtask::util::{Arch, Sha256Hex};
 
-const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
-
 fn cache_root() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    out
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn require(tool: &str) {
-    let found =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false);
-    assert!(found, "{tool} is not installed; the image tests need it (Debian: apt-get install -y {tool})");
 }
 
 /// Debian's etcd 3.4.23 binaries with a provenance.json, laid out like `cargo xtask fetch`

@@ -3,37 +3,16 @@
 //! swapped key, a changed description, a tutorial-style server certificate) and `pki check`
 //! must catch it.
 
+mod common;
+use common::{text, xtask_fails as fails, xtask_ok as ok};
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use xtask::pki::cert::first_cert;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).current_dir(root()).output().unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = xtask(args);
-    assert!(out.status.success(), "xtask {args:?} failed:\n{}", text(&out));
-    text(&out)
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = xtask(args);
-    assert!(!out.status.success(), "xtask {args:?} should have failed:\n{}", text(&out));
-    text(&out)
-}
 
 fn openssl(args: &[&str], dir: &Path) -> Output {
     Command::new("openssl").args(args).current_dir(dir).output().expect("the openssl CLI is installed")

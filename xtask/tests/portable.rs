@@ -19,58 +19,17 @@
 //!    stopped. The guest's systemd removes loop device nodes it sees go away, and those are the
 //!    host's: the test records them before the boot and recreates any that vanished.
 
+mod common;
+use common::{golden, text, xtask_ok as ok};
+
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(root())
-        .env("XTASK_NO_OFFICIAL", "1")
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = xtask(args);
-    assert!(out.status.success(), "xtask {args:?} failed:\n{}", text(&out));
-    text(&out)
-}
-
-fn golden(name: &str, actual: &str) {
-    let path = golden_dir().join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!("golden file {} is missing: run UPDATE_GOLDEN=1 cargo test --test portable", path.display())
-    });
-    assert_eq!(
-        actual, want,
-        "{name} differs from its golden file; if the change is intended: UPDATE_GOLDEN=1 cargo test"
-    );
-}
 
 /// The one image directory (`etcd_<version>`) in `out`.
 fn image_dir(out: &Path) -> PathBuf {

@@ -4,34 +4,14 @@
 //! In: Debian's etcd (`--source distro`, the official locations disabled). The registry
 //! process and the pulled image are removed at the end, on failure too.
 
+mod common;
+use common::{ok, require, run, XTASK};
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn require(tool: &str) {
-    let found =
-        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false);
-    assert!(found, "{tool} is not installed; `cargo xtask ci` installs it (ci/debian-packages.txt)");
-}
 
 /// The registry child process: killed and reaped on drop.
 struct Registry {

@@ -5,33 +5,20 @@
 //! register it with binfmt_misc (otherwise the test says why it did not run).
 //! Every podman object and binfmt entry a test creates is removed afterwards.
 
+mod common;
+use common::{ok, run, XTASK};
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use xtask::util::{project_root, Sha256Hex};
 
-const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 const EPOCH: &str = "1700000000";
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn xtask() -> Command {
     let mut c = Command::new(XTASK);

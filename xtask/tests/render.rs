@@ -6,61 +6,13 @@
 //! where the tutorial's unit is UNSAFE. Then one thing is broken at a time (an unknown tuning
 //! preset, no clients) and render must say which field is wrong.
 
+mod common;
+use common::{golden, golden_dir, text, xtask_fails as fails, xtask_ok as ok};
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
-}
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(root())
-        .env("XTASK_NO_OFFICIAL", "1")
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .output()
-        .unwrap()
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = xtask(args);
-    assert!(out.status.success(), "xtask {args:?} failed:\n{}", text(&out));
-    text(&out)
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = xtask(args);
-    assert!(!out.status.success(), "xtask {args:?} should have failed:\n{}", text(&out));
-    text(&out)
-}
-
-/// Compares `actual` with `tests/golden/<name>`, or rewrites it with UPDATE_GOLDEN=1.
-fn golden(name: &str, actual: &str) {
-    let path = golden_dir().join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, actual).unwrap();
-        return;
-    }
-    let want = fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!("golden file {} is missing: run UPDATE_GOLDEN=1 cargo test --test render", path.display())
-    });
-    assert_eq!(
-        actual, want,
-        "{name} differs from its golden file; if the change is intended: UPDATE_GOLDEN=1 cargo test"
-    );
-}
+use std::process::Command;
 
 fn render_golden(tmp: &Path) -> PathBuf {
     let cluster = golden_dir().join("cluster.toml");
