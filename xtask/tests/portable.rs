@@ -129,8 +129,34 @@ const SUITE: &str = "bookworm";
 const INCLUDE: &str = "systemd,systemd-sysv,dbus,systemd-container";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// The Debian mirror debootstrap uses: `XTASK_DEBIAN_MIRROR`, else the first main archive the
+/// host's apt is configured with (deb822 `URIs:` or one-line `deb URL SUITE` sources).
 fn mirror() -> String {
-    std::env::var("XTASK_DEBIAN_MIRROR").unwrap_or_else(|_| "http://deb.debian.org/debian".to_string())
+    if let Ok(m) = std::env::var("XTASK_DEBIAN_MIRROR") {
+        return m;
+    }
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more.into_iter().filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list")));
+    }
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else { continue };
+        for line in text.lines().map(str::trim) {
+            let uri = if let Some(uris) = line.strip_prefix("URIs:") {
+                uris.split_whitespace().next()
+            } else if line.starts_with("deb ") {
+                line.split_whitespace().find(|w| w.starts_with("http"))
+            } else {
+                None
+            };
+            if let Some(uri) = uri.filter(|u| !u.trim_end_matches('/').ends_with("-security")) {
+                return uri.trim_end_matches('/').to_string();
+            }
+        }
+    }
+    panic!("no Debian mirror found in the apt sources: set XTASK_DEBIAN_MIRROR");
 }
 
 /// A minimal Debian with systemd, made once and reused: `target/nspawn/debian-<suite>-<key>/`,
