@@ -466,3 +466,25 @@ fn a_foreign_architecture_comes_from_debian_with_its_c_library() {
     assert_eq!(prov["files"][libc].as_str().unwrap(), sha256_hex(&fs::read(dir.join(libc)).unwrap()));
     assert!(dir.join("sysroot/lib/ld-linux-aarch64.so.1").exists(), "the ELF interpreter's path");
 }
+
+#[test]
+fn concurrent_fetches_of_a_foreign_architecture_share_one_apt_update() {
+    // Two processes at once on a fresh root: one updates the private lists, the other waits.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("etcd");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["fetch", "--source", "distro", "--arch", "arm64", "--out-root", root.to_str().unwrap()])
+            .env("XTASK_NO_OFFICIAL", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert!(root.join(VERSION).join("arm64/etcd").exists());
+}

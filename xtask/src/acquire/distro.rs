@@ -46,12 +46,17 @@ impl Apt {
             opts.push("-oAPT::Sandbox::User=root".to_string());
         }
         let apt = Apt { arch, opts };
-        let has_lists = fs::read_dir(&lists)
-            .map(|rd| rd.flatten().any(|e| e.file_name() != "partial" && e.file_name() != "lock"))
-            .unwrap_or(false);
-        if !has_lists {
+        // Several processes may ask at once (parallel tests, a release building two images):
+        // one updates, the others wait for it; the stamp says the lists are complete.
+        let lock_path = state.join("xtask.lock");
+        let lock = fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+        lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        let stamp = state.join("lists.complete");
+        if !stamp.exists() {
             apt.update()?;
+            crate::util::write_atomic(&stamp, b"", 0o644)?;
         }
+        drop(lock);
         Ok(apt)
     }
 
