@@ -488,3 +488,75 @@ fn concurrent_fetches_of_a_foreign_architecture_share_one_apt_update() {
     }
     assert!(root.join(VERSION).join("arm64/etcd").exists());
 }
+
+#[test]
+fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
+    let (bytes, _) = tarball();
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = target().join("test-cache/etcd").join(VERSION).join("amd64");
+    let root = tmp.path().join("etcd");
+    let root_s = root.to_str().unwrap();
+
+    // dir:PATH — the version is what the binary reports; provenance names the directory.
+    let src = format!("dir:{}", bin.display());
+    let out = xtask(&["fetch", "--arch", "amd64", "--source", &src, "--out-root", root_s], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let prov: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(root.join(VERSION).join("amd64/provenance.json")).unwrap()).unwrap();
+    assert_eq!(prov["source"], "dir");
+    assert_eq!(prov["origin"], format!("dir:{}", fs::canonicalize(&bin).unwrap().display()));
+    assert_eq!(prov["reported_version"], VERSION);
+    let half = tmp.path().join("half");
+    fs::create_dir(&half).unwrap();
+    fs::copy(bin.join("etcd"), half.join("etcd")).unwrap();
+    let out =
+        xtask(&["fetch", "--arch", "amd64", "--source", &format!("dir:{}", half.display()), "--out-root", root_s], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("etcdctl is missing"), "{}", stderr(&out));
+
+    // tarball:PATH — verified against the pins like a download.
+    let sums = checksums(tmp.path());
+    let file = tmp.path().join(TARBALL);
+    fs::write(&file, bytes).unwrap();
+    let root2 = tmp.path().join("etcd2");
+    let args = |src: &str| {
+        xtask(
+            &[
+                "fetch",
+                "--etcd-version",
+                VERSION,
+                "--arch",
+                "amd64",
+                "--source",
+                src,
+                "--checksums",
+                sums.to_str().unwrap(),
+                "--out-root",
+                root2.to_str().unwrap(),
+            ],
+            &[],
+        )
+    };
+    let out = args(&format!("tarball:{}", file.display()));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let prov: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(root2.join(VERSION).join("amd64/provenance.json")).unwrap()).unwrap();
+    assert_eq!(prov["source"], "tarball");
+    assert!(prov["origin"].as_str().unwrap().starts_with("file:"));
+
+    let evil = tmp.path().join("evil").join(TARBALL);
+    fs::create_dir_all(evil.parent().unwrap()).unwrap();
+    let mut changed = bytes.clone();
+    changed[100] ^= 1;
+    fs::write(&evil, &changed).unwrap();
+    fs::remove_dir_all(&root2).unwrap();
+    let out = args(&format!("tarball:{}", evil.display()));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("mismatch"), "{}", stderr(&out));
+    assert_eq!(tree(&root2), vec!["cache".to_string()]);
+
+    // An unknown source lists the choices.
+    let out = xtask(&["fetch", "--source", "ftp"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("dir:PATH") && stderr(&out).contains("tarball:PATH"), "{}", stderr(&out));
+}

@@ -1,7 +1,8 @@
 //! `cargo xtask pki` end to end: the real binary issues into a temporary directory and the real
 //! `openssl` CLI checks what came out. Then one thing is broken at a time (a foreign CA, a
 //! swapped key, a changed description, a tutorial-style server certificate) and `pki check`
-//! must catch it.
+//! must catch it. A real etcd (Debian's, on loopback) runs with issued certificates, and
+//! `pki bench` is timed against the tutorial's cfssl procedure.
 
 mod common;
 use common::{text, xtask_fails as fails, xtask_ok as ok};
@@ -390,4 +391,171 @@ fn bad_descriptions_are_refused_with_the_field_and_leave_nothing() {
     for word in ["--cluster", "--out", "--force", "check", "renew", "nodes/<node>"] {
         assert!(help.contains(word), "pki --help lacks {word}:\n{help}");
     }
+}
+
+/// Debian's etcd 3.4.23 (`etcd`, `etcdctl`), fetched with the project's own `fetch` into the cache
+/// the fetch tests share (concurrent use is safe).
+fn real_etcd() -> std::path::PathBuf {
+    let root = common::root().join("target/test-cache/etcd");
+    let out = common::run(
+        Command::new(common::XTASK)
+            .args(["fetch", "--source", "distro", "--arch", "amd64", "--out-root", root.to_str().unwrap()])
+            .current_dir(common::root())
+            .env("XTASK_NO_OFFICIAL", "1"),
+    );
+    assert!(out.status.success(), "fetching Debian's etcd failed:\n{}", text(&out));
+    root.join("3.4.23/amd64")
+}
+
+/// A free TCP port on loopback (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The etcd child process, killed (only it) when the test ends, passed or not.
+struct EtcdChild(std::process::Child);
+
+impl Drop for EtcdChild {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_real_etcd_accepts_the_client_cert_refuses_none_and_answers_the_json_gateway() {
+    common::require("curl");
+    let bin = real_etcd();
+    let tmp = tempfile::tempdir().unwrap();
+    // Loopback is in every node certificate anyway (and refused in `ips`): the node's own
+    // address is never listened on here.
+    let spec = write_spec(
+        tmp.path(),
+        "one.toml",
+        "name = \"one\"\nclients = [\"etcdctl\"]\n[[nodes]]\nname = \"n1\"\nips = [\"10.77.0.9\"]\n",
+    );
+    let pki = tmp.path().join("pki");
+    ok(&["pki", "--cluster", &spec, "--out", pki.to_str().unwrap()]);
+    let node = pki.join("nodes/n1");
+    let client = pki.join("clients/etcdctl");
+    let p = |dir: &Path, f: &str| dir.join(f).display().to_string();
+
+    let data = tmp.path().join("data");
+    fs::create_dir(&data).unwrap();
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
+    let (port, peer_port) = (free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{port}");
+    let peer_url = format!("https://127.0.0.1:{peer_port}");
+    let log_path = tmp.path().join("etcd.log");
+    let started = std::time::Instant::now();
+    let _etcd = EtcdChild(
+        Command::new(bin.join("etcd"))
+            .args(["--name", "n1", "--data-dir", data.to_str().unwrap()])
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("n1={peer_url}")])
+            .args(["--client-cert-auth", "--trusted-ca-file", &p(&node, "ca.crt")])
+            .args(["--cert-file", &p(&node, "server.crt"), "--key-file", &p(&node, "server.key")])
+            .args(["--peer-client-cert-auth", "--peer-trusted-ca-file", &p(&node, "peer-ca.crt")])
+            .args(["--peer-cert-file", &p(&node, "peer.crt"), "--peer-key-file", &p(&node, "peer.key")])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("etcd starts"),
+    );
+    let log = || fs::read_to_string(&log_path).unwrap_or_default();
+
+    let etcdctl = |args: &[&str]| {
+        common::run(
+            Command::new(bin.join("etcdctl"))
+                .args(["--endpoints", &client_url, "--cacert", &p(&client, "ca.crt")])
+                .args(["--cert", &p(&client, "client.crt"), "--key", &p(&client, "client.key")])
+                .args(args)
+                .env("ETCDCTL_API", "3"),
+        )
+    };
+    loop {
+        let out = etcdctl(&["endpoint", "health"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "etcd not healthy after 20 s:\n{}\netcd's log:\n{}",
+            text(&out),
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // The client certificate: a put and a get.
+    let put = etcdctl(&["put", "pki-test", "hello"]);
+    assert!(put.status.success(), "put with the client certificate failed:\n{}", text(&put));
+    let get = etcdctl(&["get", "pki-test", "--print-value-only"]);
+    assert!(get.status.success(), "get failed:\n{}", text(&get));
+    assert_eq!(String::from_utf8_lossy(&get.stdout).trim(), "hello");
+
+    // The JSON gateway, without a client certificate: refused, and etcd says why.
+    let range = format!("{client_url}/v3/kv/range");
+    let body = r#"{"key":"cGtpLXRlc3Q="}"#; // base64("pki-test")
+    let curl = |extra: &[&str], url: &str, cacert: &str| {
+        common::run(Command::new("curl").args(["-sS", "--max-time", "10", "--cacert", cacert]).args(extra).arg(url))
+    };
+    let anon = curl(&["-X", "POST", "-d", body], &range, &p(&client, "ca.crt"));
+    assert!(!anon.status.success(), "the JSON gateway answered without a client certificate:\n{}", text(&anon));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(log().contains("rejected connection") && log().contains("didn't provide a certificate")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etcd's log does not show the rejection of the connection without a certificate:\n{}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // With the client certificate: the gateway (which dials etcd itself with the server
+    // certificate, so that one needs clientAuth) answers with the value.
+    let cert_args = ["--cert", &p(&client, "client.crt"), "--key", &p(&client, "client.key")];
+    let with_cert = [&cert_args[..], &["-X", "POST", "-d", body]].concat();
+    let answer = curl(&with_cert, &range, &p(&client, "ca.crt"));
+    assert!(answer.status.success(), "the JSON gateway refused the client certificate:\n{}\n{}", text(&answer), log());
+    let answer = String::from_utf8_lossy(&answer.stdout);
+    assert!(answer.contains(r#""value":"aGVsbG8=""#), "no base64(\"hello\") in the gateway's answer: {answer}");
+
+    // The peer port (HTTP/1.1, as peers speak): the peer certificate is accepted, the client
+    // certificate is not (its CA is not the peer CA), and etcd says so.
+    let members = format!("{peer_url}/members");
+    let peer_args = ["--http1.1", "--cert", &p(&node, "peer.crt"), "--key", &p(&node, "peer.key")];
+    let as_peer = curl(&peer_args, &members, &p(&node, "peer-ca.crt"));
+    assert!(as_peer.status.success(), "the peer port refused the peer certificate:\n{}", text(&as_peer));
+    assert!(String::from_utf8_lossy(&as_peer.stdout).contains(&peer_url), "{}", text(&as_peer));
+    let as_client = curl(&[&["--http1.1"][..], &cert_args[..]].concat(), &members, &p(&node, "peer-ca.crt"));
+    assert!(!as_client.status.success(), "the peer port accepted a client certificate:\n{}", text(&as_client));
+    eprintln!("client certificate on the peer port: {}", text(&as_client).trim());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !log().contains("certificate signed by unknown authority") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etcd's log does not show the rejection of the client certificate on the peer port:\n{}",
+            log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn bench_times_the_tutorial_set_and_compares_with_cfssl() {
+    // golang-cfssl is in ci/debian-packages.txt: the ratio is part of the result.
+    common::require("cfssl");
+    common::require("cfssljson");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(&["pki", "bench", "--runs", "1", "--dir", tmp.path().to_str().unwrap()]);
+    assert!(out.contains("pki bench: cluster tutorial: 3 node(s), 3 client identity(ies)"), "{out}");
+    assert!(out.contains("ours  (cargo xtask pki, 11 certificates): median "), "{out}");
+    assert!(out.contains("cfssl (the tutorial's procedure, 10 certificates): median "), "{out}");
+    assert!(out.contains("ratio ours/cfssl: ") && out.contains("x (goal: at most 0.1x): "), "{out}");
+    // Nothing is left behind.
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "the bench left files in {}", tmp.path().display());
 }

@@ -58,8 +58,10 @@ pub struct Fetch {
     /// Pinned sums file in sha256sum format, instead of the definition's
     #[arg(long, value_name = "FILE")]
     pub checksums: Option<PathBuf>,
-    /// Where etcd comes from
-    #[arg(long, value_enum, default_value_t = SourcePolicy::Auto)]
+    /// Where etcd comes from: auto, release, debian, build, dir:PATH or tarball:PATH
+    /// (auto falls back to debian only when every download location is unreachable and the
+    /// definition allows it)
+    #[arg(long, default_value_t = SourcePolicy::Auto, value_name = "SOURCE")]
     pub source: SourcePolicy,
     /// Never contact the official download locations, only the mirrors (also: XTASK_NO_OFFICIAL=1)
     #[arg(long)]
@@ -124,6 +126,8 @@ pub enum SourceKind {
     Tarball,
     Distro,
     Build,
+    /// Binaries taken from a directory on disk (`--source dir:PATH`): not verified against any pin.
+    Dir,
 }
 
 impl SourceKind {
@@ -132,6 +136,7 @@ impl SourceKind {
             SourceKind::Tarball => "tarball",
             SourceKind::Distro => "distro",
             SourceKind::Build => "build",
+            SourceKind::Dir => "dir",
         }
     }
 }
@@ -165,18 +170,63 @@ impl Acquired {
     }
 }
 
-/// Where etcd may come from (`--source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+/// Where etcd may come from (`--source`):
+///
+/// - `auto` (default): the cache, the mirrors, the official locations; only when every one of
+///   them failed with a network error, and the definition allows it, Debian's packages.
+/// - `release` (also `tarball`): the mirrors and official locations only, never a fallback.
+/// - `debian` (also `distro`): Debian's etcd-server/etcd-client via `apt-get download`.
+/// - `build`: what `cargo xtask build-etcd` produced.
+/// - `dir:PATH`: binaries already on disk (`PATH/etcd`, `PATH/etcdctl`); provenance says so.
+/// - `tarball:PATH`: a local release tarball, verified against the pins like a download.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SourcePolicy {
-    /// Download locations first; if all are unreachable and the definition allows it, Debian's packages
     #[default]
     Auto,
-    /// Only the download locations (mirrors, then official)
-    Tarball,
-    /// Only Debian's etcd-server/etcd-client packages
-    Distro,
-    /// Only what `cargo xtask build-etcd` produced
+    Release,
+    Debian,
     Build,
+    Dir(PathBuf),
+    Tarball(PathBuf),
+}
+
+impl std::str::FromStr for SourcePolicy {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let path = |p: &str| -> Result<PathBuf> {
+            if p.is_empty() {
+                bail!("--source {s}: give a path after the colon");
+            }
+            Ok(PathBuf::from(p))
+        };
+        Ok(match s {
+            "auto" => SourcePolicy::Auto,
+            "release" | "tarball" => SourcePolicy::Release,
+            "debian" | "distro" => SourcePolicy::Debian,
+            "build" => SourcePolicy::Build,
+            _ => match s.split_once(':') {
+                Some(("dir", p)) => SourcePolicy::Dir(path(p)?),
+                Some(("tarball", p)) => SourcePolicy::Tarball(path(p)?),
+                _ => bail!(
+                    "unknown source {s:?}: use auto, release, debian, build, dir:PATH (binaries on disk) \
+                     or tarball:PATH (a local release tarball)"
+                ),
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for SourcePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourcePolicy::Auto => f.write_str("auto"),
+            SourcePolicy::Release => f.write_str("release"),
+            SourcePolicy::Debian => f.write_str("debian"),
+            SourcePolicy::Build => f.write_str("build"),
+            SourcePolicy::Dir(p) => write!(f, "dir:{}", p.display()),
+            SourcePolicy::Tarball(p) => write!(f, "tarball:{}", p.display()),
+        }
+    }
 }
 
 /// How to acquire, beyond what the definition says.
@@ -198,7 +248,7 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
     check_version(&version).context("--etcd-version")?;
     let root = opts.out_root.clone().unwrap_or_else(|| target_dir().join("etcd"));
     let out_dir = root.join(&version).join(arch.as_str());
-    match opts.source {
+    match &opts.source {
         SourcePolicy::Build => {
             let got = Acquired::open(&out_dir).with_context(|| {
                 format!("no source build of etcd {version} for {arch}: run `cargo xtask build-etcd` first")
@@ -212,8 +262,21 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
             }
             Ok(got)
         }
-        SourcePolicy::Distro => ensure_distro(arch, &root),
-        SourcePolicy::Tarball | SourcePolicy::Auto => {
+        SourcePolicy::Debian => ensure_distro(arch, &root),
+        SourcePolicy::Dir(dir) => ensure_dir(dir.as_path(), &version, arch, &root),
+        SourcePolicy::Tarball(file) => {
+            let pins = PinnedSums::load(&opts.checksums.clone().unwrap_or_else(|| def.checksums_path()))?;
+            let name = tarball_name(&version, arch);
+            let expected = pins.expect(&name)?;
+            let file =
+                fs::canonicalize(file).with_context(|| format!("--source tarball:{}: no such file", file.display()))?;
+            let cached = root.join("cache").join(&name);
+            if !cached_matches(&cached, expected)? {
+                download_verified(&format!("file://{}", file.display()), &cached, expected, Timeouts::from_env()?)?;
+            }
+            install_tarball(&cached, &version, arch, expected, &format!("file:{}", file.display()), &out_dir)
+        }
+        SourcePolicy::Release | SourcePolicy::Auto => {
             let pins = PinnedSums::load(&opts.checksums.clone().unwrap_or_else(|| def.checksums_path()))?;
             let name = tarball_name(&version, arch);
             let expected = pins.expect(&name)?;
@@ -232,7 +295,7 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
                 if let Some(got) = earlier_fallback(&marker, &root, arch) {
                     eprintln!(
                         "WARNING: using Debian's etcd {} ({arch}) from an earlier fallback: no download location was \
-                         reachable then. `cargo xtask fetch --source tarball` fetches the pinned {version} once it is.",
+                         reachable then. `cargo xtask fetch --source release` fetches the pinned {version} once it is.",
                         got.provenance.version
                     );
                     return Ok(got);
@@ -257,7 +320,7 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
                     }
                     None => bail!(
                         "no download location for {name} was reachable (see above); add a reachable --mirror, \
-                         or use --source distro"
+                         or use --source debian"
                     ),
                 },
             };
@@ -398,6 +461,51 @@ fn install_tarball(
         details: BTreeMap::new(),
     };
     finish(staging, provenance, out_dir)
+}
+
+/// Binaries already on disk (`--source dir:PATH`), into `<root>/<version>/<arch>`. The version is
+/// the one `etcd --version` reports where the architecture runs here, else the requested one.
+/// Nothing vouches for them but the operator: the provenance says `dir` and names the path.
+fn ensure_dir(dir: &Path, requested: &str, arch: Arch, root: &Path) -> Result<Acquired> {
+    let dir = fs::canonicalize(dir).with_context(|| format!("--source dir:{}: no such directory", dir.display()))?;
+    let mut sums = BTreeMap::new();
+    for name in BINARIES {
+        let path = dir.join(name);
+        if path.is_file() {
+            sums.insert(name.to_string(), Sha256Hex::of_file(&path)?);
+        } else if name != "etcdutl" {
+            bail!("--source dir:{}: {name} is missing; the directory must hold etcd and etcdctl", dir.display());
+        }
+    }
+    let version = if Arch::host() == Some(arch) {
+        reported_version(&dir.join("etcd"))?
+    } else {
+        eprintln!("note: {arch} binaries do not run here; recording the requested version {requested}");
+        requested.to_string()
+    };
+    let out_dir = root.join(&version).join(arch.as_str());
+    if let Ok(got) = Acquired::open(&out_dir) {
+        if got.provenance.source == SourceKind::Dir && got.provenance.artifacts == sums {
+            eprintln!("etcd {version} {arch} (from {}): up to date (verified by hash)", dir.display());
+            return Ok(got);
+        }
+    }
+    let staging = StagingDir::beside(&out_dir)?;
+    for name in sums.keys() {
+        let data = fs::read(dir.join(name)).with_context(|| format!("cannot read {}/{name}", dir.display()))?;
+        write_atomic(&staging.path().join(name), &data, 0o755)?;
+    }
+    let provenance = Provenance {
+        source: SourceKind::Dir,
+        version,
+        arch,
+        origin: format!("dir:{}", dir.display()),
+        artifacts: sums,
+        files: BTreeMap::new(),
+        reported_version: None,
+        details: BTreeMap::new(),
+    };
+    finish(staging, provenance, &out_dir)
 }
 
 /// Debian's packages, into `<root>/<upstream version>/<arch>`.

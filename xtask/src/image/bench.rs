@@ -26,7 +26,7 @@ use crate::util::{source_date_epoch, target_dir, Arch};
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Where etcd may come from when it is not cached yet.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, default_value_t, value_name = "SOURCE")]
     pub source: SourcePolicy,
     /// Use the verified binaries in DIR instead of acquiring (see `cargo xtask image --help`).
     #[arg(long, value_name = "DIR")]

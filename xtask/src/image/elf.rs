@@ -314,7 +314,7 @@ pub fn runtime_closure(binaries: &[(String, PathBuf)], arch: Arch, host_root: &P
                 if !host_path.exists() {
                     bail!(
                         "{who} is dynamically linked and needs the ELF interpreter {interp}, which this host lacks: \
-                         install the C library for {arch} (Debian: libc6:{arch}) or use a statically linked etcd (--source tarball)"
+                         install the C library for {arch} (Debian: libc6:{arch}) or use a statically linked etcd (--source release)"
                     );
                 }
                 let ii = read(&host_path).with_context(|| format!("interpreter {interp} of {who}"))?;

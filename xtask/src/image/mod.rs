@@ -71,7 +71,7 @@ pub struct BuildArgs {
     #[arg(long)]
     pub load: bool,
     /// Where etcd may come from when it is not cached yet.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, default_value_t, value_name = "SOURCE")]
     pub source: SourcePolicy,
     /// Use the verified binaries in DIR (laid out like `cargo xtask fetch` output: etcd,
     /// etcdctl, provenance.json) instead of acquiring; repeat for several architectures.
@@ -157,7 +157,7 @@ pub fn acquire_all(def: &Definition, args: &BuildArgs) -> Result<Vec<Acquired>> 
         }
         return Ok(out);
     }
-    let opts = AcquireOptions { source: args.source, ..Default::default() };
+    let opts = AcquireOptions { source: args.source.clone(), ..Default::default() };
     chosen_arches(def, args)?
         .into_iter()
         .map(|arch| {

@@ -66,7 +66,7 @@ pub struct Portable {
     #[arg(long, value_name = "ARCH")]
     pub arch: Option<Arch>,
     /// Where etcd may come from when it is not cached yet
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, default_value_t, value_name = "SOURCE")]
     pub source: SourcePolicy,
     /// Use the verified binaries in DIR (laid out like `cargo xtask fetch` output) instead of acquiring
     #[arg(long, value_name = "DIR", conflicts_with = "source")]

@@ -38,7 +38,7 @@ pub struct Release {
     #[arg(long = "arch", value_name = "ARCH")]
     pub arches: Vec<Arch>,
     /// Where etcd may come from when it is not acquired yet
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, default_value_t, value_name = "SOURCE")]
     pub source: SourcePolicy,
     /// Output root: the release goes to DIR/<version>/, the build cache to DIR/.build/
     /// [default: target/release]

@@ -27,7 +27,7 @@ pub struct Publish {
     #[arg(long = "arch", value_name = "ARCH")]
     pub arches: Vec<Arch>,
     /// Where etcd may come from when it is not acquired yet
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, default_value_t, value_name = "SOURCE")]
     pub source: SourcePolicy,
     /// Image build directory [default: target/images]
     #[arg(long, value_name = "DIR")]

@@ -172,6 +172,7 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
         SourceKind::Tarball => ("Organization: etcd-io".to_string(), "the official release tarball"),
         SourceKind::Distro => ("Organization: Debian".to_string(), "Debian's packages"),
         SourceKind::Build => (NOASSERTION.to_string(), "a source build"),
+        SourceKind::Dir => (NOASSERTION.to_string(), "binaries supplied on disk"),
     };
     // Where the etcd binaries can be had: the official location of the pinned tarball (its
     // SHA-256 identifies the bytes wherever they were fetched from), the git source of a
@@ -189,7 +190,7 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
             .filter(|g| g.starts_with("https://") || g.starts_with("http://"))
             .map(|g| format!("git+{g}"))
             .unwrap_or_else(|| NOASSERTION.to_string()),
-        SourceKind::Distro => NOASSERTION.to_string(),
+        SourceKind::Distro | SourceKind::Dir => NOASSERTION.to_string(),
     };
 
     let image_id = "SPDXRef-Image".to_string();

@@ -47,7 +47,7 @@ pub struct Smoke {
     #[arg(long, value_name = "FILE")]
     pub cluster: Option<PathBuf>,
     /// Where etcd comes from when the image has to be built
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, default_value_t, value_name = "SOURCE")]
     pub source: crate::acquire::SourcePolicy,
     /// Output directory [default: target/smoke]
     #[arg(long, value_name = "DIR")]
