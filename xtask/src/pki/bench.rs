@@ -138,7 +138,7 @@ pub fn bench(spec: &ClusterSpec, profiles: &Profiles, runs: usize, root: &Path) 
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
-    fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
+    fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
 
     let mut ours = Timings { runs: Vec::with_capacity(runs) };
     for i in 0..runs {
