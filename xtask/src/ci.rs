@@ -57,15 +57,22 @@ impl Ci {
     }
 }
 
+/// The non-empty lines of a list file with `#` comments removed, with their line numbers.
+fn list_lines(path: &Path) -> Result<Vec<(usize, String)>> {
+    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| (i, l.split('#').next().unwrap_or("").trim().to_string()))
+        .filter(|(_, l)| !l.is_empty())
+        .collect())
+}
+
 /// The package names of the packages file (one a line, `#` starts a comment).
 pub fn read_packages(path: &Path) -> Result<Vec<String>> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
+    for (i, line) in list_lines(path)? {
+        let line = line.as_str();
         let valid = line.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
         if !valid {
             bail!("{}:{}: expected one Debian package name, got {line:?}", path.display(), i + 1);
@@ -138,13 +145,9 @@ pub fn pypi_dir() -> std::path::PathBuf {
 
 /// The `command requirement` pairs of the PyPI tools file (`#` starts a comment).
 pub fn read_pypi_tools(path: &Path) -> Result<Vec<(String, String)>> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
+    for (i, line) in list_lines(path)? {
+        let line = line.as_str();
         let fields: Vec<&str> = line.split_whitespace().collect();
         let valid = |f: &str| f.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-._=".contains(&b));
         match fields.as_slice() {
