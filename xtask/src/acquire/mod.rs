@@ -120,6 +120,16 @@ pub struct Provenance {
     pub details: BTreeMap<String, String>,
 }
 
+impl Provenance {
+    /// Reads `provenance.json` of an acquisition directory (without re-checking the binaries:
+    /// [`Acquired::open`] does that).
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("provenance.json");
+        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("invalid provenance record {}", path.display()))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
@@ -156,10 +166,7 @@ impl Acquired {
 
     /// Reads a directory written by this stage and re-checks every binary against its recorded sum.
     pub fn open(dir: &Path) -> Result<Self> {
-        let prov_path = dir.join("provenance.json");
-        let text = fs::read_to_string(&prov_path).with_context(|| format!("cannot read {}", prov_path.display()))?;
-        let provenance: Provenance =
-            serde_json::from_str(&text).with_context(|| format!("invalid {}", prov_path.display()))?;
+        let provenance = Provenance::read(dir)?;
         for (name, sum) in &provenance.files {
             let actual = Sha256Hex::of_file(&dir.join(name))?;
             if actual != *sum {
@@ -366,8 +373,7 @@ fn cached_matches(cached: &Path, expected: Sha256Hex) -> Result<bool> {
 
 /// The origin recorded by an earlier acquisition, so that a cache hit keeps naming the real URL.
 fn previous_origin(out_dir: &Path) -> Option<String> {
-    let text = fs::read_to_string(out_dir.join("provenance.json")).ok()?;
-    let prov: Provenance = serde_json::from_str(&text).ok()?;
+    let prov = Provenance::read(out_dir).ok()?;
     (prov.source == SourceKind::Tarball).then_some(prov.origin)
 }
 

@@ -20,7 +20,6 @@ pub mod spec;
 pub mod verify;
 
 use std::collections::BTreeSet;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -112,12 +111,8 @@ impl ImageCmd {
 
 /// Reads `provenance.json` from a directory of verified binaries.
 pub fn acquired_from_dir(dir: &Path) -> Result<Acquired> {
-    let p = dir.join("provenance.json");
-    let text = fs::read(&p).with_context(|| {
-        format!("cannot read {}: --etcd-dir needs a directory laid out like `cargo xtask fetch` output", p.display())
-    })?;
-    let provenance: Provenance =
-        serde_json::from_slice(&text).with_context(|| format!("{} is not a valid provenance record", p.display()))?;
+    let provenance =
+        Provenance::read(dir).context("--etcd-dir needs a directory laid out like `cargo xtask fetch` output")?;
     Ok(Acquired { dir: dir.to_path_buf(), provenance })
 }
 

@@ -372,30 +372,51 @@ impl Run {
 
     fn container_args(&self, n: &Node) -> Result<Vec<String>> {
         let ip = crate::render::config::primary_ip(&n.spec)?.to_string();
+        let extra = vec![
+            "--hostname".into(),
+            n.spec.name.clone(),
+            "-v".into(),
+            format!("{}:/var/lib/etcd", n.volume),
+            "-v".into(),
+            format!("{}:{PKI_MOUNT}:ro", self.mounts.join(&n.spec.name).display()),
+            "-v".into(),
+            format!("{}:{CLIENT_MOUNT}:ro", self.client.display()),
+            "-p".into(),
+            format!("127.0.0.1:{}:2379", n.client_port),
+            "-p".into(),
+            format!("127.0.0.1:{}:2380", n.peer_port),
+        ];
+        Ok(self.run_command(&n.container, &ip, extra, &n.env))
+    }
+
+    /// `podman run` for any container of this run: name, label, network and IP, the hardening,
+    /// `extra` (hostname, mounts, published ports), the etcd environment, the host adaptation
+    /// and the image.
+    fn run_command(&self, name: &str, ip: &str, extra: Vec<String>, env: &BTreeMap<String, String>) -> Vec<String> {
         let mut args: Vec<String> =
-            vec!["run", "-d", "--name", &n.container, "--label", LABEL, "--network", &self.network, "--ip", &ip]
+            ["run", "-d", "--name", name, "--label", LABEL, "--network", &self.network, "--ip", ip]
                 .into_iter()
                 .map(String::from)
                 .collect();
         args.extend(hardening_args());
-        args.extend(["--hostname".into(), n.spec.name.clone()]);
-        args.extend(["-v".into(), format!("{}:/var/lib/etcd", n.volume)]);
-        args.extend(["-v".into(), format!("{}:{PKI_MOUNT}:ro", self.mounts.join(&n.spec.name).display())]);
-        args.extend(["-v".into(), format!("{}:{CLIENT_MOUNT}:ro", self.client.display())]);
-        args.extend(["-p".into(), format!("127.0.0.1:{}:2379", n.client_port)]);
-        args.extend(["-p".into(), format!("127.0.0.1:{}:2380", n.peer_port)]);
-        for (k, v) in &n.env {
+        args.extend(extra);
+        for (k, v) in env {
             args.extend(["--env".into(), format!("{k}={v}")]);
         }
         args.extend(self.run_args.iter().cloned());
         args.push(self.tag.clone());
-        Ok(args)
+        args
     }
 
     /// The host's etcdctl with the operator identity, against published loopback ports.
     fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
-        let endpoints: Vec<String> =
-            nodes.iter().map(|i| format!("https://127.0.0.1:{}", self.nodes[*i].client_port)).collect();
+        let ports: Vec<u16> = nodes.iter().map(|i| self.nodes[*i].client_port).collect();
+        self.etcdctl_at(&ports, args)
+    }
+
+    /// The host's etcdctl with the operator identity, against the given loopback ports.
+    fn etcdctl_at(&self, ports: &[u16], args: &[&str]) -> Result<Output> {
+        let endpoints: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
         Command::new(&self.etcdctl)
             .env_clear()
             .env("ETCDCTL_API", "3")
@@ -732,45 +753,21 @@ impl Run {
         // Node 1's certificates serve it: clients reach it on loopback, which they cover.
         let container = "xtask-smoke-restored".to_string();
         let port = free_port()?;
-        let mut args: Vec<String> = vec![
-            "run",
-            "-d",
-            "--name",
-            &container,
-            "--label",
-            LABEL,
-            "--network",
-            &self.network,
-            "--ip",
-            &ip.to_string(),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        args.extend(hardening_args());
-        args.extend(["-v".into(), format!("{}:/var/lib/etcd", data.display())]);
-        args.extend(["-v".into(), format!("{}:{PKI_MOUNT}:ro", self.mounts.join(&self.nodes[0].spec.name).display())]);
-        args.extend(["-p".into(), format!("127.0.0.1:{port}:2379")]);
-        for (k, v) in &env {
-            args.extend(["--env".into(), format!("{k}={v}")]);
-        }
-        args.extend(self.run_args.iter().cloned());
-        args.push(self.tag.clone());
+        let extra = vec![
+            "-v".into(),
+            format!("{}:/var/lib/etcd", data.display()),
+            "-v".into(),
+            format!("{}:{PKI_MOUNT}:ro", self.mounts.join(&self.nodes[0].spec.name).display()),
+            "-p".into(),
+            format!("127.0.0.1:{port}:2379"),
+        ];
+        let args = self.run_command(&container, &ip.to_string(), extra, &env);
         podman_checked(&args).context("cannot start the restored node")?;
         self.res.containers.push(container.clone());
         let deadline = Instant::now() + Duration::from_secs(30);
         let value = loop {
             self.interrupt.check()?;
-            let out = Command::new(&self.etcdctl)
-                .env_clear()
-                .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints=https://127.0.0.1:{port}"))
-                .arg(format!("--cacert={}", self.client.join("ca.crt").display()))
-                .arg(format!("--cert={}", self.client.join("client.crt").display()))
-                .arg(format!("--key={}", self.client.join("client.key").display()))
-                .args(["get", "--print-value-only", "smoke/before-faults"])
-                .output()
-                .context("cannot run etcdctl")?;
+            let out = self.etcdctl_at(&[port], &["get", "--print-value-only", "smoke/before-faults"])?;
             if out.status.success() {
                 break String::from_utf8_lossy(&out.stdout).trim().to_string();
             }
