@@ -60,6 +60,9 @@ pub struct BuildEtcd {
     /// Output root instead of target/etcd
     #[arg(long, value_name = "DIR")]
     pub out_root: Option<PathBuf>,
+    /// Rebuild even when the output already holds a build of the same commit with the same Go
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl BuildEtcd {
@@ -88,6 +91,14 @@ impl BuildEtcd {
         let commit = repo.resolve(&git_ref)?;
         let short = repo.short_sha(&commit)?;
         println!("source: {} {git_ref} = {commit}", self.git);
+        let out_root = self.out_root.clone().unwrap_or_else(|| target_dir().join("etcd"));
+        let arches: Vec<Arch> = arches
+            .into_iter()
+            .filter(|arch| self.force || !up_to_date(&out_root, *arch, &commit, &go, &repo.source))
+            .collect();
+        if arches.is_empty() {
+            return Ok(());
+        }
 
         let build_root = target_dir().join("etcd-build");
         let work = WorkDir::fresh(&build_root.join(commit.get(..12).unwrap_or(&commit)))?;
@@ -131,7 +142,6 @@ impl BuildEtcd {
             gocache: &gocache,
             short_sha: &short,
         };
-        let out_root = self.out_root.clone().unwrap_or_else(|| target_dir().join("etcd"));
         for arch in arches {
             let out_dir = out_root.join(&layout.version).join(arch.as_str());
             let staging = StagingDir::beside(&out_dir)?;
@@ -158,6 +168,30 @@ impl BuildEtcd {
         }
         Ok(())
     }
+}
+
+/// True (and says so) when `<out_root>/<version>/<arch>` holds an intact build of `commit` from
+/// the same source with the same Go: building again would give the same bytes.
+fn up_to_date(out_root: &Path, arch: Arch, commit: &str, go: &Go, source: &str) -> bool {
+    let Ok(versions) = fs::read_dir(out_root) else { return false };
+    for dir in versions.flatten().map(|e| e.path().join(arch.as_str())) {
+        let Ok(got) = crate::acquire::Acquired::open(&dir) else { continue };
+        let d = &got.provenance.details;
+        let same = got.provenance.source == SourceKind::Build
+            && d.get("git_sha").map(String::as_str) == Some(commit)
+            && d.get("go_version") == Some(&go.raw)
+            && d.get("git_url").map(String::as_str) == Some(source);
+        if same {
+            println!(
+                "etcd {} {arch} (build of {}) is up to date in {}: nothing to do (--force rebuilds)",
+                got.provenance.version,
+                commit.get(..12).unwrap_or(commit),
+                display_rel(&dir)
+            );
+            return true;
+        }
+    }
+    false
 }
 
 /// Warns when the Go differs from the release line the image definition names.
@@ -355,9 +389,12 @@ impl GitCache {
         let root = target_dir().join("etcd-src");
         let dir = root.join(format!("{stem}-{}.git", &key[..12]));
         let refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
+        // `--update-shallow`: a shallow source (`git clone --depth 1`, the way many users fetch
+        // etcd) has its tag at a shallow root, which a plain fetch rejects with only a warning.
+        let fetch_args = ["fetch", "--quiet", "--force", "--no-tags", "--update-shallow"];
         if dir.exists() {
             let fetched = git(&dir, |c| {
-                c.args(["fetch", "--quiet", "--force", "--no-tags"]).arg(&url).args(refspecs);
+                c.args(fetch_args).arg(&url).args(refspecs);
             });
             if let Err(err) = fetched {
                 eprintln!(
@@ -372,7 +409,7 @@ impl GitCache {
             c.args(["init", "--bare", "--quiet"]);
         })?;
         git(staging.path(), |c| {
-            c.args(["fetch", "--quiet", "--force", "--no-tags"]).arg(&url).args(refspecs);
+            c.args(fetch_args).arg(&url).args(refspecs);
         })
         .with_context(|| format!("cannot fetch {source}: check the URL or path and that git can reach it"))?;
         staging.commit(&dir)?;

@@ -1,6 +1,7 @@
 //! Image definitions: `images/*.toml`, parsed strictly (unknown fields are errors).
 //! In: a TOML file. Out: a checked [`Definition`] that every stage reads.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,10 @@ pub struct EtcdSpec {
     pub allow_distro_fallback: bool,
     #[serde(default)]
     pub go_version: Option<String>,
+    /// The architectures each release line ("3.4") supports; on any other, etcd exits at start
+    /// unless `ETCD_UNSUPPORTED_ARCH` names the architecture (see [`Definition::runtime_env`]).
+    #[serde(default)]
+    pub supported_arches: BTreeMap<String, Vec<Arch>>,
 }
 
 impl Definition {
@@ -66,6 +71,12 @@ impl Definition {
         if self.etcd.arches.is_empty() {
             bail!("field etcd.arches is empty: list at least one of amd64, arm64, ppc64le, s390x");
         }
+        for line in self.etcd.supported_arches.keys() {
+            let parts: Vec<&str> = line.split('.').collect();
+            if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+                bail!("field etcd.supported_arches: {line:?} is not a release line like \"3.4\"");
+            }
+        }
         for m in &self.etcd.mirrors {
             check_mirror_url(m).context("field etcd.mirrors")?;
         }
@@ -73,6 +84,26 @@ impl Definition {
             image.check().context("section [image]")?;
         }
         Ok(())
+    }
+
+    /// The environment etcd `version` needs to run at all on `arch`: `ETCD_UNSUPPORTED_ARCH=<arch>`
+    /// where `etcd.supported_arches` says its release line does not support `arch` (etcd 3.4 on
+    /// arm64 exits 1 without it). The image config, the portable unit and host bundles carry it.
+    /// It is not a flag's variable, so it never conflicts with a flag a user passes.
+    pub fn runtime_env(&self, version: &str, arch: Arch) -> Result<BTreeMap<String, String>> {
+        check_version(version)?;
+        let line = version.split('.').take(2).collect::<Vec<_>>().join(".");
+        let Some(supported) = self.etcd.supported_arches.get(&line) else {
+            bail!(
+                "{}: field etcd.supported_arches has no entry for etcd {line} (of {version}): add                  \"{line}\" = [...] with the architectures etcdmain's checkSupportArch accepts in that release line",
+                self.path.display()
+            );
+        };
+        let mut env = BTreeMap::new();
+        if !supported.contains(&arch) {
+            env.insert("ETCD_UNSUPPORTED_ARCH".to_string(), arch.as_str().to_string());
+        }
+        Ok(env)
     }
 
     /// The pinned checksums file, resolved against the definition's directory.
@@ -117,6 +148,22 @@ mod tests {
         assert_eq!(def.etcd.version, "3.4.9");
         assert_eq!(def.etcd.arches, vec![Arch::Amd64, Arch::Arm64]);
         assert!(def.checksums_path().exists());
+    }
+
+    #[test]
+    fn unsupported_architectures_get_their_variable_from_the_definition() {
+        let def = Definition::load(&project_root().join(DEFAULT_DEFINITION)).unwrap();
+        let env = |v, a| def.runtime_env(v, a).unwrap();
+        assert_eq!(env("3.4.9", Arch::Arm64).get("ETCD_UNSUPPORTED_ARCH").map(String::as_str), Some("arm64"));
+        assert!(env("3.4.9", Arch::Amd64).is_empty());
+        assert!(env("3.4.23", Arch::Ppc64le).is_empty());
+        assert!(env("3.5.16", Arch::Arm64).is_empty());
+        let msg = format!("{:#}", def.runtime_env("9.9.0", Arch::Amd64).unwrap_err());
+        assert!(msg.contains("etcd.supported_arches") && msg.contains("\"9.9\""), "{msg}");
+        let p = Path::new("images/x.toml");
+        let bad =
+            "[etcd]\nversion='3.4.9'\narches=['amd64']\nchecksums='x'\n[etcd.supported_arches]\n'3.4.9'=['amd64']\n";
+        assert!(format!("{:#}", Definition::parse(bad, p).unwrap_err()).contains("release line"));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! Every test gets its own target directory (CARGO_TARGET_DIR) and shares one Go build cache
 //! (GOCACHE, under target/test-cache/) so that Go's standard library is compiled once.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -507,4 +509,78 @@ fn help_documents_the_proxy_and_defaults() {
     for want in ["--git <URL_OR_PATH>", "--ref <TAG_OR_COMMIT>", "--go <PATH>", "GOPROXY", "--source build"] {
         assert!(help.contains(want), "{want} missing from --help:\n{help}");
     }
+}
+
+#[test]
+fn a_shallow_clone_builds_and_a_second_run_is_up_to_date() {
+    // What many users do: `git clone --depth 1 --branch v3.4.9 ...`. Its tag sits at a shallow
+    // root, which a plain `git fetch` rejects (with only a warning).
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = etcd_repo(tmp.path());
+    let shallow = tmp.path().join("shallow");
+    let url = format!("file://{}", repo.display());
+    let out = Command::new("git")
+        .args(["clone", "-q", "--depth", "1", "--branch", "v3.4.9", &url])
+        .arg(&shallow)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(shallow.join(".git/shallow").exists(), "the clone is shallow");
+    let target = tmp.path().join("target");
+    let out = build(&target, &shallow, "v3.4.9", &[]);
+    assert_ok(&out);
+    let commit = git(&repo, &["rev-parse", "v3.4.9^{commit}"]);
+    assert_eq!(provenance(&out_dir(&target))["details"]["git_sha"], commit.as_str());
+    let sums = provenance(&out_dir(&target))["files"].clone();
+
+    // Same commit, same Go: nothing to do, nothing touched.
+    let again = build(&target, &shallow, "v3.4.9", &[]);
+    assert_ok(&again);
+    assert!(text(&again).contains("is up to date"), "{}", text(&again));
+    assert!(!text(&again).contains("building etcd"), "{}", text(&again));
+    // --force rebuilds, to the same bytes.
+    let forced = xtask(&target, &["build-etcd", "--git", shallow.to_str().unwrap(), "--ref", "v3.4.9", "--force"], &[]);
+    assert_ok(&forced);
+    assert!(text(&forced).contains("building etcd"), "{}", text(&forced));
+    assert_eq!(provenance(&out_dir(&target))["files"], sums);
+}
+
+/// The real etcd v3.4.9 (see `common::etcd_git`): built from its shallow source for amd64 and
+/// arm64 into target/etcd/3.4.9/, where the image, smoke, portable and release tests take it.
+#[test]
+fn the_real_etcd_3_4_9_builds_for_amd64_and_arm64_static_with_its_git_sha() {
+    let log = common::build_etcd_349(&["amd64", "arm64"]);
+    let src = common::etcd_git();
+    let local = Path::new(&src);
+    if local.exists() {
+        // CI's source is a shallow bare clone: the case `--update-shallow` exists for.
+        eprintln!("source {src}: shallow = {}", local.join("shallow").exists());
+    }
+    for arch in ["amd64", "arm64"] {
+        let dir = common::etcd_349_dir(arch);
+        let p = provenance(&dir);
+        assert_eq!(p["source"], "build", "{arch}: {log}");
+        assert_eq!(p["version"], "3.4.9");
+        assert_eq!(p["arch"], arch);
+        assert_eq!(p["details"]["git_sha"], common::ETCD_349_COMMIT);
+        assert_eq!(p["details"]["git_sha_short"], common::ETCD_349_GITSHA);
+        assert!(p["details"]["build_env"].as_str().unwrap().contains(&format!("GOARCH={arch}")), "{p}");
+        for name in ["etcd", "etcdctl"] {
+            let path = dir.join(name);
+            let data = fs::read(&path).unwrap();
+            assert_eq!(p["files"][name], sha256_hex(&data), "{arch}/{name} is what the provenance records");
+            let info = xtask::image::elf::read(&path).unwrap();
+            assert!(info.is_static(), "{arch}/{name} is static (CGO_ENABLED=0): {info:?}");
+            let machine = u16::from_le_bytes([data[18], data[19]]);
+            assert_eq!(machine, if arch == "amd64" { 62 } else { 183 }, "{arch}/{name}: ELF machine");
+        }
+        // etcdctl does not print the Git SHA (the linker drops it); etcd does.
+        let data = fs::read(dir.join("etcd")).unwrap();
+        let sha = common::ETCD_349_GITSHA.as_bytes();
+        assert!(data.windows(sha.len()).any(|w| w == sha), "{arch}/etcd carries Git SHA {}", common::ETCD_349_GITSHA);
+    }
+    let host = common::etcd_349_dir(host_arch()).join("etcd");
+    let version = run(&host, &["--version"]);
+    assert!(version.contains("etcd Version: 3.4.9\n"), "{version}");
+    assert!(version.contains(&format!("Git SHA: {}\n", common::ETCD_349_GITSHA)), "{version}");
 }

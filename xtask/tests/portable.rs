@@ -49,11 +49,11 @@ fn build(out: &Path) -> PathBuf {
 
 #[test]
 fn units_and_os_release_match_golden_files() {
-    for (name, text) in xtask::portable::units().unwrap() {
+    for (name, text) in xtask::portable::units(&Default::default()).unwrap() {
         golden(&format!("portable/{name}"), &text);
     }
     golden("portable/os-release", &xtask::portable::os_release("3.4.9").unwrap());
-    let units = xtask::portable::units().unwrap();
+    let units = xtask::portable::units(&Default::default()).unwrap();
     let etcd = &units.iter().find(|(n, _)| n == "etcd.service").unwrap().1;
     // One source of truth: every TLS file variable of node_env is a flag on ExecStart, loaded
     // as a credential of the same name.

@@ -25,6 +25,9 @@ fn render_golden(tmp: &Path) -> PathBuf {
         tmp.join("pki").to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        // The golden files are amd64's, whatever this machine is.
+        "--arch",
+        "amd64",
     ]);
     out
 }
@@ -182,6 +185,37 @@ fn exposure(unit: &Path) -> (f64, String) {
 }
 
 #[test]
+fn arm64_hosts_of_etcd_3_4_get_etcd_unsupported_arch_and_3_5_does_not() {
+    // etcd 3.4 exits 1 on arm64 without it (etcdmain's checkSupportArch); which versions and
+    // architectures need it is data (etcd.supported_arches of images/etcd.toml).
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = golden_dir().join("cluster.toml");
+    let conf = |version: &str, arch: &str| {
+        let out = tmp.path().join(format!("out-{version}-{arch}"));
+        ok(&[
+            "render",
+            "--cluster",
+            cluster.to_str().unwrap(),
+            "--pki",
+            tmp.path().join("pki").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--arch",
+            arch,
+            "--etcd-version",
+            version,
+        ]);
+        fs::read_to_string(out.join("m1/etc/etcd/etcd.conf")).unwrap()
+    };
+    assert!(conf("3.4.9", "arm64").lines().any(|l| l == "ETCD_UNSUPPORTED_ARCH=arm64"));
+    assert!(!conf("3.4.9", "amd64").contains("ETCD_UNSUPPORTED_ARCH"));
+    assert!(!conf("3.5.16", "arm64").contains("ETCD_UNSUPPORTED_ARCH"));
+    assert!(conf("3.4.9", "s390x").lines().any(|l| l == "ETCD_UNSUPPORTED_ARCH=s390x"));
+    let msg = fails(&["render", "--cluster", cluster.to_str().unwrap(), "--etcd-version", "3.9.0"]);
+    assert!(msg.contains("etcd.supported_arches") && msg.contains("3.9"), "{msg}");
+}
+
+#[test]
 fn every_unit_verifies_and_etcd_service_is_hardened() {
     let tmp = tempfile::tempdir().unwrap();
     let out = render_golden(tmp.path());
@@ -198,7 +232,7 @@ fn every_unit_verifies_and_etcd_service_is_hardened() {
     );
     verify(&host_root, &host_units);
 
-    let portable_units = xtask::portable::units().unwrap();
+    let portable_units = xtask::portable::units(&Default::default()).unwrap();
     let portable_root = tmp.path().join("portable-root");
     verify_root(&portable_root, &portable_units, &["/usr/bin/etcd", "/usr/bin/etcdctl"]);
     verify(&portable_root, &portable_units);

@@ -92,8 +92,10 @@ pub fn repo_stem(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
-/// Resolves the definition and the acquired binaries into a [`Plan`].
-pub fn plan(spec: &ImageSpec, acquired: &Acquired, epoch: u64) -> Result<Plan> {
+/// Resolves the definition and the acquired binaries into a [`Plan`]. `runtime_env` is what
+/// this etcd needs to run on its architecture ([`crate::definition::Definition::runtime_env`]),
+/// added to the config's environment.
+pub fn plan(spec: &ImageSpec, acquired: &Acquired, epoch: u64, runtime_env: &BTreeMap<String, String>) -> Result<Plan> {
     let prov = &acquired.provenance;
     let version = prov.version.clone();
     check_version(&version)
@@ -245,7 +247,7 @@ pub fn plan(spec: &ImageSpec, acquired: &Acquired, epoch: u64) -> Result<Plan> {
         config: RunConfig {
             user: Some(format!("{uid}:{gid}")),
             exposed_ports: c.exposed_ports.iter().map(|p| (p.clone(), Empty {})).collect(),
-            env: c.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            env: c.env.iter().chain(runtime_env).map(|(k, v)| format!("{k}={v}")).collect(),
             entrypoint: c.entrypoint.clone(),
             cmd: c.cmd.clone(),
             volumes: c.volumes.iter().map(|v| (v.clone(), Empty {})).collect(),
@@ -628,7 +630,7 @@ mod tests {
         let spec: ImageSpec = toml::from_str(crate::image::spec::tests::MINIMAL).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let acq = fake_acquired(dir.path(), Arch::Amd64, &["etcd", "etcdctl"]);
-        let p = plan(&spec, &acq, 0).unwrap();
+        let p = plan(&spec, &acq, 0, &BTreeMap::new()).unwrap();
         let paths = |i: usize| -> Vec<String> { p.layers[i].entries.iter().map(|e| e.path.clone()).collect() };
         assert_eq!(paths(0), ["etc", "etc/group", "etc/passwd", "tmp", "var", "var/lib", "var/lib/etcd"]);
         assert_eq!(paths(1), ["usr", "usr/local", "usr/local/bin", "usr/local/bin/etcd"]);
@@ -638,16 +640,16 @@ mod tests {
         assert_eq!(p.config.config.user.as_deref(), Some("10001:10001"));
         assert_eq!(p.config.history.len(), 3);
 
-        let same = plan(&spec, &acq, 0).unwrap();
+        let same = plan(&spec, &acq, 0, &BTreeMap::new()).unwrap();
         assert_eq!(p.inputs().unwrap(), same.inputs().unwrap());
-        assert_ne!(p.inputs().unwrap(), plan(&spec, &acq, 1).unwrap().inputs().unwrap());
+        assert_ne!(p.inputs().unwrap(), plan(&spec, &acq, 1, &BTreeMap::new()).unwrap().inputs().unwrap());
         let mut other = spec.clone();
         other.gzip_level = 9;
-        assert_ne!(p.inputs().unwrap(), plan(&other, &acq, 0).unwrap().inputs().unwrap());
+        assert_ne!(p.inputs().unwrap(), plan(&other, &acq, 0, &BTreeMap::new()).unwrap().inputs().unwrap());
 
         // A required binary that acquire did not deliver is an error naming the fix.
         fs::remove_file(dir.path().join("etcdctl")).unwrap();
-        let err = format!("{:#}", plan(&spec, &acq, 0).unwrap_err());
+        let err = format!("{:#}", plan(&spec, &acq, 0, &BTreeMap::new()).unwrap_err());
         assert!(err.contains("etcdctl") && err.contains("cargo xtask fetch"), "{err}");
     }
 
@@ -659,7 +661,7 @@ mod tests {
         let mut tampered = crate::image::elf::tests::fake_static_elf(62);
         tampered.push(1);
         fs::write(dir.path().join("etcd"), tampered).unwrap();
-        let p = plan(&spec, &acq, 0).unwrap();
+        let p = plan(&spec, &acq, 0, &BTreeMap::new()).unwrap();
         let out = dir.path().join("out");
         let err = format!("{:#}", build(&p, &out).unwrap_err());
         assert!(err.contains("is not the file that was verified"), "{err}");

@@ -77,7 +77,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     // 1. Our bake: plan (hash the inputs) + layers + config + verify + archive.
     let t = Instant::now();
-    let plan = bake::plan(spec, &acquired, epoch)?;
+    let env = def.runtime_env(&acquired.provenance.version, acquired.provenance.arch)?;
+    let plan = bake::plan(spec, &acquired, epoch, &env)?;
     let built = bake::build(&plan, &out)?;
     let bake_s = t.elapsed().as_secs_f64();
 
@@ -86,7 +87,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let again = acquire_all(&def, &build_args)?.into_iter().next().context("nothing acquired")?;
     let acquire_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let plan2 = bake::plan(spec, &again, epoch)?;
+    let plan2 = bake::plan(spec, &again, epoch, &env)?;
     let noop = bake::build(&plan2, &out)?;
     let image_noop_s = t.elapsed().as_secs_f64();
     let noop_s = acquire_s + image_noop_s;

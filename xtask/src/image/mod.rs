@@ -175,8 +175,8 @@ pub fn build_images(def: &Definition, args: &BuildArgs) -> Result<Vec<Built>> {
     let mut builds = Vec::new();
     let mut versions = BTreeSet::new();
     for a in &acquired {
-        let plan =
-            bake::plan(spec, a, epoch).with_context(|| format!("cannot plan the {} image", a.provenance.arch))?;
+        let plan = bake::plan(spec, a, epoch, &def.runtime_env(&a.provenance.version, a.provenance.arch)?)
+            .with_context(|| format!("cannot plan the {} image", a.provenance.arch))?;
         versions.insert(plan.version.clone());
         let built = if args.force {
             let inputs = plan.inputs()?;

@@ -456,6 +456,13 @@ impl ConfigSpec {
             if v.contains('\0') {
                 bail!("env: {k} contains a NUL byte");
             }
+            if k.starts_with("ETCD_") {
+                bail!(
+                    "env: {k} would break every user who passes the matching flag (etcd 3.4 exits with \
+                     \"conflicting environment variable {k:?} is shadowed by corresponding command-line flag\"): \
+                     remove it; ETCD_UNSUPPORTED_ARCH comes from etcd.supported_arches"
+                );
+            }
         }
         for k in self.labels.keys() {
             if k.starts_with(COMPUTED_LABEL_PREFIX) {
@@ -585,6 +592,14 @@ volumes = ["/var/lib/etcd"]
         .contains("no login shell"));
         assert!(check_mode_policy("/x", EntryKind::File, 0o666).is_err());
         assert!(check_mode_policy("/x", EntryKind::File, 0o644).is_ok());
+    }
+
+    #[test]
+    fn etcd_variables_in_the_image_config_are_refused() {
+        let with_env = |env: &str| format!("{MINIMAL}[config.env]\n{env}\n");
+        assert!(spec_from(&with_env("PATH = \"/usr/local/bin\"")).is_ok());
+        let msg = format!("{:#}", spec_from(&with_env("ETCD_DATA_DIR = \"/var/lib/etcd\"")).unwrap_err());
+        assert!(msg.contains("ETCD_DATA_DIR") && msg.contains("shadowed by corresponding command-line flag"), "{msg}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! `cargo xtask render` as `<node>.portable/`: /etc/etcd/etcd.conf, /etc/etcd/pki/,
 //! /etc/etcd/etcdctl/.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -91,12 +92,12 @@ pub struct Built {
 
 impl Portable {
     pub fn run(self) -> Result<()> {
+        let def = Definition::load_default()?;
         let acquired = match &self.etcd_dir {
             Some(dir) => Acquired::open(dir).with_context(|| {
                 format!("--etcd-dir {}: not a directory of verified binaries (run `cargo xtask fetch`)", dir.display())
             })?,
             None => {
-                let def = Definition::load_default()?;
                 let arch = match self.arch {
                     Some(a) => a,
                     None => Arch::host().context("this machine's architecture has no etcd build: pass --arch")?,
@@ -106,7 +107,8 @@ impl Portable {
             }
         };
         let out = self.out.clone().unwrap_or_else(|| target_dir().join("portable"));
-        let built = build(&acquired, &out, source_date_epoch()?, !self.no_raw)?;
+        let env = def.runtime_env(&acquired.provenance.version, acquired.provenance.arch)?;
+        let built = build(&acquired, &out, source_date_epoch()?, !self.no_raw, &env)?;
         println!("{}: directory image {}", built.name, display_rel(&built.dir));
         if let (Some(raw), Some(sum)) = (&built.raw, &built.raw_sha256) {
             println!("{}: squashfs image {} (sha256 {sum})", built.name, display_rel(raw));
@@ -126,7 +128,7 @@ pub fn os_release(version: &str) -> Result<String> {
 }
 
 /// The units of the image by file name, filled in.
-pub fn units() -> Result<Vec<(String, String)>> {
+pub fn units(runtime_env: &BTreeMap<String, String>) -> Result<Vec<(String, String)>> {
     let pki = TargetPaths::standard().pki_dir;
     let pki = pki.trim_end_matches('/');
     let creds: Vec<String> = TLS_FILES.iter().map(|(_, f)| format!("LoadCredential={f}:{pki}/{f}")).collect();
@@ -145,7 +147,11 @@ pub fn units() -> Result<Vec<(String, String)>> {
             template::fill(
                 origin,
                 &template::read("portable/etcd.service.in")?,
-                &[("LOAD_CREDENTIALS", creds.join("\n")), ("TLS_FLAGS", format!("\\\n  {}", flags.join(" \\\n  ")))],
+                &[
+                    ("LOAD_CREDENTIALS", creds.join("\n")),
+                    ("TLS_FLAGS", format!("\\\n  {}", flags.join(" \\\n  "))),
+                    ("ENVIRONMENT", environment_lines(runtime_env)),
+                ],
             )?
         } else {
             template::read(&format!("portable/{unit}"))?
@@ -153,6 +159,14 @@ pub fn units() -> Result<Vec<(String, String)>> {
         out.push((unit.to_string(), text));
     }
     Ok(out)
+}
+
+/// `Environment=` lines for what etcd needs on this architecture, or a comment saying nothing is.
+pub fn environment_lines(runtime_env: &BTreeMap<String, String>) -> String {
+    match runtime_env.is_empty() {
+        true => "# This etcd supports this architecture as it is: no ETCD_UNSUPPORTED_ARCH.".to_string(),
+        false => runtime_env.iter().map(|(k, v)| format!("Environment={k}={v}")).collect::<Vec<_>>().join("\n"),
+    }
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<()> {
@@ -176,7 +190,7 @@ fn copy(root: &Path, rel: &str, mode: u32, from: &Path) -> Result<()> {
 }
 
 /// Writes the directory image of `acquired` into `root` (empty).
-pub fn write_tree(acquired: &Acquired, root: &Path) -> Result<()> {
+pub fn write_tree(acquired: &Acquired, root: &Path, runtime_env: &BTreeMap<String, String>) -> Result<()> {
     let p = &acquired.provenance;
     for (dir, mode) in DIRS {
         mkdir(&root.join(dir), mode)?;
@@ -189,7 +203,7 @@ pub fn write_tree(acquired: &Acquired, root: &Path) -> Result<()> {
         put(root, f, 0o644, b"")?;
     }
     put(root, "usr/lib/os-release", 0o644, os_release(&p.version)?.as_bytes())?;
-    for (unit, text) in units()? {
+    for (unit, text) in units(runtime_env)? {
         put(root, &format!("{UNIT_DIR}/{unit}"), 0o644, text.as_bytes())?;
     }
     let mut binaries = Vec::new();
@@ -237,7 +251,13 @@ fn fix_dir_modes(root: &Path) -> Result<()> {
 }
 
 /// Builds `out/etcd_<version>/` and, with `raw`, `out/etcd_<version>.raw`.
-pub fn build(acquired: &Acquired, out: &Path, epoch: u64, raw: bool) -> Result<Built> {
+pub fn build(
+    acquired: &Acquired,
+    out: &Path,
+    epoch: u64,
+    raw: bool,
+    runtime_env: &BTreeMap<String, String>,
+) -> Result<Built> {
     let version = &acquired.provenance.version;
     check_version(version).with_context(|| format!("{}/provenance.json: version", acquired.dir.display()))?;
     let name = format!("etcd_{version}");
@@ -245,7 +265,8 @@ pub fn build(acquired: &Acquired, out: &Path, epoch: u64, raw: bool) -> Result<B
     let dir = out.join(&name);
     let staged = StagingDir::beside(&dir)?;
     mkdir(staged.path(), 0o755)?;
-    write_tree(acquired, staged.path()).with_context(|| format!("cannot write the portable image {name}"))?;
+    write_tree(acquired, staged.path(), runtime_env)
+        .with_context(|| format!("cannot write the portable image {name}"))?;
     staged.commit(&dir)?;
     if !raw {
         return Ok(Built { name, dir, raw: None, raw_sha256: None });
@@ -281,4 +302,19 @@ pub fn squashfs(dir: &Path, dest: &Path, epoch: u64) -> Result<()> {
         bail!("mksquashfs {} failed ({}): {}", dir.display(), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     fs::rename(&tmp, dest).with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_sets_what_the_architecture_needs() {
+        let env = BTreeMap::from([("ETCD_UNSUPPORTED_ARCH".to_string(), "arm64".to_string())]);
+        let arm = units(&env).unwrap();
+        let service = &arm.iter().find(|(n, _)| n == "etcd.service").unwrap().1;
+        assert!(service.lines().any(|l| l == "Environment=ETCD_UNSUPPORTED_ARCH=arm64"), "{service}");
+        let plain = units(&BTreeMap::new()).unwrap();
+        assert!(!plain.iter().any(|(_, t)| t.contains("Environment=ETCD_")));
+    }
 }

@@ -124,7 +124,10 @@ pub fn build_release(
 
     let host_acquired = acquired.iter().find(|a| Some(a.provenance.arch) == Arch::host());
     let portable = match host_acquired {
-        Some(a) => Some(crate::portable::build(a, &work.join("portable"), epoch, true)?),
+        Some(a) => {
+            let env = def.runtime_env(&a.provenance.version, a.provenance.arch)?;
+            Some(crate::portable::build(a, &work.join("portable"), epoch, true, &env)?)
+        }
         None => {
             eprintln!(
                 "note: the portable image is built for this machine's architecture only, which is not among {}: leaving it out",
@@ -150,7 +153,8 @@ pub fn build_release(
         let stem = name.trim_end_matches(".tar");
         fs::copy(a.dir.join("provenance.json"), stage.join(format!("{stem}.provenance.json")))
             .with_context(|| format!("cannot copy {}/provenance.json", a.dir.display()))?;
-        let plan = bake::plan(spec, a, epoch).with_context(|| format!("cannot plan the {arch} image for its SBOM"))?;
+        let plan = bake::plan(spec, a, epoch, &def.runtime_env(&a.provenance.version, arch)?)
+            .with_context(|| format!("cannot plan the {arch} image for its SBOM"))?;
         let doc =
             sbom::document(&sbom::SbomInput { spec, acquired: a, plan: &plan, built: b, archive_name: &name, epoch })?;
         write_atomic(&stage.join(format!("{stem}.spdx.json")), &doc, 0o644)?;

@@ -94,6 +94,8 @@ pub struct ClusterInputs<'a> {
     pub facts: &'a PkiFacts,
     /// The client identity whose certificate the operator's etcdctl and the backup use.
     pub client: &'a str,
+    /// What etcd needs to run on the hosts' architecture (`ETCD_UNSUPPORTED_ARCH`), or nothing.
+    pub runtime_env: &'a BTreeMap<String, String>,
 }
 
 /// The client identity for etcdctl: `wanted`, else `etcdctl` if issued, else the first client.
@@ -125,9 +127,12 @@ pub fn pick_client<'a>(spec: &'a ClusterSpec, wanted: Option<&'a str>, cluster: 
 pub fn etcd_conf(inputs: &ClusterInputs<'_>, node: &NodeSpec, portable: bool) -> Result<String> {
     let mut env = node_env(inputs.spec, node, inputs.facts, &TargetPaths::standard())?;
     if portable {
+        // The portable unit passes these itself (TLS flags and its own Environment=).
         for (key, _) in TLS_FILES {
             env.remove(key);
         }
+    } else {
+        env.extend(inputs.runtime_env.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     let tuning_line = match inputs.tuning {
         Some((name, preset)) => {

@@ -18,10 +18,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
+use crate::definition::Definition;
 use crate::pki::cluster::ClusterSpec;
 use crate::pki::issue::{issue, PkiLayout};
 use crate::pki::Profiles;
-use crate::util::{display_rel, source_date_epoch, target_dir, StagingDir};
+use crate::util::{display_rel, source_date_epoch, target_dir, Arch, StagingDir};
 use config::PkiFacts;
 use host::{pick_client, render_node, write_node, ClusterInputs};
 use tuning::Presets;
@@ -57,6 +58,13 @@ pub struct Render {
     /// Tuning presets [default: systemd/tuning.toml]
     #[arg(long, value_name = "FILE")]
     pub tuning_presets: Option<PathBuf>,
+    /// Architecture of the hosts: etcd versions that do not support it get ETCD_UNSUPPORTED_ARCH
+    /// in etcd.conf (etcd.supported_arches of images/etcd.toml) [default: this machine's]
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<Arch>,
+    /// etcd version the hosts run [default: etcd.version of images/etcd.toml]
+    #[arg(long, value_name = "V")]
+    pub etcd_version: Option<String>,
 }
 
 impl Render {
@@ -69,6 +77,13 @@ impl Render {
 
 /// Renders every node of `args.cluster`; returns the output directory.
 pub fn render(args: &Render) -> Result<PathBuf> {
+    let def = Definition::load_default()?;
+    let arch = match args.arch {
+        Some(a) => a,
+        None => Arch::host().context("this machine's architecture has no etcd build: pass --arch")?,
+    };
+    let version = args.etcd_version.clone().unwrap_or_else(|| def.etcd.version.clone());
+    let runtime_env = def.runtime_env(&version, arch).context("--etcd-version / --arch")?;
     let described = ClusterSpec::load_described(&args.cluster)?;
     let spec = &described.spec;
     for w in spec.warnings() {
@@ -101,7 +116,7 @@ pub fn render(args: &Render) -> Result<PathBuf> {
     // Keys inside: nobody but the owner looks in.
     fs::set_permissions(staged.path(), fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot set the mode of {}", staged.path().display()))?;
-    let inputs = ClusterInputs { spec, tuning, pki: &pki, facts: &facts, client };
+    let inputs = ClusterInputs { spec, tuning, pki: &pki, facts: &facts, client, runtime_env: &runtime_env };
     for node in &spec.nodes {
         let bundle = render_node(&inputs, node).with_context(|| format!("cannot render node {}", node.name))?;
         write_node(&bundle, staged.path(), epoch)?;

@@ -88,3 +88,49 @@ pub fn golden(name: &str, actual: &str) {
         "{name} differs from its golden file; if the change is intended: UPDATE_GOLDEN=1 cargo test"
     );
 }
+
+/// The commit of etcd's tag v3.4.9, and the Git SHA its binaries report.
+pub const ETCD_349_COMMIT: &str = "54ba9589114fc3fa5cc36c313550b3c0c0938c91";
+pub const ETCD_349_GITSHA: &str = "54ba95891";
+
+/// Where the real etcd v3.4.9 source comes from: `$XTASK_TEST_ETCD_GIT` (`.ci/run` points it at
+/// a shallow clone when the machine has one), else etcd's public repository.
+pub fn etcd_git() -> String {
+    std::env::var("XTASK_TEST_ETCD_GIT")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "https://github.com/etcd-io/etcd.git".to_string())
+}
+
+/// Builds the real etcd v3.4.9 with `cargo xtask build-etcd` for `arches` into
+/// `target/etcd/3.4.9/<arch>/`, the layout `--source build` reads. Serialised across threads and
+/// test processes by a lock file; a build already there is reused (build-etcd says "up to date").
+/// Returns what build-etcd printed.
+pub fn build_etcd_349(arches: &[&str]) -> String {
+    static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
+    let target = root().join("target");
+    fs::create_dir_all(&target).unwrap();
+    let lock = fs::File::create(target.join(".build-etcd-349.lock")).unwrap();
+    lock.lock().expect("lock target/.build-etcd-349.lock");
+    let mut args = vec!["build-etcd".to_string(), "--git".into(), etcd_git(), "--ref".into(), "v3.4.9".into()];
+    for a in arches {
+        args.extend(["--arch".to_string(), a.to_string()]);
+    }
+    let t = std::time::Instant::now();
+    let out = run(Command::new(XTASK).args(&args).current_dir(root()).env_remove("GOFLAGS").env("GOPROXY", "off"));
+    let all = text(&out);
+    assert!(out.status.success(), "xtask {args:?} failed:\n{all}");
+    eprintln!("build-etcd 3.4.9 {arches:?}: {:.1} s", t.elapsed().as_secs_f64());
+    all
+}
+
+/// `target/etcd/3.4.9/<arch>/`, built by [`build_etcd_349`].
+pub fn etcd_349_dir(arch: &str) -> PathBuf {
+    root().join("target/etcd/3.4.9").join(arch)
+}
+
+/// This machine's architecture under etcd's name.
+pub fn host_arch() -> &'static str {
+    xtask::util::Arch::host().expect("an architecture etcd is built for").as_str()
+}
