@@ -1,6 +1,8 @@
 //! `cargo xtask fetch` against real HTTP on loopback: a server in this test serves a real etcd
 //! (Debian's binaries, repacked in the official tarball layout) well, badly, or not at all.
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -11,8 +13,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
-const VERSION: &str = "3.4.23";
-const TARBALL: &str = "etcd-v3.4.23-linux-amd64.tar.gz";
+/// The etcd version Debian ships, asked from apt (never assumed: it changes with the release).
+fn version() -> &'static str {
+    common::debian_etcd_version()
+}
+
+/// The official tarball name of that version.
+fn tarball_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| format!("etcd-v{}-linux-amd64.tar.gz", version()))
+}
 
 fn xtask(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
@@ -38,7 +48,7 @@ fn tarball() -> &'static (Vec<u8>, String) {
         let root = target().join("test-cache/etcd");
         let out = xtask(&["fetch", "--source", "distro", "--arch", "amd64", "--out-root", root.to_str().unwrap()], &[]);
         assert!(out.status.success(), "fetching Debian's etcd failed: {}", stderr(&out));
-        let bin = root.join(VERSION).join("amd64");
+        let bin = root.join(version()).join("amd64");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         {
             let mut tar = tar::Builder::new(&mut gz);
@@ -51,7 +61,7 @@ fn tarball() -> &'static (Vec<u8>, String) {
                 h.set_size(data.len() as u64);
                 h.set_mode(0o755);
                 h.set_cksum();
-                tar.append_data(&mut h, format!("etcd-v{VERSION}-linux-amd64/{name}"), &data[..]).unwrap();
+                tar.append_data(&mut h, format!("etcd-v{}-linux-amd64/{name}", version()), &data[..]).unwrap();
             }
             tar.finish().unwrap();
         }
@@ -113,7 +123,7 @@ fn serve(mut stream: TcpStream, hits: Arc<Mutex<HashMap<String, usize>>>) {
     *hits.lock().unwrap().entry(mode.clone()).or_default() += 1;
     let (body, _) = tarball();
     let ok = |len: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n");
-    if !path.ends_with(&format!("/v{VERSION}/{TARBALL}")) {
+    if !path.ends_with(&format!("/v{}/{}", version(), tarball_name())) {
         let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     }
@@ -152,12 +162,12 @@ fn serve(mut stream: TcpStream, hits: Arc<Mutex<HashMap<String, usize>>>) {
 fn checksums(dir: &Path) -> PathBuf {
     let (_, sum) = tarball();
     let path = dir.join("sums");
-    fs::write(&path, format!("{sum}  {TARBALL}\n")).unwrap();
+    fs::write(&path, format!("{sum}  {}\n", tarball_name())).unwrap();
     path
 }
 
 fn fetch_args<'a>(out_root: &'a str, sums: &'a str, mirrors: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["fetch", "--etcd-version", VERSION, "--arch", "amd64", "--source", "tarball"];
+    let mut args = vec!["fetch", "--etcd-version", version(), "--arch", "amd64", "--source", "tarball"];
     args.extend(["--checksums", sums, "--out-root", out_root]);
     for m in mirrors {
         args.extend(["--mirror", *m]);
@@ -196,14 +206,14 @@ fn downloads_verifies_records_provenance_and_then_uses_the_cache() {
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("25%") && err.contains("received"), "plain progress lines expected off a terminal: {err}");
-    let dir = root.join(VERSION).join("amd64");
+    let dir = root.join(version()).join("amd64");
     let prov: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
     assert_eq!(prov["source"], "tarball");
-    assert_eq!(prov["version"], VERSION);
-    assert_eq!(prov["reported_version"], VERSION);
-    assert_eq!(prov["origin"], format!("{good}/v{VERSION}/{TARBALL}"));
-    assert_eq!(prov["artifacts"][TARBALL], tarball().1.as_str());
+    assert_eq!(prov["version"], version());
+    assert_eq!(prov["reported_version"], version());
+    assert_eq!(prov["origin"], format!("{good}/v{}/{}", version(), tarball_name()));
+    assert_eq!(prov["artifacts"][tarball_name()], tarball().1.as_str());
     assert_eq!(prov["files"]["etcd"].as_str().unwrap(), sha256_hex(&fs::read(dir.join("etcd")).unwrap()));
     assert_eq!(server.hits("good"), 1);
 
@@ -238,7 +248,7 @@ fn a_mismatch_is_final_names_both_sums_and_leaves_nothing() {
     let out = xtask(&fetch_args(root.to_str().unwrap(), sums.to_str().unwrap(), &[&bad, &good]), &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("mismatch") && err.contains(&format!("{bad}/v{VERSION}/{TARBALL}")), "{err}");
+    assert!(err.contains("mismatch") && err.contains(&format!("{bad}/v{}/{}", version(), tarball_name())), "{err}");
     assert!(err.contains(&tarball().1), "expected sum named: {err}");
     let mut evil = tarball().0.clone();
     let mid = evil.len() / 2;
@@ -290,14 +300,14 @@ fn each_unreachable_source_gives_a_clear_error_and_leaves_nothing() {
 fn file_mirrors_work() {
     let tmp = tempfile::tempdir().unwrap();
     let mirror = tmp.path().join("mirror");
-    fs::create_dir_all(mirror.join(format!("v{VERSION}"))).unwrap();
-    fs::write(mirror.join(format!("v{VERSION}/{TARBALL}")), &tarball().0).unwrap();
+    fs::create_dir_all(mirror.join(format!("v{}", version()))).unwrap();
+    fs::write(mirror.join(format!("v{}/{}", version(), tarball_name())), &tarball().0).unwrap();
     let sums = checksums(tmp.path());
     let root = tmp.path().join("etcd");
     let url = format!("file://{}", mirror.display());
     let out = xtask(&fetch_args(root.to_str().unwrap(), sums.to_str().unwrap(), &[&url]), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(root.join(VERSION).join("amd64/etcdctl").exists());
+    assert!(root.join(version()).join("amd64/etcdctl").exists());
 }
 
 #[test]
@@ -351,7 +361,8 @@ fn auto_falls_back_to_debian_only_when_unreachable_and_allowed() {
         fs::write(
             &p,
             format!(
-                "[etcd]\nversion = \"{VERSION}\"\narches = [\"amd64\"]\nchecksums = \"sums\"\nallow_distro_fallback = {allow}\n"
+                "[etcd]\nversion = \"{}\"\narches = [\"amd64\"]\nchecksums = \"sums\"\nallow_distro_fallback = {allow}\n[etcd.supported_arches]\n\"3.4\" = [\"amd64\", \"ppc64le\"]\n",
+                version()
             ),
         )
         .unwrap();
@@ -385,7 +396,7 @@ fn auto_falls_back_to_debian_only_when_unreachable_and_allowed() {
     let installed = String::from_utf8_lossy(&out.stdout);
     assert!(installed.contains("(distro)"), "{installed}");
     let prov: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(root.join(VERSION).join("amd64/provenance.json")).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(root.join(version()).join("amd64/provenance.json")).unwrap()).unwrap();
     assert_eq!(prov["source"], "distro");
     assert!(prov["origin"].as_str().unwrap().starts_with("debian:etcd-server:amd64="));
 
@@ -453,7 +464,7 @@ fn a_foreign_architecture_comes_from_debian_with_its_c_library() {
     let root = target().join("test-cache/etcd");
     let out = xtask(&["fetch", "--source", "distro", "--arch", "arm64", "--out-root", root.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let dir = root.join(VERSION).join("arm64");
+    let dir = root.join(version()).join("arm64");
     let head = fs::read(dir.join("etcd")).unwrap();
     assert_eq!(&head[..4], b"\x7fELF");
     assert_eq!(u16::from_le_bytes([head[18], head[19]]), 183, "an aarch64 binary");
@@ -486,14 +497,14 @@ fn concurrent_fetches_of_a_foreign_architecture_share_one_apt_update() {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    assert!(root.join(VERSION).join("arm64/etcd").exists());
+    assert!(root.join(version()).join("arm64/etcd").exists());
 }
 
 #[test]
 fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
     let (bytes, _) = tarball();
     let tmp = tempfile::tempdir().unwrap();
-    let bin = target().join("test-cache/etcd").join(VERSION).join("amd64");
+    let bin = target().join("test-cache/etcd").join(version()).join("amd64");
     let root = tmp.path().join("etcd");
     let root_s = root.to_str().unwrap();
 
@@ -502,10 +513,10 @@ fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
     let out = xtask(&["fetch", "--arch", "amd64", "--source", &src, "--out-root", root_s], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let prov: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(root.join(VERSION).join("amd64/provenance.json")).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(root.join(version()).join("amd64/provenance.json")).unwrap()).unwrap();
     assert_eq!(prov["source"], "dir");
     assert_eq!(prov["origin"], format!("dir:{}", fs::canonicalize(&bin).unwrap().display()));
-    assert_eq!(prov["reported_version"], VERSION);
+    assert_eq!(prov["reported_version"], version());
     let half = tmp.path().join("half");
     fs::create_dir(&half).unwrap();
     fs::copy(bin.join("etcd"), half.join("etcd")).unwrap();
@@ -516,7 +527,7 @@ fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
 
     // tarball:PATH — verified against the pins like a download.
     let sums = checksums(tmp.path());
-    let file = tmp.path().join(TARBALL);
+    let file = tmp.path().join(tarball_name());
     fs::write(&file, bytes).unwrap();
     let root2 = tmp.path().join("etcd2");
     let args = |src: &str| {
@@ -524,7 +535,7 @@ fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
             &[
                 "fetch",
                 "--etcd-version",
-                VERSION,
+                version(),
                 "--arch",
                 "amd64",
                 "--source",
@@ -540,11 +551,12 @@ fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
     let out = args(&format!("tarball:{}", file.display()));
     assert!(out.status.success(), "{}", stderr(&out));
     let prov: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(root2.join(VERSION).join("amd64/provenance.json")).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(root2.join(version()).join("amd64/provenance.json")).unwrap())
+            .unwrap();
     assert_eq!(prov["source"], "tarball");
     assert!(prov["origin"].as_str().unwrap().starts_with("file:"));
 
-    let evil = tmp.path().join("evil").join(TARBALL);
+    let evil = tmp.path().join("evil").join(tarball_name());
     fs::create_dir_all(evil.parent().unwrap()).unwrap();
     let mut changed = bytes.clone();
     changed[100] ^= 1;

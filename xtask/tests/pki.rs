@@ -393,7 +393,7 @@ fn bad_descriptions_are_refused_with_the_field_and_leave_nothing() {
     }
 }
 
-/// Debian's etcd 3.4.23 (`etcd`, `etcdctl`), fetched with the project's own `fetch` into the cache
+/// Debian's etcd (`etcd`, `etcdctl`; the version apt offers), fetched with the project's own `fetch` into the cache
 /// the fetch tests share (concurrent use is safe).
 fn real_etcd() -> std::path::PathBuf {
     let root = common::root().join("target/test-cache/etcd");
@@ -404,7 +404,7 @@ fn real_etcd() -> std::path::PathBuf {
             .env("XTASK_NO_OFFICIAL", "1"),
     );
     assert!(out.status.success(), "fetching Debian's etcd failed:\n{}", text(&out));
-    root.join("3.4.23/amd64")
+    root.join(common::debian_etcd_version()).join("amd64")
 }
 
 /// A free TCP port on loopback (bound, then released).

@@ -134,3 +134,20 @@ pub fn etcd_349_dir(arch: &str) -> PathBuf {
 pub fn host_arch() -> &'static str {
     xtask::util::Arch::host().expect("an architecture etcd is built for").as_str()
 }
+
+/// The upstream version of Debian's etcd (`3.4.23` of `3.4.23-4+b4`), asked from apt, so that no
+/// test depends on the version the distribution ships today.
+pub fn debian_etcd_version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        let policy = ok(Command::new("apt-cache").args(["policy", "etcd-server"]));
+        let candidate = policy
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate:"))
+            .map(str::trim)
+            .filter(|c| !c.is_empty() && *c != "(none)")
+            .unwrap_or_else(|| panic!("apt knows no etcd-server (run apt-get update):\n{policy}"));
+        let upstream = candidate.split_once(':').map_or(candidate, |(_, v)| v);
+        upstream.split(['-', '+', '~']).next().unwrap_or(upstream).to_string()
+    })
+}
