@@ -18,10 +18,23 @@ fn version() -> &'static str {
     common::debian_etcd_version()
 }
 
+/// This machine's architecture (Debian's binaries run here) and another one (they do not).
+fn host() -> &'static str {
+    common::host_arch()
+}
+
+fn foreign() -> &'static str {
+    if host() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    }
+}
+
 /// The official tarball name of that version.
 fn tarball_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| format!("etcd-v{}-linux-amd64.tar.gz", version()))
+    NAME.get_or_init(|| format!("etcd-v{}-linux-{}.tar.gz", version(), host()))
 }
 
 fn xtask(args: &[&str], envs: &[(&str, &str)]) -> Output {
@@ -46,9 +59,9 @@ fn tarball() -> &'static (Vec<u8>, String) {
     static TARBALL_BYTES: OnceLock<(Vec<u8>, String)> = OnceLock::new();
     TARBALL_BYTES.get_or_init(|| {
         let root = target().join("test-cache/etcd");
-        let out = xtask(&["fetch", "--source", "distro", "--arch", "amd64", "--out-root", root.to_str().unwrap()], &[]);
+        let out = xtask(&["fetch", "--source", "distro", "--arch", host(), "--out-root", root.to_str().unwrap()], &[]);
         assert!(out.status.success(), "fetching Debian's etcd failed: {}", stderr(&out));
-        let bin = root.join(version()).join("amd64");
+        let bin = root.join(version()).join(host());
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         {
             let mut tar = tar::Builder::new(&mut gz);
@@ -61,7 +74,7 @@ fn tarball() -> &'static (Vec<u8>, String) {
                 h.set_size(data.len() as u64);
                 h.set_mode(0o755);
                 h.set_cksum();
-                tar.append_data(&mut h, format!("etcd-v{}-linux-amd64/{name}", version()), &data[..]).unwrap();
+                tar.append_data(&mut h, format!("etcd-v{}-linux-{}/{name}", version(), host()), &data[..]).unwrap();
             }
             tar.finish().unwrap();
         }
@@ -167,7 +180,7 @@ fn checksums(dir: &Path) -> PathBuf {
 }
 
 fn fetch_args<'a>(out_root: &'a str, sums: &'a str, mirrors: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["fetch", "--etcd-version", version(), "--arch", "amd64", "--source", "tarball"];
+    let mut args = vec!["fetch", "--etcd-version", version(), "--arch", host(), "--source", "tarball"];
     args.extend(["--checksums", sums, "--out-root", out_root]);
     for m in mirrors {
         args.extend(["--mirror", *m]);
@@ -206,7 +219,7 @@ fn downloads_verifies_records_provenance_and_then_uses_the_cache() {
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("25%") && err.contains("received"), "plain progress lines expected off a terminal: {err}");
-    let dir = root.join(version()).join("amd64");
+    let dir = root.join(version()).join(host());
     let prov: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
     assert_eq!(prov["source"], "tarball");
@@ -307,7 +320,7 @@ fn file_mirrors_work() {
     let url = format!("file://{}", mirror.display());
     let out = xtask(&fetch_args(root.to_str().unwrap(), sums.to_str().unwrap(), &[&url]), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(root.join(version()).join("amd64/etcdctl").exists());
+    assert!(root.join(version()).join(host()).join("etcdctl").exists());
 }
 
 #[test]
@@ -326,9 +339,9 @@ fn an_unpinned_version_is_refused_before_any_download() {
 
     // The shipped pins refuse an unknown release too.
     let out =
-        xtask(&["fetch", "--etcd-version", "3.4.99", "--arch", "amd64", "--out-root", root.to_str().unwrap()], &[]);
+        xtask(&["fetch", "--etcd-version", "3.4.99", "--arch", host(), "--out-root", root.to_str().unwrap()], &[]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("etcd-v3.4.99-linux-amd64.tar.gz"), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("etcd-v3.4.99-linux-{}.tar.gz", host())), "{}", stderr(&out));
 }
 
 #[test]
@@ -361,8 +374,9 @@ fn auto_falls_back_to_debian_only_when_unreachable_and_allowed() {
         fs::write(
             &p,
             format!(
-                "[etcd]\nversion = \"{}\"\narches = [\"amd64\"]\nchecksums = \"sums\"\nallow_distro_fallback = {allow}\n[etcd.supported_arches]\n\"3.4\" = [\"amd64\", \"ppc64le\"]\n",
-                version()
+                "[etcd]\nversion = \"{}\"\narches = [\"{}\"]\nchecksums = \"sums\"\nallow_distro_fallback = {allow}\n[etcd.supported_arches]\n\"3.4\" = [\"amd64\", \"ppc64le\"]\n",
+                version(),
+                host()
             ),
         )
         .unwrap();
@@ -396,9 +410,10 @@ fn auto_falls_back_to_debian_only_when_unreachable_and_allowed() {
     let installed = String::from_utf8_lossy(&out.stdout);
     assert!(installed.contains("(distro)"), "{installed}");
     let prov: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(root.join(version()).join("amd64/provenance.json")).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(root.join(version()).join(host()).join("provenance.json")).unwrap())
+            .unwrap();
     assert_eq!(prov["source"], "distro");
-    assert!(prov["origin"].as_str().unwrap().starts_with("debian:etcd-server:amd64="));
+    assert!(prov["origin"].as_str().unwrap().starts_with(&format!("debian:etcd-server:{}=", host())));
 
     // The fallback is remembered: the next run does no network I/O and says so loudly.
     let hits = server.hits("missing");
@@ -460,19 +475,19 @@ fn help_explains_the_sources() {
 
 #[test]
 fn a_foreign_architecture_comes_from_debian_with_its_c_library() {
-    // Private apt lists for arm64 (the host's apt configuration is left alone).
+    // Private apt lists for the foreign architecture (the host's apt configuration is left alone).
     let root = target().join("test-cache/etcd");
-    let out = xtask(&["fetch", "--source", "distro", "--arch", "arm64", "--out-root", root.to_str().unwrap()], &[]);
+    let out = xtask(&["fetch", "--source", "distro", "--arch", foreign(), "--out-root", root.to_str().unwrap()], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let dir = root.join(version()).join("arm64");
+    let dir = root.join(version()).join(foreign());
     let head = fs::read(dir.join("etcd")).unwrap();
     assert_eq!(&head[..4], b"\x7fELF");
     assert_eq!(u16::from_le_bytes([head[18], head[19]]), 183, "an aarch64 binary");
     let prov: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
     assert_eq!(prov["source"], "distro");
-    assert_eq!(prov["reported_version"], serde_json::Value::Null, "arm64 does not run here");
-    assert!(prov["origin"].as_str().unwrap().contains("debian:libc6:arm64="));
+    assert_eq!(prov["reported_version"], serde_json::Value::Null, "the foreign architecture does not run here");
+    assert!(prov["origin"].as_str().unwrap().contains(&format!("debian:libc6:{}=", foreign())));
     let libc = "sysroot/lib/aarch64-linux-gnu/libc.so.6";
     assert_eq!(prov["files"][libc].as_str().unwrap(), sha256_hex(&fs::read(dir.join(libc)).unwrap()));
     assert!(dir.join("sysroot/lib/ld-linux-aarch64.so.1").exists(), "the ELF interpreter's path");
@@ -485,7 +500,7 @@ fn concurrent_fetches_of_a_foreign_architecture_share_one_apt_update() {
     let root = tmp.path().join("etcd");
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(["fetch", "--source", "distro", "--arch", "arm64", "--out-root", root.to_str().unwrap()])
+            .args(["fetch", "--source", "distro", "--arch", foreign(), "--out-root", root.to_str().unwrap()])
             .env("XTASK_NO_OFFICIAL", "1")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -497,23 +512,24 @@ fn concurrent_fetches_of_a_foreign_architecture_share_one_apt_update() {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    assert!(root.join(version()).join("arm64/etcd").exists());
+    assert!(root.join(version()).join(foreign()).join("etcd").exists());
 }
 
 #[test]
 fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
     let (bytes, _) = tarball();
     let tmp = tempfile::tempdir().unwrap();
-    let bin = target().join("test-cache/etcd").join(version()).join("amd64");
+    let bin = target().join("test-cache/etcd").join(version()).join(host());
     let root = tmp.path().join("etcd");
     let root_s = root.to_str().unwrap();
 
     // dir:PATH — the version is what the binary reports; provenance names the directory.
     let src = format!("dir:{}", bin.display());
-    let out = xtask(&["fetch", "--arch", "amd64", "--source", &src, "--out-root", root_s], &[]);
+    let out = xtask(&["fetch", "--arch", host(), "--source", &src, "--out-root", root_s], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let prov: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(root.join(version()).join("amd64/provenance.json")).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(root.join(version()).join(host()).join("provenance.json")).unwrap())
+            .unwrap();
     assert_eq!(prov["source"], "dir");
     assert_eq!(prov["origin"], format!("dir:{}", fs::canonicalize(&bin).unwrap().display()));
     assert_eq!(prov["reported_version"], version());
@@ -521,7 +537,7 @@ fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
     fs::create_dir(&half).unwrap();
     fs::copy(bin.join("etcd"), half.join("etcd")).unwrap();
     let out =
-        xtask(&["fetch", "--arch", "amd64", "--source", &format!("dir:{}", half.display()), "--out-root", root_s], &[]);
+        xtask(&["fetch", "--arch", host(), "--source", &format!("dir:{}", half.display()), "--out-root", root_s], &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("etcdctl is missing"), "{}", stderr(&out));
 
@@ -537,7 +553,7 @@ fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
                 "--etcd-version",
                 version(),
                 "--arch",
-                "amd64",
+                host(),
                 "--source",
                 src,
                 "--checksums",
@@ -551,7 +567,7 @@ fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
     let out = args(&format!("tarball:{}", file.display()));
     assert!(out.status.success(), "{}", stderr(&out));
     let prov: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(root2.join(version()).join("amd64/provenance.json")).unwrap())
+        serde_json::from_str(&fs::read_to_string(root2.join(version()).join(host()).join("provenance.json")).unwrap())
             .unwrap();
     assert_eq!(prov["source"], "tarball");
     assert!(prov["origin"].as_str().unwrap().starts_with("file:"));

@@ -22,13 +22,13 @@ fn cache_root() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
-/// Debian's etcd 3.4.23 binaries with a provenance.json, laid out like `cargo xtask fetch`
+/// Debian's etcd binaries (this machine's architecture) with a provenance.json, laid out like `cargo xtask fetch`
 /// output, cached under the target directory. (Once `cargo xtask fetch --source distro` works,
 /// this can call it instead.)
 fn debian_etcd() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = cache_root().join("debian-etcd-amd64");
+        let dir = cache_root().join(format!("debian-etcd-{}", Arch::host().unwrap()));
         if dir.join("provenance.json").is_file() {
             return dir;
         }
@@ -64,7 +64,7 @@ fn debian_etcd() -> &'static Path {
         let prov = Provenance {
             source: SourceKind::Distro,
             version,
-            arch: Arch::Amd64,
+            arch: Arch::host().unwrap(),
             origin: "Debian packages etcd-server, etcd-client (apt-get download)".into(),
             artifacts,
             files,
@@ -95,7 +95,7 @@ fn bake(out: &Path, epoch: &str) -> String {
 }
 
 fn stem() -> String {
-    format!("etcd-{}-linux-amd64", version())
+    format!("etcd-{}-linux-{}", version(), Arch::host().unwrap())
 }
 
 /// Every file under `dir` with its bytes' hash, relative paths.
@@ -286,11 +286,15 @@ fn layer_tree_and_config_are_hardened_and_complete() {
     assert!(c["Volumes"].get("/var/lib/etcd").is_some());
     assert_eq!(c["WorkingDir"], "/var/lib/etcd");
     let env: Vec<&str> = c["Env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    // No ETCD_* variable: etcd 3.4 refuses a flag whose variable is also set, so any would break
-    // users who pass that flag (`podman run IMAGE --data-dir ...`). amd64 needs no
-    // ETCD_UNSUPPORTED_ARCH either.
+    // No flag's ETCD_* variable: etcd 3.4 refuses a flag whose variable is also set, so any would
+    // break users who pass that flag (`podman run IMAGE --data-dir ...`). Only what the
+    // architecture needs (ETCD_UNSUPPORTED_ARCH, from etcd.supported_arches) may be there.
     assert!(env.iter().any(|e| e.starts_with("PATH=")), "{env:?}");
-    assert!(!env.iter().any(|e| e.starts_with("ETCD_")), "{env:?}");
+    let def = xtask::definition::Definition::load_default().unwrap();
+    let needed: Vec<String> =
+        def.runtime_env(&version(), Arch::host().unwrap()).unwrap().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let etcd_vars: Vec<String> = env.iter().filter(|e| e.starts_with("ETCD_")).map(|e| e.to_string()).collect();
+    assert_eq!(etcd_vars, needed, "{env:?}");
     assert_eq!(config["history"].as_array().unwrap().len(), manifest["layers"].as_array().unwrap().len());
     assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), manifest["layers"].as_array().unwrap().len());
     let v = version();

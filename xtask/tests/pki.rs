@@ -399,12 +399,12 @@ fn real_etcd() -> std::path::PathBuf {
     let root = common::root().join("target/test-cache/etcd");
     let out = common::run(
         Command::new(common::XTASK)
-            .args(["fetch", "--source", "distro", "--arch", "amd64", "--out-root", root.to_str().unwrap()])
+            .args(["fetch", "--source", "distro", "--arch", common::host_arch(), "--out-root", root.to_str().unwrap()])
             .current_dir(common::root())
             .env("XTASK_NO_OFFICIAL", "1"),
     );
     assert!(out.status.success(), "fetching Debian's etcd failed:\n{}", text(&out));
-    root.join(common::debian_etcd_version()).join("amd64")
+    root.join(common::debian_etcd_version()).join(common::host_arch())
 }
 
 /// A free TCP port on loopback (bound, then released).
