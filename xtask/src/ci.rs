@@ -1,14 +1,51 @@
 //! `cargo xtask ci`: what `.ci/run` runs.
 //! In: a checkout on a Debian/Ubuntu machine. Out: the tools the suite needs installed (as root,
 //! from `ci/debian-packages.txt`) or named, then every test run; non-zero exit on any failure.
+//!
+//! No check passes without checking: a test that cannot do its work here (no qemu, no loop
+//! devices, not root) fails with the reason, unless `--allow-omission NAME` allows leaving that
+//! check out. An allowed omission is recorded by the test in [`omissions_file`] (cleared at the
+//! start of every run) and listed at the end of the run, passed or failed.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{is_root, project_root};
+use crate::util::{is_root, project_root, target_dir};
+
+/// The checks of the suite that `--allow-omission NAME` may leave out, with what each needs.
+/// The tests name them (`omission(NAME, reason)` in `xtask/tests/common/mod.rs`); a test that
+/// names one not listed here fails.
+pub const OMISSIONS: &[(&str, &str)] = &[
+    (
+        "qemu",
+        "running the arm64 image under qemu (needs root, qemu-user-static and binfmt_misc, which the test \
+         mounts and registers)",
+    ),
+    (
+        "loop-devices",
+        "attaching the portable .raw image under systemd-nspawn (needs root and loop devices; missing \
+         /dev/loopN nodes are created with mknod)",
+    ),
+    ("nspawn", "booting systemd in systemd-nspawn at all (needs root, systemd-nspawn and debootstrap)"),
+];
+
+/// The environment variable through which `cargo xtask ci` tells the tests which omissions are
+/// allowed (names separated by commas).
+pub const ALLOW_OMISSIONS_ENV: &str = "XTASK_ALLOW_OMISSIONS";
+
+/// Where the tests record the omissions they made (one line each): `target/ci-omissions.txt`.
+pub fn omissions_file() -> PathBuf {
+    target_dir().join("ci-omissions.txt")
+}
+
+fn omission_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        OMISSIONS.iter().map(|(name, help)| clap::builder::PossibleValue::new(*name).help(*help)),
+    )
+}
 
 /// Install what the test suite needs (apt-get, when root) and run every test
 #[derive(Debug, clap::Args)]
@@ -16,6 +53,11 @@ pub struct Ci {
     /// Only check and install the tools, do not run the tests
     #[arg(long)]
     pub deps_only: bool,
+    /// Let the suite pass although the check NAME cannot run on this machine (repeatable). Without
+    /// it such a check fails with its reason; with it the check is left out, and every omission
+    /// is listed at the end of the run
+    #[arg(long = "allow-omission", value_name = "NAME", value_parser = omission_names())]
+    pub allow_omissions: Vec<String>,
     /// Extra arguments passed to `cargo test` (e.g. a test name filter)
     #[arg(last = true)]
     pub cargo_test_args: Vec<String>,
@@ -24,6 +66,12 @@ pub struct Ci {
 impl Ci {
     pub fn run(self) -> Result<()> {
         let root = project_root();
+        let record = omissions_file();
+        match fs::remove_file(&record) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot clear {}", record.display())),
+        }
         ensure_tools(&root.join("ci/debian-packages.txt"))?;
         ensure_pypi_tools(&root.join("ci/pypi-packages.txt"))?;
         if self.deps_only {
@@ -41,6 +89,10 @@ impl Ci {
         } else {
             eprintln!("ci: warning: rustfmt is not installed, formatting not checked (`rustup component add rustfmt`)");
         }
+        let allowed = self.allow_omissions.join(",");
+        if !allowed.is_empty() {
+            eprintln!("ci: these checks may be left out where they cannot run: {allowed}");
+        }
         let status = Command::new(cargo)
             .current_dir(&root)
             .args(["test", "--workspace", "--no-fail-fast"])
@@ -48,13 +100,45 @@ impl Ci {
             // The suite never contacts the official download locations: only loopback and the
             // package registries.
             .env("XTASK_NO_OFFICIAL", "1")
+            // Exactly what this command was told: an inherited value does not count.
+            .env(ALLOW_OMISSIONS_ENV, &allowed)
             .status()
             .context("cannot run cargo test")?;
+        // Listed whether the suite passed or not: nothing is left out silently.
+        report_omissions(&record)?;
         if !status.success() {
             bail!("the test suite failed ({status})");
         }
         Ok(())
     }
+}
+
+/// The omissions the tests recorded in `record` (none when it does not exist).
+pub fn read_omissions(record: &Path) -> Result<Vec<String>> {
+    let text = match fs::read_to_string(record) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", record.display())),
+    };
+    Ok(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect())
+}
+
+/// Prints every omission the tests recorded in `record`.
+fn report_omissions(record: &Path) -> Result<()> {
+    let lines = read_omissions(record)?;
+    if lines.is_empty() {
+        eprintln!("ci: no check was left out");
+        return Ok(());
+    }
+    eprintln!(
+        "ci: {} check(s) were LEFT OUT, as --allow-omission allowed (also in {}):",
+        lines.len(),
+        record.display()
+    );
+    for l in lines {
+        eprintln!("ci:   OMITTED {l}");
+    }
+    Ok(())
 }
 
 /// The non-empty lines of a list file with `#` comments removed, with their line numbers.
@@ -230,6 +314,35 @@ mod tests {
         }
         // On this machine the suite has run its install step: nothing may be missing.
         assert_eq!(not_installed(&["dpkg".to_string()]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn omissions_are_listed_in_help_and_unknown_names_refused() {
+        use clap::{CommandFactory, Parser};
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            ci: Ci,
+        }
+        let help = Cli::command().render_long_help().to_string();
+        for (name, _) in OMISSIONS {
+            assert!(help.contains(name), "{name} missing from --help:\n{help}");
+        }
+        let cli = Cli::try_parse_from(["ci", "--allow-omission", "qemu", "--allow-omission", "loop-devices"]).unwrap();
+        assert_eq!(cli.ci.allow_omissions, ["qemu", "loop-devices"]);
+        let err = Cli::try_parse_from(["ci", "--allow-omission", "qmeu"]).unwrap_err().to_string();
+        assert!(err.contains("qemu"), "{err}");
+    }
+
+    #[test]
+    fn omissions_are_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("omissions.txt");
+        assert!(read_omissions(&p).unwrap().is_empty());
+        report_omissions(&p).unwrap();
+        fs::write(&p, "qemu: release::x: no binfmt_misc\n\n").unwrap();
+        assert_eq!(read_omissions(&p).unwrap(), ["qemu: release::x: no binfmt_misc"]);
+        report_omissions(&p).unwrap();
     }
 
     #[test]

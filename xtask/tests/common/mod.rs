@@ -135,6 +135,43 @@ pub fn host_arch() -> &'static str {
     xtask::util::Arch::host().expect("an architecture etcd is built for").as_str()
 }
 
+/// Whether `cargo xtask ci --allow-omission NAME` allowed leaving the check NAME out
+/// (`XTASK_ALLOW_OMISSIONS`, names separated by commas). NAME must be one of
+/// `xtask::ci::OMISSIONS`.
+pub fn omission_allowed(name: &str) -> bool {
+    assert!(
+        xtask::ci::OMISSIONS.iter().any(|(n, _)| *n == name),
+        "unknown omission {name:?}: add it to xtask::ci::OMISSIONS (and so to `cargo xtask ci --help`)"
+    );
+    std::env::var(xtask::ci::ALLOW_OMISSIONS_ENV).unwrap_or_default().split([',', ' ']).any(|n| n == name)
+}
+
+/// A check that cannot run on this machine. Fails the test with `reason`, unless the omission
+/// NAME was allowed (`cargo xtask ci --allow-omission NAME`); then the omission is printed and
+/// appended to `target/ci-omissions.txt`, which `cargo xtask ci` lists at the end of its run, and
+/// the caller leaves the check out.
+pub fn omission(name: &str, reason: &str) {
+    if !omission_allowed(name) {
+        panic!(
+            "{reason}\nThis check must run. If this machine really cannot run it, \
+             `cargo xtask ci --allow-omission {name}` leaves it out and lists it at the end of the run."
+        );
+    }
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!("{name}: {}::{test}: {}", env!("CARGO_CRATE_NAME"), reason.replace('\n', " / "));
+    eprintln!("OMITTED (allowed by --allow-omission {name}) {line}");
+    let path = xtask::ci::omissions_file();
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).unwrap();
+    }
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("cannot record the omission in {}: {e}", path.display()));
+    std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()).unwrap();
+}
+
 /// The upstream version of Debian's etcd (`3.4.23` of `3.4.23-4+b4`), asked from apt, so that no
 /// test depends on the version the distribution ships today.
 pub fn debian_etcd_version() -> &'static str {
