@@ -1,0 +1,668 @@
+//! The README's "Run it" section, proven. Every block marked `<!-- recipe: NAME -->` runs verbatim
+//! with `bash -euo pipefail` from the repository root (the recipes use paths relative to it and
+//! write under `target/run-it/`), in README order, each followed by checks of what it should have
+//! done: etcd healthy through etcdctl with the client certificate, a write read back through
+//! another node, the data in its volume (0700, uid 10001), the health check healthy, the error a
+//! key of the wrong owner gives. Not from the README, the same image also runs as a three-node
+//! mutual-TLS cluster configured only by `ETCD_*` variables, and as one node configured by a
+//! mounted `--config-file`.
+//!
+//! The one adaptation to this machine, which leaves every recipe's text alone: podman reads a
+//! containers.conf named by `CONTAINERS_CONF` with the runtime and rlimits that
+//! `xtask::image::podman::run_args()` works out for `cargo xtask smoke` (runc on a cgroup v1
+//! host, rlimits at or below the hard limits). The recipes otherwise get the environment of the
+//! shell that ran `cargo test`, without the variables cargo sets for test processes (see
+//! [`set_by_cargo_for_tests`]).
+//!
+//! Needs root, podman, bash, cargo, cfssl, skopeo, curl and tar; a missing one fails the test.
+//! The image is etcd v3.4.9 built from source (`$XTASK_TEST_ETCD_GIT`, see `common`). Everything
+//! created (containers, volumes, networks, `target/run-it/`) is removed at the start (leftovers of
+//! an interrupted run), at the end and on failure.
+
+mod common;
+use common::{require, root, run, text, XTASK};
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// What `cargo xtask image --load` gives a user with the pinned version.
+const IMAGE: &str = "localhost/etcd:3.4.9";
+/// The image's etcd user.
+const ETCD_UID: u32 = 10001;
+
+/// The recipes the README must have, in this order; each has its checks below.
+const RECIPES: &[&str] = &[
+    "single-node",
+    "three-nodes",
+    "cfssl-stand-in",
+    "byo-pki",
+    "wrong-owner",
+    "etcdctl",
+    "health-check",
+    "docker-archive",
+    "cleanup",
+];
+
+/// What the README's recipes create (the cleanup recipe must remove all of it).
+const README_CONTAINERS: &[&str] = &["demo0", "demo1", "demo2", "demo3", "demo4"];
+const README_VOLUMES: &[&str] = &["demo0-data", "demo1-data", "demo2-data", "demo3-data", "demo4-data"];
+const README_NETWORK: &str = "etcd-demo";
+const README_DIR: &str = "target/run-it";
+
+/// What etcd 3.4.9 prints when it cannot read its key (the README quotes it).
+const KEY_ERROR: &str = "etcdmain: open /etc/etcd/pki/server.key: permission denied";
+/// ... and when the mounted directory itself is root's 0700.
+const DIR_ERROR: &str = "etcdmain: open /etc/etcd/pki/server.crt: permission denied";
+
+// ---------------------------------------------------------------------------------------------
+// podman, adapted to this machine through CONTAINERS_CONF only
+
+/// A containers.conf with what `run_args()` would add to `podman run` here.
+fn containers_conf() -> &'static Path {
+    static CONF: OnceLock<PathBuf> = OnceLock::new();
+    CONF.get_or_init(|| {
+        let args = xtask::image::podman::run_args().expect("detect podman's adaptation to this host");
+        let mut runtime = None;
+        let mut ulimits = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let v = it.next().unwrap_or_else(|| panic!("run_args() gave {a} without a value: {args:?}"));
+            match a.as_str() {
+                "--runtime" => runtime = Some(v.clone()),
+                "--ulimit" => ulimits.push(format!("{v:?}")),
+                _ => panic!("run_args() gave {a} {v}, which this test cannot put in a containers.conf"),
+            }
+        }
+        let mut conf = String::from("# Written by xtask/tests/run_it.rs: podman's adaptation to this host.\n");
+        conf += &format!("[containers]\ndefault_ulimits = [{}]\n", ulimits.join(", "));
+        if let Some(r) = runtime {
+            conf += &format!("\n[engine]\nruntime = {r:?}\n");
+        }
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("run_it-containers.conf");
+        fs::write(&path, &conf).unwrap();
+        eprintln!("run_it: CONTAINERS_CONF={}:\n{conf}", path.display());
+        path
+    })
+}
+
+fn podman(args: &[&str]) -> Output {
+    run(Command::new("podman").args(args).env("CONTAINERS_CONF", containers_conf()))
+}
+
+/// `podman ARGS` that must succeed; its stdout. On failure, also the logs of `logs_of`.
+fn podman_ok(args: &[&str], logs_of: &[&str]) -> String {
+    let out = podman(args);
+    if !out.status.success() {
+        fail(&format!("podman {args:?} failed:\n{}", text(&out)), logs_of);
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails the test with `msg` and the last lines of each container's log.
+fn fail(msg: &str, logs_of: &[&str]) -> ! {
+    let mut all = msg.to_string();
+    for c in logs_of {
+        let out = podman(&["logs", "--tail", "40", c]);
+        all += &format!("\n----- podman logs --tail 40 {c} -----\n{}", text(&out));
+    }
+    panic!("{all}");
+}
+
+/// Removes containers (with their anonymous volumes), volumes, networks and directories; missing
+/// ones are fine. Used at the start (leftovers) and on drop (end of test and failures).
+struct Cleanup {
+    containers: Vec<String>,
+    volumes: Vec<String>,
+    networks: Vec<String>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Cleanup {
+    fn run(&self) {
+        for c in &self.containers {
+            let _ = podman(&["rm", "-f", "-v", "-t", "0", c]);
+        }
+        for v in &self.volumes {
+            let _ = podman(&["volume", "rm", "-f", v]);
+        }
+        for n in &self.networks {
+            let _ = podman(&["network", "rm", "-f", n]);
+        }
+        for d in &self.dirs {
+            let _ = fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+/// `podman container|volume|network exists NAME`.
+fn exists(kind: &str, name: &str) -> bool {
+    podman(&[kind, "exists", name]).status.success()
+}
+
+// ---------------------------------------------------------------------------------------------
+// the image
+
+/// Builds etcd v3.4.9 from source, bakes and loads the image, and checks that a container starts
+/// with the CONTAINERS_CONF adaptation. Once per test process.
+fn image() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        assert!(xtask::util::is_root(), "this test runs rootful podman with static IPs: run it as root");
+        for tool in ["podman", "bash", "cargo", "cfssl", "cfssljson", "skopeo", "curl", "tar"] {
+            require(tool);
+        }
+        common::build_etcd_349(&[common::host_arch()]);
+        let t = Instant::now();
+        let out = run(Command::new(XTASK)
+            .args(["image", "--source", "build", "--load"])
+            .current_dir(root())
+            .env("XTASK_NO_OFFICIAL", "1")
+            .env("CONTAINERS_CONF", containers_conf()));
+        let all = text(&out);
+        assert!(out.status.success(), "xtask image --source build --load failed:\n{all}");
+        assert!(all.contains(IMAGE), "xtask image --load did not load {IMAGE}:\n{all}");
+        eprintln!("run_it: image {IMAGE} built and loaded in {:.1} s", t.elapsed().as_secs_f64());
+        let version = podman_ok(&["run", "--rm", "--network", "none", IMAGE, "--version"], &[]);
+        assert!(version.contains("etcd Version: 3.4.9"), "{IMAGE} --version printed:\n{version}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// etcd checks
+
+/// etcdctl's TLS flags for certificate files inside the container.
+struct Tls {
+    ca: &'static str,
+    cert: &'static str,
+    key: &'static str,
+}
+
+const PKI_TLS: Tls =
+    Tls { ca: "/etc/etcd/pki/ca.crt", cert: "/etc/etcd/pki/client.crt", key: "/etc/etcd/pki/client.key" };
+const CFSSL_TLS: Tls =
+    Tls { ca: "/etc/etcd/pki/ca.pem", cert: "/etc/etcd/pki/client.pem", key: "/etc/etcd/pki/client-key.pem" };
+
+/// `podman exec CONTAINER etcdctl --endpoints E <tls> ARGS`.
+fn etcdctl(container: &str, endpoints: &str, tls: &Tls, args: &[&str]) -> Output {
+    let mut all = vec![
+        "exec",
+        container,
+        "etcdctl",
+        "--endpoints",
+        endpoints,
+        "--cacert",
+        tls.ca,
+        "--cert",
+        tls.cert,
+        "--key",
+        tls.key,
+        "--dial-timeout",
+        "2s",
+        "--command-timeout",
+        "5s",
+    ];
+    all.extend_from_slice(args);
+    podman(&all)
+}
+
+/// Waits until every endpoint is healthy (etcdctl with the client certificate, from inside
+/// `container`); fails with the logs of `nodes` when a node stops or after 45 s.
+fn wait_healthy(container: &str, endpoints: &str, tls: &Tls, nodes: &[&str]) {
+    let t = Instant::now();
+    loop {
+        let out = etcdctl(container, endpoints, tls, &["endpoint", "health"]);
+        if out.status.success() {
+            eprintln!("run_it: {endpoints} healthy after {:.1} s", t.elapsed().as_secs_f64());
+            return;
+        }
+        for n in nodes {
+            let running = podman(&["inspect", "--format", "{{.State.Running}}", n]);
+            if String::from_utf8_lossy(&running.stdout).trim() != "true" {
+                fail(&format!("{n} is not running (waiting for {endpoints}):\n{}", text(&out)), nodes);
+            }
+        }
+        if t.elapsed() > Duration::from_secs(45) {
+            fail(&format!("{endpoints} not healthy after 45 s:\n{}", text(&out)), nodes);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A write through `(writer, endpoint)` read back, linearizably, through `(reader, endpoint)`.
+fn put_get(writer: (&str, &str), reader: (&str, &str), tls: &Tls, key: &str, nodes: &[&str]) {
+    let value = format!("value-of-{key}");
+    let out = etcdctl(writer.0, writer.1, tls, &["put", key, &value]);
+    if !out.status.success() || !text(&out).contains("OK") {
+        fail(&format!("put {key} through {} failed:\n{}", writer.1, text(&out)), nodes);
+    }
+    let out = etcdctl(reader.0, reader.1, tls, &["get", key, "--print-value-only"]);
+    if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != value {
+        fail(&format!("get {key} through {} did not return {value:?}:\n{}", reader.1, text(&out)), nodes);
+    }
+}
+
+/// The volume holds etcd's data (`member/`) in a directory of mode 0700 owned by the etcd uid.
+fn check_volume(volume: &str, nodes: &[&str]) {
+    let mountpoint = podman_ok(&["volume", "inspect", "--format", "{{.Mountpoint}}", volume], nodes);
+    let dir = Path::new(mountpoint.trim());
+    let meta = fs::metadata(dir).unwrap_or_else(|e| fail(&format!("{volume}: {}: {e}", dir.display()), nodes));
+    if meta.mode() & 0o7777 != 0o700 || meta.uid() != ETCD_UID {
+        fail(
+            &format!(
+                "{volume}: {} has mode {:o} uid {}, want 0700 uid {ETCD_UID}",
+                dir.display(),
+                meta.mode() & 0o7777,
+                meta.uid()
+            ),
+            nodes,
+        );
+    }
+    if !dir.join("member/wal").is_dir() || !dir.join("member/snap/db").is_file() {
+        fail(&format!("{volume}: no etcd data (member/wal, member/snap/db) in {}", dir.display()), nodes);
+    }
+}
+
+/// Copies a node's certificate directory (plus the client certificate) for the etcd uid: the
+/// directory 0700, keys 0600, everything owned by 10001.
+fn stage_for_etcd(node_dir: &Path, client_dir: &Path, dest: &Path) {
+    fs::create_dir_all(dest).unwrap();
+    let mut files: Vec<PathBuf> = fs::read_dir(node_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.extend([client_dir.join("client.crt"), client_dir.join("client.key")]);
+    for f in files {
+        let to = dest.join(f.file_name().unwrap());
+        fs::copy(&f, &to).unwrap();
+        std::os::unix::fs::chown(&to, Some(ETCD_UID), Some(ETCD_UID)).unwrap();
+    }
+    std::os::unix::fs::chown(dest, Some(ETCD_UID), Some(ETCD_UID)).unwrap();
+    fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+}
+
+/// `xtask pki --cluster FILE --out DIR` for a description written to `dir`.
+fn issue_pki(dir: &Path, cluster_toml: &str) -> PathBuf {
+    let file = dir.join("cluster.toml");
+    fs::write(&file, cluster_toml).unwrap();
+    let out_dir = dir.join("pki");
+    let out = run(Command::new(XTASK).arg("pki").arg("--cluster").arg(&file).arg("--out").arg(&out_dir));
+    assert!(out.status.success(), "xtask pki failed:\n{}", text(&out));
+    out_dir
+}
+
+// ---------------------------------------------------------------------------------------------
+// the README
+
+struct Recipe {
+    name: String,
+    text: String,
+}
+
+/// Every fenced block right after a `<!-- recipe: NAME -->` line, verbatim.
+fn recipes(readme: &str) -> Vec<Recipe> {
+    let lines: Vec<&str> = readme.lines().collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let Some(name) = line.trim().strip_prefix("<!-- recipe:").and_then(|r| r.strip_suffix("-->")) else {
+            continue;
+        };
+        let name = name.trim().to_string();
+        let fence = lines.get(i + 1).copied().unwrap_or_default();
+        assert!(fence.starts_with("```"), "README.md line {}: recipe {name} is not followed by a code fence", i + 1);
+        let body: Vec<&str> = lines[i + 2..].iter().take_while(|l| !l.starts_with("```")).copied().collect();
+        assert!(lines.len() > i + 2 + body.len(), "README.md: recipe {name} has no closing fence");
+        found.push(Recipe { name, text: body.join("\n") + "\n" });
+    }
+    found
+}
+
+/// Whether cargo set `name` for this test process (it describes the crate under test). A user's
+/// shell has none of them, and the recipes' `cargo xtask` must not see them either: build scripts
+/// watch some (ring's `rerun-if-env-changed=CARGO_MANIFEST_DIR`, ...), so with them cargo would
+/// rebuild half the dependency tree, and again on the next ordinary build.
+fn set_by_cargo_for_tests(name: &str) -> bool {
+    name == "CARGO"
+        || name == "OUT_DIR"
+        || name == "CARGO_TARGET_TMPDIR"
+        || name == "CARGO_PRIMARY_PACKAGE"
+        || ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_RUSTC_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
+/// Runs a recipe verbatim with `bash -euo pipefail` from the repository root, in the environment
+/// of the shell that ran `cargo test` plus CONTAINERS_CONF; returns all it printed. On failure:
+/// its output and the logs of `nodes`.
+fn run_recipe(r: &Recipe, nodes: &[&str]) -> String {
+    let t = Instant::now();
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", &r.text]).current_dir(root()).env("CONTAINERS_CONF", containers_conf());
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_tests) {
+            cmd.env_remove(&name);
+        }
+    }
+    let out = run(&mut cmd);
+    let all = text(&out);
+    if !out.status.success() {
+        fail(&format!("recipe {} failed ({}):\n{}\n----- output -----\n{all}", r.name, out.status, r.text), nodes);
+    }
+    eprintln!("run_it: recipe {} ran in {:.1} s", r.name, t.elapsed().as_secs_f64());
+    all
+}
+
+fn readme_cleanup() -> Cleanup {
+    Cleanup {
+        containers: README_CONTAINERS.iter().map(|s| s.to_string()).collect(),
+        volumes: README_VOLUMES.iter().map(|s| s.to_string()).collect(),
+        networks: vec![README_NETWORK.to_string()],
+        dirs: vec![root().join(README_DIR)],
+    }
+}
+
+#[test]
+fn readme_run_it_recipes_work_verbatim() {
+    image();
+    let started = Instant::now();
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    let found = recipes(&readme);
+    let names: Vec<&str> = found.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, RECIPES, "README.md's recipes (<!-- recipe: NAME --> blocks) are not the ones this test checks");
+    let recipe = |name: &str| found.iter().find(|r| r.name == name).unwrap();
+    for quote in [KEY_ERROR, DIR_ERROR] {
+        assert!(readme.contains(quote), "README.md does not quote etcd's error {quote:?}");
+    }
+    let guard = readme_cleanup();
+    guard.run();
+
+    // One node with TLS.
+    let demo0 = ["demo0"];
+    run_recipe(recipe("single-node"), &demo0);
+    wait_healthy("demo0", "https://10.89.79.10:2379", &PKI_TLS, &demo0);
+    put_get(("demo0", "https://10.89.79.10:2379"), ("demo0", "https://127.0.0.1:2379"), &PKI_TLS, "single", &demo0);
+    check_volume("demo0-data", &demo0);
+
+    // Three nodes with the tutorial's flags.
+    let cluster = ["demo1", "demo2", "demo3"];
+    let all3 = "https://10.89.79.11:2379,https://10.89.79.12:2379,https://10.89.79.13:2379";
+    run_recipe(recipe("three-nodes"), &cluster);
+    wait_healthy("demo1", all3, &PKI_TLS, &cluster);
+    let members = etcdctl("demo2", "https://10.89.79.12:2379", &PKI_TLS, &["member", "list"]);
+    let started_members =
+        String::from_utf8_lossy(&members.stdout).lines().filter(|l| l.contains(", started, ")).count();
+    if started_members != 3 {
+        fail(&format!("member list does not show 3 started members:\n{}", text(&members)), &cluster);
+    }
+    put_get(("demo1", "https://10.89.79.11:2379"), ("demo3", "https://10.89.79.13:2379"), &PKI_TLS, "three", &cluster);
+    for v in ["demo1-data", "demo2-data", "demo3-data"] {
+        check_volume(v, &cluster);
+    }
+
+    // Bring your own PKI: cfssl's names.
+    run_recipe(recipe("cfssl-stand-in"), &[]);
+    for f in ["ca.pem", "server.pem", "server-key.pem", "peer.pem", "peer-key.pem", "client.pem", "client-key.pem"] {
+        assert!(root().join(README_DIR).join("cfssl").join(f).is_file(), "cfssl-stand-in made no {f}");
+    }
+    let demo4 = ["demo4"];
+    run_recipe(recipe("byo-pki"), &demo4);
+    wait_healthy("demo4", "https://10.89.79.14:2379", &CFSSL_TLS, &demo4);
+    put_get(("demo4", "https://10.89.79.14:2379"), ("demo4", "https://127.0.0.1:2379"), &CFSSL_TLS, "byo", &demo4);
+    check_volume("demo4-data", &demo4);
+
+    // A key etcd cannot read: the error the README quotes.
+    let out = run_recipe(recipe("wrong-owner"), &[]);
+    assert!(out.contains(KEY_ERROR), "wrong-owner: etcd did not print {KEY_ERROR:?}:\n{out}");
+    assert!(out.contains("etcd exited with status 1"), "wrong-owner: etcd did not exit with status 1:\n{out}");
+    // And the README's claim about mounting pki's own (root, 0700) output directory.
+    let node_dir = root().join(README_DIR).join("single/nodes/demo0");
+    let out = podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!("{}:/etc/etcd/pki:ro", node_dir.display()),
+        IMAGE,
+        "--listen-client-urls",
+        "https://127.0.0.1:2379",
+        "--advertise-client-urls",
+        "https://127.0.0.1:2379",
+        "--cert-file",
+        "/etc/etcd/pki/server.crt",
+        "--key-file",
+        "/etc/etcd/pki/server.key",
+    ]);
+    assert!(!out.status.success(), "etcd started with root's 0700 certificate directory:\n{}", text(&out));
+    assert!(
+        text(&out).contains(DIR_ERROR),
+        "root's certificate directory: etcd did not print {DIR_ERROR:?}:\n{}",
+        text(&out)
+    );
+
+    // etcdctl inside the containers, curl from the host.
+    let out = run_recipe(recipe("etcdctl"), &cluster);
+    for ip in ["10.89.79.11", "10.89.79.12", "10.89.79.13"] {
+        assert!(out.contains(&format!("https://{ip}:2379 is healthy")), "etcdctl recipe: {ip} not healthy:\n{out}");
+    }
+    assert!(out.lines().any(|l| l.trim() == "hello"), "etcdctl recipe: the get did not print hello:\n{out}");
+    assert!(out.contains(r#""health":"true""#), "etcdctl recipe: curl /health did not answer healthy:\n{out}");
+    let got = etcdctl("demo2", "https://10.89.79.12:2379", &PKI_TLS, &["get", "greeting", "--print-value-only"]);
+    if String::from_utf8_lossy(&got.stdout).trim() != "hello" {
+        fail(&format!("greeting is not hello on demo2:\n{}", text(&got)), &cluster);
+    }
+
+    // The health check.
+    let out = run_recipe(recipe("health-check"), &demo0);
+    assert!(out.contains("demo0: healthy") && out.contains("(healthy)"), "health-check recipe:\n{out}");
+    let status = podman_ok(&["inspect", "--format", "{{.State.Health.Status}}", "demo0"], &demo0);
+    assert_eq!(status.trim(), "healthy", "demo0's health status");
+
+    // Docker: the converted archive has Docker's manifest.json with the image's name.
+    run_recipe(recipe("docker-archive"), &[]);
+    let archive = root().join(README_DIR).join(format!("etcd-3.4.9-linux-{}.docker.tar", common::host_arch()));
+    let manifest = common::ok(Command::new("tar").arg("-xOf").arg(&archive).arg("manifest.json"));
+    assert!(manifest.contains(r#""RepoTags":["localhost/etcd:3.4.9"]"#), "docker archive manifest.json:\n{manifest}");
+
+    // Clean up: nothing of the README's is left.
+    run_recipe(recipe("cleanup"), &[]);
+    for c in README_CONTAINERS {
+        assert!(!exists("container", c), "cleanup recipe left container {c}");
+    }
+    for v in README_VOLUMES {
+        assert!(!exists("volume", v), "cleanup recipe left volume {v}");
+    }
+    assert!(!exists("network", README_NETWORK), "cleanup recipe left network {README_NETWORK}");
+    assert!(!root().join(README_DIR).exists(), "cleanup recipe left {README_DIR}");
+    drop(guard);
+    eprintln!("run_it: README recipes and checks: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------------
+// not from the README: the same cluster configured by ETCD_* variables, one node by a config file
+
+#[test]
+fn three_node_tls_cluster_from_etcd_variables_only() {
+    image();
+    let started = Instant::now();
+    let nodes = ["runit-env1", "runit-env2", "runit-env3"];
+    let ips = ["10.89.81.11", "10.89.81.12", "10.89.81.13"];
+    let guard = Cleanup {
+        containers: nodes.iter().map(|s| s.to_string()).collect(),
+        volumes: nodes.iter().map(|n| format!("{n}-data")).collect(),
+        networks: vec!["runit-env".into()],
+        dirs: Vec::new(),
+    };
+    guard.run();
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = issue_pki(
+        tmp.path(),
+        "name = \"env\"\nclients = [\"etcdctl\"]\n\n[[nodes]]\nname = \"env1\"\nips = [\"10.89.81.11\"]\n\n\
+         [[nodes]]\nname = \"env2\"\nips = [\"10.89.81.12\"]\n\n[[nodes]]\nname = \"env3\"\nips = [\"10.89.81.13\"]\n",
+    );
+    let token = fs::read_to_string(pki.join("token")).unwrap();
+    let cluster = (1..=3).map(|i| format!("env{i}=https://{}:2380", ips[i - 1])).collect::<Vec<_>>().join(",");
+    podman_ok(&["network", "create", "--subnet", "10.89.81.0/24", "runit-env"], &[]);
+    for i in 0..3 {
+        let name = format!("env{}", i + 1);
+        let ip = ips[i];
+        let stage = tmp.path().join(format!("{name}-pki"));
+        stage_for_etcd(&pki.join("nodes").join(&name), &pki.join("clients/etcdctl"), &stage);
+        let env = [
+            format!("ETCD_NAME={name}"),
+            "ETCD_DATA_DIR=/var/lib/etcd".into(),
+            format!("ETCD_INITIAL_ADVERTISE_PEER_URLS=https://{ip}:2380"),
+            format!("ETCD_LISTEN_PEER_URLS=https://{ip}:2380"),
+            format!("ETCD_ADVERTISE_CLIENT_URLS=https://{ip}:2379"),
+            format!("ETCD_LISTEN_CLIENT_URLS=https://127.0.0.1:2379,https://{ip}:2379"),
+            "ETCD_LISTEN_METRICS_URLS=http://127.0.0.1:2381".into(),
+            format!("ETCD_INITIAL_CLUSTER={cluster}"),
+            "ETCD_INITIAL_CLUSTER_STATE=new".into(),
+            format!("ETCD_INITIAL_CLUSTER_TOKEN={}", token.trim()),
+            "ETCD_CLIENT_CERT_AUTH=true".into(),
+            "ETCD_TRUSTED_CA_FILE=/etc/etcd/pki/ca.crt".into(),
+            "ETCD_CERT_FILE=/etc/etcd/pki/server.crt".into(),
+            "ETCD_KEY_FILE=/etc/etcd/pki/server.key".into(),
+            "ETCD_PEER_CLIENT_CERT_AUTH=true".into(),
+            "ETCD_PEER_TRUSTED_CA_FILE=/etc/etcd/pki/peer-ca.crt".into(),
+            "ETCD_PEER_CERT_FILE=/etc/etcd/pki/peer.crt".into(),
+            "ETCD_PEER_KEY_FILE=/etc/etcd/pki/peer.key".into(),
+        ];
+        let volume = format!("{}-data:/var/lib/etcd", nodes[i]);
+        let mount = format!("{}:/etc/etcd/pki:ro", stage.display());
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            nodes[i],
+            "--hostname",
+            &name,
+            "--network",
+            "runit-env",
+            "--ip",
+            ip,
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "-v",
+            &volume,
+            "-v",
+            &mount,
+        ];
+        for e in &env {
+            args.extend(["--env", e.as_str()]);
+        }
+        args.push(IMAGE); // and no etcd flag at all
+        podman_ok(&args, &nodes);
+    }
+    wait_healthy(
+        "runit-env1",
+        "https://10.89.81.11:2379,https://10.89.81.12:2379,https://10.89.81.13:2379",
+        &PKI_TLS,
+        &nodes,
+    );
+    put_get(
+        ("runit-env1", "https://10.89.81.11:2379"),
+        ("runit-env3", "https://10.89.81.13:2379"),
+        &PKI_TLS,
+        "env",
+        &nodes,
+    );
+    for n in nodes {
+        check_volume(&format!("{n}-data"), &nodes);
+    }
+    drop(guard);
+    eprintln!("run_it: ETCD_* cluster: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn single_tls_node_from_a_config_file() {
+    image();
+    let started = Instant::now();
+    let node = ["runit-conf"];
+    let guard = Cleanup {
+        containers: vec!["runit-conf".into()],
+        volumes: vec!["runit-conf-data".into()],
+        networks: vec!["runit-conf".into()],
+        dirs: Vec::new(),
+    };
+    guard.run();
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = issue_pki(
+        tmp.path(),
+        "name = \"conf\"\nclients = [\"etcdctl\"]\n\n[[nodes]]\nname = \"conf0\"\nips = [\"10.89.82.10\"]\n",
+    );
+    let stage = tmp.path().join("conf0-pki");
+    stage_for_etcd(&pki.join("nodes/conf0"), &pki.join("clients/etcdctl"), &stage);
+    // The keys of etcd 3.4's etcd.conf.yml.sample.
+    let yaml = "name: conf0\n\
+data-dir: /var/lib/etcd\n\
+listen-client-urls: https://127.0.0.1:2379,https://10.89.82.10:2379\n\
+advertise-client-urls: https://10.89.82.10:2379\n\
+listen-peer-urls: https://10.89.82.10:2380\n\
+initial-advertise-peer-urls: https://10.89.82.10:2380\n\
+initial-cluster: conf0=https://10.89.82.10:2380\n\
+initial-cluster-state: new\n\
+initial-cluster-token: run-it-conf\n\
+client-transport-security:\n  cert-file: /etc/etcd/pki/server.crt\n  key-file: /etc/etcd/pki/server.key\n  \
+client-cert-auth: true\n  trusted-ca-file: /etc/etcd/pki/ca.crt\n\
+peer-transport-security:\n  cert-file: /etc/etcd/pki/peer.crt\n  key-file: /etc/etcd/pki/peer.key\n  \
+client-cert-auth: true\n  trusted-ca-file: /etc/etcd/pki/peer-ca.crt\n";
+    let conf = tmp.path().join("etcd.conf.yml");
+    fs::write(&conf, yaml).unwrap();
+    podman_ok(&["network", "create", "--subnet", "10.89.82.0/24", "runit-conf"], &[]);
+    podman_ok(
+        &[
+            "run",
+            "-d",
+            "--name",
+            "runit-conf",
+            "--hostname",
+            "conf0",
+            "--network",
+            "runit-conf",
+            "--ip",
+            "10.89.82.10",
+            "--read-only",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "-v",
+            "runit-conf-data:/var/lib/etcd",
+            "-v",
+            &format!("{}:/etc/etcd/pki:ro", stage.display()),
+            "-v",
+            &format!("{}:/etc/etcd/etcd.conf.yml:ro", conf.display()),
+            IMAGE,
+            "--config-file",
+            "/etc/etcd/etcd.conf.yml",
+        ],
+        &node,
+    );
+    wait_healthy("runit-conf", "https://10.89.82.10:2379", &PKI_TLS, &node);
+    put_get(
+        ("runit-conf", "https://10.89.82.10:2379"),
+        ("runit-conf", "https://127.0.0.1:2379"),
+        &PKI_TLS,
+        "conf",
+        &node,
+    );
+    check_volume("runit-conf-data", &node);
+    // The config file was what configured it: the member's name and client URL come from it.
+    let members = etcdctl("runit-conf", "https://127.0.0.1:2379", &PKI_TLS, &["member", "list"]);
+    let list = String::from_utf8_lossy(&members.stdout);
+    if !list.contains(", conf0, https://10.89.82.10:2380, https://10.89.82.10:2379") {
+        fail(&format!("member list does not show the config file's member:\n{}", text(&members)), &node);
+    }
+    drop(guard);
+    eprintln!("run_it: --config-file node: {:.1} s", started.elapsed().as_secs_f64());
+}
