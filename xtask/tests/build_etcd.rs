@@ -7,6 +7,7 @@
 //! (GOCACHE, under target/test-cache/) so that Go's standard library is compiled once.
 
 mod common;
+use common::{host_arch, text};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -14,16 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const VERSION: &str = "3.4.9";
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        other => panic!("no etcd for {other}"),
-    }
-}
 
 fn shared_gocache() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target/test-cache/go-build")
@@ -48,10 +39,6 @@ fn xtask(target: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
 
 fn build(target: &Path, repo: &Path, git_ref: &str, envs: &[(&str, &str)]) -> Output {
     xtask(target, &["build-etcd", "--git", repo.to_str().unwrap(), "--ref", git_ref], envs)
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 #[track_caller]

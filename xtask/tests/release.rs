@@ -55,6 +55,15 @@ fn pypi_tool(cmd: &str) -> (PathBuf, PathBuf) {
     (bin, xtask::ci::pypi_dir())
 }
 
+/// `SHA256SUMS` of a release has a line for every file but itself and `sha256sum -c --strict`
+/// passes; returns its text.
+fn sums_cover_every_other_file(dir: &Path, want: &BTreeSet<String>) -> String {
+    let sums = fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    assert_eq!(sums.lines().count(), want.len() - 1, "{sums}");
+    ok(Command::new("sha256sum").args(["-c", "--strict", "SHA256SUMS"]).current_dir(dir));
+    sums
+}
+
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -135,9 +144,7 @@ fn release_of_349_built_from_source_for_amd64_and_arm64() {
     assert_eq!(dir.file_name().unwrap(), "3.4.9", "the release carries the version built");
     let want = release_files("3.4.9");
     assert_eq!(file_names(&dir), want);
-    let sums = fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
-    assert_eq!(sums.lines().count(), want.len() - 1, "{sums}");
-    ok(Command::new("sha256sum").args(["-c", "--strict", "SHA256SUMS"]).current_dir(&dir));
+    sums_cover_every_other_file(&dir, &want);
 
     let (validator, pythonpath) = pypi_tool("pyspdxtools");
     for arch in ["amd64", "arm64"] {
@@ -228,9 +235,7 @@ fn release_of_debians_etcd_is_complete_checksummed_reproducible_and_its_sboms_ar
     assert_eq!(beside.iter().filter(|n| !n.starts_with(".build")).count(), 1, "{beside:?}");
 
     // sha256sum -c passes and covers every other file.
-    let sums = fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
-    assert_eq!(sums.lines().count(), want.len() - 1, "{sums}");
-    ok(Command::new("sha256sum").args(["-c", "--strict", "SHA256SUMS"]).current_dir(&dir));
+    let sums = sums_cover_every_other_file(&dir, &want);
 
     // Every SBOM passes the SPDX reference validator and says what is inside.
     let (validator, pythonpath) = pypi_tool("pyspdxtools");

@@ -122,6 +122,16 @@ struct Cleanup {
 }
 
 impl Cleanup {
+    /// The containers `nodes`, their volumes `<node>-data` and the network `network`.
+    fn nodes(nodes: &[&str], network: &str) -> Cleanup {
+        Cleanup {
+            containers: nodes.iter().map(|s| s.to_string()).collect(),
+            volumes: nodes.iter().map(|n| format!("{n}-data")).collect(),
+            networks: vec![network.to_string()],
+            dirs: Vec::new(),
+        }
+    }
+
     fn run(&self) {
         for c in &self.containers {
             let _ = podman(&["rm", "-f", "-v", "-t", "0", c]);
@@ -493,12 +503,7 @@ fn three_node_tls_cluster_from_etcd_variables_only() {
     let started = Instant::now();
     let nodes = ["runit-env1", "runit-env2", "runit-env3"];
     let ips = ["10.89.81.11", "10.89.81.12", "10.89.81.13"];
-    let guard = Cleanup {
-        containers: nodes.iter().map(|s| s.to_string()).collect(),
-        volumes: nodes.iter().map(|n| format!("{n}-data")).collect(),
-        networks: vec!["runit-env".into()],
-        dirs: Vec::new(),
-    };
+    let guard = Cleanup::nodes(&nodes, "runit-env");
     guard.run();
     let tmp = tempfile::tempdir().unwrap();
     let pki = issue_pki(
@@ -588,12 +593,7 @@ fn single_tls_node_from_a_config_file() {
     image();
     let started = Instant::now();
     let node = ["runit-conf"];
-    let guard = Cleanup {
-        containers: vec!["runit-conf".into()],
-        volumes: vec!["runit-conf-data".into()],
-        networks: vec!["runit-conf".into()],
-        dirs: Vec::new(),
-    };
+    let guard = Cleanup::nodes(&node, "runit-conf");
     guard.run();
     let tmp = tempfile::tempdir().unwrap();
     let pki = issue_pki(

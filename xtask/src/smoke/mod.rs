@@ -572,10 +572,18 @@ impl Run {
         Ok(format!("POST {url} returned the value"))
     }
 
+    /// Node `node`'s log (etcd writes to stderr), with `podman logs` options such as `--since`.
+    fn logs(&self, node: usize, options: &[String]) -> Result<String> {
+        let mut args = vec!["logs".to_string()];
+        args.extend(options.iter().cloned());
+        args.push(self.nodes[node].container.clone());
+        let out = podman_output(&args)?;
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    }
+
     /// Count of "rejected connection" lines in a node's log so far.
     fn rejections(&self, node: usize) -> Result<Vec<String>> {
-        let out = podman_output(&["logs".into(), self.nodes[node].container.clone()])?;
-        let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+        let text = self.logs(node, &[])?;
         Ok(text
             .lines()
             .filter(|l| l.contains("rejected connection") || l.contains("TLS handshake error"))
@@ -768,10 +776,7 @@ impl Run {
 
     /// The lines of node `i`'s log since `since` (Unix seconds) that tell how it came back.
     fn restart_log(&self, i: usize, since: u64) -> String {
-        let out = podman_output(&["logs".into(), "--since".into(), since.to_string(), self.nodes[i].container.clone()]);
-        let text = out
-            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout))
-            .unwrap_or_default();
+        let text = self.logs(i, &["--since".into(), since.to_string()]).unwrap_or_default();
         let keys = [
             "publish",
             "ready to serve",
