@@ -784,8 +784,8 @@ impl Run {
             "became follower",
             "peer became active",
             "timed out",
-            "lost the TCP streaming",
-            "established a TCP streaming",
+            "lost TCP streaming connection",
+            "established TCP streaming connection",
         ];
         text.lines().filter(|l| keys.iter().any(|k| l.contains(k))).take(20).collect::<Vec<_>>().join(" | ")
     }
