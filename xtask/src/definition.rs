@@ -20,6 +20,10 @@ pub struct Definition {
     /// What the OCI image contains and how it runs (read by `cargo xtask image`).
     #[serde(default)]
     pub image: Option<crate::image::spec::ImageSpec>,
+    /// Which release a running cluster is upgraded to, and which releases no cluster may run
+    /// (read by [`crate::upgrade::check_upgrade`] and `smoke --scenario upgrade`).
+    #[serde(default)]
+    pub upgrade: Option<UpgradeSpec>,
     /// Where the definition was read from (set after parsing).
     #[serde(skip)]
     pub path: PathBuf,
@@ -41,6 +45,56 @@ pub struct EtcdSpec {
     /// unless `ETCD_UNSUPPORTED_ARCH` names the architecture (see [`Definition::runtime_env`]).
     #[serde(default)]
     pub supported_arches: BTreeMap<String, Vec<Arch>>,
+    /// The Debian suite whose `etcd-server`/`etcd-client` provide each release line ("3.5") when
+    /// etcd comes from Debian (`--source debian`, or `auto`'s fallback): [`DEBIAN_HOST_SUITE`]
+    /// for the host's own apt configuration, or a Debian codename ("trixie") served from private
+    /// package lists (see [`Definition::debian_suite`]).
+    #[serde(default)]
+    pub debian_suites: BTreeMap<String, String>,
+}
+
+/// The value of `etcd.debian_suites` that means "the host's own apt configuration".
+pub const DEBIAN_HOST_SUITE: &str = "host";
+
+/// Where Debian's packages of one release line come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DebianSuite {
+    /// The host's own apt configuration and package lists (whatever suite the host runs).
+    Host,
+    /// A Debian suite by codename ("trixie"), served from private package lists unless it is
+    /// the host's own suite.
+    Named(String),
+}
+
+/// `[upgrade]`: the release `smoke --scenario upgrade` moves a cluster to, and the releases no
+/// cluster may be upgraded to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeSpec {
+    /// The version a running cluster is upgraded to (e.g. "3.5.16").
+    pub to: String,
+    /// Releases no cluster may be upgraded to, as inclusive ranges.
+    #[serde(default)]
+    pub forbidden: Vec<ForbiddenRange>,
+}
+
+/// `[[upgrade.forbidden]]`: the releases `from` to `to` (inclusive, one release line) and why.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForbiddenRange {
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+impl ForbiddenRange {
+    /// Whether `version` lies in this range (suffixes such as `-rc.0` count as their release).
+    pub fn contains(&self, version: &str) -> bool {
+        match (version_triple(version), version_triple(&self.from), version_triple(&self.to)) {
+            (Some(v), Some(from), Some(to)) => from <= v && v <= to,
+            _ => false,
+        }
+    }
 }
 
 impl Definition {
@@ -72,10 +126,11 @@ impl Definition {
             bail!("field etcd.arches is empty: list at least one of amd64, arm64, ppc64le, s390x");
         }
         for line in self.etcd.supported_arches.keys() {
-            let parts: Vec<&str> = line.split('.').collect();
-            if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-                bail!("field etcd.supported_arches: {line:?} is not a release line like \"3.4\"");
-            }
+            check_release_line(line).context("field etcd.supported_arches")?;
+        }
+        for (line, suite) in &self.etcd.debian_suites {
+            check_release_line(line).with_context(|| format!("field etcd.debian_suites: key {line:?}"))?;
+            check_suite(suite).with_context(|| format!("field etcd.debian_suites.\"{line}\""))?;
         }
         for m in &self.etcd.mirrors {
             check_mirror_url(m).context("field etcd.mirrors")?;
@@ -83,7 +138,57 @@ impl Definition {
         if let Some(image) = &self.image {
             image.check().context("section [image]")?;
         }
+        if let Some(upgrade) = &self.upgrade {
+            self.check_upgrade_section(upgrade)?;
+        }
         Ok(())
+    }
+
+    fn check_upgrade_section(&self, upgrade: &UpgradeSpec) -> Result<()> {
+        check_version(&upgrade.to).context("field upgrade.to")?;
+        for (i, f) in upgrade.forbidden.iter().enumerate() {
+            let at = format!("upgrade.forbidden[{i}]");
+            check_version(&f.from).with_context(|| format!("field {at}.from"))?;
+            check_version(&f.to).with_context(|| format!("field {at}.to"))?;
+            if release_line(&f.from) != release_line(&f.to) {
+                bail!(
+                    "field {at}: from {} and to {} lie in different release lines; give one range per release line",
+                    f.from,
+                    f.to
+                );
+            }
+            if version_triple(&f.from) > version_triple(&f.to) {
+                bail!("field {at}: from {} is later than to {}; swap them", f.from, f.to);
+            }
+            if f.reason.trim().is_empty() {
+                bail!(
+                    "field {at}.reason is empty: say why no cluster may run {}..{} and what to use instead",
+                    f.from,
+                    f.to
+                );
+            }
+        }
+        // The shipped target must itself be an allowed upgrade of the shipped release.
+        crate::upgrade::check_upgrade(self, &self.etcd.version, &upgrade.to).with_context(|| {
+            format!("field upgrade.to ({}) is no allowed upgrade of etcd.version ({})", upgrade.to, self.etcd.version)
+        })?;
+        Ok(())
+    }
+
+    /// Where Debian's packages of `version`'s release line come from (`etcd.debian_suites`).
+    /// A release line missing there is an error, never a guess: another suite would ship
+    /// another release line.
+    pub fn debian_suite(&self, version: &str) -> Result<DebianSuite> {
+        check_version(version)?;
+        let line = release_line(version);
+        let Some(suite) = self.etcd.debian_suites.get(&line) else {
+            bail!(
+                "{}: field etcd.debian_suites has no entry for etcd {line} (of {version}): add \"{line}\" = \"<suite>\", \
+                 the Debian suite whose etcd-server is a {line}.x release (\"{DEBIAN_HOST_SUITE}\" for this machine's own apt sources)",
+                self.path.display()
+            );
+        };
+        Ok(if suite == DEBIAN_HOST_SUITE { DebianSuite::Host } else { DebianSuite::Named(suite.clone()) })
     }
 
     /// The environment etcd `version` needs to run at all on `arch`: `ETCD_UNSUPPORTED_ARCH=<arch>`
@@ -92,7 +197,7 @@ impl Definition {
     /// It is not a flag's variable, so it never conflicts with a flag a user passes.
     pub fn runtime_env(&self, version: &str, arch: Arch) -> Result<BTreeMap<String, String>> {
         check_version(version)?;
-        let line = version.split('.').take(2).collect::<Vec<_>>().join(".");
+        let line = release_line(version);
         let Some(supported) = self.etcd.supported_arches.get(&line) else {
             bail!(
                 "{}: field etcd.supported_arches has no entry for etcd {line} (of {version}): add                  \"{line}\" = [...] with the architectures etcdmain's checkSupportArch accepts in that release line",
@@ -125,6 +230,46 @@ pub fn check_version(v: &str) -> Result<()> {
     }
     if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
         bail!("version {v:?} contains characters other than letters, digits, '.' and '-'");
+    }
+    Ok(())
+}
+
+/// The release line of a version: `3.5.16` -> `3.5` (MAJOR.MINOR).
+pub fn release_line(version: &str) -> String {
+    let core = version.split('-').next().unwrap_or(version);
+    core.split('.').take(2).collect::<Vec<_>>().join(".")
+}
+
+/// `3.5.16` -> (3, 5, 16); `3.5.0-rc.1` -> (3, 5, 0). None when it is not MAJOR.MINOR.PATCH.
+pub fn version_triple(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.split('-').next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    let triple = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(triple)
+}
+
+/// A release line as the definition's tables key them: `MAJOR.MINOR` ("3.5").
+fn check_release_line(line: &str) -> Result<()> {
+    let parts: Vec<&str> = line.split('.').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        bail!("{line:?} is not a release line like \"3.4\"");
+    }
+    Ok(())
+}
+
+/// A Debian suite: `host` or a codename (lowercase letters, e.g. "trixie").
+fn check_suite(suite: &str) -> Result<()> {
+    if suite == DEBIAN_HOST_SUITE {
+        return Ok(());
+    }
+    if suite.is_empty() || !suite.bytes().all(|b| b.is_ascii_lowercase()) {
+        bail!(
+            "{suite:?} is not a Debian codename (lowercase letters, e.g. \"trixie\"; not \"stable\" or \"13\", which move) \
+             nor \"{DEBIAN_HOST_SUITE}\" (this machine's own apt sources)"
+        );
+    }
+    if matches!(suite, "stable" | "testing" | "unstable" | "oldstable" | "oldoldstable") {
+        bail!("{suite:?} is an alias that moves with each Debian release: name the codename (e.g. \"trixie\")");
     }
     Ok(())
 }
@@ -185,6 +330,63 @@ mod tests {
             Definition::parse("[etcd]\nversion='3.4.9'\narches=['amd64']\nchecksums='x'\nmirrors=['ftp://x']\n", p)
                 .unwrap_err();
         assert!(format!("{err:#}").contains("etcd.mirrors"));
+    }
+
+    #[test]
+    fn debian_suites_are_data_per_release_line() {
+        let def = Definition::load(&project_root().join(DEFAULT_DEFINITION)).unwrap();
+        assert_eq!(def.debian_suite("3.4.9").unwrap(), DebianSuite::Host);
+        assert_eq!(def.debian_suite("3.5.16").unwrap(), DebianSuite::Named("trixie".into()));
+        let msg = format!("{:#}", def.debian_suite("3.9.0").unwrap_err());
+        assert!(msg.contains("etcd.debian_suites") && msg.contains("\"3.9\""), "{msg}");
+
+        let p = Path::new("images/x.toml");
+        let base = "[etcd]\nversion='3.4.9'\narches=['amd64']\nchecksums='x'\n[etcd.debian_suites]\n";
+        for (suites, want) in [
+            ("'3.5.16' = 'trixie'\n", "release line"),
+            ("'3.5' = 'stable'\n", "moves"),
+            ("'3.5' = 'Trixie 13'\n", "codename"),
+            ("'3.5' = ''\n", "codename"),
+        ] {
+            let msg = format!("{:#}", Definition::parse(&format!("{base}{suites}"), p).unwrap_err());
+            assert!(msg.contains("images/x.toml") && msg.contains("etcd.debian_suites") && msg.contains(want), "{msg}");
+        }
+    }
+
+    #[test]
+    fn the_upgrade_section_is_checked() {
+        let def = Definition::load(&project_root().join(DEFAULT_DEFINITION)).unwrap();
+        let upgrade = def.upgrade.as_ref().expect("images/etcd.toml has an [upgrade] section");
+        assert_eq!(upgrade.to, "3.5.16");
+        assert!(upgrade.forbidden.iter().any(|r| r.contains("3.5.0") && r.contains("3.5.2") && !r.contains("3.5.3")));
+
+        let p = Path::new("images/x.toml");
+        let base = "[etcd]\nversion='3.4.9'\narches=['amd64']\nchecksums='x'\n";
+        let range = |from: &str, to: &str, reason: &str| {
+            format!("[[upgrade.forbidden]]\nfrom='{from}'\nto='{to}'\nreason='{reason}'\n")
+        };
+        for (upgrade, want) in [
+            ("[upgrade]\nto='3.5.16'\ncolour='red'\n".to_string(), "colour"),
+            ("[upgrade]\nto='v3.5.16'\n".to_string(), "upgrade.to"),
+            ("[upgrade]\nto='3.6.0'\n".to_string(), "one minor version at a time"),
+            ("[upgrade]\nto='3.4.9'\n".to_string(), "no upgrade"),
+            (format!("[upgrade]\nto='3.5.16'\n{}", range("3.5.2", "3.5.0", "x")), "swap"),
+            (format!("[upgrade]\nto='3.5.16'\n{}", range("3.4.0", "3.5.2", "x")), "different release lines"),
+            (format!("[upgrade]\nto='3.5.16'\n{}", range("3.5.0", "3.5.2", " ")), "upgrade.forbidden[0].reason"),
+            (format!("[upgrade]\nto='3.5.1'\n{}", range("3.5.0", "3.5.2", "use 3.5.3")), "forbidden"),
+        ] {
+            let msg = format!("{:#}", Definition::parse(&format!("{base}{upgrade}"), p).unwrap_err());
+            assert!(msg.contains("images/x.toml") && msg.contains(want), "{upgrade}: {msg}");
+        }
+    }
+
+    #[test]
+    fn versions_compare_as_numbers() {
+        assert_eq!(version_triple("3.5.16"), Some((3, 5, 16)));
+        assert_eq!(version_triple("3.5.0-rc.1"), Some((3, 5, 0)));
+        assert_eq!(version_triple("3.5"), None);
+        assert!(version_triple("3.5.10") > version_triple("3.5.9"));
+        assert_eq!(release_line("3.10.2"), "3.10");
     }
 
     #[test]

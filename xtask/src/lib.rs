@@ -11,6 +11,7 @@ pub mod portable;
 pub mod release;
 pub mod render;
 pub mod smoke;
+pub mod upgrade;
 pub mod util;
 
 use anyhow::Result;

@@ -374,7 +374,7 @@ fn auto_falls_back_to_debian_only_when_unreachable_and_allowed() {
         fs::write(
             &p,
             format!(
-                "[etcd]\nversion = \"{}\"\narches = [\"{}\"]\nchecksums = \"sums\"\nallow_distro_fallback = {allow}\n[etcd.supported_arches]\n\"3.4\" = [\"amd64\", \"ppc64le\"]\n",
+                "[etcd]\nversion = \"{}\"\narches = [\"{}\"]\nchecksums = \"sums\"\nallow_distro_fallback = {allow}\n[etcd.supported_arches]\n\"3.4\" = [\"amd64\", \"ppc64le\"]\n[etcd.debian_suites]\n\"3.4\" = \"host\"\n",
                 version(),
                 host()
             ),
@@ -587,4 +587,127 @@ fn binaries_on_disk_and_a_local_tarball_are_sources_too() {
     let out = xtask(&["fetch", "--source", "ftp"], &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("dir:PATH") && stderr(&out).contains("tarball:PATH"), "{}", stderr(&out));
+}
+
+/// The release `smoke --scenario upgrade` moves a cluster to (`upgrade.to` of images/etcd.toml):
+/// it must be available offline, from the Debian suite the definition assigns to its line.
+fn upgrade_target() -> String {
+    let def = xtask::definition::Definition::load(&common::root().join("images/etcd.toml")).unwrap();
+    xtask::upgrade::target(&def).unwrap()
+}
+
+#[test]
+fn the_upgrade_target_comes_from_its_debian_suite_with_that_suites_c_library() {
+    // Debian 13 (trixie) ships etcd 3.5 built against glibc 2.41, newer than many build hosts':
+    // the binaries come with trixie's C library in sysroot/ and run through its ELF interpreter.
+    let to = upgrade_target();
+    let root = target().join("test-cache/etcd");
+    let root_s = root.to_str().unwrap();
+    let dir = root.join(&to).join(host());
+    // Private package lists and verified .debs are reused; the output is made anew each run, so
+    // that extraction and the version check through the sysroot always run.
+    let _ = fs::remove_dir_all(&dir);
+    let _ = fs::remove_file(root.join(&to).join(format!("{}.fallback", host())));
+    let t = std::time::Instant::now();
+    let out =
+        xtask(&["fetch", "--etcd-version", &to, "--source", "debian", "--arch", host(), "--out-root", root_s], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    eprintln!("fetch --etcd-version {to} --source debian: {:.1} s", t.elapsed().as_secs_f64());
+    let prov: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
+    assert_eq!(prov["source"], "distro");
+    assert_eq!(prov["version"], to.as_str());
+    assert_eq!(prov["reported_version"], to.as_str(), "etcd --version, run through the sysroot's interpreter");
+    let origin = prov["origin"].as_str().unwrap();
+    assert!(origin.contains(&format!("debian:etcd-server:{}={to}-", host())), "{origin}");
+    assert!(origin.contains(&format!("debian:libc6:{}=", host())), "{origin}");
+    for name in ["etcd", "etcdctl", "etcdutl"] {
+        assert_eq!(prov["files"][name].as_str().unwrap(), sha256_hex(&fs::read(dir.join(name)).unwrap()), "{name}");
+    }
+    let sysroot = dir.join("sysroot");
+    let interp = xtask::image::elf::read(&dir.join("etcd")).unwrap().interp.expect("Debian's etcd is dynamic");
+    assert!(sysroot.join(interp.trim_start_matches('/')).exists(), "{interp} in the sysroot");
+    let libc = prov["files"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .find(|k| k.starts_with("sysroot/") && k.ends_with("/libc.so.6"))
+        .unwrap_or_else(|| panic!("no libc.so.6 recorded: {prov}"))
+        .clone();
+    assert_eq!(prov["files"][&libc].as_str().unwrap(), sha256_hex(&fs::read(dir.join(&libc)).unwrap()));
+
+    // Every binary runs here through the sysroot (never against the host's C library).
+    let got = xtask::acquire::Acquired::open(&dir).unwrap();
+    for (name, arg, want) in [
+        ("etcd", "--version", "etcd Version: "),
+        ("etcdctl", "version", "etcdctl version: "),
+        ("etcdutl", "version", "etcdutl version: "),
+    ] {
+        let text = common::ok(got.command(name).unwrap().arg(arg));
+        assert!(text.contains(&format!("{want}{to}")), "{name} {arg}: {text}");
+    }
+
+    // Again: up to date, verified by hash.
+    let out =
+        xtask(&["fetch", "--etcd-version", &to, "--source", "debian", "--arch", host(), "--out-root", root_s], &[]);
+    assert!(out.status.success() && stderr(&out).contains("up to date"), "{}", stderr(&out));
+
+    // `auto` with no download location reachable falls back to the same suite, loudly.
+    let server = Server::start();
+    let missing = server.url("missing");
+    let out =
+        xtask(&["fetch", "--etcd-version", &to, "--arch", host(), "--mirror", &missing, "--out-root", root_s], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("WARNING: falling back to Debian"), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("etcd {to} {} (distro)", host())));
+    assert_eq!(server.hits("missing"), 1, "the pinned official tarball is tried first");
+}
+
+#[test]
+fn a_release_line_is_never_served_by_another_lines_suite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = target().join("test-cache/etcd");
+    let root_s = root.to_str().unwrap();
+    let def = |suites: &str| {
+        let p = tmp.path().join(format!("def-{}.toml", suites.len()));
+        fs::write(
+            &p,
+            format!(
+                "[etcd]\nversion = \"3.4.9\"\narches = [\"{}\"]\nchecksums = \"sums\"\n[etcd.debian_suites]\n{suites}",
+                host()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    let fetch = |d: &Path, version: &str| {
+        let d = d.to_str().unwrap();
+        let args = ["fetch", "--definition", d, "--etcd-version", version, "--source", "debian", "--arch", host()];
+        xtask(&[&args[..], &["--out-root", root_s]].concat(), &[])
+    };
+
+    // 3.4 asked for, but the definition points its line at trixie (3.5): refused.
+    let d = def("\"3.4\" = \"trixie\"\n");
+    let out = fetch(&d, "3.4.9");
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("not a 3.4.x release") && err.contains("etcd.debian_suites.\"3.4\""), "{err}");
+    assert!(err.contains("trixie"), "{err}");
+
+    // 3.5 asked for, but its line points at the host's suite (3.4 here): refused.
+    let d = def("\"3.5\" = \"host\"\n");
+    let out = fetch(&d, &upgrade_target());
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a 3.5.x release"), "{}", stderr(&out));
+
+    // A line without a suite is an error naming the field, never a guess.
+    let out = fetch(&d, "3.6.0");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("etcd.debian_suites has no entry for etcd 3.6"), "{}", stderr(&out));
+
+    // A suite that is no codename is refused when the definition is read.
+    let d = def("\"3.5\" = \"stable\"\n");
+    let out = fetch(&d, "3.5.16");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("etcd.debian_suites") && stderr(&out).contains("codename"), "{}", stderr(&out));
 }

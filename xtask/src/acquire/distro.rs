@@ -10,54 +10,119 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+use crate::definition::DebianSuite;
 use crate::util::{is_root, Arch, Sha256Hex};
 
-/// The packages that carry etcd and etcdctl, and the binaries taken from each.
-pub const PACKAGES: [(&str, &[&str]); 2] = [("etcd-server", &["etcd"]), ("etcd-client", &["etcdctl", "etcdutl"])];
+/// The packages that carry etcd and etcdctl, and the binaries taken from each (the first is
+/// required). etcdutl (3.5 and later) is in etcd-server in Debian 13; either package may carry it.
+pub const PACKAGES: [(&str, &[&str]); 2] =
+    [("etcd-server", &["etcd", "etcdutl"]), ("etcd-client", &["etcdctl", "etcdutl"])];
 
-/// How apt is invoked for one architecture. The host's own configuration serves the host's
-/// architecture and any foreign one dpkg is configured for; any other gets a private apt state
-/// under the output root (same sources, same keyring, nothing on the host changed).
+/// The keyring private package lists of a named Debian suite are verified with.
+pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// The Debian mirror used for a named suite when the host's apt sources name none.
+pub const DEFAULT_DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// How apt is invoked for one architecture and Debian suite. The host's own configuration
+/// serves the host's suite for the host's architecture and any foreign one dpkg is configured
+/// for; any other architecture gets a private apt state under the output root (same sources,
+/// same keyring), and any other suite a private apt state of its own (the host's Debian mirror,
+/// Debian's keyring). Nothing on the host is changed.
 #[derive(Debug, Clone)]
 pub struct Apt {
     pub arch: Arch,
+    /// The Debian codename served by private lists, None for the host's own sources.
+    pub suite: Option<String>,
     opts: Vec<String>,
 }
 
 impl Apt {
+    /// The host's own suite for `arch`.
     pub fn for_arch(arch: Arch, root: &Path) -> Result<Apt> {
-        if Arch::host() == Some(arch) || host_knows(arch) {
-            return Ok(Apt { arch, opts: Vec::new() });
+        Apt::new(arch, &DebianSuite::Host, root)
+    }
+
+    /// `arch` from `suite`: the host's apt configuration when it serves both, else private
+    /// package lists under `<root>/apt/`, updated once (under a lock) and reused afterwards.
+    pub fn new(arch: Arch, suite: &DebianSuite, root: &Path) -> Result<Apt> {
+        let suite = match suite {
+            DebianSuite::Named(name) if Some(name.as_str()) != host_codename().as_deref() => Some(name.clone()),
+            _ => None,
+        };
+        let Some(name) = suite else {
+            if Arch::host() == Some(arch) || host_knows(arch) {
+                return Ok(Apt { arch, suite: None, opts: Vec::new() });
+            }
+            let state = root.join("apt").join(debian_arch(arch));
+            let opts = private_opts(&state, arch)?;
+            let apt = Apt { arch, suite: None, opts };
+            apt.update_once(&state)?;
+            return Ok(apt);
+        };
+        let state = root.join("apt").join(format!("{name}-{}", debian_arch(arch)));
+        let mut opts = private_opts(&state, arch)?;
+        if !Path::new(DEBIAN_KEYRING).is_file() {
+            bail!(
+                "{DEBIAN_KEYRING} is missing: install the package debian-archive-keyring, which verifies \
+                 Debian's {name} package lists"
+            );
         }
-        let state = root.join("apt").join(debian_arch(arch));
-        let lists = state.join("lists");
-        let cache = state.join("cache");
-        for d in [lists.join("partial"), cache.join("archives/partial")] {
+        let mirror = host_debian_mirror();
+        let etc = state.join("etc");
+        for d in [etc.join("sources.list.d"), etc.join("preferences.d")] {
             fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
         }
-        let host = Arch::host().map(debian_arch).unwrap_or("amd64");
-        let mut opts = vec![
-            format!("-oDir::State::Lists={}", lists.display()),
-            format!("-oDir::Cache={}", cache.display()),
-            format!("-oAPT::Architectures::={host}"),
-            format!("-oAPT::Architectures::={}", debian_arch(arch)),
-        ];
-        if is_root() {
-            opts.push("-oAPT::Sandbox::User=root".to_string());
+        let sources = etc.join("sources.list");
+        let line = format!("deb [signed-by={DEBIAN_KEYRING}] {mirror} {name} main\n");
+        if fs::read_to_string(&sources).ok().as_deref() != Some(line.as_str()) {
+            crate::util::write_atomic(&sources, line.as_bytes(), 0o644)?;
+            // Lists of other sources are stale: fetch them again.
+            let _ = fs::remove_file(state.join("lists.complete"));
         }
-        let apt = Apt { arch, opts };
-        // Several processes may ask at once (parallel tests, a release building two images):
-        // one updates, the others wait for it; the stamp says the lists are complete.
+        let status = state.join("status");
+        if !status.exists() {
+            crate::util::write_atomic(&status, b"", 0o644)?;
+        }
+        opts.extend([
+            format!("-oDir::Etc::SourceList={}", sources.display()),
+            format!("-oDir::Etc::SourceParts={}", etc.join("sources.list.d").display()),
+            format!("-oDir::Etc::Preferences={}", etc.join("preferences").display()),
+            format!("-oDir::Etc::PreferencesParts={}", etc.join("preferences.d").display()),
+            format!("-oDir::State::status={}", status.display()),
+            "-oAcquire::Languages=none".to_string(),
+        ]);
+        let apt = Apt { arch, suite: Some(name), opts };
+        apt.update_once(&state)?;
+        Ok(apt)
+    }
+
+    /// Whether the binaries need the C library of their own suite or architecture beside them
+    /// (`sysroot/`): always, unless the host's own apt serves the host's architecture.
+    pub fn needs_sysroot(&self) -> bool {
+        self.suite.is_some() || Arch::host() != Some(self.arch)
+    }
+
+    /// What these package lists are, for messages: "trixie arm64" or "the host's amd64".
+    pub fn describe(&self) -> String {
+        match &self.suite {
+            Some(s) => format!("Debian {s} {}", debian_arch(self.arch)),
+            None => format!("the host's {}", debian_arch(self.arch)),
+        }
+    }
+
+    /// Several processes may ask at once (parallel tests, a release building two images):
+    /// one updates, the others wait for it; the stamp says the lists are complete.
+    fn update_once(&self, state: &Path) -> Result<()> {
         let lock_path = state.join("xtask.lock");
         let lock = fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
         lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
         let stamp = state.join("lists.complete");
         if !stamp.exists() {
-            apt.update()?;
+            self.update()?;
             crate::util::write_atomic(&stamp, b"", 0o644)?;
         }
         drop(lock);
-        Ok(apt)
+        Ok(())
     }
 
     /// `apt-get update` of the private state (the host's own lists are never touched).
@@ -65,20 +130,114 @@ impl Apt {
         if self.opts.is_empty() {
             bail!("refusing to update the host's apt lists from here: run `apt-get update` yourself");
         }
-        eprintln!(
-            "apt-get update (private {} package lists, verified with the host's keyring)",
-            debian_arch(self.arch)
-        );
+        eprintln!("apt-get update (private package lists of {}, verified with the keyring)", self.describe());
+        let t = std::time::Instant::now();
         let status =
             Command::new("apt-get").args(&self.opts).args(["update", "-q"]).status().context("cannot run apt-get")?;
         if !status.success() {
-            bail!(
-                "apt-get update for {} failed ({status}); check that the Debian mirror is reachable",
-                debian_arch(self.arch)
-            );
+            bail!("apt-get update of {} failed ({status}); check that the Debian mirror is reachable", self.describe());
         }
+        eprintln!("apt-get update of {}: {:.1} s", self.describe(), t.elapsed().as_secs_f64());
         Ok(())
     }
+}
+
+/// The options of a private apt state in `state` (lists, cache) for `arch` beside the host's.
+fn private_opts(state: &Path, arch: Arch) -> Result<Vec<String>> {
+    let lists = state.join("lists");
+    let cache = state.join("cache");
+    for d in [lists.join("partial"), cache.join("archives/partial")] {
+        fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let host = Arch::host().map(debian_arch).unwrap_or("amd64");
+    let mut opts = vec![
+        format!("-oDir::State::Lists={}", lists.display()),
+        format!("-oDir::Cache={}", cache.display()),
+        format!("-oAPT::Architectures::={host}"),
+        format!("-oAPT::Architectures::={}", debian_arch(arch)),
+    ];
+    if is_root() {
+        opts.push("-oAPT::Sandbox::User=root".to_string());
+    }
+    Ok(opts)
+}
+
+/// The host's Debian codename (`VERSION_CODENAME` of /etc/os-release on Debian), if it is Debian.
+pub fn host_codename() -> Option<String> {
+    let text = fs::read_to_string("/etc/os-release").ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .map(|v| v.trim().trim_matches('"').to_string())
+    };
+    (field("ID").as_deref() == Some("debian")).then(|| field("VERSION_CODENAME")).flatten().filter(|c| !c.is_empty())
+}
+
+/// The Debian mirror the host's apt sources use (the first `deb` source whose URI ends in
+/// `/debian`, deb822 or one-line style), else [`DEFAULT_DEBIAN_MIRROR`].
+pub fn host_debian_mirror() -> String {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for f in files {
+        let Ok(text) = fs::read_to_string(&f) else { continue };
+        let name = f.to_string_lossy();
+        let found = if name.ends_with(".sources") {
+            debian_mirror_deb822(&text)
+        } else if name.ends_with(".list") {
+            debian_mirror_one_line(&text)
+        } else {
+            None
+        };
+        if let Some(m) = found {
+            return m;
+        }
+    }
+    DEFAULT_DEBIAN_MIRROR.to_string()
+}
+
+fn is_debian_archive(uri: &str) -> bool {
+    (uri.starts_with("http://") || uri.starts_with("https://")) && uri.trim_end_matches('/').ends_with("/debian")
+}
+
+/// The first Debian archive URI of an enabled `Types: deb` stanza.
+fn debian_mirror_deb822(text: &str) -> Option<String> {
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza.lines().filter(|l| !l.trim_start().starts_with('#')).find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            })
+        };
+        if field("Enabled").is_some_and(|v| v.eq_ignore_ascii_case("no")) {
+            continue;
+        }
+        if !field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb")) {
+            continue;
+        }
+        if let Some(uri) =
+            field("URIs").and_then(|u| u.split_whitespace().find(|u| is_debian_archive(u)).map(str::to_string))
+        {
+            return Some(uri.trim_end_matches('/').to_string());
+        }
+    }
+    None
+}
+
+/// The first Debian archive URI of a `deb [options] URI suite components` line.
+fn debian_mirror_one_line(text: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("deb ")?.trim_start();
+        let rest = match rest.strip_prefix('[') {
+            Some(r) => r.split_once(']')?.1.trim_start(),
+            None => rest,
+        };
+        let uri = rest.split_whitespace().next()?;
+        is_debian_archive(uri).then(|| uri.trim_end_matches('/').to_string())
+    })
 }
 
 /// Whether dpkg is configured for `arch` as a foreign architecture.
@@ -132,7 +291,7 @@ pub fn candidate(apt: &Apt, package: &str) -> Result<Candidate> {
         let hint = if apt.opts.is_empty() {
             "run `apt-get update` (as root) so that apt knows the package".to_string()
         } else {
-            format!("the private {} package lists lack it; remove them to fetch them again", debian_arch(arch))
+            format!("the private package lists of {} lack it; remove them to fetch them again", apt.describe())
         };
         bail!("apt has no package {spec} ({}): {hint}", String::from_utf8_lossy(&out.stderr).trim());
     };
@@ -170,7 +329,15 @@ pub fn ensure_deb(apt: &Apt, cand: &Candidate, cache_dir: &Path) -> Result<PathB
     }
     let status = cmd.args(["download", "-q", &spec]).current_dir(work.path()).status().context("cannot run apt-get")?;
     if !status.success() {
-        bail!("`apt-get download {spec}` failed ({status}); check that the Debian mirror is reachable");
+        let hint = if apt.opts.is_empty() {
+            "run `apt-get update` (as root) when the mirror no longer has this version"
+        } else {
+            "when the mirror no longer has this version, remove the private package lists under the output root's apt/ to fetch them again"
+        };
+        bail!(
+            "`apt-get download {spec}` from {} failed ({status}); check that the Debian mirror is reachable; {hint}",
+            apt.describe()
+        );
     }
     let got = work.path().join(&cand.file_name);
     let actual =
@@ -239,8 +406,11 @@ pub fn extract_binaries(deb: &Path, wanted: &[&str], out_dir: &Path) -> Result<V
 pub fn extract_libraries(deb: &Path, root: &Path) -> Result<usize> {
     let mut count = 0;
     for_each_entry(deb, |entry, rel| {
-        let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
-        let in_lib = top.starts_with("lib") || rel.starts_with("usr/lib");
+        let mut names = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned());
+        let (top, second) = (names.next().unwrap_or_default(), names.next().unwrap_or_default());
+        // lib*/ and usr/lib*/ (usr/lib64 holds the interpreter's link on a merged-/usr suite).
+        let in_lib =
+            top.starts_with("lib") || (top == "usr" && matches!(second.as_str(), "lib" | "lib32" | "lib64" | "libx32"));
         if !in_lib || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
             return Ok(());
         }
@@ -266,11 +436,44 @@ pub fn extract_libraries(deb: &Path, root: &Path) -> Result<usize> {
     Ok(count)
 }
 
+/// Extracts the top-level links of a merged-/usr root (`lib -> usr/lib`, `lib64 -> usr/lib64`)
+/// from a `base-files` package into `root`: since Debian 13 the C library lives under `usr/`
+/// only, and these links (shipped by base-files) are where binaries find their ELF interpreter
+/// (`/lib64/ld-linux-x86-64.so.2`). Only relative links to `usr/<same name>` are taken.
+pub fn extract_merged_usr_links(deb: &Path, root: &Path) -> Result<usize> {
+    let mut count = 0;
+    for_each_entry(deb, |entry, rel| {
+        let mut parts = rel.components();
+        let (Some(std::path::Component::Normal(name)), None) = (parts.next(), parts.next()) else {
+            return Ok(());
+        };
+        let name = name.to_string_lossy().into_owned();
+        if !name.starts_with("lib") || !entry.header().entry_type().is_symlink() {
+            return Ok(());
+        }
+        let target = entry.link_name().context("bad link")?.context("symlink without target")?.into_owned();
+        if target != Path::new("usr").join(&name) {
+            return Ok(());
+        }
+        let dest = root.join(&name);
+        if dest.symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+        std::os::unix::fs::symlink(&target, &dest).with_context(|| format!("cannot link {}", dest.display()))?;
+        count += 1;
+        Ok(())
+    })?;
+    Ok(count)
+}
+
 /// Fetches both packages for `arch` and extracts the binaries into `out_dir`.
 /// Returns the upstream version, the origin text and the artifacts' sums.
-/// For an architecture other than the host's, the C library the dynamic binaries need is
-/// extracted into `out_dir/sysroot/` (from Debian's `libc6` of that architecture): the image
-/// stage copies the ELF interpreter and libraries from there instead of from the host.
+/// When the binaries do not come from the host's own suite and architecture
+/// ([`Apt::needs_sysroot`]), the C library they need is extracted into `out_dir/sysroot/` (from
+/// Debian's `libc6` of that suite and architecture, and for a merged-/usr suite the `lib*` links
+/// of its `base-files`): the image stage copies the ELF interpreter and libraries from there
+/// instead of from the host, and `finish` runs the binaries through that interpreter.
 pub fn acquire_into(
     apt: &Apt,
     cache_dir: &Path,
@@ -298,12 +501,28 @@ pub fn acquire_into(
         artifacts.insert(cand.file_name.clone(), cand.sha256);
     }
     let version = version.context("no package was fetched")?;
-    if Arch::host() != Some(arch) {
+    if apt.needs_sysroot() {
+        let sysroot = out_dir.join("sysroot");
         let cand = candidate(apt, "libc6")?;
         let deb = ensure_deb(apt, &cand, cache_dir)?;
-        extract_libraries(&deb, &out_dir.join("sysroot"))?;
+        extract_libraries(&deb, &sysroot)?;
         origin.push(format!("debian:libc6:{}={}", debian_arch(arch), cand.version));
         artifacts.insert(cand.file_name.clone(), cand.sha256);
+        let top_level_lib = ["lib", "lib64"].iter().any(|d| sysroot.join(d).symlink_metadata().is_ok());
+        if !top_level_lib {
+            // A merged-/usr suite: the C library is under usr/ only; base-files has the links.
+            let cand = candidate(apt, "base-files")?;
+            let deb = ensure_deb(apt, &cand, cache_dir)?;
+            if extract_merged_usr_links(&deb, &sysroot)? == 0 {
+                bail!(
+                    "{}: libc6 has no lib/ or lib64/ and base-files no lib -> usr/lib link; \
+                     the ELF interpreter would not be found",
+                    apt.describe()
+                );
+            }
+            origin.push(format!("debian:base-files:{}={}", debian_arch(arch), cand.version));
+            artifacts.insert(cand.file_name.clone(), cand.sha256);
+        }
     }
     Ok((version, origin.join(" "), artifacts))
 }
@@ -311,6 +530,23 @@ pub fn acquire_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hosts_debian_mirror_is_read_from_either_format() {
+        let deb822 =
+            "Types: deb\n# comment\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n\n\
+                      Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n";
+        assert_eq!(debian_mirror_deb822(deb822).as_deref(), Some("http://mirror.example/debian"));
+        let security_only = "Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n";
+        assert_eq!(debian_mirror_deb822(security_only), None);
+        let disabled =
+            "Enabled: no\nTypes: deb\nURIs: http://x.example/debian\n\nTypes: deb-src\nURIs: http://y.example/debian\n";
+        assert_eq!(debian_mirror_deb822(disabled), None);
+        let list = "# deb http://old.example/debian bookworm main\ndeb [signed-by=/k.gpg] https://m.example/debian bookworm main\n";
+        assert_eq!(debian_mirror_one_line(list).as_deref(), Some("https://m.example/debian"));
+        assert_eq!(debian_mirror_one_line("deb http://archive.ubuntu.com/ubuntu noble main\n"), None);
+        assert!(host_debian_mirror().starts_with("http"));
+    }
 
     #[test]
     fn upstream_versions() {

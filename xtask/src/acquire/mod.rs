@@ -20,7 +20,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::definition::{check_mirror_url, check_version, Definition};
+use crate::definition::{check_mirror_url, check_version, release_line, Definition};
+use crate::image::elf;
 use crate::util::{display_rel, target_dir, write_atomic, Arch, Sha256Hex, StagingDir};
 use checksums::{tarball_name, PinnedSums};
 use download::{download_verified, DownloadError, Timeouts};
@@ -164,6 +165,27 @@ impl Acquired {
         self.dir.join(name)
     }
 
+    /// A command that runs the binary `name` (etcd, etcdctl, etcdutl) on this machine: directly,
+    /// or, when the acquisition carries its own C library (`sysroot/`: another Debian suite or
+    /// architecture), through that library's ELF interpreter and library directories. Arguments
+    /// go after it as usual. Fails when the architecture does not run here.
+    pub fn command(&self, name: &str) -> Result<Command> {
+        let arch = self.provenance.arch;
+        if Arch::host() != Some(arch) {
+            bail!("{} holds etcd for {arch}, which does not run on this machine", self.dir.display());
+        }
+        let binary = self.binary(name);
+        if !binary.is_file() {
+            bail!("{} has no {name}", self.dir.display());
+        }
+        let sysroot = self.dir.join("sysroot");
+        if sysroot.is_dir() {
+            elf::loader_command(&sysroot, &binary, arch)
+        } else {
+            Ok(Command::new(binary))
+        }
+    }
+
     /// Reads a directory written by this stage and re-checks every binary against its recorded sum.
     pub fn open(dir: &Path) -> Result<Self> {
         let provenance = Provenance::read(dir)?;
@@ -182,7 +204,9 @@ impl Acquired {
 /// - `auto` (default): the cache, the mirrors, the official locations; only when every one of
 ///   them failed with a network error, and the definition allows it, Debian's packages.
 /// - `release` (also `tarball`): the mirrors and official locations only, never a fallback.
-/// - `debian` (also `distro`): Debian's etcd-server/etcd-client via `apt-get download`.
+/// - `debian` (also `distro`): Debian's etcd-server/etcd-client via `apt-get download`, from the
+///   suite `etcd.debian_suites` assigns to the version's release line (another suite's C library
+///   goes into `sysroot/` beside the binaries).
 /// - `build`: what `cargo xtask build-etcd` produced.
 /// - `dir:PATH`: binaries already on disk (`PATH/etcd`, `PATH/etcdctl`); provenance says so.
 /// - `tarball:PATH`: a local release tarball, verified against the pins like a download.
@@ -269,7 +293,7 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
             }
             Ok(got)
         }
-        SourcePolicy::Debian => ensure_distro(arch, &root),
+        SourcePolicy::Debian => ensure_distro(def, &version, arch, &root),
         SourcePolicy::Dir(dir) => ensure_dir(dir.as_path(), &version, arch, &root),
         SourcePolicy::Tarball(file) => {
             let pins = PinnedSums::load(&opts.checksums.clone().unwrap_or_else(|| def.checksums_path()))?;
@@ -299,7 +323,7 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
             let cached = root.join("cache").join(&name);
             let marker = fallback_marker(&root, &version, arch);
             if opts.source == SourcePolicy::Auto && def.etcd.allow_distro_fallback && !cached.exists() {
-                if let Some(got) = earlier_fallback(&marker, &root, arch) {
+                if let Some(got) = earlier_fallback(&marker, &root, &version, arch) {
                     eprintln!(
                         "WARNING: using Debian's etcd {} ({arch}) from an earlier fallback: no download location was \
                          reachable then. `cargo xtask fetch --source release` fetches the pinned {version} once it is.",
@@ -321,7 +345,7 @@ pub fn ensure(def: &Definition, arch: Arch, opts: &AcquireOptions) -> Result<Acq
                         );
                         eprintln!("WARNING: the artifacts will carry the version actually shipped, not {version}.");
                         eprintln!();
-                        let got = ensure_distro(arch, &root)?;
+                        let got = ensure_distro(def, &version, arch, &root)?;
                         write_atomic(&marker, format!("{}\n", got.provenance.version).as_bytes(), 0o644)?;
                         return Ok(got);
                     }
@@ -350,11 +374,15 @@ fn fallback_marker(root: &Path, version: &str, arch: Arch) -> PathBuf {
     root.join(version).join(format!("{arch}.fallback"))
 }
 
-/// The Debian acquisition an earlier fallback recorded, if it is still intact.
-fn earlier_fallback(marker: &Path, root: &Path, arch: Arch) -> Option<Acquired> {
+/// The Debian acquisition an earlier fallback for `requested` recorded, if it is still intact
+/// and of the requested release line.
+fn earlier_fallback(marker: &Path, root: &Path, requested: &str, arch: Arch) -> Option<Acquired> {
     let version = fs::read_to_string(marker).ok()?;
     let version = version.trim();
     check_version(version).ok()?;
+    if release_line(version) != release_line(requested) {
+        return None;
+    }
     let got = Acquired::open(&root.join(version).join(arch.as_str())).ok()?;
     (got.provenance.source == SourceKind::Distro).then_some(got)
 }
@@ -514,13 +542,32 @@ fn ensure_dir(dir: &Path, requested: &str, arch: Arch, root: &Path) -> Result<Ac
     finish(staging, provenance, &out_dir)
 }
 
-/// Debian's packages, into `<root>/<upstream version>/<arch>`.
-fn ensure_distro(arch: Arch, root: &Path) -> Result<Acquired> {
+/// Debian's packages of `requested`'s release line, from the suite `etcd.debian_suites` assigns
+/// to it, into `<root>/<upstream version>/<arch>`. A package of another release line is refused:
+/// a 3.4 request never gets 3.5, nor the other way round.
+fn ensure_distro(def: &Definition, requested: &str, arch: Arch, root: &Path) -> Result<Acquired> {
     let cache = root.join("cache");
-    // Resolve the candidate first (no network): an unchanged acquisition is reused as is.
-    let apt = distro::Apt::for_arch(arch, root)?;
+    let suite = def.debian_suite(requested)?;
+    // Resolve the candidate first (no network once the lists exist): an unchanged acquisition
+    // is reused as is.
+    let apt = distro::Apt::new(arch, &suite, root)?;
     let server = distro::candidate(&apt, "etcd-server")?;
     let version = distro::upstream_version(&server.version);
+    check_version(&version)
+        .with_context(|| format!("{} ships etcd-server {}, not an etcd release", apt.describe(), server.version))?;
+    let line = release_line(requested);
+    if release_line(&version) != line {
+        bail!(
+            "{} ships etcd {version} (etcd-server {}), not a {line}.x release as etcd {requested} needs: \
+             set etcd.debian_suites.\"{line}\" in {} to a Debian suite whose etcd-server is {line}.x",
+            apt.describe(),
+            server.version,
+            def.path.display()
+        );
+    }
+    if version != requested {
+        eprintln!("note: Debian's {} offers etcd {version} of the {line} line, not {requested}", apt.describe());
+    }
     let out_dir = root.join(&version).join(arch.as_str());
     if let Ok(got) = Acquired::open(&out_dir) {
         if got.provenance.source == SourceKind::Distro
@@ -564,7 +611,12 @@ pub fn finish(staging: StagingDir, mut provenance: Provenance, out_dir: &Path) -
         }
     }
     if Arch::host() == Some(arch) {
-        let reported = reported_version(&staging.path().join("etcd"))?;
+        let etcd = staging.path().join("etcd");
+        let reported = if sysroot.is_dir() {
+            reported_version_with(&mut elf::loader_command(&sysroot, &etcd, arch)?, &etcd)?
+        } else {
+            reported_version(&etcd)?
+        };
         if reported != provenance.version {
             bail!(
                 "the etcd binary from {} reports version {reported}, not {}; refusing it",
@@ -618,7 +670,13 @@ pub fn check_elf_arch(path: &Path, arch: Arch) -> Result<()> {
 
 /// Runs `etcd --version` and returns the version it reports.
 pub fn reported_version(etcd: &Path) -> Result<String> {
-    let out = Command::new(etcd)
+    reported_version_with(&mut Command::new(etcd), etcd)
+}
+
+/// Runs `cmd --version` (`cmd` runs `etcd`, directly or through a sysroot's ELF interpreter)
+/// and returns the version it reports.
+fn reported_version_with(cmd: &mut Command, etcd: &Path) -> Result<String> {
+    let out = cmd
         .arg("--version")
         .env_clear()
         .output()

@@ -68,6 +68,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         source: args.source,
         etcd_dir: args.etcd_dir.clone().into_iter().collect(),
         force: false,
+        version: None,
     };
     let acquired = acquire_all(&def, &build_args)?.into_iter().next().context("nothing acquired")?;
     let epoch = source_date_epoch()?;

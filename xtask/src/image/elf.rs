@@ -268,6 +268,41 @@ pub fn runtime_root(acquired_dir: &Path) -> PathBuf {
     }
 }
 
+/// A command that runs `binary` (built for `arch`, the host's) against the C library in
+/// `sysroot` rather than the host's: `<sysroot><PT_INTERP> --inhibit-cache --library-path
+/// <sysroot's library dirs> <binary>`. The interpreter is read from the binary's ELF headers and
+/// must resolve inside the sysroot. A static binary runs directly. Arguments go after it.
+pub fn loader_command(sysroot: &Path, binary: &Path, arch: Arch) -> Result<std::process::Command> {
+    let info = read(binary)?;
+    if info.machine != arch.elf_machine() {
+        bail!("{} is built for ELF machine {}, not {arch}", binary.display(), info.machine);
+    }
+    let Some(interp) = info.interp else {
+        return Ok(std::process::Command::new(binary));
+    };
+    let in_root = sysroot.join(interp.trim_start_matches('/'));
+    if !in_root.exists() {
+        bail!(
+            "{} needs the ELF interpreter {interp}, which {} lacks: fetch etcd again (its C library is extracted there)",
+            binary.display(),
+            sysroot.display()
+        );
+    }
+    let (loader, _) = inside_root(sysroot, &in_root)?;
+    let dirs: Vec<String> = default_search_dirs(arch)
+        .iter()
+        .map(|d| sysroot.join(d.trim_start_matches('/')))
+        .filter(|d| d.is_dir())
+        .map(|d| d.display().to_string())
+        .collect();
+    if dirs.is_empty() {
+        bail!("{} has none of the library directories {arch} binaries search", sysroot.display());
+    }
+    let mut cmd = std::process::Command::new(loader);
+    cmd.arg("--inhibit-cache").arg("--library-path").arg(dirs.join(":")).arg(binary);
+    Ok(cmd)
+}
+
 /// Resolves `path` (symlinks followed) and checks that it lies inside `root`: a sysroot's
 /// link must never lead out to the build host. Returns the resolved path and its path
 /// relative to `root`.

@@ -72,6 +72,11 @@ pub struct BuildArgs {
     /// Where etcd may come from when it is not cached yet.
     #[arg(long, default_value_t, value_name = "SOURCE")]
     pub source: SourcePolicy,
+    /// etcd version to build (default: the definition's etcd.version), acquired like
+    /// `cargo xtask fetch --etcd-version V`. The image carries the version actually shipped
+    /// (a Debian fallback may ship another patch release of the same line).
+    #[arg(long = "etcd-version", value_name = "V", conflicts_with = "etcd_dir")]
+    pub version: Option<String>,
     /// Use the verified binaries in DIR (laid out like `cargo xtask fetch` output: etcd,
     /// etcdctl, provenance.json) instead of acquiring; repeat for several architectures.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["all_arches", "source"])]
@@ -152,7 +157,7 @@ pub fn acquire_all(def: &Definition, args: &BuildArgs) -> Result<Vec<Acquired>> 
         }
         return Ok(out);
     }
-    let opts = AcquireOptions { source: args.source.clone(), ..Default::default() };
+    let opts = AcquireOptions { source: args.source.clone(), version: args.version.clone(), ..Default::default() };
     chosen_arches(def, args)?
         .into_iter()
         .map(|arch| {

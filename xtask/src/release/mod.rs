@@ -109,6 +109,7 @@ pub fn build_release(
         source,
         etcd_dir: vec![],
         force,
+        version: None,
     };
     let acquired = image::acquire_all(def, &acquire_args)?;
     let versions: BTreeSet<&str> = acquired.iter().map(|a| a.provenance.version.as_str()).collect();

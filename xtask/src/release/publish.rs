@@ -98,6 +98,7 @@ impl Publish {
             source: self.source,
             etcd_dir: vec![],
             force: false,
+            version: None,
         };
         let builds = image::build_images(&def, &args)?;
         // The multi-arch index when there is one, else the single image.
