@@ -1,8 +1,10 @@
 //! `cargo xtask pki` end to end: the real binary issues into a temporary directory and the real
 //! `openssl` CLI checks what came out. Then one thing is broken at a time (a foreign CA, a
 //! swapped key, a changed description, a tutorial-style server certificate) and `pki check`
-//! must catch it. A real etcd (Debian's, on loopback) runs with issued certificates, and
-//! `pki bench` is timed against the tutorial's cfssl procedure.
+//! must catch it. `pki renew` and the three steps of `pki rotate-ca` are checked file by file
+//! and with `openssl verify` after each step. A real etcd (Debian's, on loopback) runs with
+//! issued certificates and follows a CA rotation, and `pki bench` is timed against the
+//! tutorial's cfssl procedure.
 
 mod common;
 use common::{text, xtask_fails as fails, xtask_ok as ok};
@@ -274,6 +276,270 @@ fn check_catches_a_foreign_ca_a_swapped_key_and_expiry() {
     let out = fails(&["pki", "check", a_s, "--cluster", &spec2]);
     assert!(out.contains("nodes/n3: drift: not a node of the description"), "{out}");
     assert!(out.contains("clients/healthcheck: drift: not a client"), "{out}");
+}
+
+/// Every leaf of the THREE cluster, relative to the PKI directory.
+const LEAVES: [&str; 8] = [
+    "nodes/n1/server.crt",
+    "nodes/n1/peer.crt",
+    "nodes/n2/server.crt",
+    "nodes/n2/peer.crt",
+    "nodes/n3/server.crt",
+    "nodes/n3/peer.crt",
+    "clients/etcdctl/client.crt",
+    "clients/healthcheck/client.crt",
+];
+
+/// Every trust file of the THREE cluster and whether it is a peer trust file.
+const TRUST: [(&str, bool); 8] = [
+    ("nodes/n1/ca.crt", false),
+    ("nodes/n1/peer-ca.crt", true),
+    ("nodes/n2/ca.crt", false),
+    ("nodes/n2/peer-ca.crt", true),
+    ("nodes/n3/ca.crt", false),
+    ("nodes/n3/peer-ca.crt", true),
+    ("clients/etcdctl/ca.crt", false),
+    ("clients/healthcheck/ca.crt", false),
+];
+
+/// The serial number as openssl prints it (`serial=0A1B...`).
+fn serial(dir: &Path, cert: &str) -> String {
+    openssl_ok(&["x509", "-noout", "-serial", "-in", cert], dir).trim().to_string()
+}
+
+/// (CN, serial) of every certificate in a PEM file, in order.
+fn certs_in(path: &Path) -> Vec<(String, String)> {
+    xtask::pki::cert::parse_certs(&fs::read_to_string(path).unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.subject_cn.unwrap_or_default(), c.serial))
+        .collect()
+}
+
+/// The trust CA (`ca` or `peer-ca` dir) that etcd verifies a leaf with.
+fn ca_dir_for(leaf: &str) -> &'static str {
+    if leaf.ends_with("peer.crt") {
+        "peer-ca"
+    } else {
+        "ca"
+    }
+}
+
+#[test]
+fn renew_reissues_every_leaf_with_new_serials_under_the_same_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pki");
+    let o = out.to_str().unwrap();
+    let spec = write_spec(tmp.path(), "c.toml", THREE);
+    ok(&["pki", "--cluster", &spec, "--out", o]);
+    let before = snapshot(&out);
+    let serials: Vec<String> = LEAVES.iter().map(|l| serial(&out, l)).collect();
+
+    let renewed = ok(&["pki", "renew", o]);
+    for leaf in LEAVES {
+        assert!(renewed.contains(&format!("REISSUED  {leaf}: renewal requested")), "{leaf}:\n{renewed}");
+    }
+    assert!(renewed.contains("8 certificate(s) reissued"), "{renewed}");
+    let after = snapshot(&out);
+    for (leaf, old) in LEAVES.iter().zip(&serials) {
+        assert_ne!(&serial(&out, leaf), old, "{leaf} kept its serial");
+        let key = leaf.replace(".crt", ".key");
+        assert_ne!(before[&key], after[&key], "{key} kept its key");
+        let dir = out.join(leaf).parent().unwrap().to_path_buf();
+        let trust = if leaf.ends_with("peer.crt") { "peer-ca.crt" } else { "ca.crt" };
+        assert!(verifies(&dir, trust, "sslclient", leaf.rsplit('/').next().unwrap()), "{leaf}");
+    }
+    // The CAs and every trust file are untouched.
+    let mut diff = changed(&before, &after);
+    diff.retain(|f| !LEAVES.contains(&f.as_str()) && !LEAVES.contains(&f.replace(".key", ".crt").as_str()));
+    assert_eq!(diff, Vec::<String>::new(), "renew changed more than the leaves");
+    ok(&["pki", "check", o, "--cluster", &spec]);
+}
+
+#[test]
+fn ca_rotation_in_three_idempotent_steps_keeps_every_connection_verifiable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("pki");
+    let o = out.to_str().unwrap();
+    let spec = write_spec(tmp.path(), "c.toml", THREE);
+    ok(&["pki", "--cluster", &spec, "--out", o]);
+    let start = snapshot(&out);
+    let old_ca = certs_in(&out.join("ca/ca.crt"));
+    let old_peer_ca = certs_in(&out.join("peer-ca/ca.crt"));
+    // A client certificate of the old CA, kept to prove it is refused at the end.
+    let keep = tmp.path().join("old-client");
+    fs::create_dir(&keep).unwrap();
+    fs::copy(out.join("clients/etcdctl/client.crt"), keep.join("client.crt")).unwrap();
+    let old_serials: Vec<String> = LEAVES.iter().map(|l| serial(&out, l)).collect();
+
+    // Out of order before anything began.
+    for step in ["reissue", "drop"] {
+        let msg = fails(&["pki", "rotate-ca", o, "--step", step]);
+        assert!(msg.contains("no CA rotation in progress") && msg.contains("--step add"), "{msg}");
+    }
+    assert_eq!(changed(&start, &snapshot(&out)), Vec::<String>::new());
+
+    // Every connection must verify: each leaf against the trust files of the other end.
+    let all_verify = |what: &str| {
+        for node in ["n1", "n2", "n3"] {
+            let d = out.join("nodes").join(node);
+            for n in ["n1", "n2", "n3"] {
+                let other = format!("../{n}/");
+                assert!(verifies(&d, "ca.crt", "sslserver", &format!("{other}server.crt")), "{what}: {node} server");
+                assert!(verifies(&d, "peer-ca.crt", "sslclient", &format!("{other}peer.crt")), "{what}: {node} peer");
+                assert!(!verifies(&d, "ca.crt", "sslclient", &format!("{other}peer.crt")), "{what}: peer via ca.crt");
+            }
+            for c in ["etcdctl", "healthcheck"] {
+                let client = format!("../../clients/{c}/client.crt");
+                assert!(verifies(&d, "ca.crt", "sslclient", &client), "{what}: {node} refuses {c}");
+                assert!(!verifies(&d, "peer-ca.crt", "sslclient", &client), "{what}: {c} on the peer port");
+                let cd = out.join("clients").join(c);
+                assert!(verifies(&cd, "ca.crt", "sslserver", &format!("../../nodes/{node}/server.crt")), "{what}: {c}");
+            }
+        }
+        let report = ok(&["pki", "check", o, "--cluster", &spec]);
+        assert!(report.contains("no problems"), "{what}: {report}");
+        report
+    };
+
+    // Step 1: add.
+    let added = ok(&["pki", "rotate-ca", o, "--step", "add"]);
+    assert!(added.contains("issued    ca.next/ca.crt") && added.contains("issued    peer-ca.next/ca.crt"), "{added}");
+    assert!(added.contains("phase added") && added.contains("--step reissue"), "{added}");
+    let after_add = snapshot(&out);
+    let new_ca = certs_in(&out.join("ca.next/ca.crt"));
+    let new_peer_ca = certs_in(&out.join("peer-ca.next/ca.crt"));
+    assert_eq!(new_ca[0].0, "demo etcd CA 2");
+    assert_eq!(new_peer_ca[0].0, "demo etcd peer CA 2");
+    assert_ne!(new_ca[0].1, old_ca[0].1);
+    for (file, peer) in TRUST {
+        let want: Vec<_> =
+            if peer { [&old_peer_ca[..], &new_peer_ca[..]].concat() } else { [&old_ca[..], &new_ca[..]].concat() };
+        assert_eq!(certs_in(&out.join(file)), want, "{file} after add");
+    }
+    let mut diff = changed(&start, &after_add);
+    diff.retain(|f| !TRUST.iter().any(|(t, _)| t == f));
+    let want_new = ["ca.next/ca.crt", "ca.next/ca.key", "peer-ca.next/ca.crt", "peer-ca.next/ca.key", "rotation.json"];
+    assert_eq!(diff, want_new, "add changed more than the bundles");
+    for leaf in LEAVES {
+        let issuer = openssl_ok(&["x509", "-noout", "-issuer", "-in", leaf], &out);
+        assert!(issuer.contains(if ca_dir_for(leaf) == "ca" { "demo etcd CA" } else { "demo etcd peer CA" }));
+        assert!(!issuer.contains(" 2"), "{leaf} is already issued by the new CA: {issuer}");
+    }
+    let report = all_verify("after add");
+    assert!(report.contains("rotation: CA rotation phase added"), "{report}");
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("rotation.json")).unwrap()).unwrap();
+    assert_eq!(state["phase"], "added");
+    assert_eq!(state["cas"][0]["old"]["serial"], old_ca[0].1.as_str());
+    assert_eq!(state["cas"][1]["new"]["serial"], new_peer_ca[0].1.as_str());
+    // A trust file that lost the new CA is a problem for `pki check`, and add repairs it.
+    fs::copy(out.join("ca/ca.crt"), out.join("nodes/n3/ca.crt")).unwrap();
+    let broken = fails(&["pki", "check", o]);
+    assert!(
+        broken.contains("PROBLEM: nodes/n3/ca.crt: trusts [demo etcd CA (serial ")
+            && broken.contains("the PKI wants [demo etcd CA (serial ")
+            && broken.contains("demo etcd CA 2 (serial ")
+            && broken.contains("(CA rotation phase added)"),
+        "{broken}"
+    );
+    let repaired = ok(&["pki", "rotate-ca", o, "--step", "add"]);
+    assert!(repaired.contains("updated   nodes/n3/ca.crt"), "{repaired}");
+    assert_eq!(changed(&after_add, &snapshot(&out)), Vec::<String>::new());
+    // Idempotent; out of order; plain issuing and renew keep the bundles.
+    let again = ok(&["pki", "rotate-ca", o, "--step", "add"]);
+    assert!(again.contains("the add step is done already") && again.contains("0 certificate(s)"), "{again}");
+    let msg = fails(&["pki", "rotate-ca", o, "--step", "drop"]);
+    assert!(msg.contains("next step is `cargo xtask pki rotate-ca") && msg.contains("--step reissue"), "{msg}");
+    let issued = ok(&["pki", "--cluster", &spec, "--out", o]);
+    assert!(issued.contains("0 certificate(s) issued"), "{issued}");
+    assert_eq!(changed(&after_add, &snapshot(&out)), Vec::<String>::new(), "a repeat changed files");
+    let msg = fails(&["pki", "--cluster", &spec, "--out", o, "--force"]);
+    assert!(msg.contains("a CA rotation is in progress"), "{msg}");
+    // renew --node in this phase signs with the old CA and keeps the bundles.
+    let renewed = ok(&["pki", "renew", o, "--node", "n2"]);
+    assert!(renewed.contains("2 certificate(s) reissued") && renewed.contains("phase added"), "{renewed}");
+    let issuer = openssl_ok(&["x509", "-noout", "-issuer", "-in", "nodes/n2/server.crt"], &out);
+    assert!(issuer.trim().ends_with("demo etcd CA"), "{issuer}");
+    let after_renew = snapshot(&out);
+    let diff = changed(&after_add, &after_renew);
+    assert_eq!(diff, ["nodes/n2/peer.crt", "nodes/n2/peer.key", "nodes/n2/server.crt", "nodes/n2/server.key"]);
+    let after_add = after_renew;
+
+    // Step 2: reissue.
+    let reissued = ok(&["pki", "rotate-ca", o, "--step", "reissue"]);
+    assert!(reissued.contains("8 certificate(s) issued or reissued") && reissued.contains("--step drop"), "{reissued}");
+    let after_reissue = snapshot(&out);
+    for (file, _) in TRUST {
+        assert_eq!(after_add[file], after_reissue[file], "reissue changed {file}");
+    }
+    for (leaf, old) in LEAVES.iter().zip(&old_serials) {
+        assert_ne!(&serial(&out, leaf), old, "{leaf}");
+        let issuer = openssl_ok(&["x509", "-noout", "-issuer", "-in", leaf], &out);
+        let want = if ca_dir_for(leaf) == "ca" { "demo etcd CA 2" } else { "demo etcd peer CA 2" };
+        assert!(issuer.trim().ends_with(want), "{leaf}: {issuer}");
+        let next = format!("{}.next/ca.crt", ca_dir_for(leaf));
+        assert!(verifies(&out, &next, "sslclient", leaf), "{leaf} against the new CA alone");
+    }
+    // The old client certificate still works while the bundles hold both CAs.
+    assert!(verifies(&keep, "../pki/nodes/n1/ca.crt", "sslclient", "client.crt"));
+    let report = all_verify("after reissue");
+    assert!(report.contains("rotation: CA rotation phase reissued"), "{report}");
+    let again = ok(&["pki", "rotate-ca", o, "--step", "reissue"]);
+    assert!(again.contains("0 certificate(s) issued or reissued"), "{again}");
+    let again = ok(&["pki", "rotate-ca", o, "--step", "add"]);
+    assert!(again.contains("the add step is done already"), "{again}");
+    ok(&["pki", "--cluster", &spec, "--out", o]);
+    assert_eq!(changed(&after_reissue, &snapshot(&out)), Vec::<String>::new(), "a repeat changed files");
+
+    // Step 3: drop.
+    let dropped = ok(&["pki", "rotate-ca", o, "--step", "drop"]);
+    assert!(dropped.contains("REPLACED  ca/ca.crt (the old CA is kept in ca.old-1)"), "{dropped}");
+    assert!(dropped.contains("REPLACED  peer-ca/ca.crt (the old CA is kept in peer-ca.old-1)"), "{dropped}");
+    assert!(dropped.contains("phase done"), "{dropped}");
+    assert!(!out.join("ca.next").exists() && !out.join("peer-ca.next").exists());
+    let end = snapshot(&out);
+    for (dir, old) in [("ca", "ca.old-1"), ("peer-ca", "peer-ca.old-1")] {
+        for f in ["ca.crt", "ca.key"] {
+            assert_eq!(end[&format!("{old}/{f}")], start[&format!("{dir}/{f}")], "{old}/{f} is not the old CA");
+            assert_eq!(end[&format!("{dir}/{f}")], after_add[&format!("{dir}.next/{f}")], "{dir}/{f}");
+        }
+        let mode = fs::metadata(out.join(old).join("ca.key")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    for (file, peer) in TRUST {
+        assert_eq!(certs_in(&out.join(file)), if peer { new_peer_ca.clone() } else { new_ca.clone() }, "{file}");
+    }
+    for leaf in LEAVES {
+        assert_eq!(after_reissue[leaf], end[leaf], "drop reissued {leaf}");
+    }
+    let report = all_verify("after drop");
+    assert!(report.contains("rotation: CA rotation phase done"), "{report}");
+    // The old CA's client certificate is refused now, by every node and openssl alike.
+    for node in ["n1", "n2", "n3"] {
+        let bundle = format!("../pki/nodes/{node}/ca.crt");
+        assert!(!verifies(&keep, &bundle, "sslclient", "client.crt"), "{node} still trusts the old CA");
+    }
+    let out_of_date = openssl(&["verify", "-CAfile", "../pki/clients/etcdctl/ca.crt", "client.crt"], &keep);
+    assert!(!out_of_date.status.success(), "{}", text(&out_of_date));
+    // Idempotent, and the rest of the tooling keeps everything.
+    for step in ["drop", "reissue"] {
+        let again = ok(&["pki", "rotate-ca", o, "--step", step]);
+        assert!(again.contains("0 certificate(s) issued or reissued") && again.contains("phase done"), "{again}");
+    }
+    let issued = ok(&["pki", "--cluster", &spec, "--out", o]);
+    assert!(issued.contains("0 certificate(s) issued"), "{issued}");
+    assert_eq!(changed(&end, &snapshot(&out)), Vec::<String>::new(), "a repeat changed files");
+
+    // The help explains the steps.
+    let help = ok(&["pki", "--help"]);
+    for word in ["rotate-ca", "--step add", "--step reissue", "--step drop", "restart etcd node by node"] {
+        assert!(help.contains(word), "pki --help lacks {word:?}:\n{help}");
+    }
+    let help = ok(&["pki", "rotate-ca", "--help"]);
+    for word in ["add", "reissue", "drop", "begin"] {
+        assert!(help.contains(word), "pki rotate-ca --help lacks {word:?}:\n{help}");
+    }
 }
 
 /// The tutorial's cfssl layout, made with openssl: an RSA CA, a server certificate with only
@@ -558,4 +824,110 @@ fn bench_times_the_tutorial_set_and_compares_with_cfssl() {
     assert!(out.contains("ratio ours/cfssl: ") && out.contains("x (goal: at most 0.1x): "), "{out}");
     // Nothing is left behind.
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "the bench left files in {}", tmp.path().display());
+}
+
+/// One etcd on loopback running from the node directory `node` of a PKI.
+fn start_etcd(bin: &Path, node: &Path, data: &Path, ports: (u16, u16), log: &Path) -> EtcdChild {
+    let p = |f: &str| node.join(f).display().to_string();
+    let client_url = format!("https://127.0.0.1:{}", ports.0);
+    let peer_url = format!("https://127.0.0.1:{}", ports.1);
+    EtcdChild(
+        Command::new(bin.join("etcd"))
+            .args(["--name", "n1", "--data-dir", data.to_str().unwrap()])
+            .args(["--listen-client-urls", &client_url, "--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("n1={peer_url}")])
+            .args(["--client-cert-auth", "--trusted-ca-file", &p("ca.crt")])
+            .args(["--cert-file", &p("server.crt"), "--key-file", &p("server.key")])
+            .args(["--peer-client-cert-auth", "--peer-trusted-ca-file", &p("peer-ca.crt")])
+            .args(["--peer-cert-file", &p("peer.crt"), "--peer-key-file", &p("peer.key")])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(log).unwrap())
+            .spawn()
+            .expect("etcd starts"),
+    )
+}
+
+/// The rotation against a real etcd: after add and a restart both CAs are trusted; after
+/// reissue, without a restart, etcd serves the new server certificate (a client that trusts only
+/// the new CA connects); after drop and a restart, a client certificate of the old CA is refused.
+#[test]
+fn a_real_etcd_follows_a_ca_rotation_with_restarts_only_after_add_and_drop() {
+    common::require("curl");
+    let bin = real_etcd();
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        tmp.path(),
+        "one.toml",
+        "name = \"one\"\nclients = [\"etcdctl\"]\n[[nodes]]\nname = \"n1\"\nips = [\"10.77.0.9\"]\n",
+    );
+    let pki = tmp.path().join("pki");
+    let o = pki.to_str().unwrap();
+    ok(&["pki", "--cluster", &spec, "--out", o]);
+    let (node, client) = (pki.join("nodes/n1"), pki.join("clients/etcdctl"));
+    let old_client = tmp.path().join("old-client");
+    fs::create_dir(&old_client).unwrap();
+    for f in ["client.crt", "client.key"] {
+        fs::copy(client.join(f), old_client.join(f)).unwrap();
+    }
+    let data = tmp.path().join("data");
+    fs::create_dir(&data).unwrap();
+    fs::set_permissions(&data, fs::Permissions::from_mode(0o700)).unwrap();
+    let ports = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{}/health", ports.0);
+    let log = tmp.path().join("etcd.log");
+    // curl with a client identity (dir with client.crt/key) and a CA file; true when answered.
+    let get = |id: &Path, cacert: &Path| {
+        let (crt, key) = (id.join("client.crt"), id.join("client.key"));
+        let out = common::run(
+            Command::new("curl").args(["-sS", "--max-time", "5", "--cacert", cacert.to_str().unwrap()]).args([
+                "--cert",
+                crt.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                &url,
+            ]),
+        );
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("true")
+    };
+    let wait_healthy = |id: &Path, cacert: &Path| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !get(id, cacert) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd not healthy after 20 s:\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    let ca_now = tmp.path().join("ca-old.crt");
+    fs::copy(pki.join("ca/ca.crt"), &ca_now).unwrap();
+
+    let mut etcd = start_etcd(&bin, &node, &data, ports, &log);
+    wait_healthy(&client, &ca_now);
+
+    ok(&["pki", "rotate-ca", o, "--step", "add"]);
+    let ca_new = pki.join("ca.next/ca.crt");
+    drop(etcd);
+    etcd = start_etcd(&bin, &node, &data, ports, &log);
+    wait_healthy(&client, &ca_now);
+    // The server still presents the old CA's certificate.
+    assert!(!get(&client, &ca_new), "the server certificate is already the new CA's");
+
+    ok(&["pki", "rotate-ca", o, "--step", "reissue"]);
+    // No restart: the next handshake gets the new server certificate, and the new client
+    // certificate is accepted (the bundle loaded at the restart holds the new CA).
+    assert!(get(&client, &ca_new), "etcd did not serve the reissued server certificate on a new connection");
+    assert!(get(&old_client, &ca_new), "the old client certificate is still accepted during the rotation");
+
+    ok(&["pki", "rotate-ca", o, "--step", "drop"]);
+    drop(etcd);
+    let _etcd = start_etcd(&bin, &node, &data, ports, &log);
+    let ca_final = pki.join("ca/ca.crt");
+    wait_healthy(&client, &ca_final);
+    assert!(!get(&old_client, &ca_final), "a client certificate of the old CA is still accepted after drop");
+    ok(&["pki", "check", o, "--cluster", &spec]);
 }

@@ -221,6 +221,9 @@ impl SigningCa {
 #[derive(Debug, Clone)]
 pub struct CertInfo {
     pub der: Vec<u8>,
+    /// The serial number as lowercase hex digits without separators (openssl prints the same
+    /// digits in upper case).
+    pub serial: String,
     pub subject: String,
     pub subject_cn: Option<String>,
     pub issuer: String,
@@ -327,6 +330,7 @@ impl CertInfo {
         }
         CertInfo {
             der: der.to_vec(),
+            serial: cert.tbs_certificate.raw_serial().iter().map(|b| format!("{b:02x}")).collect(),
             subject: cert.subject().to_string(),
             subject_cn: cn(cert.subject()),
             issuer: cert.issuer().to_string(),

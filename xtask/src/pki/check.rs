@@ -12,7 +12,14 @@
 //!
 //! Kinds are taken from file names (`server*`, `peer*`/`member*`, `client*`, any CA by its basic
 //! constraints) and, for other names, from the extended key usages. A leaf is verified against
-//! the CA certificates in its own directory when there are any, else against every CA found.
+//! the trust file etcd verifies it with when its directory has one (`peer*` against
+//! `peer-ca.crt`, `server*` and `client*` against `ca.crt`), else against the CA certificates in
+//! its own directory when there are any, else against every CA found. A trust file may be a
+//! bundle of several CAs (as during a CA rotation): a leaf verifies when any of them issued it.
+//!
+//! In a directory made by `cargo xtask pki`, every trust file must also hold exactly the CAs the
+//! PKI trusts: `ca/` (and `peer-ca/`), plus `ca.next/` (and `peer-ca.next/`) while a CA rotation
+//! is under way; the rotation's phase (`rotation.json`) is reported.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -24,8 +31,10 @@ use anyhow::{Context, Result};
 
 use super::cert::{self, CertInfo};
 use super::cluster::{ClusterSpec, San};
-use super::issue::{peer_common_name, PkiLayout};
+use super::issue::{peer_common_name, PkiLayout, CA_CERT, PEER_CA_CERT};
 use super::profiles::Profiles;
+use super::rotate::{rotation_state, RotatePhase};
+use crate::util::Sha256Hex;
 
 /// What `check` compares against.
 #[derive(Debug, Clone)]
@@ -80,6 +89,9 @@ pub struct CheckReport {
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub now: i64,
+    /// The CA rotation state of a directory made by `cargo xtask pki`, one line, when it has a
+    /// `rotation.json`.
+    pub rotation: Option<String>,
 }
 
 impl CheckReport {
@@ -212,8 +224,11 @@ pub fn check(dir: &Path, opts: &CheckOptions) -> Result<CheckReport> {
         report.rows.push(row);
     }
 
+    let layout = PkiLayout::new(dir);
+    if layout.is_ours() {
+        trust_files(&layout, &opts.profiles, &mut report);
+    }
     if let Some(spec) = &opts.cluster {
-        let layout = PkiLayout::new(dir);
         if layout.nodes_dir().is_dir() {
             drift(spec, &opts.profiles, &layout, &report.rows.clone(), &mut report);
         } else {
@@ -251,7 +266,16 @@ fn check_one(f: &Found, cas: &[&Found], opts: &CheckOptions, row: &mut Row) {
             row.problems.push(format!("intermediate CA: its issuer {:?} is not in the directory", info.issuer));
         }
     } else {
-        let local: Vec<&&Found> = cas.iter().filter(|ca| ca.dir == f.dir).collect();
+        let trust_file = match row.kind {
+            Kind::Peer => Some(f.dir.join(PEER_CA_CERT)),
+            Kind::Server | Kind::Client => Some(f.dir.join(CA_CERT)),
+            _ => None,
+        }
+        .filter(|p| p.is_file() && *p != f.path);
+        let local: Vec<&&Found> = match &trust_file {
+            Some(trust) => cas.iter().filter(|ca| ca.path == *trust).collect(),
+            None => cas.iter().filter(|ca| ca.dir == f.dir).collect(),
+        };
         let candidates: Vec<&&Found> = if local.is_empty() { cas.iter().collect() } else { local };
         match candidates.iter().find(|ca| info.verify_issued_by(&ca.info).is_ok()) {
             Some(ca) => {
@@ -338,6 +362,109 @@ fn check_one(f: &Found, cas: &[&Found], opts: &CheckOptions, row: &mut Row) {
         }
         None if !info.is_ca => row.problems.push("no key next to it (looked for <name>.key and <name>-key.pem)".into()),
         None => {}
+    }
+}
+
+/// The CAs (DER SHA-256, and a name for messages) a CA directory holds, in order.
+fn ca_ids(path: &Path) -> std::result::Result<Vec<(String, String)>, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = cert::parse_certs(&text).map_err(|e| format!("{}: {e:#}", path.display()))?;
+    Ok(certs
+        .into_iter()
+        .map(|c| {
+            let name = format!("{} (serial {})", c.subject_cn.clone().unwrap_or(c.subject.clone()), c.serial);
+            (Sha256Hex::of_bytes(&c.der).to_string(), name)
+        })
+        .collect())
+}
+
+/// In a directory made by `cargo xtask pki`: the rotation state, and whether every trust file
+/// holds exactly the CAs of the current phase.
+fn trust_files(layout: &PkiLayout, profiles: &Profiles, report: &mut CheckReport) {
+    let rel = |p: &Path| p.strip_prefix(&layout.root).unwrap_or(p).display().to_string();
+    let state = match rotation_state(&layout.root) {
+        Ok(s) => s,
+        Err(e) => {
+            report.problems.push(format!("{e:#}"));
+            return;
+        }
+    };
+    let phase = state.as_ref().map(|s| s.phase);
+    if let Some(s) = &state {
+        report.rotation = Some(s.summary());
+    }
+    if phase == Some(RotatePhase::Dropping) {
+        report.problems.push(format!("{}: {}", rel(&layout.rotation()), RotatePhase::Dropping.next_step()));
+        return;
+    }
+    let rotating = phase.is_some_and(RotatePhase::in_progress);
+    // Shared or separate peer CA: as the rotation, else the manifest, else the profiles say.
+    let manifest_shared = fs::read_to_string(layout.manifest())
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("peer_ca").and_then(|p| p.as_str()).map(|p| p == "shared"));
+    let shared = match &state {
+        Some(s) if rotating => s.cas.len() == 1,
+        _ => manifest_shared.unwrap_or(!profiles.ca.separate_peer_ca),
+    };
+    let wanted = |ca_dir: PathBuf| -> std::result::Result<Vec<(String, String)>, String> {
+        let mut out = ca_ids(&ca_dir.join(CA_CERT))?;
+        if rotating {
+            out.extend(ca_ids(&PkiLayout::next_dir(&ca_dir).join(CA_CERT))?);
+        }
+        Ok(out)
+    };
+    let fix = if rotating {
+        "run the current step of the rotation again (`cargo xtask pki rotate-ca DIR --step ...`)"
+    } else {
+        "run `cargo xtask pki --cluster FILE --out DIR` to rewrite it"
+    };
+    let (ca, peer) =
+        match (wanted(layout.ca_dir()), wanted(if shared { layout.ca_dir() } else { layout.peer_ca_dir() })) {
+            (Ok(ca), Ok(peer)) => (ca, peer),
+            (Err(e), _) | (_, Err(e)) => {
+                report.problems.push(format!("{e}: the PKI's CA is unreadable"));
+                return;
+            }
+        };
+    let mut files = Vec::new();
+    for (parent, names) in [(layout.nodes_dir(), &[CA_CERT, PEER_CA_CERT][..]), (layout.clients_dir(), &[CA_CERT][..])]
+    {
+        let Ok(entries) = fs::read_dir(&parent) else { continue };
+        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+        dirs.retain(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')));
+        dirs.sort();
+        for d in dirs {
+            for name in names {
+                files.push((d.join(name), if *name == PEER_CA_CERT { &peer } else { &ca }));
+            }
+        }
+    }
+    for (path, want) in files {
+        if !path.is_file() {
+            continue; // the drift check reports missing nodes and clients
+        }
+        let got = match ca_ids(&path) {
+            Ok(got) => got,
+            Err(e) => {
+                report.problems.push(e);
+                continue;
+            }
+        };
+        let ids = |v: &[(String, String)]| v.iter().map(|(h, _)| h.clone()).collect::<BTreeSet<_>>();
+        if ids(&got) != ids(want) {
+            let names = |v: &[(String, String)]| v.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>().join(", ");
+            report.problems.push(format!(
+                "{}: trusts [{}], the PKI wants [{}]{}; {fix}",
+                rel(&path),
+                names(&got),
+                names(want),
+                match phase {
+                    Some(p) if rotating => format!(" (CA rotation phase {p})"),
+                    _ => String::new(),
+                }
+            ));
+        }
     }
 }
 
@@ -452,6 +579,9 @@ impl fmt::Display for CheckReport {
         }
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;
+        }
+        if let Some(r) = &self.rotation {
+            writeln!(f, "rotation: {r}")?;
         }
         for p in self.all_problems() {
             writeln!(f, "PROBLEM: {p}")?;

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use super::cert::{self, LeafRequest, SigningCa};
 use super::cluster::{check_client_not_reserved, ClusterSpec, NodeSpec};
 use super::profiles::{CaProfile, Profiles};
+use super::rotate::{self, RotatePhase};
 use crate::util::{write_atomic, StagingDir};
 
 /// Mode of private keys and of the token.
@@ -30,7 +31,9 @@ pub const DIR_MODE: u32 = 0o700;
 /// ```text
 /// ca/ca.crt, ca/ca.key              the cluster CA: issues server and client certificates
 /// peer-ca/ca.crt, peer-ca/ca.key    the peer CA (when profiles say separate_peer_ca = true)
-/// ca.old-N/, peer-ca.old-N/         CAs set aside by --force
+/// ca.old-N/, peer-ca.old-N/         CAs set aside by --force or by a rotation's drop step
+/// ca.next/, peer-ca.next/           the new CAs while a CA rotation is in progress
+/// rotation.json                     the state of the current (or last) CA rotation
 /// nodes/<node>/                     exactly what one node needs; mount it at /etc/etcd/pki
 ///     server.crt, server.key        --cert-file, --key-file (client port)
 ///     peer.crt, peer.key            --peer-cert-file, --peer-key-file
@@ -43,6 +46,10 @@ pub const DIR_MODE: u32 = 0o700;
 /// cluster.toml                      the description these certificates were issued for
 /// manifest.json                     cluster name, CA mode, peer CN to allow, nodes, clients
 /// ```
+///
+/// Every trust file (`ca.crt`, `peer-ca.crt` of nodes and clients) holds one CA certificate,
+/// except during a CA rotation (see [`super::rotate`]): from its add step to its drop step it
+/// is a bundle of the old and the new CA, in that order. File names never change.
 ///
 /// With one CA shared by peers and clients, every peer certificate carries the CN
 /// `ca.peer_common_name` of the profiles and nodes must run etcd with
@@ -97,6 +104,14 @@ impl PkiLayout {
     pub fn manifest(&self) -> PathBuf {
         self.root.join("manifest.json")
     }
+    /// Where a CA rotation keeps the new CA of `ca_dir` until its drop step: `ca.next/`.
+    pub fn next_dir(ca_dir: &Path) -> PathBuf {
+        ca_dir.with_file_name(format!("{}.next", ca_dir.file_name().map(|s| s.to_string_lossy()).unwrap_or_default()))
+    }
+    /// The state of the current or last CA rotation.
+    pub fn rotation(&self) -> PathBuf {
+        self.root.join("rotation.json")
+    }
     /// Whether `root` looks like a directory this stage made.
     pub fn is_ours(&self) -> bool {
         self.ca_dir().join(CA_CERT).is_file() && self.nodes_dir().is_dir()
@@ -137,7 +152,7 @@ pub struct IssueReport {
 }
 
 impl IssueReport {
-    fn push(&mut self, layout: &PkiLayout, path: &Path, action: Action) {
+    pub(super) fn push(&mut self, layout: &PkiLayout, path: &Path, action: Action) {
         let path = path.strip_prefix(&layout.root).unwrap_or(path).display().to_string();
         self.lines.push(ReportLine { path, action });
     }
@@ -167,13 +182,13 @@ impl fmt::Display for IssueReport {
     }
 }
 
-fn ensure_dir(path: &Path) -> Result<()> {
+pub(super) fn ensure_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))
         .with_context(|| format!("cannot set mode 0700 on {}", path.display()))
 }
 
-fn read_opt(path: &Path) -> Result<Option<String>> {
+pub(super) fn read_opt(path: &Path) -> Result<Option<String>> {
     match fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -194,9 +209,21 @@ fn write_if_changed(layout: &PkiLayout, report: &mut IssueReport, path: &Path, d
     Ok(())
 }
 
+/// The first free `<dir>.old-N` (N from 1): where a replaced CA is kept.
+pub(super) fn free_old_name(dir: &Path) -> Result<PathBuf> {
+    (1..10_000)
+        .map(|n| {
+            dir.with_file_name(format!("{}.old-{n}", dir.file_name().map(|s| s.to_string_lossy()).unwrap_or_default()))
+        })
+        .find(|p| !p.exists())
+        .with_context(|| {
+            format!("no free name to set {} aside: remove old *.old-N copies you no longer need", dir.display())
+        })
+}
+
 /// Loads the CA in `dir`, or creates it when absent. An existing CA is never overwritten: with
 /// `force` it is moved aside to `<dir>.old-N` first.
-fn ensure_ca(
+pub(super) fn ensure_ca(
     layout: &PkiLayout,
     dir: &Path,
     cn: &str,
@@ -211,15 +238,7 @@ fn ensure_ca(
     let mut replaced = None;
     if dir.exists() {
         if force {
-            let old = (1..)
-                .map(|n| {
-                    dir.with_file_name(format!(
-                        "{}.old-{n}",
-                        dir.file_name().map(|s| s.to_string_lossy()).unwrap_or_default()
-                    ))
-                })
-                .find(|p| !p.exists())
-                .context("no free name to set the old CA aside")?;
+            let old = free_old_name(dir)?;
             fs::rename(dir, &old)
                 .with_context(|| format!("cannot move {} aside to {}", dir.display(), old.display()))?;
             replaced = Some(old.strip_prefix(&layout.root).unwrap_or(&old).display().to_string());
@@ -359,12 +378,25 @@ pub fn peer_common_name<'a>(node: &'a NodeSpec, profiles: &'a Profiles) -> &'a s
     }
 }
 
-struct Cas {
-    ca: SigningCa,
-    peer: Option<SigningCa>,
+/// The CAs a run signs with, and what the trust files must hold.
+pub(super) struct Cas {
+    /// Signs server and client certificates.
+    pub ca: SigningCa,
+    /// Signs peer certificates (`None`: `ca` does).
+    pub peer: Option<SigningCa>,
+    /// The content of every `ca.crt` (nodes and clients): one CA, or old + new during a rotation.
+    pub trust: String,
+    /// The content of every node's `peer-ca.crt`.
+    pub peer_trust: String,
 }
 
 impl Cas {
+    /// No rotation: each trust file holds the one CA that signs.
+    pub fn single(ca: SigningCa, peer: Option<SigningCa>) -> Cas {
+        let trust = ca.cert_pem.clone();
+        let peer_trust = peer.as_ref().unwrap_or(&ca).cert_pem.clone();
+        Cas { ca, peer, trust, peer_trust }
+    }
     fn peer(&self) -> &SigningCa {
         self.peer.as_ref().unwrap_or(&self.ca)
     }
@@ -372,14 +404,14 @@ impl Cas {
 
 /// Which leaves a run (re)issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scope<'a> {
+pub(super) enum Scope<'a> {
     /// Issue what is missing or stale.
     Reconcile,
     /// Reissue every leaf, or only those of one node.
     Renew(Option<&'a str>),
 }
 
-fn run_leaves(
+pub(super) fn run_leaves(
     spec: &ClusterSpec,
     profiles: &Profiles,
     layout: &PkiLayout,
@@ -402,8 +434,8 @@ fn run_leaves(
         let peer = LeafRequest::new(peer_common_name(node, profiles), sans, &profiles.peer);
         ensure_leaf(layout, &dir, "server", &server, &cas.ca, renew, report)?;
         ensure_leaf(layout, &dir, "peer", &peer, cas.peer(), renew, report)?;
-        write_if_changed(layout, report, &dir.join(CA_CERT), &cas.ca.cert_pem, CERT_MODE)?;
-        write_if_changed(layout, report, &dir.join(PEER_CA_CERT), &cas.peer().cert_pem, CERT_MODE)?;
+        write_if_changed(layout, report, &dir.join(CA_CERT), &cas.trust, CERT_MODE)?;
+        write_if_changed(layout, report, &dir.join(PEER_CA_CERT), &cas.peer_trust, CERT_MODE)?;
     }
     for id in &spec.clients {
         let renew = matches!(scope, Scope::Renew(None));
@@ -411,7 +443,7 @@ fn run_leaves(
         ensure_dir(&dir)?;
         let req = LeafRequest::new(id, Default::default(), &profiles.client);
         ensure_leaf(layout, &dir, "client", &req, &cas.ca, renew, report)?;
-        write_if_changed(layout, report, &dir.join(CA_CERT), &cas.ca.cert_pem, CERT_MODE)?;
+        write_if_changed(layout, report, &dir.join(CA_CERT), &cas.trust, CERT_MODE)?;
     }
     // Directories of nodes or clients no longer described are left alone, but said.
     for (parent, known) in [
@@ -443,6 +475,19 @@ fn load_or_create_cas(
     force: bool,
     report: &mut IssueReport,
 ) -> Result<Cas> {
+    if let Some(state) = rotate::rotation_state(&layout.root)? {
+        if state.phase != RotatePhase::Done {
+            if force {
+                bail!(
+                    "a CA rotation is in progress in {} (phase {}): --force would replace the CAs under it; finish the rotation first ({})",
+                    layout.root.display(),
+                    state.phase,
+                    state.phase.next_step()
+                );
+            }
+            return rotate::cas_in_rotation(profiles, layout, &state, report);
+        }
+    }
     let ca = ensure_ca(layout, &layout.ca_dir(), &format!("{} etcd CA", spec.name), &profiles.ca, force, report)?;
     let peer = if profiles.ca.separate_peer_ca {
         Some(ensure_ca(
@@ -465,10 +510,15 @@ fn load_or_create_cas(
         }
         None
     };
-    Ok(Cas { ca, peer })
+    Ok(Cas::single(ca, peer))
 }
 
-fn write_manifest(spec: &ClusterSpec, profiles: &Profiles, layout: &PkiLayout, report: &mut IssueReport) -> Result<()> {
+pub(super) fn write_manifest(
+    spec: &ClusterSpec,
+    profiles: &Profiles,
+    layout: &PkiLayout,
+    report: &mut IssueReport,
+) -> Result<()> {
     let manifest = serde_json::json!({
         "cluster": spec.name,
         "peer_ca": if profiles.ca.separate_peer_ca { "separate" } else { "shared" },
@@ -510,18 +560,15 @@ pub fn issue(spec: &ClusterSpec, profiles: &Profiles, out: &Path, force: bool) -
 
 /// Reissues leaves under the existing CAs of the PKI in `out`, for the description stored
 /// there (`cluster.toml`): every leaf, or only the server and peer certificates of `node`.
+///
+/// Every reissued leaf gets a new key and a new random serial number; the report has one
+/// `REISSUED` line per certificate. During a CA rotation the leaves are signed by the CA that
+/// signs in that phase (the old one until the reissue step, the new one after) and the trust
+/// bundles are kept.
 pub fn renew(out: &Path, profiles: &Profiles, node: Option<&str>) -> Result<IssueReport> {
     let layout = PkiLayout::new(out);
+    let spec = stored_spec(&layout, "renew")?;
     let spec_path = layout.cluster_toml();
-    if !spec_path.is_file() {
-        bail!(
-            "{} is missing: {} was not made by `cargo xtask pki`; issue it with `cargo xtask pki --cluster FILE --out {}`",
-            spec_path.display(),
-            out.display(),
-            out.display()
-        );
-    }
-    let spec = ClusterSpec::load(&spec_path)?;
     if let Some(name) = node {
         if spec.node(name).is_none() {
             let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -529,20 +576,45 @@ pub fn renew(out: &Path, profiles: &Profiles, node: Option<&str>) -> Result<Issu
         }
     }
     let mut report = IssueReport::default();
-    for dir in [layout.ca_dir()].into_iter().chain(profiles.ca.separate_peer_ca.then(|| layout.peer_ca_dir())) {
-        if !dir.join(CA_CERT).is_file() || !dir.join(CA_KEY).is_file() {
-            bail!(
-                "{} has no {CA_CERT} and {CA_KEY}: renew reissues under the existing CA; run `cargo xtask pki --cluster FILE --out {}` first",
-                dir.display(),
-                out.display()
-            );
-        }
-    }
+    require_cas(&layout, profiles, "renew reissues under the existing CA")?;
     let cas = load_or_create_cas(&spec, profiles, &layout, false, &mut report)?;
     report.token = read_opt(&layout.token())?.map(|t| t.trim().to_string()).unwrap_or_default();
     run_leaves(&spec, profiles, &layout, &cas, Scope::Renew(node), &mut report)?;
     write_manifest(&spec, profiles, &layout, &mut report)?;
     Ok(report)
+}
+
+/// The description stored in a PKI directory (`cluster.toml`); `what` names the command in the
+/// message when the directory was not made by `cargo xtask pki`.
+pub(super) fn stored_spec(layout: &PkiLayout, what: &str) -> Result<ClusterSpec> {
+    let spec_path = layout.cluster_toml();
+    if !spec_path.is_file() {
+        bail!(
+            "{} is missing: {what} works on a directory made by `cargo xtask pki`; issue it with `cargo xtask pki --cluster FILE --out {}`",
+            spec_path.display(),
+            layout.root.display()
+        );
+    }
+    ClusterSpec::load(&spec_path)
+}
+
+/// Fails unless the CA directories the profiles need hold a certificate and a key.
+pub(super) fn require_cas(layout: &PkiLayout, profiles: &Profiles, why: &str) -> Result<()> {
+    if let Some(state) = rotate::rotation_state(&layout.root)? {
+        if state.phase == RotatePhase::Dropping {
+            bail!("{}: {}", layout.rotation().display(), state.phase.next_step());
+        }
+    }
+    for dir in [layout.ca_dir()].into_iter().chain(profiles.ca.separate_peer_ca.then(|| layout.peer_ca_dir())) {
+        if !dir.join(CA_CERT).is_file() || !dir.join(CA_KEY).is_file() {
+            bail!(
+                "{} has no {CA_CERT} and {CA_KEY}: {why}; run `cargo xtask pki --cluster FILE --out {}` first",
+                dir.display(),
+                layout.root.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

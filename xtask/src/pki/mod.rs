@@ -6,10 +6,12 @@
 //! - `cargo xtask pki --cluster FILE [--out DIR] [--force]`: [`issue`]
 //! - `cargo xtask pki check DIR [--cluster FILE] [--warn-days N]`: [`check::check`]
 //! - `cargo xtask pki renew DIR [--node NAME]`: [`renew`]
+//! - `cargo xtask pki rotate-ca DIR --step add|reissue|drop`: [`rotate_ca`]
 //! - `cargo xtask pki bench [--cluster FILE] [--runs N] [--dir DIR]`: [`bench::bench`]
 //!
 //! Modules: `cluster` (the description, reused by later stages), `profiles`, `cert` (issuing
-//! and reading certificates), `issue` (the idempotent issuing run and the layout), `check`, `bench` (timing against the
+//! and reading certificates), `issue` (the idempotent issuing run and the layout), `rotate` (CA
+//! rotation in three steps, state in `rotation.json`), `check`, `bench` (timing against the
 //! tutorial's cfssl procedure).
 
 pub mod bench;
@@ -18,6 +20,7 @@ pub mod check;
 pub mod cluster;
 pub mod issue;
 pub mod profiles;
+pub mod rotate;
 
 use std::path::PathBuf;
 
@@ -26,6 +29,7 @@ use anyhow::{bail, Context, Result};
 pub use cluster::{ClusterSpec, NodeSpec, San};
 pub use issue::{issue, renew, Action, IssueReport, PkiLayout};
 pub use profiles::Profiles;
+pub use rotate::{rotate_ca, rotation_state, RotatePhase, RotateStep, RotationState};
 
 /// Issue or inspect the certificates of an etcd cluster.
 ///
@@ -37,6 +41,28 @@ pub use profiles::Profiles;
 /// Output: ca/ and peer-ca/ (the CAs), nodes/<node>/{server,peer}.{crt,key}, ca.crt,
 /// peer-ca.crt (mount it at /etc/etcd/pki), clients/<id>/client.{crt,key}, ca.crt, token
 /// (the initial-cluster token), cluster.toml and manifest.json. Keys 0600, directories 0700.
+///
+/// Leaves on a running cluster: `pki renew DIR` reissues every leaf (new keys, new serials)
+/// under the same CAs. etcd re-reads its certificate and key files on every new TLS
+/// handshake, so copying the new files to the nodes and clients is enough: no restart.
+///
+/// CAs on a running cluster: etcd reads its trust files (ca.crt, peer-ca.crt) only at start,
+/// so `pki rotate-ca DIR --step STEP` replaces the CA (and the peer CA) in three steps, each
+/// safe to re-run; a step out of order is refused and the message names the next one.
+///
+/// Step 1, --step add: new CAs in ca.next/ and peer-ca.next/; every ca.crt and peer-ca.crt (nodes
+/// and clients) becomes a bundle of old + new CA. Copy them out, then restart etcd node by node.
+///
+/// Step 2, --step reissue: every server, peer and client certificate is reissued under the new
+/// CAs; bundles unchanged. Copy them out; no restart: new connections use the new certificates.
+///
+/// Step 3, --step drop: the old CAs move to ca.old-N/ and peer-ca.old-N/ (keys kept), the new ones
+/// become ca/ and peer-ca/, every trust file holds only the new CA. Copy them out, then restart
+/// etcd node by node again; from then on a certificate of the old CA is refused.
+///
+/// The state is in DIR/rotation.json; `pki check DIR` reports it. During a rotation, issuing
+/// and `renew` sign with the CA of the phase (old before reissue, new from it on) and keep the
+/// bundles; --force is refused.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, long_about)]
 pub struct PkiCmd {
@@ -77,14 +103,26 @@ enum PkiSub {
         #[arg(long, value_name = "N", default_value_t = 30)]
         warn_days: u32,
     },
-    /// Reissue leaf certificates (new keys) under the existing CA(s), for the description stored
-    /// in DIR/cluster.toml
+    /// Reissue every leaf certificate (servers, peers, clients; new keys and serials) under the
+    /// existing CA(s), for the description stored in DIR/cluster.toml; no etcd restart needed.
+    /// During a CA rotation: under the CA of its phase, keeping the bundles
     Renew {
         /// A PKI directory made by `cargo xtask pki`
         dir: PathBuf,
         /// Only reissue this node's server and peer certificates
         #[arg(long, value_name = "NAME")]
         node: Option<String>,
+    },
+    /// One step of a CA rotation on a running cluster: add (new CAs, trust files become old + new
+    /// bundles; then restart etcd node by node), reissue (every leaf under the new CAs; no
+    /// restart), drop (old CAs kept aside as ca.old-N/, trust files hold only the new CAs; then
+    /// restart etcd node by node). Each step is safe to re-run; out of order is refused.
+    RotateCa {
+        /// A PKI directory made by `cargo xtask pki`
+        dir: PathBuf,
+        /// The step to run (begin is an alias of add, finish of drop)
+        #[arg(long, value_enum, value_name = "STEP")]
+        step: RotateStep,
     },
     /// Time issuing the full certificate set of a cluster (median of --runs fresh runs) and, when
     /// cfssl is installed (Debian's golang-cfssl), the tutorial's cfssl procedure for the same
@@ -156,6 +194,23 @@ impl PkiCmd {
                     .with_context(|| format!("cannot renew the certificates in {}", dir.display()))?;
                 print!("{report}");
                 println!("{}: {} certificate(s) reissued", dir.display(), report.issued().count());
+                if let Some(state) = rotation_state(&dir)?.filter(|s| s.phase.in_progress()) {
+                    println!("{}: {}", dir.display(), state.summary());
+                }
+                Ok(())
+            }
+            Some(PkiSub::RotateCa { dir, step }) => {
+                let report = rotate_ca(&dir, &profiles, step)
+                    .with_context(|| format!("cannot run the {step} step of the CA rotation in {}", dir.display()))?;
+                print!("{report}");
+                let state = rotation_state(&dir)?;
+                println!(
+                    "{}: {step} step: {} certificate(s) issued or reissued; phase {}; next: {}",
+                    dir.display(),
+                    report.issued().count(),
+                    state.as_ref().map(|s| s.phase.to_string()).unwrap_or_else(|| "none".into()),
+                    state.as_ref().map(|s| s.phase.next_step()).unwrap_or("nothing")
+                );
                 Ok(())
             }
             Some(PkiSub::Bench { cluster, runs, dir }) => {
