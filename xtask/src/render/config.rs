@@ -101,12 +101,43 @@ pub fn primary_ip(node: &NodeSpec) -> Result<IpAddr> {
         .with_context(|| format!("node {}: field ips is empty; etcd needs an address to advertise", node.name))
 }
 
-/// The `ETCD_*` variables of `node`, sorted by name.
+/// The settings of one release line in `systemd/release-lines.toml`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseLine {
+    env: BTreeMap<String, String>,
+}
+
+/// The `ETCD_*` variables the release line of `version` adds (`systemd/release-lines.toml`).
+pub fn release_line_env(version: &str) -> Result<BTreeMap<String, String>> {
+    let path = crate::util::project_root().join("systemd/release-lines.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let lines: BTreeMap<String, ReleaseLine> =
+        toml::from_str(&text).with_context(|| format!("{}: not a valid release-line table", path.display()))?;
+    crate::definition::check_version(version)?;
+    let line = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let Some(found) = lines.get(&line) else {
+        bail!(
+            "{}: no entry for etcd {line} (of {version}): add [\"{line}\"] with env = {{...}} (the variables that \
+             release line needs, possibly none)",
+            path.display()
+        );
+    };
+    for key in found.env.keys() {
+        if flag_of(key).is_none() {
+            bail!("{}: [\"{line}\"] env: {key} is not an ETCD_* variable", path.display());
+        }
+    }
+    Ok(found.env.clone())
+}
+
+/// The `ETCD_*` variables of `node` running etcd `version`, sorted by name.
 pub fn node_env(
     spec: &ClusterSpec,
     node: &NodeSpec,
     pki: &PkiFacts,
     paths: &TargetPaths,
+    version: &str,
 ) -> Result<BTreeMap<String, String>> {
     let ip = primary_ip(node)?;
     let mut initial = Vec::new();
@@ -144,6 +175,7 @@ pub fn node_env(
     }
     set("ETCD_LOGGER", "zap".to_string());
     set("ETCD_LOG_OUTPUTS", "stderr".to_string());
+    env.extend(release_line_env(version)?);
     Ok(env)
 }
 
@@ -177,7 +209,7 @@ mod tests {
     fn every_node_gets_tls_everywhere_and_the_whole_cluster() {
         let spec = spec();
         let facts = PkiFacts { token: "tok".into(), peer_cert_allowed_cn: None };
-        let env = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard()).unwrap();
+        let env = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard(), "3.4.9").unwrap();
         assert_eq!(
             env["ETCD_INITIAL_CLUSTER"],
             "a=https://10.0.0.1:2380,b=https://10.0.0.2:2380,c=https://[fd00::3]:2380"
@@ -193,7 +225,7 @@ mod tests {
                 assert!(v.split(',').all(|u| u.starts_with("https://")), "{k}={v}");
             }
         }
-        let env = node_env(&spec, &spec.nodes[2], &facts, &TargetPaths::standard()).unwrap();
+        let env = node_env(&spec, &spec.nodes[2], &facts, &TargetPaths::standard(), "3.4.9").unwrap();
         assert_eq!(env["ETCD_LISTEN_CLIENT_URLS"], "https://[fd00::3]:2379,https://[::1]:2379");
     }
 
@@ -201,7 +233,25 @@ mod tests {
     fn a_shared_ca_restricts_peers_by_cn() {
         let spec = spec();
         let facts = PkiFacts { token: "tok".into(), peer_cert_allowed_cn: Some("etcd-peer".into()) };
-        let env = node_env(&spec, &spec.nodes[1], &facts, &TargetPaths::standard()).unwrap();
+        let env = node_env(&spec, &spec.nodes[1], &facts, &TargetPaths::standard(), "3.4.9").unwrap();
         assert_eq!(env["ETCD_PEER_CERT_ALLOWED_CN"], "etcd-peer");
+    }
+
+    #[test]
+    fn each_node_is_rendered_for_the_release_line_it_runs() {
+        let spec = spec();
+        let facts = PkiFacts { token: "tok".into(), peer_cert_allowed_cn: None };
+        let key = "ETCD_EXPERIMENTAL_COMPACT_HASH_CHECK_ENABLED";
+        let v34 = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard(), "3.4.9").unwrap();
+        let v35 = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard(), "3.5.16").unwrap();
+        assert!(!v34.contains_key(key), "3.4 has no such flag");
+        assert_eq!(v35[key], "true");
+        // Everything else is the same flag set in both lines.
+        let mut rest = v35.clone();
+        rest.remove(key);
+        assert_eq!(rest, v34);
+        let err = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard(), "3.7.0").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("release-lines.toml") && text.contains("3.7"), "{text}");
     }
 }

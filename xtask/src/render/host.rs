@@ -96,6 +96,8 @@ pub struct ClusterInputs<'a> {
     pub client: &'a str,
     /// What etcd needs to run on the hosts' architecture (`ETCD_UNSUPPORTED_ARCH`), or nothing.
     pub runtime_env: &'a BTreeMap<String, String>,
+    /// The etcd version the hosts run: its release line's settings go into every node's file.
+    pub etcd_version: &'a str,
 }
 
 /// The client identity for etcdctl: `wanted`, else `etcdctl` if issued, else the first client.
@@ -125,7 +127,7 @@ pub fn pick_client<'a>(spec: &'a ClusterSpec, wanted: Option<&'a str>, cluster: 
 
 /// The environment file of a node: `node_env` plus the tuning preset, with a header.
 pub fn etcd_conf(inputs: &ClusterInputs<'_>, node: &NodeSpec, portable: bool) -> Result<String> {
-    let mut env = node_env(inputs.spec, node, inputs.facts, &TargetPaths::standard())?;
+    let mut env = node_env(inputs.spec, node, inputs.facts, &TargetPaths::standard(), inputs.etcd_version)?;
     if portable {
         // The portable unit passes these itself (TLS flags and its own Environment=).
         for (key, _) in TLS_FILES {
@@ -181,7 +183,7 @@ pub fn backup_env(inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<String>
     let ip = config::primary_ip(node)?;
     let loopback: std::net::IpAddr = if ip.is_ipv6() { "::1".parse()? } else { "127.0.0.1".parse()? };
     let endpoint = config::url("https", &loopback, CLIENT_PORT);
-    let env = node_env(inputs.spec, node, inputs.facts, &TargetPaths::standard())?;
+    let env = node_env(inputs.spec, node, inputs.facts, &TargetPaths::standard(), inputs.etcd_version)?;
     let listens = env.get("ETCD_LISTEN_CLIENT_URLS").map(String::as_str).unwrap_or("");
     if !listens.split(',').any(|u| u == endpoint) {
         bail!("node {}: etcd does not listen on {endpoint} (ETCD_LISTEN_CLIENT_URLS={listens}), so the backup could not reach it", node.name);

@@ -116,7 +116,15 @@ pub fn render(args: &Render) -> Result<PathBuf> {
     // Keys inside: nobody but the owner looks in.
     fs::set_permissions(staged.path(), fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot set the mode of {}", staged.path().display()))?;
-    let inputs = ClusterInputs { spec, tuning, pki: &pki, facts: &facts, client, runtime_env: &runtime_env };
+    let inputs = ClusterInputs {
+        spec,
+        tuning,
+        pki: &pki,
+        facts: &facts,
+        client,
+        runtime_env: &runtime_env,
+        etcd_version: &version,
+    };
     for node in &spec.nodes {
         let bundle = render_node(&inputs, node).with_context(|| format!("cannot render node {}", node.name))?;
         write_node(&bundle, staged.path(), epoch)?;
