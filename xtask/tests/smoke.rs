@@ -42,11 +42,28 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     assert_eq!(report["image"], "localhost/etcd:3.4.9", "{report:#}");
     assert_eq!(report["etcd_version"], "3.4.9");
     let checks = report["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 11, "{report:#}");
     for c in checks {
         assert_eq!(c["outcome"], "PASS", "{c:#}");
         assert!(!c["reason"].as_str().unwrap().is_empty());
     }
+    // Every scenario ran, in `all`'s order, each with its checks.
+    let per_scenario = |name: &str| checks.iter().filter(|c| c["scenario"] == name).count();
+    for (name, count) in [("basic", 12), ("rotate-certs", 5), ("replace-member", 3), ("upgrade", 5)] {
+        assert_eq!(per_scenario(name), count, "{name}: {report:#}");
+    }
+    let scenarios = report["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["basic", "rotate-certs", "replace-member", "upgrade"]);
+    // A real load ran through each: at least 50 requests/s, writes acknowledged and read back
+    // (the check above), and not one failed request while certificates were rotated.
+    for sc in scenarios {
+        let load = &sc["load"];
+        assert!(load["rate_per_s"].as_f64().unwrap() >= 50.0, "{sc:#}");
+        assert!(load["reads"].as_u64().unwrap() > 0 && load["acknowledged_writes"].as_u64().unwrap() > 0, "{sc:#}");
+        assert!(load["worst_latency_ms"].as_f64().unwrap() > 0.0, "{sc:#}");
+    }
+    assert_eq!(scenarios[1]["load"]["failed"], 0, "{:#}", scenarios[1]);
+    assert_eq!(scenarios[1]["member_healthy_s"].as_array().unwrap().len(), 6, "two rolling restarts");
     // The refusals carry the server's own reason, not just the client's failure.
     let reason = |name: &str| {
         checks.iter().find(|c| c["name"].as_str().unwrap().contains(name)).unwrap()["reason"]
@@ -58,7 +75,23 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     assert!(reason("no client certificate").contains("didn't provide a certificate"));
     assert!(reason("another CA").contains("unknown authority"));
     assert!(reason("peer port").contains("unknown authority"));
-    for t in ["start_to_healthy", "heal_after_restart", "sigkill_first_read", "sigkill_healthy", "total"] {
+    // The upgrade ends on 3.5 for every member and for the cluster; the renewal is served.
+    let upgraded = reason("after the upgrade");
+    assert_eq!(upgraded.matches("3.5.16").count(), 3, "{upgraded}");
+    assert!(upgraded.contains("cluster version 3.5.0"), "{upgraded}");
+    assert!(reason("old CA is refused").contains("unknown authority"));
+    assert!(reason("renew:").contains("new serials served on both ports"));
+    assert!(reason("replace a lost member").contains("promoted"));
+    for t in [
+        "start_to_healthy",
+        "heal_after_restart",
+        "sigkill_first_read",
+        "sigkill_healthy",
+        "replace_member_healthy",
+        "upgrade_etcd3_healthy",
+        "upgrade_total",
+        "total",
+    ] {
         assert!(report["timings"][t].as_f64().unwrap() > 0.0, "{t}");
     }
     // Every adaptation this host needs is visible in the log (and none is invented): the same
@@ -102,4 +135,27 @@ fn a_description_without_three_nodes_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("two.toml") && err.contains("nodes") && err.contains("three"), "{err}");
+}
+
+#[test]
+fn a_forbidden_upgrade_is_refused_before_anything_starts() {
+    common::build_etcd_349(&[common::host_arch()]);
+    let tmp = tempfile::tempdir().unwrap();
+    for (target, words) in
+        [("3.5.1", &["3.5.1", "13766"][..]), ("3.6.0", &["3.6.0", "minor"][..]), ("3.4.8", &["3.4.8", "downgrade"][..])]
+    {
+        let out = xtask()
+            .args(["smoke", "--scenario", "upgrade", "--source", "build", "--upgrade-to", target])
+            .arg("--out")
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "upgrade to {target} was not refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for w in words {
+            assert!(err.contains(w), "refusal of {target} lacks {w:?}:\n{err}");
+        }
+        assert!(!err.contains("smoke: scenario"), "a cluster was started before the refusal:\n{err}");
+        nothing_left();
+    }
 }

@@ -6,7 +6,9 @@
 //! The etcd configuration of every container comes from [`crate::render::config::node_env`],
 //! the same code that writes host bundles: there is no second flag list here.
 
+mod load;
 mod podman;
+mod scenarios;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,15 +33,33 @@ use podman::{podman, podman_checked, podman_output, Interrupt, Resources, LABEL}
 /// Where the node's PKI directory and the operator's client identity are mounted.
 const PKI_MOUNT: &str = "/etc/etcd/pki";
 const CLIENT_MOUNT: &str = "/etc/etcd/client";
+/// The load's phase while the basic checks keep a quorum down on purpose: from stopping the
+/// second node until the restarted ones are healthy again. Requests may fail in it, and it does
+/// not count towards the load's rate.
+pub(crate) const NO_QUORUM: &str = "no quorum: two nodes down until restarted and healthy";
 /// Goals printed by every run.
 const GOAL_HEALTHY_S: f64 = 3.0;
 const GOAL_TOTAL_S: f64 = 45.0;
 
-/// Start a three-node mutual-TLS etcd cluster from the baked image in podman, check it (health,
-/// linearizable reads, the JSON gateway, refused connections, non-root and no capabilities,
-/// faults, backup and restore), and remove it again
+/// Start a three-node mutual-TLS etcd cluster from the baked image in podman, prove it under a
+/// client load, and remove it again.
+///
+/// Scenarios (each on a fresh cluster, with a client load of writes and linearizable reads
+/// against all three endpoints throughout, and every acknowledged write checked at the end):
+/// basic (health, linearizable reads, the JSON gateway, refused connections, non-root and no
+/// capabilities, faults, backup and restore); upgrade (a rolling upgrade to the release in
+/// images/etcd.toml [upgrade]); rotate-certs (`pki renew` of every leaf, then a CA rotation with
+/// rolling restarts); replace-member (node 2's volume destroyed, the member replaced through a
+/// learner); all (every one, the default).
 #[derive(Debug, clap::Args)]
+#[command(long_about)]
 pub struct Smoke {
+    /// Scenario to run (repeatable)
+    #[arg(long, value_enum, value_name = "NAME", default_values_t = [ScenarioName::All])]
+    pub scenario: Vec<ScenarioName>,
+    /// The version the upgrade scenario moves the cluster to [default: upgrade.to of images/etcd.toml]
+    #[arg(long, value_name = "V")]
+    pub upgrade_to: Option<String>,
     /// Leave the cluster running and print how to reach it with etcdctl
     #[arg(long)]
     pub keep: bool,
@@ -54,9 +74,44 @@ pub struct Smoke {
     pub out: Option<PathBuf>,
 }
 
+/// The scenarios, in the order `all` runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum ScenarioName {
+    Basic,
+    RotateCerts,
+    ReplaceMember,
+    Upgrade,
+    All,
+}
+
+impl ScenarioName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScenarioName::Basic => "basic",
+            ScenarioName::RotateCerts => "rotate-certs",
+            ScenarioName::ReplaceMember => "replace-member",
+            ScenarioName::Upgrade => "upgrade",
+            ScenarioName::All => "all",
+        }
+    }
+
+    /// The scenarios to run for the ones asked for, each once, in `all`'s order.
+    fn expand(asked: &[ScenarioName]) -> Vec<ScenarioName> {
+        let mut out: Vec<ScenarioName> = if asked.is_empty() || asked.contains(&ScenarioName::All) {
+            vec![ScenarioName::Basic, ScenarioName::RotateCerts, ScenarioName::ReplaceMember, ScenarioName::Upgrade]
+        } else {
+            asked.to_vec()
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
 /// One check of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
+    pub scenario: String,
     pub name: String,
     pub outcome: Outcome,
     pub reason: String,
@@ -70,11 +125,22 @@ pub enum Outcome {
     Fail,
 }
 
+/// One scenario's figures: wall time, the client load, each member's time to healthy again.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub seconds: f64,
+    pub load: Option<load::LoadReport>,
+    /// Seconds from a member's restart (or replacement) to 3/3 healthy, in the order they happened.
+    pub member_healthy_s: Vec<(String, f64)>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub image: String,
     pub etcd_version: String,
     pub cluster: String,
+    pub scenarios: Vec<ScenarioReport>,
     pub checks: Vec<Check>,
     pub timings: BTreeMap<String, f64>,
     pub passed: usize,
@@ -105,6 +171,7 @@ impl Smoke {
             source: self.source,
             etcd_dir: Vec::new(),
             force: false,
+            version: None,
         };
         let built = image::build_images(&def, &args)?;
         let built = built.first().context("the image stage built nothing")?;
@@ -114,25 +181,71 @@ impl Smoke {
         let etcd_version = built.stamp.reference.rsplit(':').next().unwrap_or_default().to_string();
         eprintln!("smoke: image {tag} (etcd runs as {uid}:{gid})");
 
-        let mut run = Run::prepare(&spec, &out, &tag, uid, gid, self.keep, interrupt)?;
-        let result = run.all_checks();
-        let total = started.elapsed().as_secs_f64();
-        run.timings.insert("total".into(), total);
+        let scenarios = ScenarioName::expand(&self.scenario);
+
+        // The upgrade is checked and its image built before anything is started.
+        let upgrade = match scenarios.contains(&ScenarioName::Upgrade) {
+            true => Some(scenarios::prepare_upgrade(&def, &etcd_version, self.upgrade_to.as_deref())?),
+            false => None,
+        };
+
+        let mut checks = Vec::new();
+        let mut timings = BTreeMap::new();
+        let mut reports = Vec::new();
+        let mut result = Ok(());
+        for (i, name) in scenarios.iter().enumerate() {
+            let t = Instant::now();
+            let keep = self.keep && i + 1 == scenarios.len();
+            let dir = out.join(name.as_str());
+            eprintln!("smoke: scenario {}", name.as_str());
+            let mut run = Run::prepare(&spec, *name, &dir, &tag, &etcd_version, uid, gid, keep, interrupt.clone())?;
+            let r = match name {
+                ScenarioName::Basic => run.basic(),
+                ScenarioName::RotateCerts => run.rotate_certs(),
+                ScenarioName::ReplaceMember => run.replace_member(),
+                ScenarioName::Upgrade => match &upgrade {
+                    Some(u) => run.upgrade(u),
+                    None => Err(anyhow::anyhow!("the upgrade was not prepared")),
+                },
+                ScenarioName::All => Ok(()),
+            };
+            let r = r.and_then(|_| run.finish_load());
+            if run.checks.iter().any(|c| c.outcome == Outcome::Fail) {
+                run.record_logs();
+            }
+            let seconds = t.elapsed().as_secs_f64();
+            timings.extend(run.timings.iter().map(|(k, v)| (k.clone(), *v)));
+            timings.insert(format!("{}_total", name.as_str()), seconds);
+            checks.extend(run.checks.iter().cloned());
+            reports.push(ScenarioReport {
+                name: name.as_str().to_string(),
+                seconds,
+                load: run.load_report.clone(),
+                member_healthy_s: run.member_healthy.clone(),
+            });
+            if keep {
+                run.print_how_to_reach();
+            }
+            drop(run);
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        timings.insert("total".into(), started.elapsed().as_secs_f64());
         let report = Report {
             image: tag.clone(),
             etcd_version,
             cluster: spec.name.clone(),
-            passed: run.checks.iter().filter(|c| c.outcome == Outcome::Pass).count(),
-            failed: run.checks.iter().filter(|c| c.outcome == Outcome::Fail).count(),
-            checks: run.checks.clone(),
-            timings: run.timings.clone(),
+            passed: checks.iter().filter(|c| c.outcome == Outcome::Pass).count(),
+            failed: checks.iter().filter(|c| c.outcome == Outcome::Fail).count(),
+            scenarios: reports,
+            checks,
+            timings,
         };
         let json = serde_json::to_string_pretty(&report).context("cannot serialise the report")?;
         write_atomic(&out.join("report.json"), format!("{json}\n").as_bytes(), 0o644)?;
         print_summary(&report, &out);
-        if self.keep {
-            run.print_how_to_reach();
-        }
         result?;
         if report.failed > 0 {
             bail!(
@@ -174,10 +287,14 @@ struct Node {
     client_port: u16,
     peer_port: u16,
     env: BTreeMap<String, String>,
+    /// The image the node runs (the upgrade swaps it).
+    image: String,
 }
 
 struct Run {
+    scenario: ScenarioName,
     spec: ClusterSpec,
+    etcd_version: String,
     out: PathBuf,
     tag: String,
     network: String,
@@ -195,20 +312,27 @@ struct Run {
     interrupt: Interrupt,
     checks: Vec<Check>,
     timings: BTreeMap<String, f64>,
+    load: Option<load::Load>,
+    load_report: Option<load::LoadReport>,
+    member_healthy: Vec<(String, f64)>,
 }
 
 impl Run {
+    #[allow(clippy::too_many_arguments)]
     fn prepare(
         spec: &ClusterSpec,
+        scenario: ScenarioName,
         out: &Path,
         tag: &str,
+        etcd_version: &str,
         uid: u32,
         gid: u32,
         keep: bool,
         interrupt: Interrupt,
     ) -> Result<Run> {
         // A throwaway PKI for this run, and a second, unrelated one for the "wrong CA" check.
-        for d in ["pki", "rogue-pki", "mounts", "backup"] {
+        fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        for d in ["pki", "rogue-pki", "mounts", "backup", "old-client"] {
             let p = out.join(d);
             if p.exists() {
                 fs::remove_dir_all(&p).with_context(|| format!("cannot clear {}", p.display()))?;
@@ -243,8 +367,9 @@ impl Run {
         let mut nodes = Vec::new();
         for n in &spec.nodes {
             stage_dir(&pki.node_dir(&n.name), &mounts.join(&n.name), uid, gid)?;
-            let env = node_env(spec, n, &facts, &paths)?;
+            let env = node_env(spec, n, &facts, &paths, etcd_version)?;
             nodes.push(Node {
+                image: tag.to_string(),
                 spec: n.clone(),
                 container: format!("xtask-smoke-{}", n.name),
                 volume: format!("xtask-smoke-{}-data", n.name),
@@ -255,7 +380,9 @@ impl Run {
         }
         let etcdctl = find_etcdctl(tag)?;
         Ok(Run {
+            scenario,
             spec: spec.clone(),
+            etcd_version: etcd_version.to_string(),
             out: out.to_path_buf(),
             tag: tag.to_string(),
             network,
@@ -272,6 +399,9 @@ impl Run {
             interrupt,
             checks: Vec::new(),
             timings: BTreeMap::new(),
+            load: None,
+            load_report: None,
+            member_healthy: Vec::new(),
         })
     }
 
@@ -281,22 +411,22 @@ impl Run {
             Ok(r) => (Outcome::Pass, r),
             Err(e) => (Outcome::Fail, format!("{e:#}")),
         };
-        eprintln!("smoke: {} {name}: {reason}", if outcome == Outcome::Pass { "PASS" } else { "FAIL" });
-        self.checks.push(Check { name: name.to_string(), outcome, reason, seconds });
+        eprintln!(
+            "smoke: {} {}: {name}: {reason}",
+            if outcome == Outcome::Pass { "PASS" } else { "FAIL" },
+            self.scenario.as_str()
+        );
+        self.checks.push(Check {
+            scenario: self.scenario.as_str().to_string(),
+            name: name.to_string(),
+            outcome,
+            reason,
+            seconds,
+        });
     }
 
-    fn all_checks(&mut self) -> Result<()> {
-        let t = Instant::now();
-        self.start_all()?;
-        let healthy = self.wait_healthy(&[0, 1, 2], Duration::from_secs(60));
-        self.timings.insert("start_to_healthy".into(), t.elapsed().as_secs_f64());
-        self.record(
-            "cluster starts: 3/3 healthy",
-            t,
-            healthy.map(|_| format!("in {:.2} s", t.elapsed().as_secs_f64())),
-        );
-        if self.checks.iter().any(|c| c.outcome == Outcome::Fail) {
-            self.record_logs();
+    fn basic(&mut self) -> Result<()> {
+        if !self.start_cluster()? {
             return Ok(());
         }
         let t = Instant::now();
@@ -328,9 +458,6 @@ impl Run {
         let t = Instant::now();
         let r = self.check_backup();
         self.record("backup: snapshot save, restore into a fresh node, data read back", t, r);
-        if self.checks.iter().any(|c| c.outcome == Outcome::Fail) {
-            self.record_logs();
-        }
         Ok(())
     }
 
@@ -391,13 +518,20 @@ impl Run {
             "-p".into(),
             format!("127.0.0.1:{}:2380", n.peer_port),
         ];
-        Ok(self.run_command(&n.container, &ip.to_string(), extra, &n.env))
+        Ok(self.run_command(&n.container, &ip.to_string(), extra, &n.env, &n.image))
     }
 
     /// `podman run` for any container of this run: name, label, network and IP, the hardening,
     /// `extra` (hostname, mounts, published ports), the etcd environment, the host adaptation
     /// and the image.
-    fn run_command(&self, name: &str, ip: &str, extra: Vec<String>, env: &BTreeMap<String, String>) -> Vec<String> {
+    fn run_command(
+        &self,
+        name: &str,
+        ip: &str,
+        extra: Vec<String>,
+        env: &BTreeMap<String, String>,
+        image: &str,
+    ) -> Vec<String> {
         let mut args: Vec<String> =
             ["run", "-d", "--name", name, "--label", LABEL, "--network", &self.network, "--ip", ip]
                 .into_iter()
@@ -409,7 +543,7 @@ impl Run {
             args.extend(["--env".into(), format!("{k}={v}")]);
         }
         args.extend(self.run_args.iter().cloned());
-        args.push(self.tag.clone());
+        args.push(image.to_string());
         args
     }
 
@@ -693,9 +827,11 @@ impl Run {
     fn check_faults(&mut self) -> Result<String> {
         let mut notes = Vec::new();
         self.etcdctl_ok(&[0], &["put", "smoke/before-faults", "kept"])?;
+        self.phase("one node down");
         self.stop(2)?;
         self.etcdctl_ok(&[0], &["put", "smoke/one-down", "ok"]).context("a write with one node down must succeed")?;
         notes.push("one down: write ok".to_string());
+        self.phase(NO_QUORUM);
         self.stop(1)?;
         let t = Instant::now();
         let out = self.etcdctl(&[0], &["put", "--command-timeout=3s", "smoke/two-down", "unknown"])?;
@@ -708,6 +844,7 @@ impl Run {
         self.start(1)?;
         self.start(2)?;
         self.wait_healthy(&[0, 1, 2], Duration::from_secs(60)).context("the cluster did not heal")?;
+        self.phase("healed");
         let heal = t.elapsed().as_secs_f64();
         self.timings.insert("heal_after_restart".into(), heal);
         notes.push(format!("healed in {heal:.2} s"));
@@ -718,6 +855,7 @@ impl Run {
             }
         }
         notes.push("earlier data intact".into());
+        self.phase("node 1 SIGKILLed");
         podman(&["kill", "-s", "KILL", &self.nodes[0].container])?;
         let _ = podman(&["wait", &self.nodes[0].container]);
         let recovery = self.sigkill_recovery()?;
@@ -805,7 +943,7 @@ impl Run {
         let data = backup.join("data");
         let facts = PkiFacts::read(&self.pki.root)?;
         let single = ClusterSpec { token: None, clients: Vec::new(), nodes: vec![node.clone()], ..self.spec.clone() };
-        let env = node_env(&single, &node, &facts, &TargetPaths::standard())?;
+        let env = node_env(&single, &node, &facts, &TargetPaths::standard(), &self.etcd_version)?;
         let out = Command::new(&self.etcdctl)
             .env_clear()
             .env("ETCDCTL_API", "3")
@@ -833,7 +971,7 @@ impl Run {
             "-p".into(),
             format!("127.0.0.1:{port}:2379"),
         ];
-        let args = self.run_command(&container, &ip.to_string(), extra, &env);
+        let args = self.run_command(&container, &ip.to_string(), extra, &env, &self.tag);
         podman_checked(&args).context("cannot start the restored node")?;
         self.res.containers.push(container.clone());
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -948,9 +1086,22 @@ fn find_etcdctl(tag: &str) -> Result<PathBuf> {
 
 fn print_summary(report: &Report, out: &Path) {
     println!("\nsmoke test of {} ({} nodes, mutual TLS)", report.image, 3);
-    for c in &report.checks {
-        let mark = if c.outcome == Outcome::Pass { "PASS" } else { "FAIL" };
-        println!("  {mark}  {:<70} {:>6.2} s  {}", c.name, c.seconds, c.reason);
+    for sc in &report.scenarios {
+        println!("scenario {} ({:.1} s)", sc.name, sc.seconds);
+        for c in report.checks.iter().filter(|c| c.scenario == sc.name) {
+            let mark = if c.outcome == Outcome::Pass { "PASS" } else { "FAIL" };
+            println!("  {mark}  {:<70} {:>6.2} s  {}", c.name, c.seconds, c.reason);
+        }
+        if let Some(l) = &sc.load {
+            println!(
+                "  load: {} requests at {:.0}/s, {} failed, {} retried, worst latency {:.0} ms",
+                l.requests, l.rate_per_s, l.failed, l.retries, l.worst_latency_ms
+            );
+        }
+        if !sc.member_healthy_s.is_empty() {
+            let times: Vec<String> = sc.member_healthy_s.iter().map(|(n, s)| format!("{n} {s:.2} s")).collect();
+            println!("  healthy again after: {}", times.join(", "));
+        }
     }
     let t = |k: &str| report.timings.get(k).copied();
     if let Some(s) = t("start_to_healthy") {

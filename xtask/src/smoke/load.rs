@@ -1,0 +1,466 @@
+//! The client load every smoke scenario runs: writes and linearizable reads against all three
+//! endpoints through etcd's JSON gateway (`/v3/kv/put`, `/v3/kv/range`), over mutual TLS.
+//! In: the endpoints and the client identity's files (CA bundle, certificate, key). Out: a
+//! [`LoadReport`]: requests, failures (each with its phase and reason), retries, the worst
+//! latency, and every key whose write was acknowledged, so the scenario can check it is there.
+//!
+//! It behaves like a client that knows all endpoints and retries: a request goes to its worker's
+//! own endpoint first and, on any error, to the next one, until it succeeds or its deadline
+//! passes; only then is it counted as failed. A write that failed may still have been committed
+//! (its outcome is unknown), so only acknowledged keys are checked afterwards.
+//!
+//! The identity is re-read when one of its files changes, like etcd re-reads its leaf
+//! certificates: the scenarios rotate certificates under a running load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+
+/// Workers per endpoint: requests wait for their answer (a put waits for a quorum's fsync), so
+/// one worker alone cannot keep up the rate.
+const WORKERS_PER_ENDPOINT: usize = 4;
+/// Requests per second each worker aims at (twelve workers: 120 requests/s in all, so that the
+/// rate stays above 50/s over a scenario even though requests stall while a quorum is lost).
+const PER_WORKER_RATE: f64 = 10.0;
+/// How long one attempt may take before the next endpoint is tried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a request may keep retrying before it counts as failed.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// Failures and retries quoted in the report (all are counted).
+const QUOTED: usize = 20;
+
+/// The client identity, as files (the ones etcdctl would be given).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Identity {
+    pub fn in_dir(dir: &Path) -> Self {
+        Identity { ca: dir.join("ca.crt"), cert: dir.join("client.crt"), key: dir.join("client.key") }
+    }
+
+    /// The files' modification times: a change means the identity must be loaded again.
+    fn stamp(&self) -> Vec<Option<SystemTime>> {
+        [&self.ca, &self.cert, &self.key].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+    }
+
+    /// A rustls client configuration: the CA bundle as roots, the certificate and key as the
+    /// client's own.
+    pub fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&self.ca)
+            .with_context(|| format!("cannot read the CA bundle {}", self.ca.display()))?
+        {
+            let cert = cert.with_context(|| format!("{}: not a PEM certificate", self.ca.display()))?;
+            roots.add(cert).with_context(|| format!("{}: unusable CA certificate", self.ca.display()))?;
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .with_context(|| format!("cannot read {}", self.cert.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{}: not a PEM certificate", self.cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .with_context(|| format!("{}: not a PEM private key", self.key.display()))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .context("no TLS protocol version")?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .with_context(|| {
+                format!("{} and {} do not make a client identity", self.cert.display(), self.key.display())
+            })?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// An HTTPS client of etcd's JSON gateway with one identity.
+pub struct Gateway {
+    agent: ureq::Agent,
+}
+
+impl Gateway {
+    pub fn new(identity: &Identity, timeout: Duration) -> Result<Self> {
+        // ureq's overall timeout does not cover connecting (30 s by default): a SYN to a stopped
+        // member's published port may go unanswered, so connecting gets its own bound.
+        let agent = ureq::AgentBuilder::new()
+            .tls_config(identity.tls_config()?)
+            .timeout_connect(timeout.min(Duration::from_secs(1)))
+            .timeout(timeout)
+            .build();
+        Ok(Gateway { agent })
+    }
+
+    fn call(&self, endpoint: &str, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+        let url = format!("{endpoint}{path}");
+        match self.agent.post(&url).set("Content-Type", "application/json").send_string(&body.to_string()) {
+            Ok(resp) => {
+                let text = resp.into_string().with_context(|| format!("{url}: cannot read the answer"))?;
+                serde_json::from_str(&text).with_context(|| format!("{url}: the answer is not JSON: {text:?}"))
+            }
+            Err(ureq::Error::Status(code, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                let reason = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("error").or_else(|| v.get("message")).and_then(|e| e.as_str()).map(String::from)
+                    })
+                    .unwrap_or(text);
+                bail!("{url}: HTTP {code}: {}", reason.trim())
+            }
+            Err(e) => bail!("{url}: {e}"),
+        }
+    }
+
+    pub fn put(&self, endpoint: &str, key: &str, value: &str) -> Result<()> {
+        self.call(endpoint, "/v3/kv/put", serde_json::json!({"key": B64.encode(key), "value": B64.encode(value)}))
+            .map(|_| ())
+    }
+
+    /// A linearizable read of one key (the gateway's default), `None` when absent.
+    pub fn get(&self, endpoint: &str, key: &str) -> Result<Option<String>> {
+        let v = self.call(endpoint, "/v3/kv/range", serde_json::json!({"key": B64.encode(key)}))?;
+        match v.get("kvs").and_then(|k| k.as_array()).and_then(|k| k.first()) {
+            None => Ok(None),
+            Some(kv) => Ok(Some(decode(kv.get("value"))?)),
+        }
+    }
+
+    /// Every key under `prefix` with its value (linearizable).
+    pub fn range_prefix(&self, endpoint: &str, prefix: &str) -> Result<BTreeMap<String, String>> {
+        let mut end = prefix.as_bytes().to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let v = self.call(
+            endpoint,
+            "/v3/kv/range",
+            serde_json::json!({"key": B64.encode(prefix), "range_end": B64.encode(&end)}),
+        )?;
+        let mut out = BTreeMap::new();
+        for kv in v.get("kvs").and_then(|k| k.as_array()).map(Vec::as_slice).unwrap_or_default() {
+            out.insert(decode(kv.get("key"))?, decode(kv.get("value"))?);
+        }
+        Ok(out)
+    }
+}
+
+fn decode(v: Option<&serde_json::Value>) -> Result<String> {
+    let s = v.and_then(|v| v.as_str()).unwrap_or_default();
+    let bytes = B64.decode(s).with_context(|| format!("the gateway returned invalid base64 {s:?}"))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// One failed request or retried attempt, with when it happened and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Incident {
+    /// Seconds since the load started.
+    pub at_s: f64,
+    pub phase: String,
+    pub what: String,
+    pub reason: String,
+}
+
+/// What the load saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadReport {
+    pub seconds: f64,
+    pub requests: u64,
+    pub writes: u64,
+    pub reads: u64,
+    /// Requests that failed on every endpoint until their deadline.
+    pub failed: u64,
+    /// Attempts that failed and were retried on another endpoint (not failures of the request).
+    pub retries: u64,
+    pub worst_latency_ms: f64,
+    pub rate_per_s: f64,
+    /// Failed requests, per phase of the scenario.
+    pub failed_by_phase: BTreeMap<String, u64>,
+    /// Per phase of the scenario: its length and the requests started in it.
+    pub phases: BTreeMap<String, PhaseStats>,
+    pub failures: Vec<Incident>,
+    pub retried: Vec<Incident>,
+    /// Whether a bound (count or time) stopped the load before the scenario did.
+    pub bounded_stop: bool,
+    #[serde(skip)]
+    pub acknowledged: BTreeMap<String, String>,
+    pub acknowledged_writes: usize,
+}
+
+/// One phase's length (summed over its occurrences) and the requests started in it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseStats {
+    pub seconds: f64,
+    pub requests: u64,
+}
+
+impl LoadReport {
+    /// Requests per second over the phases not in `except`.
+    pub fn rate_except(&self, except: &[&str]) -> f64 {
+        let (mut secs, mut reqs) = (0.0, 0u64);
+        for (name, p) in &self.phases {
+            if !except.contains(&name.as_str()) {
+                secs += p.seconds;
+                reqs += p.requests;
+            }
+        }
+        if secs > 0.0 {
+            reqs as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+struct Shared {
+    report: Mutex<LoadReport>,
+    phase: Mutex<String>,
+    /// When the current phase began.
+    phase_started: Mutex<Instant>,
+    stop: AtomicBool,
+    started: Instant,
+}
+
+impl Shared {
+    fn phase(&self) -> String {
+        self.phase.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Adds the time since the current phase began to its total.
+    fn close_phase(&self) {
+        let (Ok(p), Ok(mut started), Ok(mut r)) = (self.phase.lock(), self.phase_started.lock(), self.report.lock())
+        else {
+            return;
+        };
+        r.phases.entry(p.clone()).or_default().seconds += started.elapsed().as_secs_f64();
+        *started = Instant::now();
+    }
+}
+
+/// A running load; [`Load::finish`] stops it and returns the report.
+pub struct Load {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// Bounds of one load run.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_requests: u64,
+    pub max_duration: Duration,
+}
+
+impl Load {
+    /// Starts the workers (three per endpoint, each preferring its own); keys go under `prefix`.
+    pub fn start(endpoints: Vec<String>, identity: Identity, prefix: &str, bounds: Bounds) -> Result<Load> {
+        if endpoints.is_empty() {
+            bail!("the client load needs at least one endpoint");
+        }
+        // Fail early and clearly when the identity is unusable.
+        identity.tls_config()?;
+        let shared = Arc::new(Shared {
+            report: Mutex::new(LoadReport::default()),
+            phase: Mutex::new("start".into()),
+            phase_started: Mutex::new(Instant::now()),
+            stop: AtomicBool::new(false),
+            started: Instant::now(),
+        });
+        let count = endpoints.len() * WORKERS_PER_ENDPOINT;
+        let per_worker = bounds.max_requests / count as u64;
+        let mut workers = Vec::new();
+        for w in 0..count {
+            let shared = shared.clone();
+            let endpoints = endpoints.clone();
+            let identity = identity.clone();
+            let prefix = format!("{prefix}{w}/");
+            let bounds = Bounds { max_requests: per_worker, max_duration: bounds.max_duration };
+            workers.push(std::thread::spawn(move || worker(w, &endpoints, &identity, &prefix, bounds, &shared)));
+        }
+        Ok(Load { shared, workers })
+    }
+
+    /// Names the scenario's current step; failures are reported per phase.
+    pub fn phase(&self, name: &str) {
+        self.shared.close_phase();
+        if let Ok(mut p) = self.shared.phase.lock() {
+            *p = name.to_string();
+        }
+    }
+
+    /// Stops the workers (each finishes its request in flight) and returns what they saw.
+    pub fn finish(self) -> LoadReport {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for w in self.workers {
+            let _ = w.join();
+        }
+        let shared = self.shared;
+        shared.close_phase();
+        let mut report = shared.report.lock().map(|r| r.clone()).unwrap_or_default();
+        report.seconds = shared.started.elapsed().as_secs_f64();
+        report.rate_per_s = if report.seconds > 0.0 { report.requests as f64 / report.seconds } else { 0.0 };
+        report.acknowledged_writes = report.acknowledged.len();
+        report
+    }
+}
+
+fn worker(w: usize, endpoints: &[String], identity: &Identity, prefix: &str, bounds: Bounds, shared: &Shared) {
+    let interval = Duration::from_secs_f64(1.0 / PER_WORKER_RATE);
+    let mut client: Option<(Vec<Option<SystemTime>>, Gateway)> = None;
+    let mut seq = 0u64;
+    let mut last_acked: Option<(String, String)> = None;
+    let mut next = Instant::now();
+    while !shared.stop.load(Ordering::SeqCst) {
+        if seq >= bounds.max_requests || shared.started.elapsed() >= bounds.max_duration {
+            if let Ok(mut r) = shared.report.lock() {
+                r.bounded_stop = true;
+            }
+            break;
+        }
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        next += interval;
+        seq += 1;
+        // Writes and reads alternate; a read checks the worker's last acknowledged write.
+        let read = seq.is_multiple_of(2) && last_acked.is_some();
+        let key = format!("{prefix}{seq:06}");
+        let value = format!("v{seq}");
+        let t = Instant::now();
+        // A failure is charged to the phase its request started in.
+        let phase = shared.phase();
+        let deadline = t + REQUEST_DEADLINE;
+        let mut attempt = 0usize;
+        let outcome: Result<()> = loop {
+            // The identity is reloaded when its files changed (as etcd does with its own).
+            let stamp = identity.stamp();
+            if client.as_ref().is_none_or(|(s, _)| *s != stamp) {
+                match Gateway::new(identity, ATTEMPT_TIMEOUT) {
+                    Ok(g) => client = Some((stamp, g)),
+                    Err(e) => {
+                        // Files mid-rewrite: try again shortly.
+                        if Instant::now() > deadline {
+                            break Err(e);
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                }
+            }
+            let Some((_, gw)) = client.as_ref() else { continue };
+            let endpoint = &endpoints[(w + attempt) % endpoints.len()];
+            // Err((e, retry)): retry on another endpoint, or not (the answer itself is wrong).
+            let result: Result<(), (anyhow::Error, bool)> = if read {
+                let (k, want) = last_acked.clone().unwrap_or_default();
+                match gw.get(endpoint, &k) {
+                    Ok(Some(got)) if got == want => Ok(()),
+                    Ok(got) => Err((
+                        anyhow::anyhow!(
+                            "linearizable read of acknowledged {k} via {endpoint} returned {got:?}, not {want:?}"
+                        ),
+                        false,
+                    )),
+                    Err(e) => Err((e, true)),
+                }
+            } else {
+                gw.put(endpoint, &key, &value).map_err(|e| (e, true))
+            };
+            match result {
+                Ok(()) => break Ok(()),
+                Err((e, false)) => break Err(e),
+                Err((e, true)) => {
+                    let incident = Incident {
+                        at_s: shared.started.elapsed().as_secs_f64(),
+                        phase: phase.clone(),
+                        what: if read { format!("read via {endpoint}") } else { format!("write {key} via {endpoint}") },
+                        reason: format!("{e:#}"),
+                    };
+                    if Instant::now() + Duration::from_millis(100) > deadline {
+                        break Err(e);
+                    }
+                    if let Ok(mut r) = shared.report.lock() {
+                        r.retries += 1;
+                        if r.retried.len() < QUOTED {
+                            r.retried.push(incident);
+                        }
+                    }
+                    attempt += 1;
+                    // Every endpoint tried once: back off a little before the next round.
+                    if attempt.is_multiple_of(endpoints.len()) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        };
+        let latency = t.elapsed().as_secs_f64() * 1000.0;
+        let Ok(mut r) = shared.report.lock() else { break };
+        r.requests += 1;
+        r.phases.entry(phase.clone()).or_default().requests += 1;
+        if read {
+            r.reads += 1;
+        } else {
+            r.writes += 1;
+        }
+        r.worst_latency_ms = r.worst_latency_ms.max(latency);
+        match outcome {
+            Ok(()) => {
+                if !read {
+                    r.acknowledged.insert(key.clone(), value.clone());
+                    last_acked = Some((key, value));
+                }
+            }
+            Err(e) => {
+                r.failed += 1;
+                *r.failed_by_phase.entry(phase.clone()).or_default() += 1;
+                if r.failures.len() < QUOTED {
+                    r.failures.push(Incident {
+                        at_s: shared.started.elapsed().as_secs_f64(),
+                        phase,
+                        what: if read { "read".into() } else { format!("write {key} (outcome unknown)") },
+                        reason: format!("{e:#}"),
+                    });
+                }
+            }
+        }
+        // Behind schedule (a slow request): do not burst to catch up.
+        if next < Instant::now() {
+            next = Instant::now();
+        }
+    }
+}
+
+/// Checks that every acknowledged key is in the cluster with its value, reading through
+/// `endpoint` with `identity`. Returns how many were checked.
+pub fn verify_acknowledged(report: &LoadReport, endpoint: &str, identity: &Identity, prefix: &str) -> Result<usize> {
+    let gw = Gateway::new(identity, Duration::from_secs(10))?;
+    let present = gw.range_prefix(endpoint, prefix).context("cannot read back the load's keys")?;
+    let mut missing = Vec::new();
+    for (k, v) in &report.acknowledged {
+        match present.get(k) {
+            Some(got) if got == v => {}
+            Some(got) => missing.push(format!("{k} is {got:?}, acknowledged {v:?}")),
+            None => missing.push(format!("{k} is missing")),
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "{} of {} acknowledged writes are not in the cluster: {}",
+            missing.len(),
+            report.acknowledged.len(),
+            missing.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+        );
+    }
+    Ok(report.acknowledged.len())
+}
