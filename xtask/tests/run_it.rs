@@ -3,7 +3,9 @@
 //! write under `target/run-it/`), in README order, each followed by checks of what it should have
 //! done: etcd healthy through etcdctl with the client certificate, a write read back through
 //! another node, the data in its volume (0700, uid 10001), the health check healthy, the error a
-//! key of the wrong owner gives. Not from the README, the same image also runs as a three-node
+//! key of the wrong owner gives; then the day-2 runbooks on the three-node cluster (upgrade to
+//! 3.5, renew, CA rotation, replace a member), each followed by the data and membership it must
+//! leave. Not from the README, the same image also runs as a three-node
 //! mutual-TLS cluster configured only by `ETCD_*` variables, and as one node configured by a
 //! mounted `--config-file`.
 //!
@@ -44,8 +46,15 @@ const RECIPES: &[&str] = &[
     "etcdctl",
     "health-check",
     "docker-archive",
+    "upgrade",
+    "renew",
+    "rotate-ca",
+    "replace-member",
     "cleanup",
 ];
+
+/// The release the upgrade runbook moves the three-node cluster to (`upgrade.to`).
+const UPGRADED: &str = "localhost/etcd:3.5.16";
 
 /// What the README's recipes create (the cleanup recipe must remove all of it).
 const README_CONTAINERS: &[&str] = &["demo0", "demo1", "demo2", "demo3", "demo4"];
@@ -479,6 +488,77 @@ fn readme_run_it_recipes_work_verbatim() {
     let archive = root().join(README_DIR).join(format!("etcd-3.4.9-linux-{}.docker.tar", common::host_arch()));
     let manifest = common::ok(Command::new("tar").arg("-xOf").arg(&archive).arg("manifest.json"));
     assert!(manifest.contains(r#""RepoTags":["localhost/etcd:3.4.9"]"#), "docker archive manifest.json:\n{manifest}");
+
+    // Day-2: the runbooks on the three-node cluster, which keeps its data through all of them.
+    let greeting = |node: &str, ip: &str| {
+        let got = etcdctl(node, &format!("https://{ip}:2379"), &PKI_TLS, &["get", "greeting", "--print-value-only"]);
+        if String::from_utf8_lossy(&got.stdout).trim() != "hello" {
+            fail(&format!("greeting is not hello on {node}:\n{}", text(&got)), &cluster);
+        }
+    };
+    let out = run_recipe(recipe("upgrade"), &cluster);
+    for (node, ip) in [("demo1", "10.89.79.11"), ("demo2", "10.89.79.12"), ("demo3", "10.89.79.13")] {
+        let image = podman_ok(&["inspect", "--format", "{{.ImageName}}", node], &cluster);
+        assert_eq!(image.trim(), UPGRADED, "{node} after the upgrade runbook");
+        let status = etcdctl(node, &format!("https://{ip}:2379"), &PKI_TLS, &["endpoint", "status", "-w", "json"]);
+        assert!(text(&status).contains(r#""version":"3.5.16""#), "{node} after the upgrade:\n{}", text(&status));
+        greeting(node, ip);
+    }
+    assert!(out.contains(r#""etcdcluster":"3.5.0""#), "upgrade recipe: the cluster version is not 3.5:\n{out}");
+    let snapshot = root().join(README_DIR).join("before-upgrade.db");
+    assert!(fs::metadata(&snapshot).map(|m| m.len() > 0).unwrap_or(false), "no snapshot kept before the upgrade");
+    put_get(
+        ("demo1", "https://10.89.79.11:2379"),
+        ("demo3", "https://10.89.79.13:2379"),
+        &PKI_TLS,
+        "upgraded",
+        &cluster,
+    );
+
+    let out = run_recipe(recipe("renew"), &cluster);
+    assert_eq!(out.matches("serves the renewed certificate").count(), 3, "renew recipe:\n{out}");
+    put_get(
+        ("demo2", "https://10.89.79.12:2379"),
+        ("demo1", "https://10.89.79.11:2379"),
+        &PKI_TLS,
+        "renewed",
+        &cluster,
+    );
+
+    let out = run_recipe(recipe("rotate-ca"), &cluster);
+    assert!(!out.contains("was accepted"), "rotate-ca recipe:\n{out}");
+    let rotation = fs::read_to_string(root().join(README_DIR).join("demo/rotation.json")).unwrap();
+    assert!(rotation.contains(r#""phase": "done""#), "rotation.json after the runbook:\n{rotation}");
+    assert!(root().join(README_DIR).join("demo/ca.old-1/ca.key").is_file(), "the old CA's key was not kept");
+    put_get(
+        ("demo3", "https://10.89.79.13:2379"),
+        ("demo2", "https://10.89.79.12:2379"),
+        &PKI_TLS,
+        "rotated",
+        &cluster,
+    );
+
+    let before = etcdctl("demo1", "https://10.89.79.11:2379", &PKI_TLS, &["member", "list"]);
+    let old_id = String::from_utf8_lossy(&before.stdout)
+        .lines()
+        .find(|l| l.contains(", demo2, "))
+        .and_then(|l| l.split(',').next())
+        .map(str::to_string)
+        .unwrap_or_else(|| fail(&format!("demo2 is not a member:\n{}", text(&before)), &cluster));
+    run_recipe(recipe("replace-member"), &cluster);
+    wait_healthy("demo1", all3, &PKI_TLS, &cluster);
+    let after = etcdctl("demo2", "https://10.89.79.12:2379", &PKI_TLS, &["member", "list"]);
+    let list = String::from_utf8_lossy(&after.stdout).to_string();
+    assert_eq!(list.lines().filter(|l| l.contains(", started, ") && l.ends_with(", false")).count(), 3, "{list}");
+    assert!(!list.contains(&old_id), "the lost member's ID {old_id} is still listed:\n{list}");
+    greeting("demo2", "10.89.79.12");
+    put_get(
+        ("demo2", "https://10.89.79.12:2379"),
+        ("demo3", "https://10.89.79.13:2379"),
+        &PKI_TLS,
+        "replaced",
+        &cluster,
+    );
 
     // Clean up: nothing of the README's is left.
     run_recipe(recipe("cleanup"), &[]);
