@@ -840,6 +840,8 @@ impl Run {
         }
         // Its outcome is unknown: it may still commit once the cluster heals. Never asserted absent.
         notes.push(format!("two down: write failed after {:.1} s (outcome unknown)", t.elapsed().as_secs_f64()));
+        let since =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let t = Instant::now();
         self.start(1)?;
         self.start(2)?;
@@ -848,6 +850,15 @@ impl Run {
         let heal = t.elapsed().as_secs_f64();
         self.timings.insert("heal_after_restart".into(), heal);
         notes.push(format!("healed in {heal:.2} s"));
+        if heal > 3.0 {
+            // The whole story beside the report, and etcd's own account in the reason.
+            self.record_logs();
+            notes.push(format!(
+                "[slow: node 2's log since its restart: {}; node 3's: {}]",
+                self.restart_log(1, since),
+                self.restart_log(2, since)
+            ));
+        }
         for (key, want, node) in [("smoke/before-faults", "kept", 2usize), ("smoke/one-down", "ok", 2)] {
             let got = self.etcdctl_ok(&[node], &["get", "--print-value-only", key])?;
             if got.trim() != want {
