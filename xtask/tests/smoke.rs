@@ -33,6 +33,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     let out_dir = tmp.path().join("smoke");
 
     common::build_etcd_349(&[common::host_arch()]);
+    a_forbidden_upgrade_is_refused_before_anything_starts();
     let out = xtask().args(["smoke", "--source", "build", "--out", out_dir.to_str().unwrap()]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -137,9 +138,8 @@ fn a_description_without_three_nodes_is_refused() {
     assert!(err.contains("two.toml") && err.contains("nodes") && err.contains("three"), "{err}");
 }
 
-#[test]
+/// A forbidden upgrade target is refused before any container, volume or network is created.
 fn a_forbidden_upgrade_is_refused_before_anything_starts() {
-    common::build_etcd_349(&[common::host_arch()]);
     let tmp = tempfile::tempdir().unwrap();
     for (target, words) in
         [("3.5.1", &["3.5.1", "13766"][..]), ("3.6.0", &["3.6.0", "minor"][..]), ("3.4.8", &["3.4.8", "downgrade"][..])]

@@ -6,7 +6,8 @@
 //!
 //! It behaves like a client that knows all endpoints and retries: a request goes to its worker's
 //! own endpoint first and, on any error, to the next one, until it succeeds or its deadline
-//! passes; only then is it counted as failed. A write that failed may still have been committed
+//! passes; only then is it counted as failed. An endpoint that failed an attempt is passed over
+//! for a second by every worker, as a client's balancer would. A write that failed may still have been committed
 //! (its outcome is unknown), so only acknowledged keys are checked afterwards.
 //!
 //! The identity is re-read when one of its files changes, like etcd re-reads its leaf
@@ -120,7 +121,8 @@ impl Gateway {
                     .unwrap_or(text);
                 bail!("{url}: HTTP {code}: {}", reason.trim())
             }
-            Err(e) => bail!("{url}: {e}"),
+            // ureq's own error names the URL.
+            Err(e) => bail!("{e}"),
         }
     }
 
@@ -154,6 +156,23 @@ impl Gateway {
             out.insert(decode(kv.get("key"))?, decode(kv.get("value"))?);
         }
         Ok(out)
+    }
+}
+
+/// What went wrong with an attempt, in a few words: the classes the report counts.
+fn cause(reason: &str) -> String {
+    let lower = reason.to_lowercase();
+    if lower.contains("connection refused") {
+        "connection refused (the member is not listening)".into()
+    } else if lower.contains("connection reset") || lower.contains("broken pipe") || lower.contains("unexpected eof") {
+        "connection closed (the member stopped mid-request)".into()
+    } else if lower.contains("timed out") || lower.contains("timeout") {
+        "timed out".into()
+    } else if let Some(i) = reason.find("HTTP ") {
+        // "HTTP 503: etcdserver: leader changed" -> the status and etcd's message.
+        reason[i..].chars().take(80).collect()
+    } else {
+        reason.chars().take(80).collect()
     }
 }
 
@@ -192,6 +211,8 @@ pub struct LoadReport {
     pub phases: BTreeMap<String, PhaseStats>,
     pub failures: Vec<Incident>,
     pub retried: Vec<Incident>,
+    /// Retried attempts by what went wrong (see [`cause`]).
+    pub retried_by_cause: BTreeMap<String, u64>,
     /// Whether a bound (count or time) stopped the load before the scenario did.
     pub bounded_stop: bool,
     #[serde(skip)]
@@ -224,7 +245,13 @@ impl LoadReport {
     }
 }
 
+/// How long an endpoint that failed an attempt is passed over, as a client's balancer does: a
+/// stopped member's published port may swallow a SYN until the connect timeout.
+const AVOID_FAILED: Duration = Duration::from_millis(1000);
+
 struct Shared {
+    /// Per endpoint: passed over until then (its last attempt failed).
+    avoid_until: Mutex<Vec<Option<Instant>>>,
     report: Mutex<LoadReport>,
     phase: Mutex<String>,
     /// When the current phase began.
@@ -236,6 +263,20 @@ struct Shared {
 impl Shared {
     fn phase(&self) -> String {
         self.phase.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// The first endpoint from `start` (round) that is not being passed over; `start`'s own
+    /// when all are.
+    fn pick(&self, start: usize, n: usize) -> usize {
+        let now = Instant::now();
+        let Ok(avoid) = self.avoid_until.lock() else { return start % n };
+        (0..n).map(|k| (start + k) % n).find(|i| avoid[*i].is_none_or(|t| t <= now)).unwrap_or(start % n)
+    }
+
+    fn avoid(&self, i: usize) {
+        if let Ok(mut avoid) = self.avoid_until.lock() {
+            avoid[i] = Some(Instant::now() + AVOID_FAILED);
+        }
     }
 
     /// Adds the time since the current phase began to its total.
@@ -272,6 +313,7 @@ impl Load {
         identity.tls_config()?;
         let shared = Arc::new(Shared {
             report: Mutex::new(LoadReport::default()),
+            avoid_until: Mutex::new(vec![None; endpoints.len()]),
             phase: Mutex::new("start".into()),
             phase_started: Mutex::new(Instant::now()),
             stop: AtomicBool::new(false),
@@ -360,7 +402,8 @@ fn worker(w: usize, endpoints: &[String], identity: &Identity, prefix: &str, bou
                 }
             }
             let Some((_, gw)) = client.as_ref() else { continue };
-            let endpoint = &endpoints[(w + attempt) % endpoints.len()];
+            let index = shared.pick(w + attempt, endpoints.len());
+            let endpoint = &endpoints[index];
             // Err((e, retry)): retry on another endpoint, or not (the answer itself is wrong).
             let result: Result<(), (anyhow::Error, bool)> = if read {
                 let (k, want) = last_acked.clone().unwrap_or_default();
@@ -387,11 +430,13 @@ fn worker(w: usize, endpoints: &[String], identity: &Identity, prefix: &str, bou
                         what: if read { format!("read via {endpoint}") } else { format!("write {key} via {endpoint}") },
                         reason: format!("{e:#}"),
                     };
+                    shared.avoid(index);
                     if Instant::now() + Duration::from_millis(100) > deadline {
                         break Err(e);
                     }
                     if let Ok(mut r) = shared.report.lock() {
                         r.retries += 1;
+                        *r.retried_by_cause.entry(cause(&incident.reason)).or_default() += 1;
                         if r.retried.len() < QUOTED {
                             r.retried.push(incident);
                         }

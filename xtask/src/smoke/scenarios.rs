@@ -152,6 +152,10 @@ impl Run {
             report.worst_latency_ms,
             self.nodes[via].spec.name
         );
+        if report.retries > 0 {
+            let causes: Vec<String> = report.retried_by_cause.iter().map(|(c, n)| format!("{n} {c}")).collect();
+            summary.push_str(&format!("; retried: {}", causes.join(", ")));
+        }
         if report.failed > 0 {
             let by_phase: Vec<String> =
                 report.failed_by_phase.iter().map(|(p, n)| format!("{n} during {p:?}")).collect();
