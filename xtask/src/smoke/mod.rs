@@ -605,6 +605,29 @@ impl Run {
         Ok((String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
     }
 
+    /// Repeats `attempt` every `every` until it gives `Ok(value)` or `timeout` passes; an
+    /// `Err(reason)` means "not yet", an error of the attempt itself ends the polling. The error
+    /// after the timeout says `what` and the last reason. Returns the value and the attempts made.
+    fn poll<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        every: Duration,
+        mut attempt: impl FnMut(&Self) -> Result<std::result::Result<T, String>>,
+    ) -> Result<(T, u32)> {
+        let deadline = Instant::now() + timeout;
+        let mut tries = 0;
+        loop {
+            self.interrupt.check()?;
+            tries += 1;
+            match attempt(self)? {
+                Ok(v) => return Ok((v, tries)),
+                Err(why) if Instant::now() > deadline => bail!("{what} within {} s: {why}", timeout.as_secs()),
+                Err(_) => std::thread::sleep(every),
+            }
+        }
+    }
+
     fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last;
@@ -679,25 +702,21 @@ impl Run {
         Command::new("curl").args(["-sS", "--max-time", "5"]).args(extra).arg(url).output().context("cannot run curl")
     }
 
+    /// curl's arguments for the operator's identity (CA, certificate, key).
+    fn client_tls_args(&self) -> Vec<String> {
+        [("--cacert", "ca.crt"), ("--cert", "client.crt"), ("--key", "client.key")]
+            .iter()
+            .flat_map(|(flag, file)| [flag.to_string(), self.client.join(file).display().to_string()])
+            .collect()
+    }
+
     fn check_gateway(&self) -> Result<String> {
         let url = format!("https://127.0.0.1:{}/v3/kv/range", self.nodes[0].client_port);
         // base64("smoke/linearizable")
         let key = "c21va2UvbGluZWFyaXphYmxl";
-        let out = self.curl(
-            &[
-                "--cacert".into(),
-                self.client.join("ca.crt").display().to_string(),
-                "--cert".into(),
-                self.client.join("client.crt").display().to_string(),
-                "--key".into(),
-                self.client.join("client.key").display().to_string(),
-                "-X".into(),
-                "POST".into(),
-                "-d".into(),
-                format!("{{\"key\":\"{key}\"}}"),
-            ],
-            &url,
-        )?;
+        let mut args = self.client_tls_args();
+        args.extend(["-X".into(), "POST".into(), "-d".into(), format!("{{\"key\":\"{key}\"}}")]);
+        let out = self.curl(&args, &url)?;
         let body = String::from_utf8_lossy(&out.stdout);
         // base64("from-node-1")
         if !out.status.success() || !body.contains("ZnJvbS1ub2RlLTE=") {
@@ -883,26 +902,13 @@ impl Run {
         let t = Instant::now();
         self.start(0)?;
         let started = t.elapsed().as_secs_f64();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut attempts = 0;
-        let got = loop {
-            self.interrupt.check()?;
-            attempts += 1;
-            let out = self.etcdctl(
-                &[0],
-                &["get", "--print-value-only", "--command-timeout=1s", "--consistency=l", "smoke/before-faults"],
-            )?;
-            if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).trim().to_string();
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "node 1 answered no read for 60 s after its restart: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let read = ["get", "--print-value-only", "--command-timeout=1s", "--consistency=l", "smoke/before-faults"];
+        let (got, attempts) = self.poll(
+            "node 1 answered no read after its restart",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            |run| Ok(stdout_or_stderr(run.etcdctl(&[0], &read)?)),
+        )?;
         let answered = t.elapsed().as_secs_f64();
         if got != "kept" {
             bail!("after SIGKILL, node 1 serves {got:?} for smoke/before-faults");
@@ -985,18 +991,12 @@ impl Run {
         let args = self.run_command(&container, &ip.to_string(), extra, &env, &self.tag);
         podman_checked(&args).context("cannot start the restored node")?;
         self.res.containers.push(container.clone());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let value = loop {
-            self.interrupt.check()?;
-            let out = self.etcdctl_at(&[port], &["get", "--print-value-only", "smoke/before-faults"])?;
-            if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).trim().to_string();
-            }
-            if Instant::now() > deadline {
-                bail!("the restored node never answered: {}", String::from_utf8_lossy(&out.stderr).trim());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
+        let (value, _) = self.poll(
+            "the restored node never answered",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            |run| Ok(stdout_or_stderr(run.etcdctl_at(&[port], &["get", "--print-value-only", "smoke/before-faults"])?)),
+        )?;
         if value != "kept" {
             bail!("the restored node returned {value:?} for smoke/before-faults");
         }
@@ -1039,6 +1039,14 @@ fn stable_mac(ip: &IpAddr) -> String {
         }
     };
     format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// A command's trimmed stdout when it succeeded, else its trimmed stderr as the reason.
+fn stdout_or_stderr(out: Output) -> std::result::Result<String, String> {
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    }
 }
 
 /// The `error` field of an etcd (zap) log line, or the line itself.

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 
 use super::load::{self, Bounds, Identity, Load};
 use super::podman::{podman, podman_checked, LABEL};
-use super::{Outcome, Run};
+use super::{stdout_or_stderr, Outcome, Run};
 use crate::definition::Definition;
 use crate::image::{self, BuildArgs};
 use crate::pki::profiles::Profiles;
@@ -417,19 +417,15 @@ impl Run {
         // etcd refuses a reconfiguration ("unhealthy cluster") until every voting member has been
         // connected for 5 s (--strict-reconfig-check), which the removal may have just changed.
         let add = ["member", "add", name.as_str(), "--learner", &format!("--peer-urls={peer_url}")];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let added = loop {
-            self.interrupt.check()?;
-            let out = self.etcdctl(&others, &add)?;
-            if out.status.success() {
-                break String::from_utf8_lossy(&out.stdout).into_owned();
-            }
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            if !err.contains("unhealthy cluster") || Instant::now() > deadline {
-                bail!("etcdctl {} failed: {}", add.join(" "), err.trim());
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
+        let (added, _) = self.poll(
+            &format!("etcdctl {} still answered `unhealthy cluster`", add.join(" ")),
+            Duration::from_secs(30),
+            Duration::from_millis(500),
+            |run| match stdout_or_stderr(run.etcdctl(&others, &add)?) {
+                Err(e) if !e.contains("unhealthy cluster") => bail!("etcdctl {} failed: {e}", add.join(" ")),
+                r => Ok(r),
+            },
+        )?;
         let new_id = added
             .split_whitespace()
             .skip_while(|w| *w != "Member")
@@ -452,23 +448,12 @@ impl Run {
         // Promote once the learner has caught up ("can only promote a learner member which is in
         // sync with leader" until then).
         self.phase(&format!("{name} learning"));
-        let deadline = Instant::now() + HEALTHY_TIMEOUT;
-        let mut tries = 0;
-        loop {
-            self.interrupt.check()?;
-            tries += 1;
-            let out = self.etcdctl(&others, &["member", "promote", &new_id])?;
-            if out.status.success() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the learner {new_id} was not promoted within 60 s: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        let (_, tries) = self.poll(
+            &format!("the learner {new_id} was not promoted"),
+            HEALTHY_TIMEOUT,
+            Duration::from_millis(250),
+            |run| Ok(stdout_or_stderr(run.etcdctl(&others, &["member", "promote", &new_id])?)),
+        )?;
         let promoted = t.elapsed().as_secs_f64();
         self.phase(&format!("{name} promoted"));
         self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT)?;
@@ -578,20 +563,16 @@ impl Run {
         }
         // The leader raises the cluster version once every member runs the new release.
         let want = plan.to.split('.').take(2).collect::<Vec<_>>().join(".") + ".0";
-        let deadline = Instant::now() + Duration::from_secs(60);
         let t = Instant::now();
-        let cluster = loop {
-            self.interrupt.check()?;
-            let v = self.version_json(0)?;
-            let c = v["etcdcluster"].as_str().unwrap_or_default().to_string();
-            if c == want {
-                break c;
-            }
-            if Instant::now() > deadline {
-                bail!("the cluster version is {c:?} after 60 s, expected {want}");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
+        let (cluster, _) = self.poll(
+            &format!("the cluster version did not become {want}"),
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            |run| {
+                let c = run.version_json(0)?["etcdcluster"].as_str().unwrap_or_default().to_string();
+                Ok(if c == want { Ok(c) } else { Err(format!("it is {c:?}")) })
+            },
+        )?;
         Ok(format!(
             "members report {}; cluster version {cluster} (after {:.1} s)",
             versions.join(", "),
@@ -602,17 +583,7 @@ impl Run {
     /// `GET /version` of node `i` with the client certificate.
     fn version_json(&self, i: usize) -> Result<serde_json::Value> {
         let url = format!("https://127.0.0.1:{}/version", self.nodes[i].client_port);
-        let out = self.curl(
-            &[
-                "--cacert".into(),
-                self.client.join("ca.crt").display().to_string(),
-                "--cert".into(),
-                self.client.join("client.crt").display().to_string(),
-                "--key".into(),
-                self.client.join("client.key").display().to_string(),
-            ],
-            &url,
-        )?;
+        let out = self.curl(&self.client_tls_args(), &url)?;
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("{url}: not JSON: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
