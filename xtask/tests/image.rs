@@ -207,6 +207,46 @@ fn umoci_and_our_verify_accept_it_and_both_catch_a_corrupt_blob() {
     assert!(!o.status.success() && err.contains("corrupt"), "{err}");
     assert!(err.contains(&biggest.1.file_name().unwrap().to_string_lossy().into_owned()), "{err}");
 
+    // Docker's index beside OCI's: the same config, the layers in the same order, the full name.
+    let docker: serde_json::Value = {
+        let f = fs::File::open(&archive).unwrap();
+        let mut ar = tar::Archive::new(f);
+        let mut e =
+            ar.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path().unwrap().ends_with("manifest.json")).unwrap();
+        serde_json::from_reader(&mut e).unwrap()
+    };
+    let (m, _) = manifest_and_config(&layout);
+    let path =
+        |d: &serde_json::Value| format!("blobs/sha256/{}", d["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+    assert_eq!(docker[0]["Config"], path(&m["config"]));
+    let layers: Vec<String> = m["layers"].as_array().unwrap().iter().map(path).collect();
+    assert_eq!(docker[0]["Layers"], serde_json::json!(layers));
+    assert_eq!(docker[0]["RepoTags"], serde_json::json!([format!("localhost/etcd:{}", version())]));
+    // An archive whose manifest.json disagrees (layers swapped) fails verification, named.
+    let swapped = tmp.path().join("swapped.tar");
+    {
+        let mut b = tar::Builder::new(fs::File::create(&swapped).unwrap());
+        let mut ar = tar::Archive::new(fs::File::open(&archive).unwrap());
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut h = e.header().clone();
+            if e.path().unwrap().ends_with("manifest.json") {
+                let mut bad = docker.clone();
+                bad[0]["Layers"].as_array_mut().unwrap().reverse();
+                let data = serde_json::to_vec(&bad).unwrap();
+                h.set_size(data.len() as u64);
+                h.set_cksum();
+                b.append(&h, &data[..]).unwrap();
+            } else {
+                b.append(&h, &mut e).unwrap();
+            }
+        }
+        b.finish().unwrap();
+    }
+    let o = run(Command::new(XTASK).args(["image", "verify"]).arg(&swapped));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("manifest.json") && err.contains("disagrees"), "{err}");
+
     // The same corruption inside an archive.
     let mut ar = fs::read(&archive).unwrap();
     let at = ar.len() / 2;
@@ -373,6 +413,14 @@ fn several_arches_give_a_multi_arch_index_and_static_builds_get_no_libraries() {
     // Single-arch archives keep exactly one manifest (podman load rejects two).
     let single = json(&out.join("etcd-3.5.1-linux-arm64/index.json"));
     assert_eq!(single["manifests"].as_array().unwrap().len(), 1);
+    // Docker's manifest.json is in each single-arch archive, and only there: Docker before 25
+    // cannot load a multi-arch archive whatever it contains.
+    let names = |stem: &str| -> Vec<String> {
+        let f = fs::File::open(out.join(format!("{stem}.tar"))).unwrap();
+        tar::Archive::new(f).entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
+    };
+    assert!(names("etcd-3.5.1-linux-arm64").contains(&"manifest.json".to_string()));
+    assert!(!names("etcd-3.5.1").contains(&"manifest.json".to_string()));
     let multi = out.join("etcd-3.5.1");
     let top = json(&multi.join("index.json"));
     assert_eq!(top["manifests"][0]["mediaType"], "application/vnd.oci.image.index.v1+json");

@@ -37,7 +37,7 @@ use crate::image::verify;
 use crate::util::{temp_sibling, write_atomic, Arch, HashingWriter, Sha256Hex, StagingDir};
 
 /// Bumped whenever the engine would write different bytes for the same plan.
-pub const FORMAT: &str = "xtask-image/1";
+pub const FORMAT: &str = "xtask-image/2";
 
 /// One layer to write: its entries, sorted, parents first.
 #[derive(Debug, Clone, Serialize)]
@@ -506,7 +506,8 @@ fn finish_layout(
 }
 
 /// Writes the oci-archive of a layout directory: a plain tar with `blobs/`, `blobs/sha256/`,
-/// every blob, `index.json` and `oci-layout`, sorted, root-owned, mtime = epoch.
+/// every blob, `index.json`, Docker's `manifest.json` (for a single-architecture image) and
+/// `oci-layout`, sorted, root-owned, mtime = epoch.
 pub fn write_archive(layout: &Path, dest: &Path, epoch: u64) -> Result<(Sha256Hex, u64)> {
     let mut entries = vec![Entry::dir("blobs", 0o755, 0, 0), Entry::dir("blobs/sha256", 0o755, 0, 0)];
     let blobs = layout.join("blobs/sha256");
@@ -525,6 +526,21 @@ pub fn write_archive(layout: &Path, dest: &Path, epoch: u64) -> Result<(Sha256He
         entries.push(Entry::host_known(&format!("blobs/sha256/{n}"), 0o644, 0, 0, &blobs.join(&n), sha)?);
     }
     entries.push(Entry::host("index.json", 0o644, 0, 0, &layout.join("index.json"))?);
+    // Docker's own index beside OCI's (as BuildKit's OCI exporter writes it): `docker load`
+    // before Docker 25 reads only this file. Single-architecture archives only.
+    let index_path = layout.join("index.json");
+    let index: oci::Index = serde_json::from_slice(
+        &fs::read(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?,
+    )
+    .with_context(|| format!("{} is not an OCI image index", index_path.display()))?;
+    let read_manifest = |digest: &str| -> Result<oci::Manifest> {
+        let p = blobs.join(oci::parse_digest(digest)?.to_string());
+        serde_json::from_slice(&fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?)
+            .with_context(|| format!("{} is not an OCI image manifest", p.display()))
+    };
+    if let Some(docker) = oci::docker_manifest(&index, read_manifest)? {
+        entries.push(Entry::inline("manifest.json", 0o644, 0, 0, oci::to_canonical_json(&docker)?));
+    }
     entries.push(Entry::host("oci-layout", 0o644, 0, 0, &layout.join("oci-layout"))?);
 
     let file = fs::File::create(dest).with_context(|| format!("cannot create {}", dest.display()))?;

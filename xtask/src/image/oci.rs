@@ -139,6 +139,39 @@ pub struct History {
     pub empty_layer: bool,
 }
 
+/// One entry of Docker's own archive index (`manifest.json`, the format `docker save` writes and
+/// `docker load` before Docker 25 reads instead of `index.json`): paths inside the archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerManifestEntry {
+    #[serde(rename = "Config")]
+    pub config: String,
+    #[serde(rename = "RepoTags")]
+    pub repo_tags: Vec<String>,
+    #[serde(rename = "Layers")]
+    pub layers: Vec<String>,
+}
+
+/// Docker's `manifest.json` for an archive whose `index.json` names exactly one image manifest
+/// with a reference name (a single-architecture image); `None` for anything else (a multi-arch
+/// index, which Docker before 25 cannot load). `manifest` reads the manifest blob of a digest.
+pub fn docker_manifest(
+    index: &Index,
+    manifest: impl Fn(&str) -> Result<Manifest>,
+) -> Result<Option<Vec<DockerManifestEntry>>> {
+    let [top] = index.manifests.as_slice() else { return Ok(None) };
+    if top.media_type != MEDIA_MANIFEST {
+        return Ok(None);
+    }
+    let Some(name) = top.annotations.get(ANNOTATION_REF_NAME) else { return Ok(None) };
+    let m = manifest(&top.digest)?;
+    let path = |d: &Descriptor| -> Result<String> { Ok(format!("blobs/sha256/{}", parse_digest(&d.digest)?)) };
+    Ok(Some(vec![DockerManifestEntry {
+        config: path(&m.config)?,
+        repo_tags: vec![name.clone()],
+        layers: m.layers.iter().map(path).collect::<Result<_>>()?,
+    }]))
+}
+
 /// Canonical JSON: compact, every object's keys sorted.
 pub fn to_canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     // Through `Value` (whose maps are sorted) so that no map type with unstable order can

@@ -205,7 +205,7 @@ fn collect(path: &Path) -> Result<Collected> {
     let mut top = BTreeMap::new();
     let meta = fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
     if meta.is_dir() {
-        for name in ["oci-layout", "index.json"] {
+        for name in ["oci-layout", "index.json", "manifest.json"] {
             let p = path.join(name);
             if p.exists() {
                 top.insert(name.to_string(), fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?);
@@ -240,7 +240,7 @@ fn collect(path: &Path) -> Result<Collected> {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {}
                 t => bail!("{}: {name} is a {t:?}; an oci-archive holds only files and directories", path.display()),
             }
-            if name == "oci-layout" || name == "index.json" {
+            if name == "oci-layout" || name == "index.json" || name == "manifest.json" {
                 let mut buf = Vec::new();
                 (&mut entry)
                     .take(MAX_JSON)
@@ -254,7 +254,8 @@ fn collect(path: &Path) -> Result<Collected> {
                 }
             } else {
                 bail!(
-                    "{}: unexpected file {name:?} in an oci-archive (only oci-layout, index.json and blobs/sha256/*)",
+                    "{}: unexpected file {name:?} in an oci-archive (only oci-layout, index.json, manifest.json \
+                     and blobs/sha256/*)",
                     path.display()
                 );
             }
@@ -414,6 +415,34 @@ impl Checker<'_> {
     }
 }
 
+/// Docker's `manifest.json` must say what `index.json` says: the same config, the same layers in
+/// the same order, the reference name as its only tag; and exist only for a single image.
+fn docker_index_problems(index: &Index, docker: &[u8], blobs: &BTreeMap<String, BlobFacts>) -> Vec<String> {
+    let found: Vec<oci::DockerManifestEntry> = match serde_json::from_slice(docker) {
+        Ok(v) => v,
+        Err(e) => return vec![format!("manifest.json is not Docker's archive index: {e}")],
+    };
+    let read = |digest: &str| -> Result<oci::Manifest> {
+        let hex = oci::parse_digest(digest)?.to_string();
+        let json = blobs.get(&hex).and_then(|b| b.json.as_deref()).with_context(|| format!("blob {hex} missing"))?;
+        serde_json::from_slice(json).context("not an OCI image manifest")
+    };
+    match oci::docker_manifest(index, read) {
+        Ok(Some(want)) if want == found => Vec::new(),
+        Ok(Some(want)) => vec![format!(
+            "manifest.json (Docker's index) disagrees with index.json: it says {}, index.json says {}",
+            String::from_utf8_lossy(docker),
+            serde_json::to_string(&want).unwrap_or_default()
+        )],
+        Ok(None) => {
+            vec!["manifest.json (Docker's index) is only for a single image with a reference name; index.json lists \
+             something else (Docker before 25 cannot load a multi-architecture archive)"
+                .to_string()]
+        }
+        Err(e) => vec![format!("manifest.json cannot be checked against index.json: {e:#}")],
+    }
+}
+
 /// Verifies a layout directory or an oci-archive; the error lists every problem found.
 pub fn verify_path(path: &Path) -> Result<Report> {
     let (blobs, top) = collect(path)?;
@@ -439,6 +468,9 @@ pub fn verify_path(path: &Path) -> Result<Report> {
             }
             for (i, d) in index.manifests.iter().enumerate() {
                 checker.descriptor(d, &format!("index.json manifests[{i}]"), 0);
+            }
+            if let Some(docker) = top.get("manifest.json") {
+                problems.extend(docker_index_problems(&index, docker, &blobs));
             }
         }
     }
