@@ -3,7 +3,9 @@
 //! write under `target/run-it/`), in README order, each followed by checks of what it should have
 //! done: etcd healthy through etcdctl with the client certificate, a write read back through
 //! another node, the data in its volume (0700, uid 10001), the health check healthy, the error a
-//! key of the wrong owner gives; then the day-2 runbooks on the three-node cluster (upgrade to
+//! key of the wrong owner gives; the Docker blocks against a dockerd of the test's own
+//! (`common::dockerd`: Debian's docker.io, isolated from the host's), with Docker's image ID,
+//! user, data volume and the node's uid checked; then the day-2 runbooks on the three-node cluster (upgrade to
 //! 3.5, renew, CA rotation, replace a member), each followed by the data and membership it must
 //! leave. Not from the README, the same image also runs as a three-node
 //! mutual-TLS cluster configured only by `ETCD_*` variables, and as one node configured by a
@@ -16,7 +18,8 @@
 //! shell that ran `cargo test`, without the variables cargo sets for test processes (see
 //! [`set_by_cargo_for_tests`]).
 //!
-//! Needs root, podman, bash, cargo, cfssl, skopeo, curl and tar; a missing one fails the test.
+//! Needs root, podman, bash, cargo, cfssl, curl, tar and docker.io (dockerd, docker,
+//! containerd); a missing one fails the test.
 //! The image is etcd v3.4.9 built from source (`$XTASK_TEST_ETCD_GIT`, see `common`). Everything
 //! created (containers, volumes, networks, `target/run-it/`) is removed at the start (leftovers of
 //! an interrupted run), at the end and on failure.
@@ -45,7 +48,8 @@ const RECIPES: &[&str] = &[
     "wrong-owner",
     "etcdctl",
     "health-check",
-    "docker-archive",
+    "docker-node",
+    "docker-cleanup",
     "upgrade",
     "renew",
     "rotate-ca",
@@ -177,7 +181,7 @@ fn image() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         assert!(xtask::util::is_root(), "this test runs rootful podman with static IPs: run it as root");
-        for tool in ["podman", "bash", "cargo", "cfssl", "cfssljson", "skopeo", "curl", "tar"] {
+        for tool in ["podman", "bash", "cargo", "cfssl", "cfssljson", "curl", "tar"] {
             require(tool);
         }
         common::build_etcd_349(&[common::host_arch()]);
@@ -360,6 +364,11 @@ fn set_by_cargo_for_tests(name: &str) -> bool {
 /// of the shell that ran `cargo test` plus CONTAINERS_CONF; returns all it printed. On failure:
 /// its output and the logs of `nodes`.
 fn run_recipe(r: &Recipe, nodes: &[&str]) -> String {
+    run_recipe_env(r, nodes, &[])
+}
+
+/// [`run_recipe`] with more environment (e.g. `DOCKER_HOST` of the test's own dockerd).
+fn run_recipe_env(r: &Recipe, nodes: &[&str], env: &[(String, String)]) -> String {
     let t = Instant::now();
     let mut cmd = Command::new("bash");
     cmd.args(["-euo", "pipefail", "-c", &r.text]).current_dir(root()).env("CONTAINERS_CONF", containers_conf());
@@ -368,6 +377,7 @@ fn run_recipe(r: &Recipe, nodes: &[&str]) -> String {
             cmd.env_remove(&name);
         }
     }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let out = run(&mut cmd);
     let all = text(&out);
     if !out.status.success() {
@@ -483,11 +493,50 @@ fn readme_run_it_recipes_work_verbatim() {
     let status = podman_ok(&["inspect", "--format", "{{.State.Health.Status}}", "demo0"], &demo0);
     assert_eq!(status.trim(), "healthy", "demo0's health status");
 
-    // Docker: the converted archive has Docker's manifest.json with the image's name.
-    run_recipe(recipe("docker-archive"), &[]);
-    let archive = root().join(README_DIR).join(format!("etcd-3.4.9-linux-{}.docker.tar", common::host_arch()));
-    let manifest = common::ok(Command::new("tar").arg("-xOf").arg(&archive).arg("manifest.json"));
-    assert!(manifest.contains(r#""RepoTags":["localhost/etcd:3.4.9"]"#), "docker archive manifest.json:\n{manifest}");
+    // Docker (Debian's docker.io, a daemon of this test's own): our archive loads as it is, and
+    // the node serves as the etcd uid.
+    let (dockerd, client) = common::dockerd::programs();
+    let docker = common::dockerd::Dockerd::start(&dockerd, client);
+    let out = run_recipe_env(recipe("docker-node"), &[], &docker.shell_env());
+    assert!(out.contains("Loaded image: localhost/etcd:3.4.9"), "docker-node recipe:\n{out}");
+    assert!(out.contains("https://127.0.0.1:2379 is healthy") && out.contains("OK"), "docker-node recipe:\n{out}");
+    let layout = root().join(format!("target/images/etcd-3.4.9-linux-{}", common::host_arch()));
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_hex = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(manifest_hex)).unwrap()).unwrap();
+    let id = docker.ok(&["image", "inspect", "--format", "{{.Id}}", IMAGE]);
+    assert_eq!(id.trim(), manifest["config"]["digest"].as_str().unwrap(), "Docker's image ID is not our config digest");
+    let user = docker.ok(&["inspect", "--format", "{{.Config.User}}", "demo-docker"]);
+    assert_eq!(user.trim(), "10001:10001");
+    let pid = docker.ok(&["inspect", "--format", "{{.State.Pid}}", "demo-docker"]);
+    let status = fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap().to_string();
+    assert!(uids.split_whitespace().skip(1).all(|u| u == ETCD_UID.to_string()), "etcd under Docker: {uids}");
+    let got = docker.ok(&[
+        "exec",
+        "demo-docker",
+        "etcdctl",
+        "--endpoints",
+        "https://127.0.0.1:2379",
+        "--cacert",
+        PKI_TLS.ca,
+        "--cert",
+        PKI_TLS.cert,
+        "--key",
+        PKI_TLS.key,
+        "get",
+        "from-docker",
+        "--print-value-only",
+    ]);
+    assert_eq!(got.trim(), "yes");
+    let volume = docker.ok(&["volume", "inspect", "--format", "{{.Mountpoint}}", "demo-docker-data"]);
+    let meta = fs::metadata(volume.trim()).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o700, ETCD_UID), "Docker's data volume");
+    run_recipe_env(recipe("docker-cleanup"), &[], &docker.shell_env());
+    assert_eq!(docker.ok(&["ps", "-aq"]).trim(), "", "docker-cleanup left a container");
+    assert!(!docker.ok(&["volume", "ls", "-q"]).contains("demo-docker-data"), "docker-cleanup left the volume");
+    drop(docker);
 
     // Day-2: the runbooks on the three-node cluster, which keeps its data through all of them.
     let greeting = |node: &str, ip: &str| {

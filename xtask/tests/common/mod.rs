@@ -3,6 +3,8 @@
 //! part of it.
 #![allow(dead_code)]
 
+pub mod dockerd;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
