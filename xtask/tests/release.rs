@@ -145,6 +145,20 @@ fn release_of_349_built_from_source_for_amd64_and_arm64() {
     let want = release_files("3.4.9");
     assert_eq!(file_names(&dir), want);
     sums_cover_every_other_file(&dir, &want);
+    // Docker's manifest.json in each architecture's archive (docker load before Docker 25), not
+    // in the multi-arch one, which Docker cannot load.
+    let docker_index = |name: &str| -> Option<String> {
+        let mut ar = tar::Archive::new(std::fs::File::open(dir.join(name)).unwrap());
+        let mut e = ar.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path().unwrap().ends_with("manifest.json"))?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut e, &mut text).unwrap();
+        Some(text)
+    };
+    for arch in ["amd64", "arm64"] {
+        let text = docker_index(&format!("etcd-3.4.9-linux-{arch}.tar")).expect("manifest.json in the archive");
+        assert!(text.contains(r#""RepoTags":["localhost/etcd:3.4.9"]"#), "{arch}: {text}");
+    }
+    assert!(docker_index("etcd-3.4.9.tar").is_none(), "the multi-arch archive has a manifest.json");
 
     let (validator, pythonpath) = pypi_tool("pyspdxtools");
     for arch in ["amd64", "arm64"] {

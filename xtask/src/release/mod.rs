@@ -75,6 +75,14 @@ impl Release {
             println!("  {}  {:>10}  {}", f.sha256, crate::util::human_bytes(f.size), f.name);
         }
         println!("verify a download with: sha256sum -c SHA256SUMS");
+        let multi = format!("etcd-{}.tar", released.version);
+        if released.files.iter().any(|f| f.name == multi) {
+            println!(
+                "{multi} is the multi-arch image: for skopeo, podman and registries; Docker before 25 cannot \
+                 load it (docker load -i etcd-{}-linux-<arch>.tar instead)",
+                released.version
+            );
+        }
         Ok(())
     }
 }
