@@ -24,11 +24,10 @@
 
 mod common;
 use common::dockerd::{programs, Dockerd};
-use common::{root, run, text, XTASK};
+use common::{root, run, tar_member, text, XTASK};
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -43,20 +42,6 @@ const ENDPOINT: &str = "http://127.0.0.1:2379";
 
 // ---------------------------------------------------------------------------------------------
 // archives
-
-/// The member `name` of a tar file.
-fn tar_member(archive: &Path, name: &str) -> Vec<u8> {
-    let mut a = tar::Archive::new(fs::File::open(archive).unwrap());
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        if e.path().unwrap().to_string_lossy() == name {
-            let mut v = Vec::new();
-            e.read_to_end(&mut v).unwrap();
-            return v;
-        }
-    }
-    panic!("{name} is not in {}", archive.display())
-}
 
 fn tar_names(archive: &Path) -> Vec<String> {
     let mut a = tar::Archive::new(fs::File::open(archive).unwrap());

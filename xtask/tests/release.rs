@@ -15,7 +15,7 @@
 //! Every podman object and binfmt entry a test creates is removed afterwards.
 
 mod common;
-use common::{ok, omission, require, run, XTASK};
+use common::{ok, omission, require, run, tar_member, XTASK};
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -66,20 +66,6 @@ fn sums_cover_every_other_file(dir: &Path, want: &BTreeSet<String>) -> String {
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// The bytes of `name` inside the tar `archive` (an oci-archive).
-fn tar_member(archive: &Path, name: &str) -> Vec<u8> {
-    let mut a = tar::Archive::new(fs::File::open(archive).unwrap());
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        if e.path().unwrap().to_string_lossy() == name {
-            let mut v = Vec::new();
-            e.read_to_end(&mut v).unwrap();
-            return v;
-        }
-    }
-    panic!("{name} is not in {}", archive.display())
 }
 
 fn blob(archive: &Path, digest: &serde_json::Value) -> Vec<u8> {
@@ -148,11 +134,7 @@ fn release_of_349_built_from_source_for_amd64_and_arm64() {
     // Docker's manifest.json in each architecture's archive (docker load before Docker 25), not
     // in the multi-arch one, which Docker cannot load.
     let docker_index = |name: &str| -> Option<String> {
-        let mut ar = tar::Archive::new(std::fs::File::open(dir.join(name)).unwrap());
-        let mut e = ar.entries().unwrap().map(|e| e.unwrap()).find(|e| e.path().unwrap().ends_with("manifest.json"))?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut e, &mut text).unwrap();
-        Some(text)
+        common::tar_member_opt(&dir.join(name), "manifest.json").map(|b| String::from_utf8(b).unwrap())
     };
     for arch in ["amd64", "arm64"] {
         let text = docker_index(&format!("etcd-3.4.9-linux-{arch}.tar")).expect("manifest.json in the archive");

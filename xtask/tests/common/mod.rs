@@ -190,3 +190,22 @@ pub fn debian_etcd_version() -> &'static str {
         upstream.split(['-', '+', '~']).next().unwrap_or(upstream).to_string()
     })
 }
+
+/// The bytes of the member `name` of the tar file `archive`, if it has one.
+pub fn tar_member_opt(archive: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut a = tar::Archive::new(fs::File::open(archive).unwrap());
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_string_lossy() == name {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+            return Some(v);
+        }
+    }
+    None
+}
+
+/// The bytes of the member `name` of the tar file `archive`.
+pub fn tar_member(archive: &Path, name: &str) -> Vec<u8> {
+    tar_member_opt(archive, name).unwrap_or_else(|| panic!("{name} is not in {}", archive.display()))
+}
