@@ -103,7 +103,7 @@ pub fn plan(spec: &ImageSpec, acquired: &Acquired, epoch: u64, runtime_env: &BTr
     let arch = prov.arch;
     let reference = format!("{}:{version}", spec.name);
     let stem = format!("{}-{version}-linux-{arch}", repo_stem(&spec.name));
-    let created = oci::rfc3339(epoch);
+    let created = oci::rfc3339(epoch)?;
 
     // The binaries, checked against what acquire recorded.
     let mut binaries: Vec<(String, PathBuf)> = Vec::new();

@@ -180,22 +180,14 @@ pub fn to_canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(&v).context("cannot serialise an OCI document")
 }
 
-/// RFC 3339 UTC time of a Unix timestamp, e.g. `1970-01-01T00:00:00Z`.
-pub fn rfc3339(epoch: u64) -> String {
-    let days = (epoch / 86_400) as i64;
-    let secs = epoch % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+/// RFC 3339 UTC time of a Unix timestamp, e.g. `1970-01-01T00:00:00Z` (whole seconds, as
+/// `SOURCE_DATE_EPOCH` is).
+pub fn rfc3339(epoch: u64) -> Result<String> {
+    let seconds = i64::try_from(epoch).with_context(|| format!("timestamp {epoch} is out of range"))?;
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .with_context(|| format!("timestamp {epoch} is out of range"))?
+        .format(&time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("cannot format timestamp {epoch} as RFC 3339"))
 }
 
 #[cfg(test)]
@@ -204,9 +196,10 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(0).unwrap(), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400).unwrap(), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000).unwrap(), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(4_102_444_799).unwrap(), "2099-12-31T23:59:59Z");
     }
 
     #[test]

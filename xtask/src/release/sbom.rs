@@ -377,7 +377,7 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
         name: plan.stem.clone(),
         document_namespace: String::new(),
         creation_info: CreationInfo {
-            created: oci::rfc3339(input.epoch),
+            created: oci::rfc3339(input.epoch)?,
             creators: vec![format!("Tool: cargo-xtask-{}", env!("CARGO_PKG_VERSION"))],
         },
         packages,
