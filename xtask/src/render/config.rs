@@ -179,6 +179,80 @@ pub fn node_env(
     Ok(env)
 }
 
+/// Where a member stands in the switch of a running plain-http cluster to mutual TLS (see the
+/// README's runbook): each stage is the configuration of one step, derived from the final one
+/// ([`node_env`]) so that it never drifts from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TlsStage {
+    /// Plain http for clients and peers, no certificates: how the tutorial's first cluster runs.
+    Plain,
+    /// Clients on http and https on the same port (etcd tells them apart by the first byte),
+    /// client certificates required on https; peers still on http, but with the peer
+    /// certificates, so that the member can already dial peers that moved to https.
+    Clients,
+    /// As `Clients`, with this member's peer listener on https (after `member update`).
+    Peers,
+    /// Mutual TLS only: [`node_env`] as it is.
+    Tls,
+}
+
+impl TlsStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsStage::Plain => "plain",
+            TlsStage::Clients => "clients",
+            TlsStage::Peers => "peers",
+            TlsStage::Tls => "tls",
+        }
+    }
+}
+
+/// The configuration of a member at `stage`, from its final mutual-TLS configuration `tls`.
+pub fn staged_env(tls: &BTreeMap<String, String>, stage: TlsStage) -> BTreeMap<String, String> {
+    let mut env = tls.clone();
+    let plain = |v: &str| v.replace("https://", "http://");
+    let both = |v: &str| {
+        v.split(',').flat_map(|u| [u.replace("https://", "http://"), u.to_string()]).collect::<Vec<_>>().join(",")
+    };
+    let set = |env: &mut BTreeMap<String, String>, key: &str, f: &dyn Fn(&str) -> String| {
+        if let Some(v) = env.get(key).cloned() {
+            env.insert(key.to_string(), f(&v));
+        }
+    };
+    match stage {
+        TlsStage::Tls => {}
+        TlsStage::Plain => {
+            for key in [
+                "ETCD_LISTEN_CLIENT_URLS",
+                "ETCD_ADVERTISE_CLIENT_URLS",
+                "ETCD_LISTEN_PEER_URLS",
+                "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+                "ETCD_INITIAL_CLUSTER",
+            ] {
+                set(&mut env, key, &plain);
+            }
+            for (key, _) in TLS_FILES {
+                env.remove(key);
+            }
+            for key in ["ETCD_CLIENT_CERT_AUTH", "ETCD_PEER_CLIENT_CERT_AUTH", "ETCD_PEER_CERT_ALLOWED_CN"] {
+                env.remove(key);
+            }
+        }
+        TlsStage::Clients | TlsStage::Peers => {
+            set(&mut env, "ETCD_LISTEN_CLIENT_URLS", &both);
+            set(&mut env, "ETCD_ADVERTISE_CLIENT_URLS", &both);
+            if stage == TlsStage::Clients {
+                for key in ["ETCD_LISTEN_PEER_URLS", "ETCD_INITIAL_ADVERTISE_PEER_URLS"] {
+                    set(&mut env, key, &plain);
+                }
+            }
+            // Read only when a member is created: kept as the cluster was born.
+            set(&mut env, "ETCD_INITIAL_CLUSTER", &plain);
+        }
+    }
+    env
+}
+
 /// The variables as an environment file (`KEY=value` lines, sorted), with a header.
 pub fn env_file(header: &str, env: &BTreeMap<String, String>) -> String {
     let mut out = String::new();
@@ -253,5 +327,30 @@ mod tests {
         let err = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard(), "3.7.0").unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("release-lines.toml") && text.contains("3.7"), "{text}");
+    }
+
+    #[test]
+    fn each_step_of_the_switch_to_tls_is_derived_from_the_final_configuration() {
+        let spec = spec();
+        let facts = PkiFacts { token: "tok".into(), peer_cert_allowed_cn: None };
+        let tls = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard(), "3.4.9").unwrap();
+        assert_eq!(staged_env(&tls, TlsStage::Tls), tls);
+        let plain = staged_env(&tls, TlsStage::Plain);
+        assert_eq!(plain["ETCD_LISTEN_CLIENT_URLS"], "http://10.0.0.1:2379,http://127.0.0.1:2379");
+        assert_eq!(plain["ETCD_LISTEN_PEER_URLS"], "http://10.0.0.1:2380");
+        assert!(plain["ETCD_INITIAL_CLUSTER"].starts_with("a=http://10.0.0.1:2380,"));
+        assert!(plain.keys().all(|k| !k.ends_with("_FILE") && !k.ends_with("CERT_AUTH")), "{plain:?}");
+        let clients = staged_env(&tls, TlsStage::Clients);
+        assert_eq!(
+            clients["ETCD_LISTEN_CLIENT_URLS"],
+            "http://10.0.0.1:2379,https://10.0.0.1:2379,http://127.0.0.1:2379,https://127.0.0.1:2379"
+        );
+        assert_eq!(clients["ETCD_LISTEN_PEER_URLS"], "http://10.0.0.1:2380");
+        assert_eq!(clients["ETCD_PEER_CERT_FILE"], tls["ETCD_PEER_CERT_FILE"]);
+        assert_eq!(clients["ETCD_CLIENT_CERT_AUTH"], "true");
+        let peers = staged_env(&tls, TlsStage::Peers);
+        assert_eq!(peers["ETCD_LISTEN_PEER_URLS"], "https://10.0.0.1:2380");
+        assert_eq!(peers["ETCD_INITIAL_ADVERTISE_PEER_URLS"], "https://10.0.0.1:2380");
+        assert_eq!(peers["ETCD_LISTEN_CLIENT_URLS"], clients["ETCD_LISTEN_CLIENT_URLS"]);
     }
 }

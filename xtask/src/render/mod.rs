@@ -65,6 +65,12 @@ pub struct Render {
     /// etcd version the hosts run [default: etcd.version of images/etcd.toml]
     #[arg(long, value_name = "V")]
     pub etcd_version: Option<String>,
+    /// The step of switching a running plain-http cluster to mutual TLS whose etcd.conf to write
+    /// (README: "Switch a plain-http cluster to mutual TLS"): plain (http only, no
+    /// certificates), clients (clients on http and https, peers on http with their
+    /// certificates), peers (as clients, this node's peers on https), tls (mutual TLS only)
+    #[arg(long, value_enum, value_name = "STAGE", default_value = "tls")]
+    pub tls_stage: config::TlsStage,
 }
 
 impl Render {
@@ -124,6 +130,7 @@ pub fn render(args: &Render) -> Result<PathBuf> {
         client,
         runtime_env: &runtime_env,
         etcd_version: &version,
+        tls_stage: args.tls_stage,
     };
     for node in &spec.nodes {
         let bundle = render_node(&inputs, node).with_context(|| format!("cannot render node {}", node.name))?;

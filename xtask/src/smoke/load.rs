@@ -250,6 +250,8 @@ impl LoadReport {
 const AVOID_FAILED: Duration = Duration::from_millis(1000);
 
 struct Shared {
+    /// The endpoints, switchable while the load runs (from http to https).
+    endpoints: Mutex<Vec<String>>,
     /// Per endpoint: passed over until then (its last attempt failed).
     avoid_until: Mutex<Vec<Option<Instant>>>,
     report: Mutex<LoadReport>,
@@ -314,6 +316,7 @@ impl Load {
         let shared = Arc::new(Shared {
             report: Mutex::new(LoadReport::default()),
             avoid_until: Mutex::new(vec![None; endpoints.len()]),
+            endpoints: Mutex::new(endpoints.clone()),
             phase: Mutex::new("start".into()),
             phase_started: Mutex::new(Instant::now()),
             stop: AtomicBool::new(false),
@@ -324,13 +327,20 @@ impl Load {
         let mut workers = Vec::new();
         for w in 0..count {
             let shared = shared.clone();
-            let endpoints = endpoints.clone();
             let identity = identity.clone();
             let prefix = format!("{prefix}{w}/");
             let bounds = Bounds { max_requests: per_worker, max_duration: bounds.max_duration };
-            workers.push(std::thread::spawn(move || worker(w, &endpoints, &identity, &prefix, bounds, &shared)));
+            workers.push(std::thread::spawn(move || worker(w, &identity, &prefix, bounds, &shared)));
         }
         Ok(Load { shared, workers })
+    }
+
+    /// Switches every worker to `endpoints` (the same members, e.g. at https instead of http)
+    /// from its next attempt on.
+    pub fn set_endpoints(&self, endpoints: Vec<String>) {
+        if let Ok(mut e) = self.shared.endpoints.lock() {
+            *e = endpoints;
+        }
     }
 
     /// Names the scenario's current step; failures are reported per phase.
@@ -357,7 +367,7 @@ impl Load {
     }
 }
 
-fn worker(w: usize, endpoints: &[String], identity: &Identity, prefix: &str, bounds: Bounds, shared: &Shared) {
+fn worker(w: usize, identity: &Identity, prefix: &str, bounds: Bounds, shared: &Shared) {
     let interval = Duration::from_secs_f64(1.0 / PER_WORKER_RATE);
     let mut client: Option<(Vec<Option<SystemTime>>, Gateway)> = None;
     let mut seq = 0u64;
@@ -402,6 +412,7 @@ fn worker(w: usize, endpoints: &[String], identity: &Identity, prefix: &str, bou
                 }
             }
             let Some((_, gw)) = client.as_ref() else { continue };
+            let endpoints = shared.endpoints.lock().map(|e| e.clone()).unwrap_or_default();
             let index = shared.pick(w + attempt, endpoints.len());
             let endpoint = &endpoints[index];
             // Err((e, retry)): retry on another endpoint, or not (the answer itself is wrong).

@@ -6,6 +6,7 @@
 //! The etcd configuration of every container comes from [`crate::render::config::node_env`],
 //! the same code that writes host bundles: there is no second flag list here.
 
+mod http_tls;
 mod load;
 mod podman;
 mod scenarios;
@@ -50,7 +51,8 @@ const GOAL_TOTAL_S: f64 = 45.0;
 /// capabilities, faults, backup and restore); upgrade (a rolling upgrade to the release in
 /// images/etcd.toml [upgrade]); rotate-certs (`pki renew` of every leaf, then a CA rotation with
 /// rolling restarts); replace-member (node 2's volume destroyed, the member replaced through a
-/// learner); all (every one, the default).
+/// learner); http-to-tls (a cluster born on plain http switched to mutual TLS member by member,
+/// without losing data or member IDs); all (every one, the default).
 #[derive(Debug, clap::Args)]
 #[command(long_about)]
 pub struct Smoke {
@@ -81,6 +83,7 @@ pub enum ScenarioName {
     RotateCerts,
     ReplaceMember,
     Upgrade,
+    HttpToTls,
     All,
 }
 
@@ -91,6 +94,7 @@ impl ScenarioName {
             ScenarioName::RotateCerts => "rotate-certs",
             ScenarioName::ReplaceMember => "replace-member",
             ScenarioName::Upgrade => "upgrade",
+            ScenarioName::HttpToTls => "http-to-tls",
             ScenarioName::All => "all",
         }
     }
@@ -98,7 +102,13 @@ impl ScenarioName {
     /// The scenarios to run for the ones asked for, each once, in `all`'s order.
     fn expand(asked: &[ScenarioName]) -> Vec<ScenarioName> {
         let mut out: Vec<ScenarioName> = if asked.is_empty() || asked.contains(&ScenarioName::All) {
-            vec![ScenarioName::Basic, ScenarioName::RotateCerts, ScenarioName::ReplaceMember, ScenarioName::Upgrade]
+            vec![
+                ScenarioName::Basic,
+                ScenarioName::RotateCerts,
+                ScenarioName::ReplaceMember,
+                ScenarioName::Upgrade,
+                ScenarioName::HttpToTls,
+            ]
         } else {
             asked.to_vec()
         };
@@ -207,6 +217,7 @@ impl Smoke {
                     Some(u) => run.upgrade(u),
                     None => Err(anyhow::anyhow!("the upgrade was not prepared")),
                 },
+                ScenarioName::HttpToTls => run.http_to_tls(),
                 ScenarioName::All => Ok(()),
             };
             let r = r.and_then(|_| run.finish_load());
@@ -289,6 +300,8 @@ struct Node {
     env: BTreeMap<String, String>,
     /// The image the node runs (the upgrade swaps it).
     image: String,
+    /// Its client port speaks plain http only (http-to-tls): etcdctl reaches it without TLS.
+    plain: bool,
 }
 
 struct Run {
@@ -315,6 +328,9 @@ struct Run {
     load: Option<load::Load>,
     load_report: Option<load::LoadReport>,
     member_healthy: Vec<(String, f64)>,
+    /// Clients (the load, and etcdctl for nodes without TLS) talk plain http: the http-to-tls
+    /// scenario's first steps.
+    plain_clients: bool,
 }
 
 impl Run {
@@ -370,6 +386,7 @@ impl Run {
             let env = node_env(spec, n, &facts, &paths, etcd_version)?;
             nodes.push(Node {
                 image: tag.to_string(),
+                plain: false,
                 spec: n.clone(),
                 container: format!("xtask-smoke-{}", n.name),
                 volume: format!("xtask-smoke-{}-data", n.name),
@@ -402,6 +419,7 @@ impl Run {
             load: None,
             load_report: None,
             member_healthy: Vec::new(),
+            plain_clients: false,
         })
     }
 
@@ -548,22 +566,31 @@ impl Run {
     }
 
     /// The host's etcdctl with the operator identity, against published loopback ports.
+    /// Over mutual TLS through the nodes that have it, else plain http (http-to-tls).
     fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
-        let ports: Vec<u16> = nodes.iter().map(|i| self.nodes[*i].client_port).collect();
-        self.etcdctl_at(&ports, args)
+        let tls: Vec<usize> = nodes.iter().copied().filter(|i| !self.nodes[*i].plain).collect();
+        let (chosen, plain) = if tls.is_empty() { (nodes.to_vec(), true) } else { (tls, false) };
+        let ports: Vec<u16> = chosen.iter().map(|i| self.nodes[*i].client_port).collect();
+        self.etcdctl_scheme(&ports, plain, args)
     }
 
     /// The host's etcdctl with the operator identity, against the given loopback ports.
     fn etcdctl_at(&self, ports: &[u16], args: &[&str]) -> Result<Output> {
-        let endpoints: Vec<String> = ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
-        Command::new(&self.etcdctl)
-            .env_clear()
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", endpoints.join(",")))
-            .arg(format!("--cacert={}", self.client.join("ca.crt").display()))
-            .arg(format!("--cert={}", self.client.join("client.crt").display()))
-            .arg(format!("--key={}", self.client.join("client.key").display()))
-            .arg("--dial-timeout=2s")
+        self.etcdctl_scheme(ports, false, args)
+    }
+
+    /// The host's etcdctl against loopback ports, with the operator identity unless `plain`.
+    fn etcdctl_scheme(&self, ports: &[u16], plain: bool, args: &[&str]) -> Result<Output> {
+        let scheme = if plain { "http" } else { "https" };
+        let endpoints: Vec<String> = ports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect();
+        let mut cmd = Command::new(&self.etcdctl);
+        cmd.env_clear().env("ETCDCTL_API", "3").arg(format!("--endpoints={}", endpoints.join(",")));
+        if !plain {
+            cmd.arg(format!("--cacert={}", self.client.join("ca.crt").display()))
+                .arg(format!("--cert={}", self.client.join("client.crt").display()))
+                .arg(format!("--key={}", self.client.join("client.key").display()));
+        }
+        cmd.arg("--dial-timeout=2s")
             .args(args)
             .output()
             .with_context(|| format!("cannot run {}", self.etcdctl.display()))
@@ -633,10 +660,24 @@ impl Run {
         let mut last;
         loop {
             self.interrupt.check()?;
-            let out = self.etcdctl(nodes, &["endpoint", "health", "--command-timeout=1s"])?;
-            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            // Nodes with and without TLS (http-to-tls) are asked apart.
+            let mut text = String::new();
+            let mut success = true;
+            for plain in [false, true] {
+                let group: Vec<u16> = nodes
+                    .iter()
+                    .filter(|i| self.nodes[**i].plain == plain)
+                    .map(|i| self.nodes[*i].client_port)
+                    .collect();
+                if group.is_empty() {
+                    continue;
+                }
+                let out = self.etcdctl_scheme(&group, plain, &["endpoint", "health", "--command-timeout=1s"])?;
+                success &= out.status.success();
+                text += &(String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr));
+            }
             let healthy = text.lines().filter(|l| l.contains("is healthy")).count();
-            if out.status.success() && healthy == nodes.len() {
+            if success && healthy == nodes.len() {
                 return Ok(());
             }
             last = text.trim().to_string();

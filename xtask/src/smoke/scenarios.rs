@@ -93,7 +93,8 @@ impl Run {
         if !ok {
             return Ok(false);
         }
-        let endpoints = self.nodes.iter().map(|n| format!("https://127.0.0.1:{}", n.client_port)).collect();
+        let scheme = if self.plain_clients { "http" } else { "https" };
+        let endpoints = self.nodes.iter().map(|n| format!("{scheme}://127.0.0.1:{}", n.client_port)).collect();
         self.load = Some(Load::start(endpoints, Identity::in_dir(&self.client), LOAD_PREFIX, LOAD_BOUNDS)?);
         Ok(true)
     }
@@ -167,7 +168,7 @@ impl Run {
         // Without quorum requests stall or fail; that is what the fault check proves, and that
         // phase neither counts towards the rate nor may its failures fail the load.
         let allowed: &[&str] = match self.scenario {
-            super::ScenarioName::RotateCerts => &[],
+            super::ScenarioName::RotateCerts | super::ScenarioName::HttpToTls => &[],
             super::ScenarioName::Basic => &[super::NO_QUORUM],
             _ => &["*"],
         };
@@ -187,6 +188,30 @@ impl Run {
             bail!("requests failed where none may: {summary}");
         }
         Ok(summary)
+    }
+
+    /// Replaces member `i`'s container by one with `env` (and `image`, when given) on the same
+    /// volume, certificates and address, and times how long until 3/3 healthy.
+    pub(super) fn recreate_member(
+        &mut self,
+        i: usize,
+        env: BTreeMap<String, String>,
+        image: Option<&str>,
+    ) -> Result<f64> {
+        let (name, container) = (self.nodes[i].spec.name.clone(), self.nodes[i].container.clone());
+        let t = Instant::now();
+        podman(&["stop", "-t", "10", &container])?;
+        podman(&["rm", &container])?;
+        self.nodes[i].env = env;
+        if let Some(image) = image {
+            self.nodes[i].image = image.to_string();
+        }
+        let args = self.container_args(&self.nodes[i])?;
+        podman_checked(&args).with_context(|| format!("cannot start {name} on {}", self.nodes[i].image))?;
+        self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT).with_context(|| format!("after recreating {name}"))?;
+        let s = t.elapsed().as_secs_f64();
+        self.member_healthy.push((name, s));
+        Ok(s)
     }
 
     /// Stops member `i` and starts it again (same container, volume and mounts), timing how
@@ -524,18 +549,9 @@ impl Run {
             self.interrupt.check()?;
             let name = self.nodes[i].spec.name.clone();
             self.phase(&format!("upgrade {name}"));
-            let t = Instant::now();
-            let container = self.nodes[i].container.clone();
-            podman(&["stop", "-t", "10", &container])?;
-            podman(&["rm", &container])?;
             // The same volume and certificates; the configuration rendered for the new release.
-            self.nodes[i].env = node_env(&self.spec, &self.nodes[i].spec, &facts, &TargetPaths::standard(), &plan.to)?;
-            self.nodes[i].image = plan.tag.clone();
-            let args = self.container_args(&self.nodes[i])?;
-            podman_checked(&args).with_context(|| format!("cannot start {name} on {}", plan.tag))?;
-            self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT).with_context(|| format!("after upgrading {name}"))?;
-            let s = t.elapsed().as_secs_f64();
-            self.member_healthy.push((name.clone(), s));
+            let env = node_env(&self.spec, &self.nodes[i].spec, &facts, &TargetPaths::standard(), &plan.to)?;
+            let s = self.recreate_member(i, env, Some(&plan.tag))?;
             self.timings.insert(format!("upgrade_{name}_healthy"), s);
             notes.push(format!("{name} {s:.2} s"));
         }
