@@ -54,6 +54,7 @@ const RECIPES: &[&str] = &[
     "renew",
     "rotate-ca",
     "replace-member",
+    "http-to-tls",
     "cleanup",
 ];
 
@@ -61,8 +62,17 @@ const RECIPES: &[&str] = &[
 const UPGRADED: &str = "localhost/etcd:3.5.16";
 
 /// What the README's recipes create (the cleanup recipe must remove all of it).
-const README_CONTAINERS: &[&str] = &["demo0", "demo1", "demo2", "demo3", "demo4"];
-const README_VOLUMES: &[&str] = &["demo0-data", "demo1-data", "demo2-data", "demo3-data", "demo4-data"];
+const README_CONTAINERS: &[&str] = &["demo0", "demo1", "demo2", "demo3", "demo4", "plain1", "plain2", "plain3"];
+const README_VOLUMES: &[&str] = &[
+    "demo0-data",
+    "demo1-data",
+    "demo2-data",
+    "demo3-data",
+    "demo4-data",
+    "plain1-data",
+    "plain2-data",
+    "plain3-data",
+];
 const README_NETWORK: &str = "etcd-demo";
 const README_DIR: &str = "target/run-it";
 
@@ -608,6 +618,29 @@ fn readme_run_it_recipes_work_verbatim() {
         "replaced",
         &cluster,
     );
+
+    // A cluster born on plain http, switched to mutual TLS: the same members, https everywhere,
+    // the key written on http still there, the data in the same volumes.
+    let plain = ["plain1", "plain2", "plain3"];
+    run_recipe(recipe("http-to-tls"), &plain);
+    let ids = |list: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            list.lines().filter_map(|l| l.split(',').next()).map(|s| s.trim().to_string()).collect();
+        v.sort();
+        v
+    };
+    let before = fs::read_to_string(root().join(README_DIR).join("plain-members-before.txt")).unwrap();
+    let after = etcdctl("plain2", "https://10.89.79.22:2379", &PKI_TLS, &["member", "list"]);
+    let after = String::from_utf8_lossy(&after.stdout).to_string();
+    assert_eq!(ids(&before).len(), 3, "{before}");
+    assert_eq!(ids(&after), ids(&before), "member IDs changed:\nbefore\n{before}\nafter\n{after}");
+    assert!(before.contains("http://") && !before.contains("https://"), "born on http:\n{before}");
+    assert!(!after.contains("http://") && after.matches("https://").count() == 6, "after the switch:\n{after}");
+    let got = etcdctl("plain3", "https://10.89.79.23:2379", &PKI_TLS, &["get", "born-on", "--print-value-only"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "http", "{}", text(&got));
+    for v in ["plain1-data", "plain2-data", "plain3-data"] {
+        check_volume(v, &plain);
+    }
 
     // Clean up: nothing of the README's is left.
     run_recipe(recipe("cleanup"), &[]);
