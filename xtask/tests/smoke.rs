@@ -49,23 +49,29 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     }
     // Every scenario ran, in `all`'s order, each with its checks.
     let per_scenario = |name: &str| checks.iter().filter(|c| c["scenario"] == name).count();
-    for (name, count) in [("basic", 12), ("rotate-certs", 5), ("replace-member", 3), ("upgrade", 5), ("http-to-tls", 4)]
-    {
+    for (name, count) in [("basic", 12), ("rotate-certs", 5), ("replace-member", 3), ("upgrade", 5)] {
         assert_eq!(per_scenario(name), count, "{name}: {report:#}");
     }
     let scenarios = report["scenarios"].as_array().unwrap();
     let names: Vec<&str> = scenarios.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["basic", "rotate-certs", "replace-member", "upgrade", "http-to-tls"]);
+    assert_eq!(names, ["basic", "rotate-certs", "replace-member", "upgrade"]);
     // A real load ran through each: at least 50 requests/s, writes acknowledged and read back
     // (the check above), and not one failed request while certificates were rotated.
     for sc in scenarios {
         let load = &sc["load"];
-        assert!(load["rate_per_s"].as_f64().unwrap() >= 50.0, "{sc:#}");
+        // The rate counts the time a quorum existed: basic takes two members down on purpose.
+        let (mut secs, mut reqs) = (0.0, 0.0);
+        for (phase, p) in load["phases"].as_object().unwrap() {
+            if !phase.starts_with("no quorum") {
+                secs += p["seconds"].as_f64().unwrap();
+                reqs += p["requests"].as_f64().unwrap();
+            }
+        }
+        assert!(reqs / secs >= 50.0, "{} requests/s with a quorum: {sc:#}", reqs / secs);
         assert!(load["reads"].as_u64().unwrap() > 0 && load["acknowledged_writes"].as_u64().unwrap() > 0, "{sc:#}");
         assert!(load["worst_latency_ms"].as_f64().unwrap() > 0.0, "{sc:#}");
     }
     assert_eq!(scenarios[1]["load"]["failed"], 0, "{:#}", scenarios[1]);
-    assert_eq!(scenarios[4]["load"]["failed"], 0, "{:#}", scenarios[4]);
     assert_eq!(scenarios[1]["member_healthy_s"].as_array().unwrap().len(), 6, "two rolling restarts");
     // The refusals carry the server's own reason, not just the client's failure.
     let reason = |name: &str| {
@@ -85,14 +91,6 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     assert!(reason("old CA is refused").contains("unknown authority"));
     assert!(reason("renew:").contains("new serials served on both ports"));
     assert!(reason("replace a lost member").contains("promoted"));
-    // Born on http, switched to mutual TLS: IDs kept, https everywhere, http refused on both ports.
-    let switched = reason("after the switch");
-    assert!(switched.contains("member IDs unchanged") && switched.contains("every peer and client URL https"));
-    for node in ["etcd1", "etcd2", "etcd3"] {
-        for port in ["client", "peer"] {
-            assert!(switched.contains(&format!("{node} {port}")), "plain http not refused on {node}'s {port} port");
-        }
-    }
     for t in [
         "start_to_healthy",
         "heal_after_restart",

@@ -51,8 +51,8 @@ const GOAL_TOTAL_S: f64 = 45.0;
 /// capabilities, faults, backup and restore); upgrade (a rolling upgrade to the release in
 /// images/etcd.toml [upgrade]); rotate-certs (`pki renew` of every leaf, then a CA rotation with
 /// rolling restarts); replace-member (node 2's volume destroyed, the member replaced through a
-/// learner); http-to-tls (a cluster born on plain http switched to mutual TLS member by member,
-/// without losing data or member IDs); all (every one, the default).
+/// learner); all (those four, the default); http-to-tls (a cluster born on plain http switched to
+/// mutual TLS member by member, without losing data or member IDs; not part of all, for time).
 #[derive(Debug, clap::Args)]
 #[command(long_about)]
 pub struct Smoke {
@@ -102,13 +102,10 @@ impl ScenarioName {
     /// The scenarios to run for the ones asked for, each once, in `all`'s order.
     fn expand(asked: &[ScenarioName]) -> Vec<ScenarioName> {
         let mut out: Vec<ScenarioName> = if asked.is_empty() || asked.contains(&ScenarioName::All) {
-            vec![
-                ScenarioName::Basic,
-                ScenarioName::RotateCerts,
-                ScenarioName::ReplaceMember,
-                ScenarioName::Upgrade,
-                ScenarioName::HttpToTls,
-            ]
+            // http-to-tls is not in `all`: with it the suite ran 15 min 45 s on a fresh 2-core
+            // machine (13 min 55 s without). CI proves its steps as the README's recipe
+            // (run_it.rs); its run under load is `--scenario http-to-tls`.
+            vec![ScenarioName::Basic, ScenarioName::RotateCerts, ScenarioName::ReplaceMember, ScenarioName::Upgrade]
         } else {
             asked.to_vec()
         };
