@@ -115,7 +115,7 @@ pub fn release_line_env(version: &str) -> Result<BTreeMap<String, String>> {
     let lines: BTreeMap<String, ReleaseLine> =
         toml::from_str(&text).with_context(|| format!("{}: not a valid release-line table", path.display()))?;
     crate::definition::check_version(version)?;
-    let line = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    let line = crate::definition::release_line(version);
     let Some(found) = lines.get(&line) else {
         bail!(
             "{}: no entry for etcd {line} (of {version}): add [\"{line}\"] with env = {{...}} (the variables that \

@@ -53,11 +53,8 @@ impl Run {
 
     /// Member name -> ID (hex), from `member list`.
     fn member_ids(&self) -> Result<BTreeMap<String, String>> {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.etcdctl_ok(&[0, 1, 2], &["member", "list", "-w", "json"])?)
-                .context("member list printed no JSON")?;
         let mut out = BTreeMap::new();
-        for m in v["members"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for m in &self.members()? {
             let id = m["ID"].as_u64().context("a member without an ID")?;
             out.insert(m["name"].as_str().unwrap_or_default().to_string(), format!("{id:x}"));
         }
@@ -109,10 +106,7 @@ impl Run {
         if &after != before {
             bail!("member IDs changed: before {before:?}, after {after:?}");
         }
-        let v: serde_json::Value =
-            serde_json::from_str(&self.etcdctl_ok(&[0, 1, 2], &["member", "list", "-w", "json"])?)
-                .context("member list printed no JSON")?;
-        for m in v["members"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for m in &self.members()? {
             for key in ["peerURLs", "clientURLs"] {
                 let urls: Vec<&str> = m[key]
                     .as_array()

@@ -1107,16 +1107,28 @@ fn hardening_args() -> Vec<String> {
 /// Copies a PKI directory for a container: owned by the etcd uid, keys 0400, dir 0500.
 fn stage_dir(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<()> {
     fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
-    for entry in fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
-        let entry = entry?;
-        let dest = to.join(entry.file_name());
-        fs::copy(entry.path(), &dest).with_context(|| format!("cannot copy {}", entry.path().display()))?;
-        std::os::unix::fs::chown(&dest, Some(uid), Some(gid))
-            .with_context(|| format!("cannot chown {}", dest.display()))?;
-        fs::set_permissions(&dest, fs::Permissions::from_mode(0o400))?;
-    }
+    restage_dir(from, to, uid, gid)?;
     std::os::unix::fs::chown(to, Some(uid), Some(gid)).with_context(|| format!("cannot chown {}", to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(0o500))?;
+    Ok(())
+}
+
+/// Copies every file of `from` into `to` atomically (a temporary name beside, then rename), owned
+/// by `uid:gid`, mode 0400. Files a running etcd reads are never seen half-written.
+pub(crate) fn restage_dir(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<()> {
+    for entry in fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let dest = to.join(entry.file_name());
+        let tmp = to.join(format!(".{}.new", entry.file_name().to_string_lossy()));
+        fs::copy(entry.path(), &tmp).with_context(|| format!("cannot copy {}", entry.path().display()))?;
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+            .with_context(|| format!("cannot chown {}", tmp.display()))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o400))?;
+        fs::rename(&tmp, &dest).with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
+    }
     Ok(())
 }
 

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -241,9 +240,9 @@ impl Run {
     /// (written beside, renamed over), owned by the etcd uid, 0400.
     fn restage(&self) -> Result<()> {
         for n in &self.nodes {
-            restage_dir(&self.pki.node_dir(&n.spec.name), &self.mounts.join(&n.spec.name), self.uid, self.gid)?;
+            super::restage_dir(&self.pki.node_dir(&n.spec.name), &self.mounts.join(&n.spec.name), self.uid, self.gid)?;
         }
-        restage_dir(&self.pki.client_dir("etcdctl"), &self.client, self.uid, self.gid)
+        super::restage_dir(&self.pki.client_dir("etcdctl"), &self.client, self.uid, self.gid)
     }
 
     /// The serial and issuer of the certificate node `i` serves on its client port (`peer`:
@@ -407,7 +406,7 @@ impl Run {
         Ok(())
     }
 
-    fn members(&self) -> Result<Vec<serde_json::Value>> {
+    pub(super) fn members(&self) -> Result<Vec<serde_json::Value>> {
         let v: serde_json::Value = serde_json::from_str(&self.etcdctl_ok(&[0, 2], &["member", "list", "-w", "json"])?)
             .context("member list printed no JSON")?;
         Ok(v["members"].as_array().cloned().unwrap_or_default())
@@ -578,7 +577,7 @@ impl Run {
             bail!("members report {versions:?}, expected {} three times", plan.to);
         }
         // The leader raises the cluster version once every member runs the new release.
-        let want = plan.to.split('.').take(2).collect::<Vec<_>>().join(".") + ".0";
+        let want = crate::definition::release_line(&plan.to) + ".0";
         let t = Instant::now();
         let (cluster, _) = self.poll(
             &format!("the cluster version did not become {want}"),
@@ -603,25 +602,6 @@ impl Run {
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("{url}: not JSON: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
-}
-
-/// Copies every file of `from` into `to` atomically (a temporary name beside, then rename), owned
-/// by `uid:gid`, mode 0400. Files a running etcd reads are never seen half-written.
-fn restage_dir(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<()> {
-    for entry in fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
-        let entry = entry?;
-        if !entry.file_type()?.is_file() {
-            continue;
-        }
-        let dest = to.join(entry.file_name());
-        let tmp = to.join(format!(".{}.new", entry.file_name().to_string_lossy()));
-        fs::copy(entry.path(), &tmp).with_context(|| format!("cannot copy {}", entry.path().display()))?;
-        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
-            .with_context(|| format!("cannot chown {}", tmp.display()))?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o400))?;
-        fs::rename(&tmp, &dest).with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
-    }
-    Ok(())
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<()> {
