@@ -6,6 +6,7 @@ pub mod build_etcd;
 pub mod ci;
 pub mod definition;
 pub mod image;
+pub mod k8s;
 pub mod pki;
 pub mod portable;
 pub mod release;
@@ -32,6 +33,7 @@ pub enum Cmd {
     Pki(pki::PkiCmd),
     Image(image::ImageCmd),
     Render(render::Render),
+    K8s(k8s::K8s),
     Portable(portable::Portable),
     Smoke(smoke::Smoke),
     Release(release::Release),
@@ -47,6 +49,7 @@ impl Cli {
             Cmd::Pki(cmd) => cmd.run(),
             Cmd::Image(cmd) => cmd.run(),
             Cmd::Render(cmd) => cmd.run(),
+            Cmd::K8s(cmd) => cmd.run(),
             Cmd::Portable(cmd) => cmd.run(),
             Cmd::Smoke(cmd) => cmd.run(),
             Cmd::Release(cmd) => cmd.run(),

@@ -13,6 +13,11 @@
 //! name = "master1"                  # DNS label, also the certificate CN and a SAN
 //! ips = ["10.0.1.204"]              # IP SANs; peers are checked against their source IP
 //! dns = ["master1.example.org"]     # optional extra DNS SANs
+//!
+//! [kubernetes]                      # optional: the names of the cluster run as a StatefulSet
+//! namespace = "etcd"                # (`cargo xtask k8s`); node i's certificates then also
+//! # name = "tutorial"               # carry its pod's DNS names and the client Service's
+//! # cluster_domain = "cluster.local"
 //! ```
 //!
 //! Every rule below is an error naming the field: unknown fields, no nodes, duplicate node
@@ -40,6 +45,46 @@ pub struct ClusterSpec {
     pub clients: Vec<String>,
     /// The members, in the order of the description.
     pub nodes: Vec<NodeSpec>,
+    /// The names of the cluster run as a Kubernetes StatefulSet, when the description has a
+    /// `[kubernetes]` section.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeNames>,
+}
+
+/// How a StatefulSet of the cluster is named in Kubernetes: member `i` of the description is
+/// pod `<name>-<i>`, reached at `<name>-<i>.<name>-peer.<namespace>.svc.<cluster_domain>`
+/// (the headless Service), clients use the Service `<name>.<namespace>.svc.<cluster_domain>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KubeNames {
+    pub namespace: String,
+    /// The StatefulSet, its Services, Secret and PodDisruptionBudget are named after it.
+    pub name: String,
+    pub cluster_domain: String,
+}
+
+impl KubeNames {
+    /// The headless Service that gives each pod its DNS name.
+    pub fn peer_service(&self) -> String {
+        format!("{}-peer", self.name)
+    }
+
+    /// The name of member `i`'s pod.
+    pub fn pod(&self, i: usize) -> String {
+        format!("{}-{i}", self.name)
+    }
+
+    /// The fully qualified DNS name of member `i`'s pod.
+    pub fn pod_fqdn(&self, i: usize) -> String {
+        format!("{}.{}.{}.svc.{}", self.pod(i), self.peer_service(), self.namespace, self.cluster_domain)
+    }
+
+    /// The DNS names of member `i`'s certificates: its pod, and the client Service, each fully
+    /// qualified and as `*.svc` (what pods of the cluster resolve through their search path).
+    pub fn member_dns(&self, i: usize) -> Vec<String> {
+        let svc = format!("{}.{}.svc", self.name, self.namespace);
+        let pod = format!("{}.{}.{}.svc", self.pod(i), self.peer_service(), self.namespace);
+        vec![format!("{pod}.{}", self.cluster_domain), pod, format!("{svc}.{}", self.cluster_domain), svc]
+    }
 }
 
 /// A description with the choices only host bundles use: [`ClusterSpec::load_described`].
@@ -62,6 +107,10 @@ pub struct NodeSpec {
     pub ips: Vec<IpAddr>,
     /// Extra DNS names of the node (DNS SANs).
     pub dns: Vec<String>,
+    /// The in-cluster DNS names of its StatefulSet pod ([`KubeNames::member_dns`]): SANs too,
+    /// derived from the description's `[kubernetes]` section, never written there.
+    #[serde(skip)]
+    pub kube_dns: Vec<String>,
 }
 
 /// The file as written; checked into a [`ClusterSpec`] by [`ClusterSpec::from_toml`].
@@ -75,6 +124,17 @@ struct RawCluster {
     #[serde(default)]
     nodes: Vec<RawNode>,
     tuning: Option<String>,
+    kubernetes: Option<RawKube>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawKube {
+    namespace: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_domain: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,7 +256,7 @@ impl ClusterSpec {
                     ),
                 ));
             }
-            nodes.push(NodeSpec { name: node.name.clone(), ips, dns });
+            nodes.push(NodeSpec { name: node.name.clone(), ips, dns, kube_dns: Vec::new() });
         }
         // A node name must not be another node's DNS name either.
         for node in &nodes {
@@ -216,7 +276,36 @@ impl ClusterSpec {
             }
         }
 
-        let spec = ClusterSpec { name: raw.name, token: raw.token, clients: raw.clients, nodes };
+        let kubernetes = match &raw.kubernetes {
+            Some(k) => {
+                let names = KubeNames {
+                    namespace: k.namespace.clone(),
+                    name: k.name.clone().unwrap_or_else(|| raw.name.clone()),
+                    cluster_domain: k.cluster_domain.clone().unwrap_or_else(|| "cluster.local".to_string()),
+                };
+                check_dns_label(&names.namespace).map_err(|m| err("kubernetes.namespace", m))?;
+                check_dns_label(&names.peer_service()).map_err(|m| {
+                    err("kubernetes.name", format!("{m} (with -peer appended: the headless Service); shorten it"))
+                })?;
+                check_dns_name(&names.cluster_domain).map_err(|m| err("kubernetes.cluster_domain", m))?;
+                for (i, node) in nodes.iter_mut().enumerate() {
+                    node.kube_dns = names.member_dns(i);
+                    for name in &node.kube_dns {
+                        check_dns_name(name)
+                            .map_err(|m| err("kubernetes", format!("member {i} would be named {name}: {m}")))?;
+                        if dns_seen.contains(name) {
+                            return Err(err(
+                                "kubernetes",
+                                format!("{name} is also a node's DNS name; remove it from dns (it is derived)"),
+                            ));
+                        }
+                    }
+                }
+                Some(names)
+            }
+            None => None,
+        };
+        let spec = ClusterSpec { name: raw.name, token: raw.token, clients: raw.clients, nodes, kubernetes };
         Ok(DescribedCluster { spec, tuning: raw.tuning })
     }
 
@@ -259,6 +348,8 @@ impl ClusterSpec {
             name: &'a str,
             clients: &'a [String],
             nodes: Vec<OutNode<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            kubernetes: Option<RawKube>,
         }
         #[derive(Serialize)]
         struct OutNode<'a> {
@@ -274,6 +365,11 @@ impl ClusterSpec {
                 .iter()
                 .map(|n| OutNode { name: &n.name, ips: n.ips.iter().map(|ip| ip.to_string()).collect(), dns: &n.dns })
                 .collect(),
+            kubernetes: self.kubernetes.as_ref().map(|k| RawKube {
+                namespace: k.namespace.clone(),
+                name: Some(k.name.clone()),
+                cluster_domain: Some(k.cluster_domain.clone()),
+            }),
         };
         toml::to_string(&out).context("cannot serialize the cluster description")
     }
@@ -303,6 +399,7 @@ impl NodeSpec {
         let mut out = BTreeSet::new();
         out.insert(San::Dns(self.name.clone()));
         out.extend(self.dns.iter().cloned().map(San::Dns));
+        out.extend(self.kube_dns.iter().cloned().map(San::Dns));
         out.extend(self.ips.iter().copied().map(San::Ip));
         out.insert(San::Dns("localhost".into()));
         out.insert(San::Ip(IpAddr::V4(Ipv4Addr::LOCALHOST)));
@@ -409,6 +506,33 @@ ips = ["10.0.0.3"]
         }
         let round = parse(&spec.to_toml().unwrap()).unwrap();
         assert_eq!(round, spec);
+    }
+
+    #[test]
+    fn a_kubernetes_section_adds_each_pods_names_to_its_node() {
+        let text = format!("{GOOD}\n[kubernetes]\nnamespace = \"etcd\"\n");
+        let spec = parse(&text).unwrap();
+        let k = spec.kubernetes.clone().unwrap();
+        assert_eq!((k.name.as_str(), k.cluster_domain.as_str()), ("demo", "cluster.local"));
+        let sans: Vec<String> = spec.nodes[1].sans().iter().map(|s| s.to_string()).collect();
+        for want in [
+            "DNS:demo-1.demo-peer.etcd.svc.cluster.local",
+            "DNS:demo-1.demo-peer.etcd.svc",
+            "DNS:demo.etcd.svc.cluster.local",
+            "DNS:demo.etcd.svc",
+            "DNS:b.example.org",
+        ] {
+            assert!(sans.contains(&want.to_string()), "{want} missing from {sans:?}");
+        }
+        assert!(!sans.iter().any(|s| s.contains("demo-0")), "{sans:?}");
+        // The record the PKI keeps reads back to the same description.
+        assert_eq!(parse(&spec.to_toml().unwrap()).unwrap(), spec);
+        let err = err_of(&format!("{GOOD}\n[kubernetes]\nnamespace = \"Etcd\"\n"));
+        assert!(err.contains("kubernetes.namespace"), "{err}");
+        let err = err_of(&format!("{GOOD}\n[kubernetes]\nnamespace = \"etcd\"\nname = \"{}\"\n", "a".repeat(60)));
+        assert!(err.contains("kubernetes.name") && err.contains("-peer"), "{err}");
+        let err = err_of(&format!("{GOOD}\n[kubernetes]\nnamespce = \"etcd\"\n"));
+        assert!(err.contains("namespce"), "{err}");
     }
 
     #[test]

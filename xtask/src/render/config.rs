@@ -87,9 +87,53 @@ impl TargetPaths {
 
 /// `https://10.0.0.1:2379`, `https://[fd00::1]:2379`.
 pub fn url(scheme: &str, ip: &IpAddr, port: u16) -> String {
+    format!("{scheme}://{}:{port}", host_of(ip))
+}
+
+/// An address as the host part of a URL: `10.0.0.1`, `[fd00::1]`.
+pub fn host_of(ip: &IpAddr) -> String {
     match ip {
-        IpAddr::V4(v4) => format!("{scheme}://{v4}:{port}"),
-        IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{port}"),
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// How a member is named and reached: by its node's address (hosts, static pods) or by the
+/// names Kubernetes gives a StatefulSet's pods. Hosts are URL host parts (`10.0.0.1`,
+/// `[fd00::1]`, a DNS name, or `$(POD_IP)` that Kubernetes expands).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addressing {
+    /// The member name (`--name`).
+    pub name: String,
+    /// Where it listens for clients and peers (an address: etcd binds no names).
+    pub listen: String,
+    /// What it advertises to clients and peers.
+    pub advertise: String,
+    /// Its loopback address, where it also listens for clients.
+    pub loopback: String,
+    /// Where the plain-http metrics and `/health` listener binds.
+    pub metrics: String,
+    /// Every member of the initial cluster: its name and its advertised peer host.
+    pub initial_cluster: Vec<(String, String)>,
+}
+
+impl Addressing {
+    /// A node of the description, reached at its first IP; metrics on loopback only.
+    pub fn of_node(spec: &ClusterSpec, node: &NodeSpec) -> Result<Addressing> {
+        let ip = primary_ip(node)?;
+        let loopback = if ip.is_ipv6() { "[::1]" } else { "127.0.0.1" }.to_string();
+        let mut initial_cluster = Vec::new();
+        for n in &spec.nodes {
+            initial_cluster.push((n.name.clone(), host_of(&primary_ip(n)?)));
+        }
+        Ok(Addressing {
+            name: node.name.clone(),
+            listen: host_of(&ip),
+            advertise: host_of(&ip),
+            metrics: loopback.clone(),
+            loopback,
+            initial_cluster,
+        })
     }
 }
 
@@ -102,14 +146,25 @@ pub fn primary_ip(node: &NodeSpec) -> Result<IpAddr> {
 }
 
 /// The settings of one release line in `systemd/release-lines.toml`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReleaseLine {
-    env: BTreeMap<String, String>,
+pub struct ReleaseLine {
+    /// The `ETCD_*` variables the line adds.
+    pub env: BTreeMap<String, String>,
+    /// The paths Kubernetes probes on the metrics listener.
+    pub health: HealthPaths,
 }
 
-/// The `ETCD_*` variables the release line of `version` adds (`systemd/release-lines.toml`).
-pub fn release_line_env(version: &str) -> Result<BTreeMap<String, String>> {
+/// Where Kubernetes probes a member's plain-http metrics listener (kubeadm's probes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthPaths {
+    pub liveness: String,
+    pub startup: String,
+}
+
+/// The settings of the release line of `version` (`systemd/release-lines.toml`).
+pub fn release_line_settings(version: &str) -> Result<ReleaseLine> {
     let path = crate::util::project_root().join("systemd/release-lines.toml");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let lines: BTreeMap<String, ReleaseLine> =
@@ -119,7 +174,7 @@ pub fn release_line_env(version: &str) -> Result<BTreeMap<String, String>> {
     let Some(found) = lines.get(&line) else {
         bail!(
             "{}: no entry for etcd {line} (of {version}): add [\"{line}\"] with env = {{...}} (the variables that \
-             release line needs, possibly none)",
+             release line needs, possibly none) and health = {{ liveness = ..., startup = ... }}",
             path.display()
         );
     };
@@ -128,7 +183,17 @@ pub fn release_line_env(version: &str) -> Result<BTreeMap<String, String>> {
             bail!("{}: [\"{line}\"] env: {key} is not an ETCD_* variable", path.display());
         }
     }
-    Ok(found.env.clone())
+    for (field, p) in [("liveness", &found.health.liveness), ("startup", &found.health.startup)] {
+        if !p.starts_with("/health") {
+            bail!("{}: [\"{line}\"] health.{field}: {p:?} must be a path of etcd's /health endpoint", path.display());
+        }
+    }
+    Ok(found.clone())
+}
+
+/// The `ETCD_*` variables the release line of `version` adds (`systemd/release-lines.toml`).
+pub fn release_line_env(version: &str) -> Result<BTreeMap<String, String>> {
+    Ok(release_line_settings(version)?.env)
 }
 
 /// The `ETCD_*` variables of `node` running etcd `version`, sorted by name.
@@ -139,32 +204,40 @@ pub fn node_env(
     paths: &TargetPaths,
     version: &str,
 ) -> Result<BTreeMap<String, String>> {
-    let ip = primary_ip(node)?;
-    let mut initial = Vec::new();
-    for n in &spec.nodes {
-        initial.push(format!("{}={}", n.name, url("https", &primary_ip(n)?, PEER_PORT)));
-    }
-    let loopback: IpAddr = if ip.is_ipv6() { "::1".parse()? } else { "127.0.0.1".parse()? };
+    member_env(&Addressing::of_node(spec, node)?, pki, paths, version)
+}
+
+/// The `ETCD_*` variables of a member addressed as `addr`, running etcd `version`: every etcd
+/// setting this project runs with is decided here.
+pub fn member_env(
+    addr: &Addressing,
+    pki: &PkiFacts,
+    paths: &TargetPaths,
+    version: &str,
+) -> Result<BTreeMap<String, String>> {
+    let at = |scheme: &str, host: &str, port: u16| format!("{scheme}://{host}:{port}");
+    let initial: Vec<String> =
+        addr.initial_cluster.iter().map(|(name, host)| format!("{name}={}", at("https", host, PEER_PORT))).collect();
     let pki_file = |name: &str| format!("{}/{name}", paths.pki_dir.trim_end_matches('/'));
     let mut env = BTreeMap::new();
     let mut set = |k: &str, v: String| {
         env.insert(k.to_string(), v);
     };
-    set("ETCD_NAME", node.name.clone());
+    set("ETCD_NAME", addr.name.clone());
     set("ETCD_DATA_DIR", paths.data_dir.clone());
-    // Clients: the node's address and loopback (etcdctl on the node, published ports).
+    // Clients: the member's address and loopback (etcdctl on the node, published ports).
     set(
         "ETCD_LISTEN_CLIENT_URLS",
-        format!("{},{}", url("https", &ip, CLIENT_PORT), url("https", &loopback, CLIENT_PORT)),
+        format!("{},{}", at("https", &addr.listen, CLIENT_PORT), at("https", &addr.loopback, CLIENT_PORT)),
     );
-    set("ETCD_ADVERTISE_CLIENT_URLS", url("https", &ip, CLIENT_PORT));
-    set("ETCD_LISTEN_PEER_URLS", url("https", &ip, PEER_PORT));
-    set("ETCD_INITIAL_ADVERTISE_PEER_URLS", url("https", &ip, PEER_PORT));
+    set("ETCD_ADVERTISE_CLIENT_URLS", at("https", &addr.advertise, CLIENT_PORT));
+    set("ETCD_LISTEN_PEER_URLS", at("https", &addr.listen, PEER_PORT));
+    set("ETCD_INITIAL_ADVERTISE_PEER_URLS", at("https", &addr.advertise, PEER_PORT));
     set("ETCD_INITIAL_CLUSTER", initial.join(","));
     set("ETCD_INITIAL_CLUSTER_STATE", "new".to_string());
     set("ETCD_INITIAL_CLUSTER_TOKEN", pki.token.clone());
-    // Metrics and health without TLS, reachable from the node itself only.
-    set("ETCD_LISTEN_METRICS_URLS", url("http", &loopback, METRICS_PORT));
+    // Metrics and health without TLS (on hosts: reachable from the node itself only).
+    set("ETCD_LISTEN_METRICS_URLS", at("http", &addr.metrics, METRICS_PORT));
     set("ETCD_CLIENT_CERT_AUTH", "true".to_string());
     set("ETCD_PEER_CLIENT_CERT_AUTH", "true".to_string());
     for (key, file) in TLS_FILES {

@@ -47,7 +47,7 @@ pub struct Tree {
 }
 
 impl Tree {
-    fn file(&mut self, path: &str, mode: u32, data: impl Into<Vec<u8>>) {
+    pub fn file(&mut self, path: &str, mode: u32, data: impl Into<Vec<u8>>) {
         self.files.push(BundleFile { path: path.to_string(), mode, data: data.into() });
     }
 

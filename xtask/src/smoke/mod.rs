@@ -994,7 +994,7 @@ impl Run {
             IpAddr::V6(_) => bail!("IPv4 only"),
         };
         let ip: IpAddr = format!("{}.{}.{}.{}", first[0], first[1], first[2], first[3].wrapping_add(3)).parse()?;
-        let node = NodeSpec { name: "restored".into(), ips: vec![ip], dns: Vec::new() };
+        let node = NodeSpec { name: "restored".into(), ips: vec![ip], dns: Vec::new(), kube_dns: Vec::new() };
         let data = backup.join("data");
         let facts = PkiFacts::read(&self.pki.root)?;
         let single = ClusterSpec { token: None, clients: Vec::new(), nodes: vec![node.clone()], ..self.spec.clone() };
