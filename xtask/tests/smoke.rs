@@ -22,6 +22,7 @@ fn labelled(kind: &[&str]) -> String {
 }
 
 fn nothing_left() {
+    assert_eq!(labelled(&["pod", "ps"]), "", "pods left behind");
     assert_eq!(labelled(&["ps", "-a"]), "", "containers left behind");
     assert_eq!(labelled(&["volume", "ls"]), "", "volumes left behind");
     assert_eq!(labelled(&["network", "ls"]), "", "networks left behind");
@@ -114,6 +115,39 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
         .collect();
     assert_eq!(logged, adapted, "the host adaptation in the log:\n{stderr}");
     assert!(stdout.contains("start to 3/3 healthy"), "{stdout}");
+    nothing_left();
+
+    // The static pods of `cargo xtask k8s`, run by podman's Kubernetes engine: the basic checks
+    // pass against them, and the played copies differ from the rendered manifests only where the
+    // report says.
+    let kube_dir = tmp.path().join("kube");
+    let out = xtask()
+        .args(["smoke", "--engine", "kube", "--source", "build", "--out", kube_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "smoke --engine kube failed:\n{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kube_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["engine"], "kube");
+    assert_eq!(report["image"], "localhost/etcd:3.4.9", "{report:#}");
+    assert_eq!(report["kube_play_adaptations"].as_array().unwrap().len(), 6);
+    let checks = report["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 12, "{report:#}");
+    assert!(checks.iter().all(|c| c["outcome"] == "PASS"), "{report:#}");
+    for node in ["etcd1", "etcd2", "etcd3"] {
+        let read = |p: std::path::PathBuf| -> serde_json::Value {
+            serde_yaml_ng::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+        };
+        let rendered = read(kube_dir.join("basic/k8s").join(node).join("etc/kubernetes/manifests/etcd.yaml"));
+        let played = read(kube_dir.join("basic/kube-play").join(format!("{node}.yaml")));
+        let (r, p) = (&rendered["spec"]["containers"][0], &played["spec"]["containers"][0]);
+        for field in ["image", "command", "args", "env", "securityContext", "resources"] {
+            assert_eq!(r[field], p[field], "{node}: {field}");
+        }
+        assert!(r["image"].as_str().unwrap().starts_with("localhost/etcd:3.4.9@sha256:"), "by digest");
+        assert_eq!(rendered["spec"]["securityContext"], played["spec"]["securityContext"], "{node}");
+    }
     nothing_left();
 
     // Interrupted once its containers are up: it still removes all it created.

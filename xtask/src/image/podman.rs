@@ -83,6 +83,27 @@ pub fn run_args() -> Result<Vec<String>> {
     Ok(args)
 }
 
+/// The host adaptation of [`run_args`] as a `containers.conf`, for podman commands that take no
+/// `--runtime` or `--ulimit` (`podman kube play`): pass its path in `CONTAINERS_CONF`.
+pub fn containers_conf(run_args: &[String]) -> String {
+    let mut ulimits = Vec::new();
+    let mut runtime = None;
+    let mut it = run_args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--ulimit" => ulimits.extend(it.next().map(|v| format!("{v:?}"))),
+            "--runtime" => runtime = it.next(),
+            _ => {}
+        }
+    }
+    let mut out = String::from("# The host adaptation `cargo xtask smoke` worked out (see its log).\n[containers]\n");
+    out.push_str(&format!("default_ulimits = [{}]\n", ulimits.join(", ")));
+    if let Some(r) = runtime {
+        out.push_str(&format!("\n[engine]\nruntime = {r:?}\n"));
+    }
+    out
+}
+
 /// `podman load -i ARCHIVE`; returns the name podman gave the image.
 pub fn load(archive: &Path) -> Result<String> {
     let sh = Shell::new().context("cannot start a shell")?;
@@ -105,6 +126,21 @@ mod tests {
 Max processes             96364                96364                processes \n\
 Max open files            1024                 20000                files     \n\
 Max locked memory         unlimited            unlimited            bytes     \n";
+
+    #[test]
+    fn the_adaptation_reads_as_a_containers_conf() {
+        let args: Vec<String> =
+            ["--runtime", "runc", "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        let conf = containers_conf(&args);
+        assert!(conf.contains("default_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]"), "{conf}");
+        assert!(conf.contains("[engine]\nruntime = \"runc\""), "{conf}");
+        let parsed: toml::Value = toml::from_str(&conf).unwrap();
+        assert_eq!(parsed["engine"]["runtime"].as_str(), Some("runc"));
+        assert!(!containers_conf(&[]).contains("[engine]"));
+    }
 
     #[test]
     fn hard_limits_are_read() {

@@ -7,6 +7,7 @@
 //! the same code that writes host bundles: there is no second flag list here.
 
 mod http_tls;
+mod kube;
 mod load;
 mod podman;
 mod scenarios;
@@ -29,6 +30,7 @@ use crate::pki::issue::{issue, PkiLayout};
 use crate::pki::profiles::Profiles;
 use crate::render::config::{node_env, PkiFacts, TargetPaths};
 use crate::util::{display_rel, project_root, target_dir, write_atomic, Arch};
+pub use kube::Engine;
 use podman::{podman, podman_checked, podman_output, Interrupt, Resources, LABEL};
 
 /// Where the node's PKI directory and the operator's client identity are mounted.
@@ -53,6 +55,9 @@ const GOAL_TOTAL_S: f64 = 45.0;
 /// rolling restarts); replace-member (node 2's volume destroyed, the member replaced through a
 /// learner); all (those four, the default); http-to-tls (a cluster born on plain http switched to
 /// mutual TLS member by member, without losing data or member IDs; not part of all, for time).
+///
+/// --engine kube plays the static pods of `cargo xtask k8s` with `podman kube play` instead
+/// (basic scenario; the few adaptations podman needs are printed and go into the report).
 #[derive(Debug, clap::Args)]
 #[command(long_about)]
 pub struct Smoke {
@@ -62,6 +67,10 @@ pub struct Smoke {
     /// The version the upgrade scenario moves the cluster to [default: upgrade.to of images/etcd.toml]
     #[arg(long, value_name = "V")]
     pub upgrade_to: Option<String>,
+    /// What runs the members: run (`podman run`) or kube (`podman kube play` of the static pods
+    /// `cargo xtask k8s` renders; the basic scenario only)
+    #[arg(long, value_enum, value_name = "ENGINE", default_value = "run")]
+    pub engine: Engine,
     /// Leave the cluster running and print how to reach it with etcdctl
     #[arg(long)]
     pub keep: bool,
@@ -145,6 +154,10 @@ pub struct ScenarioReport {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub image: String,
+    /// `run` or `kube`, and for kube what the played pods change in the rendered static pods.
+    pub engine: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kube_play_adaptations: Vec<String>,
     pub etcd_version: String,
     pub cluster: String,
     pub scenarios: Vec<ScenarioReport>,
@@ -158,12 +171,20 @@ impl Smoke {
     pub fn run(self) -> Result<()> {
         let started = Instant::now();
         let out = self.out.clone().unwrap_or_else(|| target_dir().join("smoke"));
+        // Absolute: podman takes a relative `-v dir:...` for the name of a volume.
+        let out = std::path::absolute(&out).with_context(|| format!("--out {}", out.display()))?;
         let cluster_path = self.cluster.clone().unwrap_or_else(|| project_root().join("clusters/smoke.toml"));
         let spec = ClusterSpec::load(&cluster_path)?;
         if spec.nodes.len() != 3 {
             bail!("{}: field nodes must list exactly three nodes for the smoke test", cluster_path.display());
         }
         preflight()?;
+        if self.engine == Engine::Kube && !crate::util::on_path("catatonit") {
+            bail!(
+                "--engine kube: podman's pods need catatonit (their pause process), which is not installed: \
+                 apt-get install catatonit"
+            );
+        }
         let interrupt = Interrupt::install()?;
         Resources::remove_leftovers()?;
 
@@ -188,7 +209,20 @@ impl Smoke {
         let etcd_version = built.stamp.reference.rsplit(':').next().unwrap_or_default().to_string();
         eprintln!("smoke: image {tag} (etcd runs as {uid}:{gid})");
 
-        let scenarios = ScenarioName::expand(&self.scenario);
+        let scenarios = match self.engine {
+            Engine::Run => ScenarioName::expand(&self.scenario),
+            Engine::Kube => {
+                let asked = ScenarioName::expand(&self.scenario);
+                if !(self.scenario.contains(&ScenarioName::All) || asked == [ScenarioName::Basic]) {
+                    bail!(
+                        "--engine kube runs the basic scenario only (the static pods as rendered): drop --scenario, or \
+                         use --engine run for {}",
+                        asked.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    );
+                }
+                vec![ScenarioName::Basic]
+            }
+        };
 
         // The upgrade is checked and its image built before anything is started.
         let upgrade = match scenarios.contains(&ScenarioName::Upgrade) {
@@ -206,6 +240,9 @@ impl Smoke {
             let dir = out.join(name.as_str());
             eprintln!("smoke: scenario {}", name.as_str());
             let mut run = Run::prepare(&spec, *name, &dir, &tag, &etcd_version, uid, gid, keep, interrupt.clone())?;
+            if self.engine == Engine::Kube {
+                run.render_static_pods(&cluster_path, &format!("{tag}@{}", built.stamp.digest))?;
+            }
             let r = match name {
                 ScenarioName::Basic => run.basic(),
                 ScenarioName::RotateCerts => run.rotate_certs(),
@@ -243,6 +280,11 @@ impl Smoke {
         timings.insert("total".into(), started.elapsed().as_secs_f64());
         let report = Report {
             image: tag.clone(),
+            engine: format!("{:?}", self.engine).to_lowercase(),
+            kube_play_adaptations: match self.engine {
+                Engine::Kube => kube::ADAPTATIONS.iter().map(|s| s.to_string()).collect(),
+                Engine::Run => Vec::new(),
+            },
             etcd_version,
             cluster: spec.name.clone(),
             passed: checks.iter().filter(|c| c.outcome == Outcome::Pass).count(),
@@ -299,6 +341,8 @@ struct Node {
     image: String,
     /// Its client port speaks plain http only (http-to-tls): etcdctl reaches it without TLS.
     plain: bool,
+    /// The data directory on this machine when it is a hostPath (kube engine), not `volume`.
+    host_data: Option<PathBuf>,
 }
 
 struct Run {
@@ -328,6 +372,8 @@ struct Run {
     /// Clients (the load, and etcdctl for nodes without TLS) talk plain http: the http-to-tls
     /// scenario's first steps.
     plain_clients: bool,
+    /// The static pods `cargo xtask k8s` rendered for this run (kube engine), else none.
+    kube_manifests: Option<PathBuf>,
 }
 
 impl Run {
@@ -384,6 +430,7 @@ impl Run {
             nodes.push(Node {
                 image: tag.to_string(),
                 plain: false,
+                host_data: None,
                 spec: n.clone(),
                 container: format!("xtask-smoke-{}", n.name),
                 volume: format!("xtask-smoke-{}-data", n.name),
@@ -417,6 +464,7 @@ impl Run {
             load_report: None,
             member_healthy: Vec::new(),
             plain_clients: false,
+            kube_manifests: None,
         })
     }
 
@@ -490,6 +538,12 @@ impl Run {
     /// Creates the nodes' volumes, then starts all containers at once (each `podman run` takes
     /// a few hundred milliseconds; in sequence they would dominate the time to healthy).
     fn start_all(&mut self) -> Result<()> {
+        if self.kube_manifests.is_some() {
+            for n in &mut self.nodes {
+                n.container = kube::container_name(&n.spec.name);
+            }
+            return self.play_all();
+        }
         let mut runs = Vec::new();
         for n in self.nodes.clone() {
             podman(&["volume", "create", "--label", LABEL, &n.volume])?;
@@ -856,7 +910,10 @@ impl Run {
             if !no_caps(&cap_eff) || !no_caps(&cap_prm) {
                 bail!("{}: capabilities effective {:?} permitted {:?}, expected none", n.container, cap_eff, cap_prm);
             }
-            let mount = podman(&["volume", "inspect", "--format", "{{.Mountpoint}}", &n.volume])?;
+            let mount = match &n.host_data {
+                Some(dir) => dir.display().to_string(),
+                None => podman(&["volume", "inspect", "--format", "{{.Mountpoint}}", &n.volume])?,
+            };
             let meta =
                 fs::metadata(mount.trim()).with_context(|| format!("cannot stat the data volume {}", mount.trim()))?;
             let mode = meta.permissions().mode() & 0o7777;
@@ -1154,7 +1211,11 @@ fn find_etcdctl(tag: &str) -> Result<PathBuf> {
 }
 
 fn print_summary(report: &Report, out: &Path) {
-    println!("\nsmoke test of {} ({} nodes, mutual TLS)", report.image, 3);
+    let engine = if report.engine == "kube" { "podman kube play of the static pods" } else { "podman run" };
+    println!("\nsmoke test of {} ({} nodes, mutual TLS, {engine})", report.image, 3);
+    for a in &report.kube_play_adaptations {
+        println!("  adaptation: {a}");
+    }
     for sc in &report.scenarios {
         println!("scenario {} ({:.1} s)", sc.name, sc.seconds);
         for c in report.checks.iter().filter(|c| c.scenario == sc.name) {

@@ -37,6 +37,8 @@ pub fn podman_checked(args: &[String]) -> Result<String> {
 
 /// What a run created; removed on drop unless kept.
 pub struct Resources {
+    /// Pods of `podman kube play` (removed with their containers).
+    pub pods: Vec<String>,
     pub containers: Vec<String>,
     pub volumes: Vec<String>,
     pub networks: Vec<String>,
@@ -45,12 +47,17 @@ pub struct Resources {
 
 impl Resources {
     pub fn new(keep: bool) -> Self {
-        Resources { containers: Vec::new(), volumes: Vec::new(), networks: Vec::new(), keep }
+        Resources { pods: Vec::new(), containers: Vec::new(), volumes: Vec::new(), networks: Vec::new(), keep }
     }
 
     /// Removes everything labelled by an earlier run that could not clean up (killed with SIGKILL).
     pub fn remove_leftovers() -> Result<()> {
         let filter = format!("label={LABEL}");
+        let pods = podman(&["pod", "ps", "-q", "--filter", &filter])?;
+        for id in pods.split_whitespace() {
+            eprintln!("smoke: removing pod {id} left by an earlier run");
+            let _ = podman(&["pod", "rm", "-f", "-t", "0", id]);
+        }
         let containers = podman(&["ps", "-a", "-q", "--filter", &filter])?;
         for id in containers.split_whitespace() {
             eprintln!("smoke: removing container {id} left by an earlier run");
@@ -70,6 +77,9 @@ impl Resources {
     }
 
     pub fn cleanup(&mut self) {
+        for p in self.pods.drain(..).rev() {
+            let _ = podman(&["pod", "rm", "-f", "-t", "0", &p]);
+        }
         for c in self.containers.drain(..).rev() {
             let _ = podman(&["rm", "-f", "-t", "0", &c]);
         }
