@@ -2,6 +2,7 @@
 //! definitions and verified inputs in, artifacts out. See ARCHITECTURE.md.
 
 pub mod acquire;
+pub mod advisories;
 pub mod build_etcd;
 pub mod ci;
 pub mod definition;

@@ -219,6 +219,12 @@ fn downloads_verifies_records_provenance_and_then_uses_the_cache() {
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("25%") && err.contains("received"), "plain progress lines expected off a terminal: {err}");
+    // Shipping a version with published advisories is never silent.
+    let advisories = xtask::advisories::load(&xtask::advisories::default_path()).unwrap();
+    match xtask::advisories::warning(&advisories, version()) {
+        Some(w) => assert!(err.contains(&format!("warning: {w}")), "the advisories of {}:\n{err}", version()),
+        None => assert!(!err.contains("security advisor"), "{err}"),
+    }
     let dir = root.join(version()).join(host());
     let prov: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();

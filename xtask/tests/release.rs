@@ -94,6 +94,7 @@ fn config_env(config: &serde_json::Value) -> Vec<String> {
 fn release_files(version: &str) -> BTreeSet<String> {
     let mut want =
         BTreeSet::from(["SHA256SUMS".to_string(), format!("etcd-{version}.tar"), format!("etcd_{version}.raw")]);
+    want.insert("RELEASE-NOTES.md".to_string());
     for arch in ["amd64", "arm64"] {
         for ext in ["tar", "provenance.json", "spdx.json"] {
             want.insert(format!("etcd-{version}-linux-{arch}.{ext}"));
@@ -131,6 +132,14 @@ fn release_of_349_built_from_source_for_amd64_and_arm64() {
     let want = release_files("3.4.9");
     assert_eq!(file_names(&dir), want);
     sums_cover_every_other_file(&dir, &want);
+    // The release note states every advisory affecting 3.4.9 and what fixes it.
+    let notes = fs::read_to_string(dir.join("RELEASE-NOTES.md")).unwrap();
+    for cve in
+        ["CVE-2020-15106", "CVE-2020-15112", "CVE-2020-15113", "CVE-2020-15114", "CVE-2020-15115", "CVE-2020-15136"]
+    {
+        let line = notes.lines().find(|l| l.contains(cve)).unwrap_or_else(|| panic!("{cve} missing:\n{notes}"));
+        assert!(line.contains("Fixed in 3.4.10."), "{line}");
+    }
     // Docker's manifest.json in each architecture's archive (docker load before Docker 25), not
     // in the multi-arch one, which Docker cannot load.
     let docker_index = |name: &str| -> Option<String> {
@@ -161,6 +170,16 @@ fn release_of_349_built_from_source_for_amd64_and_arm64() {
         let etcd = doc["packages"].as_array().unwrap().iter().find(|p| p["SPDXID"] == "SPDXRef-Binary-etcd").unwrap();
         assert_eq!(etcd["versionInfo"], "3.4.9");
         assert_eq!(etcd["checksums"][0]["checksumValue"], prov["files"]["etcd"]);
+        // The advisories that affect 3.4.9, as security references of the binary.
+        let advisories: BTreeSet<&str> = etcd["externalRefs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["referenceCategory"] == "SECURITY" && r["referenceType"] == "advisory")
+            .map(|r| r["referenceLocator"].as_str().unwrap())
+            .collect();
+        assert!(advisories.len() >= 6, "{arch}: {advisories:?}");
+        assert!(advisories.iter().all(|u| u.starts_with("https://") && u.contains("GHSA-")), "{advisories:?}");
 
         // The image: valid, of this architecture, and it starts on it. etcd 3.4 exits at once on
         // arm64 unless ETCD_UNSUPPORTED_ARCH=arm64 is set; amd64 needs nothing. No ETCD_* variable
@@ -297,6 +316,32 @@ fn release_of_debians_etcd_is_complete_checksummed_reproducible_and_its_sboms_ar
     // A rerun over an existing release reuses the built images and changes nothing.
     let rerun = release("distro", &tmp.path().join("a"));
     assert_eq!(fs::read_to_string(rerun.join("SHA256SUMS")).unwrap(), sums);
+
+    // Anyone can rebuild it from its provenance and compare, file by file...
+    let work = tmp.path().join("verify");
+    let verified = ok(xtask().args(["release", "verify"]).arg(&dir).arg("--work").arg(&work));
+    assert!(verified.contains("files are byte for byte what a rebuild gives"), "{verified}");
+    // ...and one flipped byte in an image blob is named, with its blob.
+    let archive = again.join(format!("etcd-{version}-linux-amd64.tar"));
+    let (blob, offset) = {
+        let mut ar = tar::Archive::new(fs::File::open(&archive).unwrap());
+        let e = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().starts_with("blobs/sha256") && e.header().size().unwrap() > 4096)
+            .unwrap();
+        (e.path().unwrap().display().to_string(), e.raw_file_position() + 1000)
+    };
+    let mut bytes = fs::read(&archive).unwrap();
+    bytes[offset as usize] ^= 1;
+    fs::write(&archive, bytes).unwrap();
+    let out = run(xtask().args(["release", "verify"]).arg(&again).arg("--work").arg(&work));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{text}");
+    let line = format!("DIFFERS etcd-{version}-linux-amd64.tar: bytes differ, in {blob}");
+    assert!(text.contains(&line), "{line} missing:\n{text}");
+    assert!(text.contains("1 file differs"), "{text}");
 
     // Break one byte of a download: sha256sum -c catches it.
     let spdx = dir.join(format!("etcd-{version}-linux-amd64.spdx.json"));

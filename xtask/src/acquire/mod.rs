@@ -90,10 +90,15 @@ impl Fetch {
             no_official: self.no_official,
             out_root: self.out_root,
         };
+        let mut versions = std::collections::BTreeSet::new();
         for arch in arches {
             let got = ensure(&def, arch, &opts)?;
             let p = &got.provenance;
             println!("etcd {} {} ({}) -> {}", p.version, p.arch, p.source.as_str(), display_rel(&got.dir));
+            versions.insert(p.version.clone());
+        }
+        for v in versions {
+            crate::advisories::warn_if_affected(&v)?;
         }
         Ok(())
     }

@@ -98,6 +98,11 @@ impl ImageCmd {
             None => {
                 let def = Definition::load_default()?;
                 let builds = build_images(&def, &self.build)?;
+                let versions: std::collections::BTreeSet<&str> =
+                    builds.iter().filter_map(|b| b.stamp.reference.rsplit(':').next()).collect();
+                for v in versions {
+                    crate::advisories::warn_if_affected(v)?;
+                }
                 if self.build.load {
                     let host = Arch::host();
                     let pick = builds

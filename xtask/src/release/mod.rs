@@ -10,6 +10,9 @@
 //! - `etcd_<V>.raw`: the portable service image for this machine's architecture;
 //! - `etcd-<V>-linux-<A>.provenance.json`: where each architecture's etcd came from;
 //! - `etcd-<V>-linux-<A>.spdx.json`: an SPDX 2.3 SBOM per image ([`sbom`]);
+//! - `RELEASE-NOTES.md`: what is inside, where it came from, and every published security advisory
+//!   that affects the version (`images/advisories.toml`; the SBOMs carry them as security
+//!   references);
 //! - `SHA256SUMS`: every other file, in `sha256sum -c` format.
 //!
 //! The images and the portable image are built in `<out>/.build/` (kept between runs, so that
@@ -18,6 +21,7 @@
 
 pub mod publish;
 pub mod sbom;
+pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -31,9 +35,13 @@ use crate::image::{self, bake, BuildArgs};
 use crate::util::{display_rel, source_date_epoch, target_dir, write_atomic, Arch, Sha256Hex, StagingDir};
 
 /// Build every artifact of a release (images per architecture and multi-arch, portable image,
-/// provenance, SPDX SBOMs) into target/release/<version>/ with a SHA256SUMS over all of them
+/// provenance, SPDX SBOMs, release notes) into target/release/<version>/ with a SHA256SUMS over
+/// all of them; `release verify DIR` rebuilds a release and names every file that differs
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Release {
+    #[command(subcommand)]
+    pub sub: Option<ReleaseSub>,
     /// Architecture to release; repeat for several [default: the definition's etcd.arches]
     #[arg(long = "arch", value_name = "ARCH")]
     pub arches: Vec<Arch>,
@@ -65,11 +73,22 @@ pub struct Released {
     pub files: Vec<ReleaseFile>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum ReleaseSub {
+    /// Rebuild the release in DIR from its provenance (same version, architectures, sources and
+    /// SOURCE_DATE_EPOCH) and compare: every file whose bytes differ is named (for an image
+    /// archive, with the blobs that differ); exits non-zero on any difference
+    Verify(verify::Verify),
+}
+
 impl Release {
     pub fn run(self) -> Result<()> {
+        if let Some(ReleaseSub::Verify(v)) = self.sub {
+            return v.run();
+        }
         let def = Definition::load_default()?;
         let out = self.out.clone().unwrap_or_else(|| target_dir().join("release"));
-        let released = build_release(&def, &self.arches, self.source, &out, self.force)?;
+        let released = build_release(&def, &self.arches, self.source, &out, self.force, None)?;
         println!("release {} -> {}/", released.version, display_rel(&released.dir));
         for f in &released.files {
             println!("  {}  {:>10}  {}", f.sha256, crate::util::human_bytes(f.size), f.name);
@@ -87,13 +106,15 @@ impl Release {
     }
 }
 
-/// Builds the release of `arches` (default: the definition's) into `<out>/<version>/`.
+/// Builds the release of `arches` (default: the definition's) into `<out>/<version>/`, of etcd
+/// `version` (default: the definition's), with timestamps at SOURCE_DATE_EPOCH.
 pub fn build_release(
     def: &Definition,
     arches: &[Arch],
     source: SourcePolicy,
     out: &Path,
     force: bool,
+    version: Option<String>,
 ) -> Result<Released> {
     let spec = def.image.as_ref().with_context(|| {
         format!("image definition {} has no [image] section: add one (see images/etcd.toml)", def.path.display())
@@ -117,7 +138,7 @@ pub fn build_release(
         source,
         etcd_dir: vec![],
         force,
-        version: None,
+        version,
     };
     let acquired = image::acquire_all(def, &acquire_args)?;
     let versions: BTreeSet<&str> = acquired.iter().map(|a| a.provenance.version.as_str()).collect();
@@ -128,6 +149,10 @@ pub fn build_release(
         );
     }
     let version = acquired[0].provenance.version.clone();
+    let advisories = crate::advisories::load(&crate::advisories::default_path())?;
+    if let Some(w) = crate::advisories::warning(&advisories, &version) {
+        eprintln!("warning: {w}");
+    }
     let build_args = BuildArgs { etcd_dir: acquired.iter().map(|a| a.dir.clone()).collect(), ..acquire_args };
     let builds = image::build_images(def, &build_args)?;
 
@@ -164,8 +189,15 @@ pub fn build_release(
             .with_context(|| format!("cannot copy {}/provenance.json", a.dir.display()))?;
         let plan = bake::plan(spec, a, epoch, &def.runtime_env(&a.provenance.version, arch)?)
             .with_context(|| format!("cannot plan the {arch} image for its SBOM"))?;
-        let doc =
-            sbom::document(&sbom::SbomInput { spec, acquired: a, plan: &plan, built: b, archive_name: &name, epoch })?;
+        let doc = sbom::document(&sbom::SbomInput {
+            spec,
+            acquired: a,
+            plan: &plan,
+            built: b,
+            archive_name: &name,
+            epoch,
+            advisories: &advisories,
+        })?;
         write_atomic(&stage.join(format!("{stem}.spdx.json")), &doc, 0o644)?;
     }
     if let Some(p) = &portable {
@@ -173,9 +205,59 @@ pub fn build_release(
         copy_file(raw, &stage.join(file_name(raw)?))?;
     }
 
+    let notes = release_notes(&version, &acquired, &advisories);
+    write_atomic(&stage.join("RELEASE-NOTES.md"), notes.as_bytes(), 0o644)?;
+
     let files = write_sums(stage)?;
     staging.commit(&dest)?;
     Ok(Released { version, dir: dest, files })
+}
+
+/// The short release note: what is inside, where it came from, how to check it, and every
+/// published advisory that affects the version (never left out, even when shipped on purpose).
+pub fn release_notes(
+    version: &str,
+    acquired: &[crate::acquire::Acquired],
+    advisories: &crate::advisories::Advisories,
+) -> String {
+    let mut out = format!("# etcd {version}\n\n");
+    out.push_str("Built by `cargo xtask release`. Check every file with `sha256sum -c SHA256SUMS`.\n\n");
+    for a in acquired {
+        let p = &a.provenance;
+        out.push_str(&format!("- {}: etcd {} from {} ({})\n", p.arch, p.version, p.source.as_str(), p.origin));
+    }
+    let list = crate::advisories::affecting(advisories, version);
+    out.push_str("\n## Known vulnerabilities\n\n");
+    if !advisories.lines.contains(&crate::definition::release_line(version)) {
+        out.push_str(&format!(
+            "Not checked: images/advisories.toml covers etcd {} only.\n",
+            advisories.lines.join(", ")
+        ));
+        return out;
+    }
+    if list.is_empty() {
+        out.push_str("No published etcd security advisory affects this version (images/advisories.toml).\n");
+        return out;
+    }
+    out.push_str(&format!(
+        "{} published security advisor{} affect etcd {version} (the SBOMs list them as security references):\n\n",
+        list.len(),
+        if list.len() == 1 { "y" } else { "ies" }
+    ));
+    for a in &list {
+        out.push_str(&format!(
+            "- [{}]({}) ({}): {}. Fixed in {}.\n",
+            a.advisory.label(),
+            a.advisory.url,
+            a.advisory.severity,
+            a.advisory.summary,
+            a.fixed
+        ));
+    }
+    if let Some(f) = crate::advisories::fixed_by(&list) {
+        out.push_str(&format!("\netcd {f} fixes all of them.\n"));
+    }
+    out
 }
 
 fn dedup(arches: &[Arch]) -> Vec<Arch> {

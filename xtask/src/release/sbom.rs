@@ -31,6 +31,8 @@ pub struct SbomInput<'a> {
     /// File name of the oci-archive in the release.
     pub archive_name: &'a str,
     pub epoch: u64,
+    /// The published advisories (those affecting the version become security references).
+    pub advisories: &'a [crate::advisories::Advisory],
 }
 
 const NOASSERTION: &str = "NOASSERTION";
@@ -255,7 +257,15 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
                 copyright_text: NOASSERTION,
                 source_info: Some(format!("from {origin_note}: {}", origin_for_sbom(prov))),
                 primary_package_purpose: "APPLICATION",
-                external_refs: vec![],
+                // The advisories that affect this version, each by its published page.
+                external_refs: crate::advisories::affecting(input.advisories, &version)
+                    .iter()
+                    .map(|a| ExternalRef {
+                        reference_category: "SECURITY",
+                        reference_type: "advisory",
+                        reference_locator: a.advisory.url.clone(),
+                    })
+                    .collect(),
                 comment: Some(format!("/{} in the image", e.path)),
             });
             relationships.push(Relationship {
