@@ -39,6 +39,7 @@ pub enum Cmd {
     Smoke(smoke::Smoke),
     Release(release::Release),
     Publish(release::publish::Publish),
+    Keygen(release::sign::Keygen),
     Ci(ci::Ci),
 }
 
@@ -55,6 +56,7 @@ impl Cli {
             Cmd::Smoke(cmd) => cmd.run(),
             Cmd::Release(cmd) => cmd.run(),
             Cmd::Publish(cmd) => cmd.run(),
+            Cmd::Keygen(cmd) => cmd.run(),
             Cmd::Ci(cmd) => cmd.run(),
         }
     }

@@ -149,3 +149,165 @@ fn bad_destinations_fail_with_the_fix() {
     assert!(!out.status.success());
     assert!(err.contains(&format!("cannot push to 127.0.0.1:{port}/etcd:")) && err.contains("reachable"), "{err}");
 }
+
+/// cosign, the sigstore project's own verifier: Debian trixie's package (Debian 12 has none),
+/// fetched with xtask's verified apt path (private package lists, sum checked against apt's
+/// signed index) into target/tools/cosign/. Its binary needs nothing but libc.
+fn cosign() -> std::path::PathBuf {
+    use xtask::acquire::distro;
+    let def = xtask::definition::Definition::load_default().unwrap();
+    let suite = def.debian_suite(&def.upgrade.as_ref().unwrap().to).unwrap();
+    let arch = xtask::util::Arch::host().unwrap();
+    let root = xtask::util::target_dir().join("etcd");
+    let apt = distro::Apt::new(arch, &suite, &root).unwrap();
+    let cand = distro::candidate(&apt, "cosign").unwrap();
+    let dir = xtask::util::target_dir().join("tools/cosign").join(&cand.version);
+    let bin = dir.join("cosign");
+    if !bin.exists() {
+        fs::create_dir_all(&dir).unwrap();
+        let deb = distro::ensure_deb(&apt, &cand, &dir).unwrap();
+        assert_eq!(distro::extract_binaries(&deb, &["cosign"], &dir).unwrap(), ["cosign"]);
+    }
+    bin
+}
+
+/// `cosign verify` of `reference` with `key` against the loopback registry (no transparency
+/// log: the signatures are key-based and offline).
+fn cosign_verify(key: &Path, reference: &str) -> Output {
+    run(Command::new(cosign())
+        .args(["verify", "--insecure-ignore-tlog", "--allow-http-registry", "--key"])
+        .arg(key)
+        .arg(reference))
+}
+
+fn keygen(dir: &Path, passphrase: &str) -> Output {
+    run(Command::new(XTASK).args(["keygen", "--out"]).arg(dir).env("XTASK_SIGN_PASSPHRASE", passphrase))
+}
+
+#[test]
+fn signed_images_verify_with_cosign_and_nothing_else_does() {
+    for tool in ["docker-registry", "skopeo"] {
+        require(tool);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = start_registry(tmp.path());
+    let images = tmp.path().join("images");
+
+    // A key pair; the passphrase comes from the environment, never a flag; no overwrite.
+    let keys = tmp.path().join("keys");
+    let out = keygen(&keys, "correct horse");
+    assert!(out.status.success(), "{out:?}");
+    let (key, public) = (keys.join("cosign.key"), keys.join("cosign.pub"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let before = fs::read(&key).unwrap();
+    let again = keygen(&keys, "other");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
+    assert_eq!(fs::read(&key).unwrap(), before);
+    // cosign reads our encrypted private key as its own: the same public key.
+    let derived =
+        ok(Command::new(cosign()).args(["public-key", "--key"]).arg(&key).env("COSIGN_PASSWORD", "correct horse"));
+    assert_eq!(derived, fs::read_to_string(&public).unwrap());
+
+    // Signed on push: the index and each architecture's image.
+    let dest = format!("{}/etcd", reg.addr);
+    let t = Instant::now();
+    let out = run(Command::new(XTASK)
+        .args(["publish", "--insecure", "--source", "distro", "--registry", &dest, "--sign-key"])
+        .arg(&key)
+        .arg("--out")
+        .arg(&images)
+        .env("XTASK_NO_OFFICIAL", "1")
+        .env("XTASK_SIGN_PASSPHRASE", "correct horse"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "publish --sign-key failed:\n{stdout}\n{stderr}");
+    eprintln!("publish --sign-key (build + push + sign) took {:.1} s", t.elapsed().as_secs_f64());
+    for l in stderr.lines().filter(|l| l.starts_with("publish: signed")) {
+        eprintln!("{l}");
+    }
+    let pushed = stdout.lines().find_map(|l| l.strip_prefix("pushed ")).unwrap().to_string();
+    let (reference, digest) = pushed.split_once('@').unwrap();
+    let raw = ok(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{reference}")));
+    let index: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let arch_digests: Vec<String> =
+        index["manifests"].as_array().unwrap().iter().map(|m| m["digest"].as_str().unwrap().to_string()).collect();
+    assert_eq!(stderr.matches("publish: signed").count(), 1 + arch_digests.len(), "{stderr}");
+
+    // cosign verifies the tag, the index by digest and every architecture by digest.
+    let repo = reference.rsplit_once(':').unwrap().0;
+    let mut refs = vec![reference.to_string(), format!("{repo}@{digest}")];
+    refs.extend(arch_digests.iter().map(|d| format!("{repo}@{d}")));
+    for r in &refs {
+        let t = Instant::now();
+        let v = cosign_verify(&public, r);
+        assert!(v.status.success(), "{r}: {}", String::from_utf8_lossy(&v.stderr));
+        let claims: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+        assert_eq!(claims[0]["critical"]["identity"]["docker-reference"], reference, "{r}");
+        eprintln!("cosign verify {r}: {:.2} s", t.elapsed().as_secs_f64());
+    }
+
+    // Refused: an image nobody signed, an image signed by another key, a manifest altered
+    // after signing (pushed over the signed tag).
+    let unsigned = format!("{}/unsigned", reg.addr);
+    assert!(publish(&unsigned, &images).status.success());
+    let version = reference.rsplit_once(':').unwrap().1;
+    let v = cosign_verify(&public, &format!("{unsigned}:{version}"));
+    assert!(!v.status.success());
+    assert!(String::from_utf8_lossy(&v.stderr).contains("no signatures found"), "{v:?}");
+
+    let other_keys = tmp.path().join("other-keys");
+    assert!(keygen(&other_keys, "other").status.success());
+    let other = format!("{}/other", reg.addr);
+    // This one takes its key from the environment, as the release workflow does with a secret.
+    let out = run(Command::new(XTASK)
+        .args(["publish", "--insecure", "--source", "distro", "--registry", &other, "--sign-key", "env:OTHER_KEY"])
+        .arg("--out")
+        .arg(&images)
+        .env("XTASK_NO_OFFICIAL", "1")
+        .env("OTHER_KEY", fs::read_to_string(other_keys.join("cosign.key")).unwrap())
+        .env("XTASK_SIGN_PASSPHRASE", "other"));
+    assert!(out.status.success(), "{out:?}");
+    let v = cosign_verify(&public, &format!("{other}:{version}"));
+    assert!(!v.status.success());
+    assert!(String::from_utf8_lossy(&v.stderr).contains("no matching signatures"), "{v:?}");
+    let v = cosign_verify(&other_keys.join("cosign.pub"), &format!("{other}:{version}"));
+    assert!(v.status.success(), "the other key verifies its own image: {v:?}");
+
+    // The first architecture's manifest with one annotation added, pushed over the signed tag.
+    let first = &arch_digests[0];
+    let manifest = ok(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{repo}@{first}")));
+    let mut m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    m["annotations"] = serde_json::json!({ "altered": "yes" });
+    let altered = serde_json::to_vec(&m).unwrap();
+    let url = format!("http://{}/v2/{}/manifests/{version}", reg.addr, repo.split_once('/').unwrap().1);
+    ureq::put(&url).set("Content-Type", "application/vnd.oci.image.manifest.v1+json").send_bytes(&altered).unwrap();
+    let v = cosign_verify(&public, reference);
+    assert!(!v.status.success(), "an altered manifest verified: {v:?}");
+    assert!(String::from_utf8_lossy(&v.stderr).contains("no signatures found"), "{v:?}");
+
+    // A wrong passphrase is said before anything is pushed.
+    let out = run(Command::new(XTASK)
+        .args([
+            "publish",
+            "--insecure",
+            "--source",
+            "distro",
+            "--registry",
+            &format!("{}/never", reg.addr),
+            "--sign-key",
+        ])
+        .arg(&key)
+        .arg("--out")
+        .arg(&images)
+        .env("XTASK_NO_OFFICIAL", "1")
+        .env("XTASK_SIGN_PASSPHRASE", "wrong"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong passphrase"), "{out:?}");
+    let tags = ureq::get(&format!("http://{}/v2/never/tags/list", reg.addr)).call();
+    assert!(tags.is_err(), "nothing was pushed to never/");
+}

@@ -21,6 +21,7 @@
 
 pub mod publish;
 pub mod sbom;
+pub mod sign;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,7 +3,9 @@
 //! destination, the registry credentials skopeo finds (`skopeo login`, `REGISTRY_AUTH_FILE`).
 //! Out: the image pushed as `HOST[:PORT]/REPO:<etcd version>`: the multi-arch index with every
 //! architecture (or the one image when only one is built), digests preserved, and the digest
-//! the registry reports checked against the one built here.
+//! the registry reports checked against the one built here. With `--sign-key`, every pushed
+//! manifest (the index, and each architecture's image, also tagged `<version>-<arch>`) is signed
+//! by skopeo with the sigstore key and the signature stored in the registry as an attachment.
 
 use std::fs;
 use std::path::PathBuf;
@@ -35,6 +37,38 @@ pub struct Publish {
     /// Talk plain HTTP or unverified TLS to the registry (a registry on loopback)
     #[arg(long)]
     pub insecure: bool,
+    /// Sign every pushed manifest with this sigstore private key: a file (`cargo xtask keygen`
+    /// makes one) or env:NAME, the key's text in that environment variable (a CI secret). Its
+    /// passphrase comes from XTASK_SIGN_PASSPHRASE or the terminal
+    #[arg(long, value_name = "KEY")]
+    pub sign_key: Option<String>,
+}
+
+/// The decrypted signing key, and a private directory for the signatures' layouts. Removed on
+/// drop.
+struct Signing {
+    dir: PathBuf,
+    key_der: Vec<u8>,
+}
+
+impl Signing {
+    fn prepare(key: &str, near: &std::path::Path) -> Result<Signing> {
+        use std::os::unix::fs::PermissionsExt;
+        let passphrase = super::sign::passphrase(false)?;
+        // A wrong passphrase is said here, before anything is pushed.
+        let key_der = super::sign::decrypt_from(key, passphrase.as_bytes())?;
+        let dir = temp_sibling(&near.with_extension("signatures"));
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+        Ok(Signing { dir, key_der })
+    }
+}
+
+impl Drop for Signing {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A parsed `--registry`: the host (with port) and the repository path.
@@ -117,13 +151,19 @@ impl Publish {
         eprintln!("publish: pushing {} ({}) to {target}", display_rel(&top.layout), top.stamp.digest);
 
         let sh = Shell::new().context("cannot start a shell")?;
+        let signing = match &self.sign_key {
+            Some(key) => Some(Signing::prepare(key, &top.layout)?),
+            None => None,
+        };
+        let tls: Vec<&str> = if self.insecure { vec!["--dest-tls-verify=false"] } else { vec![] };
+        let tls_ref = &tls;
         let digest_file = temp_sibling(&top.layout.with_extension("pushed-digest"));
         let src = format!("oci:{}", top.layout.display());
         let dst = format!("docker://{target}");
-        let tls: Vec<&str> = if self.insecure { vec!["--dest-tls-verify=false"] } else { vec![] };
+        let t = std::time::Instant::now();
         let pushed = cmd!(
             sh,
-            "skopeo copy --all --preserve-digests --retry-times 2 {tls...} --digestfile {digest_file} {src} {dst}"
+            "skopeo copy --all --preserve-digests --retry-times 2 {tls_ref...} --digestfile {digest_file} {src} {dst}"
         )
         .quiet()
         .run()
@@ -145,7 +185,34 @@ impl Publish {
                 top.stamp.digest
             );
         }
+        eprintln!("publish: {target} pushed ({:.2} s)", t.elapsed().as_secs_f64());
         println!("pushed {target}@{digest}");
+        if let Some(signing) = &signing {
+            // Every manifest pushed: the index (or the one image) and each architecture's image,
+            // each signed as the version tag it is reachable under.
+            let mut digests = vec![top.stamp.digest.clone()];
+            if top.arch.is_none() {
+                digests.extend(builds.iter().filter(|b| b.arch.is_some()).map(|b| b.stamp.digest.clone()));
+            }
+            for d in digests {
+                let t = std::time::Instant::now();
+                let layout = signing.dir.join(d.replace(':', "-"));
+                let size = super::sign::write_attachment(&signing.key_der, &target, &d, &layout)?;
+                let src = format!("oci:{}", layout.display());
+                let tag = super::sign::attachment_tag(&d);
+                let dst = format!("docker://{}", dest.reference(&tag));
+                let tls = &tls;
+                cmd!(sh, "skopeo copy --preserve-digests --retry-times 2 {tls...} {src} {dst}")
+                    .quiet()
+                    .run()
+                    .with_context(|| format!("cannot push the signature of {d} to {dst}"))?;
+                eprintln!(
+                    "publish: signed {target}@{d} ({size}-byte ECDSA P-256 signature, stored as :{tag}, {:.2} s)",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            println!("signed {target}: verify with a policy.json requiring sigstoreSigned by your public key");
+        }
         Ok(())
     }
 }

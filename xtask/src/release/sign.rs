@@ -1,0 +1,298 @@
+//! Signing keys: `cargo xtask keygen`, and what `publish --sign-key` needs to sign with skopeo.
+//! In: a passphrase (from `XTASK_SIGN_PASSPHRASE`, else typed at a terminal; never a flag).
+//! Out: a sigstore (cosign-compatible) ECDSA P-256 key pair: `cosign.key`, the PKCS#8 private key
+//! encrypted as cosign and skopeo read it (scrypt N=32768 r=8 p=1, NaCl secretbox, in a PEM block
+//! `ENCRYPTED SIGSTORE PRIVATE KEY`), and `cosign.pub`, the public key (PEM `PUBLIC KEY`) that
+//! users put into their `policy.json`.
+
+use std::fs;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use crypto_secretbox::aead::{Aead, KeyInit};
+use crypto_secretbox::XSalsa20Poly1305;
+
+use crate::util::{display_rel, target_dir, write_atomic};
+
+/// Where the passphrase of the signing key comes from when not typed.
+pub const PASSPHRASE_ENV: &str = "XTASK_SIGN_PASSPHRASE";
+/// The PEM label of an encrypted private key (cosign also reads the older COSIGN label).
+const PRIVATE_PEM: &str = "ENCRYPTED SIGSTORE PRIVATE KEY";
+/// scrypt's cost as cosign sets it: N = 2^15, r = 8, p = 1.
+const SCRYPT_LOG_N: u8 = 15;
+
+/// Generate a signing key pair for `publish --sign-key` (sigstore/cosign format)
+///
+/// Writes DIR/cosign.key (the private key, encrypted with a passphrase, mode 0600) and
+/// DIR/cosign.pub (the public key to verify with). The passphrase comes from the environment
+/// variable XTASK_SIGN_PASSPHRASE or is asked for on the terminal, twice; never from a flag.
+/// An existing key is never overwritten.
+#[derive(Debug, clap::Args)]
+#[command(long_about)]
+pub struct Keygen {
+    /// Output directory [default: target/keys]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+impl Keygen {
+    pub fn run(self) -> Result<()> {
+        let out = self.out.clone().unwrap_or_else(|| target_dir().join("keys"));
+        let (key, public) = (out.join("cosign.key"), out.join("cosign.pub"));
+        for p in [&key, &public] {
+            if p.exists() {
+                bail!(
+                    "{} exists: a signing key is never overwritten; move it away first, or pass another --out",
+                    p.display()
+                );
+            }
+        }
+        let passphrase = passphrase(true)?;
+        let (private_pem, public_pem) = generate(passphrase.as_bytes())?;
+        fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+        write_atomic(&key, private_pem.as_bytes(), 0o600)?;
+        write_atomic(&public, public_pem.as_bytes(), 0o644)?;
+        println!("{}: private key (encrypted; keep it secret)", display_rel(&key));
+        println!("{}: public key (for policy.json: sigstoreSigned, keyPath)", display_rel(&public));
+        Ok(())
+    }
+}
+
+/// The passphrase: `XTASK_SIGN_PASSPHRASE` when set, else asked on the terminal (twice when
+/// `confirm`). Without either there is nothing to ask: an error that says what to set.
+pub fn passphrase(confirm: bool) -> Result<String> {
+    if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
+        return Ok(p);
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no passphrase for the signing key: set {PASSPHRASE_ENV} (in CI: from a secret), or run on a terminal");
+    }
+    let first = rpassword::prompt_password("passphrase of the signing key: ").context("cannot read the passphrase")?;
+    if confirm {
+        let again = rpassword::prompt_password("the same passphrase again: ").context("cannot read the passphrase")?;
+        if again != first {
+            bail!("the two passphrases differ: nothing was written");
+        }
+    }
+    Ok(first)
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+fn unpem(text: &str, origin: &str) -> Result<(String, Vec<u8>)> {
+    let begin =
+        text.lines().position(|l| l.starts_with("-----BEGIN ")).with_context(|| format!("{origin}: no PEM block"))?;
+    let lines: Vec<&str> = text.lines().collect();
+    let label = lines[begin].trim_start_matches("-----BEGIN ").trim_end_matches("-----").to_string();
+    let end = lines
+        .iter()
+        .position(|l| *l == format!("-----END {label}-----"))
+        .with_context(|| format!("{origin}: the PEM block {label} has no end"))?;
+    let body: String = lines[begin + 1..end].concat();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .with_context(|| format!("{origin}: the PEM block is not base64"))?;
+    Ok((label, der))
+}
+
+fn scrypt_key(passphrase: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
+    let params = scrypt::Params::new(SCRYPT_LOG_N, 8, 1, 32).context("scrypt parameters")?;
+    let mut key = [0u8; 32];
+    scrypt::scrypt(passphrase, salt, &params, &mut key).context("scrypt")?;
+    Ok(key)
+}
+
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::getrandom(&mut b).context("no randomness from the operating system")?;
+    Ok(b)
+}
+
+/// A new key pair: (encrypted private key PEM, public key PEM).
+pub fn generate(passphrase: &[u8]) -> Result<(String, String)> {
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("cannot generate a P-256 key")?;
+    let private = encrypt(&pair.serialize_der(), passphrase)?;
+    Ok((private, pair.public_key_pem()))
+}
+
+/// The PKCS#8 `der` encrypted with `passphrase`, as cosign writes it.
+pub fn encrypt(der: &[u8], passphrase: &[u8]) -> Result<String> {
+    let salt: [u8; 32] = random()?;
+    let nonce: [u8; 24] = random()?;
+    let key = scrypt_key(passphrase, &salt)?;
+    let cipher = XSalsa20Poly1305::new(&key.into());
+    let sealed = cipher.encrypt(&nonce.into(), der).map_err(|_| anyhow::anyhow!("cannot encrypt the key"))?;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let doc = serde_json::json!({
+        "kdf": { "name": "scrypt", "params": { "N": 1u32 << SCRYPT_LOG_N, "r": 8, "p": 1 }, "salt": b64(&salt) },
+        "cipher": { "name": "nacl/secretbox", "nonce": b64(&nonce) },
+        "ciphertext": b64(&sealed),
+    });
+    Ok(pem(PRIVATE_PEM, doc.to_string().as_bytes()))
+}
+
+/// The PKCS#8 DER of an encrypted private key file; a wrong passphrase is an error saying so.
+pub fn decrypt(path: &Path, passphrase: &[u8]) -> Result<Vec<u8>> {
+    decrypt_from(&path.display().to_string(), passphrase)
+}
+
+/// Reads the encrypted private key of `source`: `env:NAME` (the PEM in that environment
+/// variable, e.g. a CI secret, never written to disk) or a file path.
+pub fn read_key(source: &str) -> Result<String> {
+    match source.strip_prefix("env:") {
+        Some(name) => std::env::var(name).with_context(|| {
+            format!("--sign-key {source}: the environment variable {name} is not set (the private key's PEM text)")
+        }),
+        None => fs::read_to_string(source)
+            .with_context(|| format!("cannot read the signing key {source}: create one with `cargo xtask keygen`")),
+    }
+}
+
+/// Like [`decrypt`], for a key named as [`read_key`] takes it.
+pub fn decrypt_from(source: &str, passphrase: &[u8]) -> Result<Vec<u8>> {
+    let text = read_key(source)?;
+    let origin = source.to_string();
+    let (label, body) = unpem(&text, &origin)?;
+    if label != PRIVATE_PEM && label != "ENCRYPTED COSIGN PRIVATE KEY" {
+        bail!("{origin}: a {label} block, not an encrypted sigstore private key (`cargo xtask keygen` makes one)");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_slice(&body).with_context(|| format!("{origin}: the encrypted key is not JSON"))?;
+    let b64 = |v: &serde_json::Value, what: &str| -> Result<Vec<u8>> {
+        let s = v.as_str().with_context(|| format!("{origin}: no {what}"))?;
+        base64::engine::general_purpose::STANDARD.decode(s).with_context(|| format!("{origin}: {what} is not base64"))
+    };
+    if doc["kdf"]["name"] != "scrypt" || doc["cipher"]["name"] != "nacl/secretbox" {
+        bail!(
+            "{origin}: encrypted with {} and {}, expected scrypt and nacl/secretbox",
+            doc["kdf"]["name"],
+            doc["cipher"]["name"]
+        );
+    }
+    let n = doc["kdf"]["params"]["N"].as_u64().unwrap_or(0);
+    let (r, p) = (doc["kdf"]["params"]["r"].as_u64().unwrap_or(0), doc["kdf"]["params"]["p"].as_u64().unwrap_or(0));
+    if !n.is_power_of_two() || n < 2 || r == 0 || p == 0 {
+        bail!("{origin}: scrypt parameters N={n} r={r} p={p} are not valid");
+    }
+    let params = scrypt::Params::new(n.trailing_zeros() as u8, r as u32, p as u32, 32)
+        .with_context(|| format!("{origin}: scrypt parameters"))?;
+    let salt = b64(&doc["kdf"]["salt"], "salt")?;
+    let nonce = b64(&doc["cipher"]["nonce"], "nonce")?;
+    if nonce.len() != 24 {
+        bail!("{origin}: the nonce has {} bytes, expected 24", nonce.len());
+    }
+    let mut key = [0u8; 32];
+    scrypt::scrypt(passphrase, &salt, &params, &mut key).context("scrypt")?;
+    let cipher = XSalsa20Poly1305::new(&key.into());
+    let nonce: [u8; 24] = nonce.try_into().map_err(|_| anyhow::anyhow!("{origin}: nonce"))?;
+    cipher
+        .decrypt(&nonce.into(), b64(&doc["ciphertext"], "ciphertext")?.as_slice())
+        .map_err(|_| anyhow::anyhow!("{origin}: wrong passphrase (check {PASSPHRASE_ENV})"))
+}
+
+/// The media type of a sigstore signature layer, and the annotation that carries the signature.
+pub const SIMPLESIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
+pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
+
+/// The tag under which sigstore (cosign, podman, skopeo) looks for the signatures of the
+/// manifest `digest`: `sha256:ab..` -> `sha256-ab...sig`.
+pub fn attachment_tag(digest: &str) -> String {
+    format!("{}.sig", digest.replace(':', "-"))
+}
+
+/// What a signature says: this manifest digest is the image `reference` (cosign's simple
+/// signing payload, which podman's `sigstoreSigned` policy checks).
+pub fn payload(reference: &str, digest: &str) -> Vec<u8> {
+    let doc = serde_json::json!({
+        "critical": {
+            "identity": { "docker-reference": reference },
+            "image": { "docker-manifest-digest": digest },
+            "type": "cosign container image signature",
+        },
+        "optional": null,
+    });
+    doc.to_string().into_bytes()
+}
+
+/// Signs the manifest `digest` as `reference` with the PKCS#8 key `key_der` and writes the
+/// sigstore attachment (a one-layer OCI image: the payload, its signature in an annotation) as
+/// an OCI layout in `dir`, to be pushed to `attachment_tag(digest)`. Returns the signature's
+/// size in bytes (DER).
+pub fn write_attachment(key_der: &[u8], reference: &str, digest: &str, dir: &Path) -> Result<usize> {
+    use rcgen::SigningKey as _;
+    let pair = rcgen::KeyPair::try_from(key_der).context("the signing key is not a PKCS#8 key")?;
+    let payload = payload(reference, digest);
+    let signature = pair.sign(&payload).context("cannot sign")?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&signature);
+    let sha = |b: &[u8]| format!("sha256:{}", crate::util::Sha256Hex::of_bytes(b));
+    let config = serde_json::json!({
+        "architecture": "", "os": "", "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [sha(&payload)] },
+    })
+    .to_string()
+    .into_bytes();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::image::oci::MEDIA_MANIFEST,
+        "config": { "mediaType": crate::image::oci::MEDIA_CONFIG, "digest": sha(&config), "size": config.len() },
+        "layers": [{
+            "mediaType": SIMPLESIGNING, "digest": sha(&payload), "size": payload.len(),
+            "annotations": { SIGNATURE_ANNOTATION: b64 },
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": crate::image::oci::MEDIA_MANIFEST, "digest": sha(&manifest), "size": manifest.len(),
+            "annotations": { crate::image::oci::ANNOTATION_REF_NAME: attachment_tag(digest) },
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
+    for blob in [&payload, &config, &manifest] {
+        let name = crate::util::Sha256Hex::of_bytes(blob).to_string();
+        write_atomic(&blobs.join(name), blob, 0o644)?;
+    }
+    write_atomic(&dir.join("oci-layout"), crate::image::oci::OCI_LAYOUT.as_bytes(), 0o644)?;
+    write_atomic(&dir.join("index.json"), &index, 0o644)?;
+    Ok(signature.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_decrypts_with_its_passphrase_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (private, public) = generate(b"correct horse").unwrap();
+        assert!(private.starts_with("-----BEGIN ENCRYPTED SIGSTORE PRIVATE KEY-----\n"), "{private}");
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{public}");
+        let path = tmp.path().join("cosign.key");
+        fs::write(&path, &private).unwrap();
+        let der = decrypt(&path, b"correct horse").unwrap();
+        // The PKCS#8 of a P-256 key, whose public half is the one written.
+        let pair = rcgen::KeyPair::try_from(der.as_slice()).unwrap();
+        assert_eq!(pair.public_key_pem(), public);
+        let err = decrypt(&path, b"wrong").unwrap_err().to_string();
+        assert!(err.contains("wrong passphrase"), "{err}");
+        fs::write(&path, &public).unwrap();
+        let err = decrypt(&path, b"x").unwrap_err().to_string();
+        assert!(err.contains("PUBLIC KEY block"), "{err}");
+    }
+}
