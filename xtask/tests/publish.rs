@@ -171,6 +171,50 @@ fn cosign() -> std::path::PathBuf {
     bin
 }
 
+/// skopeo from Debian trixie (1.18, containers/image 5.34), with the trixie libraries it needs
+/// in a sysroot of its own: containers/image's policy engine, podman's, with sigstore enabled.
+/// Debian 12's skopeo and podman are built with sigstore disabled ("Debian-local change:
+/// sigstore disabled") and refuse every sigstore-signed image.
+fn policy_skopeo() -> Command {
+    use xtask::acquire::distro;
+    let def = xtask::definition::Definition::load_default().unwrap();
+    let suite = def.debian_suite(&def.upgrade.as_ref().unwrap().to).unwrap();
+    let arch = xtask::util::Arch::host().unwrap();
+    let apt = distro::Apt::new(arch, &suite, &xtask::util::target_dir().join("etcd")).unwrap();
+    let cand = distro::candidate(&apt, "skopeo").unwrap();
+    let dir = xtask::util::target_dir().join("tools/skopeo").join(&cand.version);
+    let (bin, sysroot) = (dir.join("skopeo"), dir.join("sysroot"));
+    if !bin.exists() {
+        let staged = dir.with_extension("partial");
+        let _ = fs::remove_dir_all(&staged);
+        fs::create_dir_all(staged.join("sysroot")).unwrap();
+        // skopeo's Depends in trixie, and libgpgme's (base-files: the merged-/usr links).
+        for pkg in ["base-files", "libc6", "libgpgme11t64", "libassuan9", "libgpg-error0", "libsqlite3-0"] {
+            let c = distro::candidate(&apt, pkg).unwrap();
+            let deb = distro::ensure_deb(&apt, &c, &staged).unwrap();
+            distro::extract_libraries(&deb, &staged.join("sysroot")).unwrap();
+            distro::extract_merged_usr_links(&deb, &staged.join("sysroot")).unwrap();
+        }
+        let deb = distro::ensure_deb(&apt, &cand, &staged).unwrap();
+        assert_eq!(distro::extract_binaries(&deb, &["skopeo"], &staged).unwrap(), ["skopeo"]);
+        fs::rename(&staged, &dir).unwrap();
+    }
+    xtask::image::elf::loader_command(&sysroot, &bin, arch).unwrap()
+}
+
+/// `skopeo copy` of `reference` under `policy` (and `registries_d`, which says where sigstore
+/// signatures live): what `podman pull` decides with the same files.
+fn policy_pull(policy: &Path, registries_d: &Path, reference: &str, dest: &Path) -> Output {
+    let _ = fs::remove_dir_all(dest);
+    run(policy_skopeo()
+        .args(["copy", "--src-tls-verify=false", "--policy"])
+        .arg(policy)
+        .arg("--registries.d")
+        .arg(registries_d)
+        .arg(format!("docker://{reference}"))
+        .arg(format!("dir:{}", dest.display())))
+}
+
 /// `cosign verify` of `reference` with `key` against the loopback registry (no transparency
 /// log: the signatures are key-based and offline).
 fn cosign_verify(key: &Path, reference: &str) -> Output {
@@ -185,7 +229,7 @@ fn keygen(dir: &Path, passphrase: &str) -> Output {
 }
 
 #[test]
-fn signed_images_verify_with_cosign_and_nothing_else_does() {
+fn signed_images_verify_with_cosign_and_the_policy_engine_and_nothing_else_does() {
     for tool in ["docker-registry", "skopeo"] {
         require(tool);
     }
@@ -249,6 +293,52 @@ fn signed_images_verify_with_cosign_and_nothing_else_does() {
         eprintln!("cosign verify {r}: {:.2} s", t.elapsed().as_secs_f64());
     }
 
+    // The policy users put into /etc/containers (README): our key, for every repository of the
+    // registry, under the name signed for; signatures as registry attachments.
+    let policy = tmp.path().join("policy.json");
+    let public_s = public.display().to_string();
+    fs::write(
+        &policy,
+        serde_json::json!({
+            "default": [{ "type": "reject" }],
+            "transports": { "docker": { reg.addr.as_str(): [{
+                "type": "sigstoreSigned",
+                "keyPath": public_s,
+                "signedIdentity": { "type": "matchRepoDigestOrExact" },
+            }] } },
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let registries_d = tmp.path().join("registries.d");
+    fs::create_dir_all(&registries_d).unwrap();
+    fs::write(
+        registries_d.join("etcd.yaml"),
+        format!("docker:\n  {}:\n    use-sigstore-attachments: true\n", reg.addr),
+    )
+    .unwrap();
+    let pulled = tmp.path().join("pulled");
+    let refused = |reference: &str, why: &str| {
+        let out = policy_pull(&policy, &registries_d, reference, &pulled);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{reference} was accepted");
+        assert!(err.contains(why), "{reference}: expected {why:?}:\n{err}");
+        eprintln!("refused {reference}: {}", err.trim().lines().last().unwrap_or_default());
+    };
+    for r in [reference.to_string(), format!("{repo}@{}", arch_digests[0])] {
+        let t = Instant::now();
+        let out = policy_pull(&policy, &registries_d, &r, &pulled);
+        assert!(out.status.success(), "{r} under the policy: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!("policy accepts {r} ({:.2} s)", t.elapsed().as_secs_f64());
+    }
+    // Re-tagged in the same repository: the signature is there, but for another name.
+    let retagged = format!("{repo}:retagged");
+    ok(Command::new("skopeo")
+        .args(["copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("docker://{retagged}")));
+    refused(&retagged, "Signature for identity");
+
     // Refused: an image nobody signed, an image signed by another key, a manifest altered
     // after signing (pushed over the signed tag).
     let unsigned = format!("{}/unsigned", reg.addr);
@@ -257,6 +347,7 @@ fn signed_images_verify_with_cosign_and_nothing_else_does() {
     let v = cosign_verify(&public, &format!("{unsigned}:{version}"));
     assert!(!v.status.success());
     assert!(String::from_utf8_lossy(&v.stderr).contains("no signatures found"), "{v:?}");
+    refused(&format!("{unsigned}:{version}"), "A signature was required, but no signature exists");
 
     let other_keys = tmp.path().join("other-keys");
     assert!(keygen(&other_keys, "other").status.success());
@@ -275,6 +366,7 @@ fn signed_images_verify_with_cosign_and_nothing_else_does() {
     assert!(String::from_utf8_lossy(&v.stderr).contains("no matching signatures"), "{v:?}");
     let v = cosign_verify(&other_keys.join("cosign.pub"), &format!("{other}:{version}"));
     assert!(v.status.success(), "the other key verifies its own image: {v:?}");
+    refused(&format!("{other}:{version}"), "cryptographic signature verification failed");
 
     // The first architecture's manifest with one annotation added, pushed over the signed tag.
     let first = &arch_digests[0];
@@ -289,6 +381,7 @@ fn signed_images_verify_with_cosign_and_nothing_else_does() {
     let v = cosign_verify(&public, reference);
     assert!(!v.status.success(), "an altered manifest verified: {v:?}");
     assert!(String::from_utf8_lossy(&v.stderr).contains("no signatures found"), "{v:?}");
+    refused(reference, "A signature was required, but no signature exists");
 
     // A wrong passphrase is said before anything is pushed.
     let out = run(Command::new(XTASK)
