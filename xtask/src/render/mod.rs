@@ -81,37 +81,77 @@ impl Render {
     }
 }
 
-/// Renders every node of `args.cluster`; returns the output directory.
-pub fn render(args: &Render) -> Result<PathBuf> {
+/// What every stage that renders a cluster's configuration (`render`, `k8s`) starts from: the
+/// definition, the target architecture and etcd version, the described cluster, its tuning
+/// preset, its PKI (issued or brought up to date) and the PKI's facts.
+pub struct Prepared {
+    pub def: Definition,
+    pub arch: Arch,
+    pub version: String,
+    pub runtime_env: std::collections::BTreeMap<String, String>,
+    pub described: crate::pki::cluster::DescribedCluster,
+    /// The chosen preset and its name.
+    pub tuning: Option<(String, tuning::Preset)>,
+    pub pki: PkiLayout,
+    pub facts: PkiFacts,
+}
+
+impl Prepared {
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.described.spec
+    }
+
+    pub fn tuning(&self) -> Option<(&str, &tuning::Preset)> {
+        self.tuning.as_ref().map(|(n, p)| (n.as_str(), p))
+    }
+}
+
+/// Loads and checks everything a cluster's rendering needs, issuing its PKI on the way.
+pub fn prepare(
+    cluster: &std::path::Path,
+    pki_dir: Option<PathBuf>,
+    tuning_presets: Option<PathBuf>,
+    arch: Option<Arch>,
+    etcd_version: Option<String>,
+) -> Result<Prepared> {
     let def = Definition::load_default()?;
-    let arch = match args.arch {
+    let arch = match arch {
         Some(a) => a,
         None => Arch::host().context("this machine's architecture has no etcd build: pass --arch")?,
     };
-    let version = args.etcd_version.clone().unwrap_or_else(|| def.etcd.version.clone());
+    let version = etcd_version.unwrap_or_else(|| def.etcd.version.clone());
     let runtime_env = def.runtime_env(&version, arch).context("--etcd-version / --arch")?;
-    let described = ClusterSpec::load_described(&args.cluster)?;
+    let described = ClusterSpec::load_described(cluster)?;
     let spec = &described.spec;
     for w in spec.warnings() {
-        eprintln!("warning: {}: {w}", args.cluster.display());
+        eprintln!("warning: {}: {w}", cluster.display());
     }
-    let presets_path = args.tuning_presets.clone().unwrap_or_else(Presets::default_path);
+    let presets_path = tuning_presets.unwrap_or_else(Presets::default_path);
     let presets = Presets::load(&presets_path)?;
     let tuning = match &described.tuning {
-        Some(name) => Some((name.as_str(), presets.get(name, &args.cluster)?)),
+        Some(name) => Some((name.clone(), presets.get(name, cluster)?.clone())),
         None => None,
     };
-    let client = pick_client(spec, args.client.as_deref(), &args.cluster)?;
-
-    let pki = args.pki.clone().map(PkiLayout::new).unwrap_or_else(|| PkiLayout::default_for(spec));
+    let pki = pki_dir.map(PkiLayout::new).unwrap_or_else(|| PkiLayout::default_for(spec));
     let profiles = Profiles::load(&Profiles::default_path())?;
     let report = issue(spec, &profiles, &pki.root, false)
-        .with_context(|| format!("cannot issue the PKI of {} into {}", args.cluster.display(), pki.root.display()))?;
+        .with_context(|| format!("cannot issue the PKI of {} into {}", cluster.display(), pki.root.display()))?;
     let issued = report.issued().count();
     if issued > 0 {
         eprintln!("pki {}: {issued} certificate(s) issued", display_rel(&pki.root));
     }
     let facts = PkiFacts::read(&pki.root)?;
+    Ok(Prepared { def, arch, version, runtime_env, described, tuning, pki, facts })
+}
+
+/// Renders every node of `args.cluster`; returns the output directory.
+pub fn render(args: &Render) -> Result<PathBuf> {
+    let prepared =
+        prepare(&args.cluster, args.pki.clone(), args.tuning_presets.clone(), args.arch, args.etcd_version.clone())?;
+    let spec = prepared.spec();
+    let client = pick_client(spec, args.client.as_deref(), &args.cluster)?;
+    let (pki, facts, version, runtime_env) = (&prepared.pki, &prepared.facts, &prepared.version, &prepared.runtime_env);
+    let tuning = prepared.tuning();
 
     let out = args.out.clone().unwrap_or_else(|| default_out(spec));
     if let Some(parent) = out.parent() {
@@ -125,11 +165,11 @@ pub fn render(args: &Render) -> Result<PathBuf> {
     let inputs = ClusterInputs {
         spec,
         tuning,
-        pki: &pki,
-        facts: &facts,
+        pki,
+        facts,
         client,
-        runtime_env: &runtime_env,
-        etcd_version: &version,
+        runtime_env,
+        etcd_version: version,
         tls_stage: args.tls_stage,
     };
     for node in &spec.nodes {
