@@ -82,6 +82,29 @@ struct Package {
     comment: Option<String>,
 }
 
+impl Package {
+    /// A package of `purpose` with its SHA-256; every other field states nothing (NOASSERTION,
+    /// or left out) until set with struct update syntax.
+    fn new(name: String, spdx_id: String, purpose: &'static str, sum: &Sha256Hex) -> Package {
+        Package {
+            name,
+            spdx_id,
+            version_info: None,
+            supplier: NOASSERTION.into(),
+            download_location: NOASSERTION.into(),
+            files_analyzed: false,
+            checksums: sha256(sum),
+            license_concluded: NOASSERTION.into(),
+            license_declared: NOASSERTION.into(),
+            copyright_text: NOASSERTION,
+            source_info: None,
+            primary_package_purpose: purpose,
+            external_refs: Vec::new(),
+            comment: None,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Checksum {
@@ -199,18 +222,8 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
     let manifest_hex = oci::parse_digest(&input.built.stamp.digest)?.to_string();
     let repo = crate::image::bake::repo_stem(&input.spec.name);
     let mut packages = vec![Package {
-        name: plan.reference.clone(),
-        spdx_id: image_id.clone(),
         version_info: Some(version.clone()),
-        supplier: NOASSERTION.into(),
-        download_location: NOASSERTION.into(),
-        files_analyzed: false,
-        checksums: sha256(&input.built.stamp.archive_sha256),
-        license_concluded: NOASSERTION.into(),
-        license_declared: NOASSERTION.into(),
-        copyright_text: NOASSERTION,
         source_info: Some(format!("built by cargo xtask image from etcd {version} ({origin_note}), {arch}")),
-        primary_package_purpose: "CONTAINER",
         external_refs: vec![ExternalRef {
             reference_category: "PACKAGE-MANAGER",
             reference_type: "purl",
@@ -223,6 +236,7 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
             "oci-archive {}; the checksum is the archive's, the manifest digest is sha256:{manifest_hex}",
             input.archive_name
         )),
+        ..Package::new(plan.reference.clone(), image_id.clone(), "CONTAINER", &input.built.stamp.archive_sha256)
     }];
     let mut relationships = vec![Relationship {
         spdx_element_id: "SPDXRef-DOCUMENT".into(),
@@ -245,18 +259,12 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
             }
             let id = spdx_id("Binary", &name);
             packages.push(Package {
-                name: name.clone(),
-                spdx_id: id.clone(),
                 version_info: Some(version.clone()),
                 supplier: supplier.clone(),
                 download_location: binary_location.clone(),
-                files_analyzed: false,
-                checksums: sha256(&sum),
                 license_concluded: licenses.clone(),
                 license_declared: licenses.clone(),
-                copyright_text: NOASSERTION,
                 source_info: Some(format!("from {origin_note}: {}", origin_for_sbom(prov))),
-                primary_package_purpose: "APPLICATION",
                 // The advisories that affect this version, each by its published page.
                 external_refs: crate::advisories::affecting(input.advisories, &version)
                     .iter()
@@ -267,6 +275,7 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
                     })
                     .collect(),
                 comment: Some(format!("/{} in the image", e.path)),
+                ..Package::new(name.clone(), id.clone(), "APPLICATION", &sum)
             });
             relationships.push(Relationship {
                 spdx_element_id: image_id.clone(),
@@ -285,24 +294,12 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
             let (Source::Host(_), Some(sum)) = (&e.source, e.sha256) else { continue };
             let id = spdx_id("Library", &e.path);
             packages.push(Package {
-                name: format!("/{}", e.path),
-                spdx_id: id.clone(),
-                version_info: None,
-                supplier: NOASSERTION.into(),
-                download_location: NOASSERTION.into(),
-                files_analyzed: false,
-                checksums: sha256(&sum),
-                license_concluded: NOASSERTION.into(),
-                license_declared: NOASSERTION.into(),
-                copyright_text: NOASSERTION,
                 source_info: Some(if from_sysroot {
                     format!("from the C library package acquired with etcd for {arch}")
                 } else {
                     "copied from the build machine's C library".to_string()
                 }),
-                primary_package_purpose: "LIBRARY",
-                external_refs: vec![],
-                comment: None,
+                ..Package::new(format!("/{}", e.path), id.clone(), "LIBRARY", &sum)
             });
             relationships.push(Relationship {
                 spdx_element_id: image_id.clone(),
@@ -330,20 +327,14 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
         };
         let license = if is_libc { NOASSERTION.to_string() } else { licenses.clone() };
         packages.push(Package {
-            name: name.clone(),
-            spdx_id: id.clone(),
             version_info: Some(deb.map(|p| p.1.to_string()).unwrap_or_else(|| version.clone())),
             supplier: supplier.clone(),
             download_location: location,
-            files_analyzed: false,
-            checksums: sha256(sum),
             license_concluded: license.clone(),
             license_declared: license,
-            copyright_text: NOASSERTION,
             source_info: Some(
                 "verified before use: a pinned SHA-256 or the signed index of the package archive".into(),
             ),
-            primary_package_purpose: purpose,
             external_refs: purl
                 .into_iter()
                 .map(|p| ExternalRef {
@@ -352,7 +343,7 @@ pub fn document(input: &SbomInput) -> Result<Vec<u8>> {
                     reference_locator: p,
                 })
                 .collect(),
-            comment: None,
+            ..Package::new(name.clone(), id.clone(), purpose, sum)
         });
         for (bin, bin_id) in &binaries {
             if !is_libc && artifact_holds(name, single, bin) {
