@@ -89,6 +89,20 @@ impl Ci {
         } else {
             eprintln!("ci: warning: rustfmt is not installed, formatting not checked (`rustup component add rustfmt`)");
         }
+        // Lints next, as errors: a warning left in is a warning shipped.
+        let has_clippy = Command::new(&cargo).args(["clippy", "--version"]).output().is_ok_and(|o| o.status.success());
+        if !has_clippy {
+            bail!("clippy is not installed, so the lints cannot be checked: rustup component add clippy");
+        }
+        let status = Command::new(&cargo)
+            .current_dir(&root)
+            .args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
+            .status()
+            .context("cannot run cargo clippy")?;
+        if !status.success() {
+            bail!("cargo clippy found problems (see above): fix them, or allow one with a reason where it is");
+        }
+        eprintln!("ci: cargo clippy --all-targets -D warnings: clean");
         let allowed = self.allow_omissions.join(",");
         if !allowed.is_empty() {
             eprintln!("ci: these checks may be left out where they cannot run: {allowed}");
