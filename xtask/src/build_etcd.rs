@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::acquire::{finish, Acquired, Provenance, SourceKind};
 use crate::definition::{check_version, Definition};
-use crate::util::{display_rel, target_dir, Arch, Sha256Hex, StagingDir};
+use crate::util::{display_rel, tail, target_dir, Arch, Sha256Hex, StagingDir};
 
 /// Length of the GitSHA stamped into the binaries. Fixed, so that it does not depend on how
 /// many objects the local clone holds (git's default abbreviation grows with the repository).
@@ -472,11 +472,7 @@ fn git(git_dir: &Path, args: impl FnOnce(&mut Command)) -> Result<String> {
     let mut cmd = Command::new("git");
     cmd.arg("--git-dir").arg(git_dir).env("GIT_TERMINAL_PROMPT", "0").stdin(Stdio::null());
     args(&mut cmd);
-    let out = cmd.output().context("cannot run git: install git")?;
-    if !out.status.success() {
-        bail!("git failed ({}): {}", out.status, tail(&String::from_utf8_lossy(&out.stderr), 8));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::util::stdout_of(&mut cmd)
 }
 
 /// A directory that is emptied first and removed when dropped.
@@ -860,13 +856,6 @@ fn combined(out: &Output) -> String {
     let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
     s.push_str(&String::from_utf8_lossy(&out.stderr));
     s
-}
-
-/// The last `n` non-empty lines, indented.
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let start = lines.len().saturating_sub(n);
-    lines[start..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
 #[cfg(test)]

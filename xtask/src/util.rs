@@ -322,6 +322,33 @@ pub fn display_rel(path: &Path) -> String {
     }
 }
 
+/// The last `n` non-empty lines of `text`, indented: the part of a tool's output that says why.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+/// How many lines of a failed command's stderr an error quotes.
+pub const STDERR_TAIL_LINES: usize = 8;
+
+/// Runs `cmd` to its end and returns its stdout. When it cannot start, the error names the
+/// program; when it fails, the error names the command (program and first argument), its exit
+/// status and the end of its stderr. The one way this project runs a command for its output.
+pub fn stdout_of(cmd: &mut std::process::Command) -> Result<String> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().with_context(|| format!("cannot run {program}: is it installed?"))?;
+    if !out.status.success() {
+        let first = cmd.get_args().next().map(|a| format!(" {}", a.to_string_lossy())).unwrap_or_default();
+        bail!(
+            "`{program}{first}` failed ({}):\n{}",
+            out.status,
+            tail(&String::from_utf8_lossy(&out.stderr), STDERR_TAIL_LINES)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,15 +200,7 @@ impl Run {
 
 /// `podman kube play` with the host adaptation in `conf`.
 fn kube_play(args: &[String], conf: &PathBuf) -> Result<String> {
-    let out = Command::new("podman")
-        .args(args)
-        .env("CONTAINERS_CONF", conf)
-        .output()
-        .context("cannot run podman (install it: apt-get install podman)")?;
-    if !out.status.success() {
-        bail!("`podman {}` failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::util::stdout_of(Command::new("podman").args(args).env("CONTAINERS_CONF", conf))
 }
 
 #[cfg(test)]

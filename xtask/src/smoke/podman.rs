@@ -23,16 +23,7 @@ pub fn podman(args: &[&str]) -> Result<String> {
 }
 
 pub fn podman_checked(args: &[String]) -> Result<String> {
-    let out = podman_output(args)?;
-    if !out.status.success() {
-        bail!(
-            "`podman {}` failed ({}): {}",
-            args.first().map(String::as_str).unwrap_or(""),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::util::stdout_of(Command::new("podman").args(args))
 }
 
 /// What a run created; removed on drop unless kept.
