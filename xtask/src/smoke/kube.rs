@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{stable_mac, Run, CLIENT_MOUNT};
+use super::{stable_mac, Cluster, CLIENT_MOUNT};
 use crate::k8s::{self, STATIC_POD_PATH};
 use crate::util::write_atomic;
 
@@ -100,7 +100,7 @@ pub fn adapt(mut pod: Value, to: &Played<'_>) -> Result<Value> {
     Ok(pod)
 }
 
-impl Run {
+impl Cluster {
     /// Renders the static pods with `cargo xtask k8s` (this run's PKI, the image by digest).
     pub(super) fn render_static_pods(&mut self, cluster: &Path, image: &str) -> Result<()> {
         let out = self.out.join("k8s");

@@ -1,6 +1,6 @@
 //! The day-2 scenarios of `cargo xtask smoke`: what operators do to a running cluster, proven
-//! under a client load. Each runs on a fresh cluster (see [`Run::start_cluster`]) and ends with
-//! [`Run::finish_load`], which checks that every write the load saw acknowledged is there.
+//! under a client load. Each runs on a fresh cluster (see [`Cluster::start_cluster`]) and ends with
+//! [`Cluster::finish_load`], which checks that every write the load saw acknowledged is there.
 //!
 //! - `upgrade`: a rolling upgrade to the release in `images/etcd.toml` `[upgrade]`, checked by
 //!   [`crate::upgrade::check_upgrade`] before anything starts.
@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 
 use super::load::{self, Bounds, Identity, Load};
 use super::podman::{podman, podman_checked, LABEL};
-use super::{stdout_or_stderr, Outcome, Run};
+use super::{stdout_or_stderr, Cluster, Outcome};
 use crate::definition::Definition;
 use crate::image::{self, BuildArgs};
 use crate::pki::profiles::Profiles;
@@ -73,7 +73,7 @@ pub fn prepare_upgrade(def: &Definition, from: &str, to: Option<&str>) -> Result
     Ok(UpgradePlan { from: from.to_string(), to, tag })
 }
 
-impl Run {
+impl Cluster {
     /// Starts the three members, waits for 3/3 healthy, then starts the client load. Returns
     /// whether the cluster came up (a failure is recorded as a check).
     pub(super) fn start_cluster(&mut self) -> Result<bool> {
@@ -390,7 +390,7 @@ impl Run {
         }
         let fresh = load::Gateway::new(&Identity::in_dir(&self.client), Duration::from_secs(5))?;
         fresh.put(&endpoint, "smoke/after-rotation", "ok").context("the new client certificate is refused")?;
-        let reason = self.rejections(0)?.last().map(|l| super::server_reason(l)).unwrap_or_default();
+        let reason = self.rejections(0)?.last().map(|l| super::checks::server_reason(l)).unwrap_or_default();
         Ok(format!("old certificate refused (server: {reason}); new one writes"))
     }
 

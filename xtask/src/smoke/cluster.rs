@@ -1,0 +1,541 @@
+//! The cluster a smoke scenario runs: three etcd nodes of the baked image on a podman network
+//! (or the static pods of `cargo xtask k8s`, `kube.rs`), their throwaway PKI, and what every
+//! scenario does to it: start, stop, restart, ask etcdctl and curl from the host and etcdctl
+//! inside, poll, read logs. In: a cluster description and the image. Out: a running cluster,
+//! removed when dropped (unless kept).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{IpAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::image;
+use crate::pki::cluster::{ClusterSpec, NodeSpec};
+use crate::pki::issue::{issue, PkiLayout};
+use crate::pki::profiles::Profiles;
+use crate::render::config::{node_env, PkiFacts, TargetPaths};
+use crate::util::{display_rel, target_dir, write_atomic, Arch};
+
+use super::podman::{podman, podman_checked, podman_output, Interrupt, Resources, LABEL};
+use super::{load, Check, Outcome, ScenarioName, CLIENT_MOUNT, PKI_MOUNT};
+
+/// One node as started.
+#[derive(Debug, Clone)]
+pub(super) struct Node {
+    pub(super) spec: NodeSpec,
+    pub(super) container: String,
+    pub(super) volume: String,
+    /// Published loopback ports of the client and peer ports.
+    pub(super) client_port: u16,
+    pub(super) peer_port: u16,
+    pub(super) env: BTreeMap<String, String>,
+    /// The image the node runs (the upgrade swaps it).
+    pub(super) image: String,
+    /// Its client port speaks plain http only (http-to-tls): etcdctl reaches it without TLS.
+    pub(super) plain: bool,
+    /// The data directory on this machine when it is a hostPath (kube engine), not `volume`.
+    pub(super) host_data: Option<PathBuf>,
+}
+
+pub(super) struct Cluster {
+    pub(super) scenario: ScenarioName,
+    pub(super) spec: ClusterSpec,
+    pub(super) etcd_version: String,
+    pub(super) out: PathBuf,
+    pub(super) tag: String,
+    pub(super) network: String,
+    pub(super) nodes: Vec<Node>,
+    pub(super) pki: PkiLayout,
+    pub(super) rogue: PkiLayout,
+    /// The operator identity, staged for the host's etcdctl and curl.
+    pub(super) client: PathBuf,
+    pub(super) etcdctl: PathBuf,
+    pub(super) mounts: PathBuf,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
+    pub(super) run_args: Vec<String>,
+    pub(super) res: Resources,
+    pub(super) interrupt: Interrupt,
+    pub(super) checks: Vec<Check>,
+    pub(super) timings: BTreeMap<String, f64>,
+    pub(super) load: Option<load::Load>,
+    pub(super) load_report: Option<load::LoadReport>,
+    pub(super) member_healthy: Vec<(String, f64)>,
+    /// Clients (the load, and etcdctl for nodes without TLS) talk plain http: the http-to-tls
+    /// scenario's first steps.
+    pub(super) plain_clients: bool,
+    /// The static pods `cargo xtask k8s` rendered for this run (kube engine), else none.
+    pub(super) kube_manifests: Option<PathBuf>,
+}
+
+impl Cluster {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn prepare(
+        spec: &ClusterSpec,
+        scenario: ScenarioName,
+        out: &Path,
+        tag: &str,
+        etcd_version: &str,
+        uid: u32,
+        gid: u32,
+        keep: bool,
+        interrupt: Interrupt,
+    ) -> Result<Cluster> {
+        // A throwaway PKI for this run, and a second, unrelated one for the "wrong CA" check.
+        fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        for d in ["pki", "rogue-pki", "mounts", "backup", "old-client"] {
+            let p = out.join(d);
+            if p.exists() {
+                fs::remove_dir_all(&p).with_context(|| format!("cannot clear {}", p.display()))?;
+            }
+        }
+        let profiles = Profiles::load(&Profiles::default_path())?;
+        let pki = PkiLayout::new(out.join("pki"));
+        issue(spec, &profiles, &pki.root, false).context("cannot issue the smoke PKI")?;
+        let rogue = PkiLayout::new(out.join("rogue-pki"));
+        issue(spec, &profiles, &rogue.root, false).context("cannot issue the second (rogue) PKI")?;
+        let facts = PkiFacts::read(&pki.root)?;
+
+        // Keys readable by the etcd uid only: copies owned by it, 0400 in 0500 directories.
+        let mounts = out.join("mounts");
+        let client = mounts.join("client");
+        stage_dir(&pki.client_dir("etcdctl"), &client, uid, gid)?;
+        let ip = crate::render::config::primary_ip(&spec.nodes[0])?;
+        let subnet = match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+            }
+            IpAddr::V6(_) => bail!("the smoke test needs IPv4 node addresses (field nodes.ips)"),
+        };
+        let network = format!("xtask-smoke-{}", spec.name);
+        let mut res = Resources::new(keep);
+        podman(&["network", "create", "--label", LABEL, "--subnet", &subnet, &network])
+            .with_context(|| format!("cannot create the podman network {network} ({subnet})"))?;
+        res.networks.push(network.clone());
+
+        let paths = TargetPaths::standard();
+        let mut nodes = Vec::new();
+        for n in &spec.nodes {
+            stage_dir(&pki.node_dir(&n.name), &mounts.join(&n.name), uid, gid)?;
+            let env = node_env(spec, n, &facts, &paths, etcd_version)?;
+            nodes.push(Node {
+                image: tag.to_string(),
+                plain: false,
+                host_data: None,
+                spec: n.clone(),
+                container: format!("xtask-smoke-{}", n.name),
+                volume: format!("xtask-smoke-{}-data", n.name),
+                client_port: free_port()?,
+                peer_port: free_port()?,
+                env,
+            });
+        }
+        let etcdctl = find_etcdctl(tag)?;
+        Ok(Cluster {
+            scenario,
+            spec: spec.clone(),
+            etcd_version: etcd_version.to_string(),
+            out: out.to_path_buf(),
+            tag: tag.to_string(),
+            network,
+            nodes,
+            pki,
+            rogue,
+            client,
+            etcdctl,
+            mounts,
+            uid,
+            gid,
+            run_args: image::podman::run_args()?,
+            res,
+            interrupt,
+            checks: Vec::new(),
+            timings: BTreeMap::new(),
+            load: None,
+            load_report: None,
+            member_healthy: Vec::new(),
+            plain_clients: false,
+            kube_manifests: None,
+        })
+    }
+
+    pub(super) fn record(&mut self, name: &str, started: Instant, result: Result<String>) {
+        let seconds = started.elapsed().as_secs_f64();
+        let (outcome, reason) = match result {
+            Ok(r) => (Outcome::Pass, r),
+            Err(e) => (Outcome::Fail, format!("{e:#}")),
+        };
+        eprintln!(
+            "smoke: {} {}: {name}: {reason}",
+            if outcome == Outcome::Pass { "PASS" } else { "FAIL" },
+            self.scenario.as_str()
+        );
+        self.checks.push(Check {
+            scenario: self.scenario.as_str().to_string(),
+            name: name.to_string(),
+            outcome,
+            reason,
+            seconds,
+        });
+    }
+
+    /// Keeps the nodes' logs beside the report when something failed.
+    pub(super) fn record_logs(&self) {
+        for n in &self.nodes {
+            if let Ok(out) = podman_output(&["logs".into(), n.container.clone()]) {
+                let mut text = out.stdout;
+                text.extend_from_slice(&out.stderr);
+                let _ = write_atomic(&self.out.join(format!("{}.log", n.spec.name)), &text, 0o644);
+            }
+        }
+    }
+
+    /// Creates the nodes' volumes, then starts all containers at once (each `podman run` takes
+    /// a few hundred milliseconds; in sequence they would dominate the time to healthy).
+    pub(super) fn start_all(&mut self) -> Result<()> {
+        if self.kube_manifests.is_some() {
+            for n in &mut self.nodes {
+                n.container = super::kube::container_name(&n.spec.name);
+            }
+            return self.play_all();
+        }
+        let mut runs = Vec::new();
+        for n in self.nodes.clone() {
+            podman(&["volume", "create", "--label", LABEL, &n.volume])?;
+            self.res.volumes.push(n.volume.clone());
+            runs.push((n.container.clone(), self.container_args(&n)?));
+        }
+        let results: Vec<(String, Result<String>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> =
+                runs.iter().map(|(name, args)| (name.clone(), scope.spawn(move || podman_checked(args)))).collect();
+            handles
+                .into_iter()
+                .map(|(name, h)| (name, h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("podman run panicked")))))
+                .collect()
+        });
+        for (name, result) in results {
+            // Registered even on failure: a half-created container is removed too.
+            self.res.containers.push(name.clone());
+            result.with_context(|| format!("cannot start {name}"))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn container_args(&self, n: &Node) -> Result<Vec<String>> {
+        let ip = crate::render::config::primary_ip(&n.spec)?;
+        let extra = vec![
+            "--hostname".into(),
+            n.spec.name.clone(),
+            // A fixed MAC: netavark gives a restarted container a new random one, and the host's
+            // neighbour entry for the node's IP keeps the old one until it expires (15-45 s), so
+            // clients coming through the host (published ports) time out that long.
+            "--mac-address".into(),
+            stable_mac(&ip),
+            "-v".into(),
+            format!("{}:/var/lib/etcd", n.volume),
+            "-v".into(),
+            format!("{}:{PKI_MOUNT}:ro", self.mounts.join(&n.spec.name).display()),
+            "-v".into(),
+            format!("{}:{CLIENT_MOUNT}:ro", self.client.display()),
+            "-p".into(),
+            format!("127.0.0.1:{}:2379", n.client_port),
+            "-p".into(),
+            format!("127.0.0.1:{}:2380", n.peer_port),
+        ];
+        Ok(self.run_command(&n.container, &ip.to_string(), extra, &n.env, &n.image))
+    }
+
+    /// `podman run` for any container of this run: name, label, network and IP, the hardening,
+    /// `extra` (hostname, mounts, published ports), the etcd environment, the host adaptation
+    /// and the image.
+    pub(super) fn run_command(
+        &self,
+        name: &str,
+        ip: &str,
+        extra: Vec<String>,
+        env: &BTreeMap<String, String>,
+        image: &str,
+    ) -> Vec<String> {
+        let mut args: Vec<String> =
+            ["run", "-d", "--name", name, "--label", LABEL, "--network", &self.network, "--ip", ip]
+                .into_iter()
+                .map(String::from)
+                .collect();
+        args.extend(hardening_args());
+        args.extend(extra);
+        for (k, v) in env {
+            args.extend(["--env".into(), format!("{k}={v}")]);
+        }
+        args.extend(self.run_args.iter().cloned());
+        args.push(image.to_string());
+        args
+    }
+
+    /// The host's etcdctl with the operator identity, against published loopback ports.
+    /// Over mutual TLS through the nodes that have it, else plain http (http-to-tls).
+    pub(super) fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
+        let tls: Vec<usize> = nodes.iter().copied().filter(|i| !self.nodes[*i].plain).collect();
+        let (chosen, plain) = if tls.is_empty() { (nodes.to_vec(), true) } else { (tls, false) };
+        let ports: Vec<u16> = chosen.iter().map(|i| self.nodes[*i].client_port).collect();
+        self.etcdctl_scheme(&ports, plain, args)
+    }
+
+    /// The host's etcdctl with the operator identity, against the given loopback ports.
+    pub(super) fn etcdctl_at(&self, ports: &[u16], args: &[&str]) -> Result<Output> {
+        self.etcdctl_scheme(ports, false, args)
+    }
+
+    /// The host's etcdctl against loopback ports, with the operator identity unless `plain`.
+    pub(super) fn etcdctl_scheme(&self, ports: &[u16], plain: bool, args: &[&str]) -> Result<Output> {
+        let scheme = if plain { "http" } else { "https" };
+        let endpoints: Vec<String> = ports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect();
+        let mut cmd = Command::new(&self.etcdctl);
+        cmd.env_clear().env("ETCDCTL_API", "3").arg(format!("--endpoints={}", endpoints.join(",")));
+        if !plain {
+            cmd.arg(format!("--cacert={}", self.client.join("ca.crt").display()))
+                .arg(format!("--cert={}", self.client.join("client.crt").display()))
+                .arg(format!("--key={}", self.client.join("client.key").display()));
+        }
+        cmd.arg("--dial-timeout=2s")
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {}", self.etcdctl.display()))
+    }
+
+    pub(super) fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
+        let out = self.etcdctl(nodes, args)?;
+        if !out.status.success() {
+            bail!("etcdctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// etcdctl inside a node's container, as the image's user: exercises the image's etcdctl
+    /// and the cluster's own addresses.
+    pub(super) fn exec_etcdctl(&self, node: usize, args: &[&str]) -> Result<String> {
+        self.exec_etcdctl_full(node, args).map(|(out, _)| out)
+    }
+
+    /// Like `exec_etcdctl`, with stderr too (etcdctl 3.4 prints `endpoint health` there).
+    pub(super) fn exec_etcdctl_full(&self, node: usize, args: &[&str]) -> Result<(String, String)> {
+        let mut a: Vec<String> = vec!["exec".into(), self.nodes[node].container.clone(), "etcdctl".into()];
+        a.push("--endpoints=https://127.0.0.1:2379".to_string());
+        a.push(format!("--cacert={CLIENT_MOUNT}/ca.crt"));
+        a.push(format!("--cert={CLIENT_MOUNT}/client.crt"));
+        a.push(format!("--key={CLIENT_MOUNT}/client.key"));
+        a.extend(args.iter().map(|s| s.to_string()));
+        let mut cmd = Command::new("podman");
+        cmd.args(&a).env("ETCDCTL_API", "3");
+        let out = cmd.output().context("cannot run podman exec")?;
+        if !out.status.success() {
+            bail!(
+                "etcdctl {} in {} failed: {}",
+                args.join(" "),
+                self.nodes[node].container,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok((String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    }
+
+    /// Repeats `attempt` every `every` until it gives `Ok(value)` or `timeout` passes; an
+    /// `Err(reason)` means "not yet", an error of the attempt itself ends the polling. The error
+    /// after the timeout says `what` and the last reason. Returns the value and the attempts made.
+    pub(super) fn poll<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        every: Duration,
+        mut attempt: impl FnMut(&Self) -> Result<std::result::Result<T, String>>,
+    ) -> Result<(T, u32)> {
+        let deadline = Instant::now() + timeout;
+        let mut tries = 0;
+        loop {
+            self.interrupt.check()?;
+            tries += 1;
+            match attempt(self)? {
+                Ok(v) => return Ok((v, tries)),
+                Err(why) if Instant::now() > deadline => bail!("{what} within {} s: {why}", timeout.as_secs()),
+                Err(_) => std::thread::sleep(every),
+            }
+        }
+    }
+
+    pub(super) fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last;
+        loop {
+            self.interrupt.check()?;
+            // Nodes with and without TLS (http-to-tls) are asked apart.
+            let mut text = String::new();
+            let mut success = true;
+            for plain in [false, true] {
+                let group: Vec<u16> = nodes
+                    .iter()
+                    .filter(|i| self.nodes[**i].plain == plain)
+                    .map(|i| self.nodes[*i].client_port)
+                    .collect();
+                if group.is_empty() {
+                    continue;
+                }
+                let out = self.etcdctl_scheme(&group, plain, &["endpoint", "health", "--command-timeout=1s"])?;
+                success &= out.status.success();
+                text += &(String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr));
+            }
+            let healthy = text.lines().filter(|l| l.contains("is healthy")).count();
+            if success && healthy == nodes.len() {
+                return Ok(());
+            }
+            last = text.trim().to_string();
+            for i in nodes {
+                let state = podman(&["inspect", "--format", "{{.State.Status}}", &self.nodes[*i].container])
+                    .unwrap_or_default();
+                if state.trim() == "exited" {
+                    let logs =
+                        podman_output(&["logs".into(), "--tail".into(), "5".into(), self.nodes[*i].container.clone()])
+                            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                            .unwrap_or_default();
+                    bail!("{} exited: {}", self.nodes[*i].container, logs.trim());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("not healthy after {} s: {last}", timeout.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Node `node`'s log (etcd writes to stderr), with `podman logs` options such as `--since`.
+    pub(super) fn logs(&self, node: usize, options: &[String]) -> Result<String> {
+        let mut args = vec!["logs".to_string()];
+        args.extend(options.iter().cloned());
+        args.push(self.nodes[node].container.clone());
+        let out = podman_output(&args)?;
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub(super) fn stop(&self, i: usize) -> Result<()> {
+        podman(&["stop", "-t", "5", &self.nodes[i].container]).map(|_| ())
+    }
+
+    pub(super) fn start(&self, i: usize) -> Result<()> {
+        podman(&["start", &self.nodes[i].container]).map(|_| ())
+    }
+
+    /// The lines of node `i`'s log since `since` (Unix seconds) that tell how it came back.
+    pub(super) fn restart_log(&self, i: usize, since: u64) -> String {
+        let text = self.logs(i, &["--since".into(), since.to_string()]).unwrap_or_default();
+        let keys = [
+            "publish",
+            "ready to serve",
+            "elected leader",
+            "became follower",
+            "peer became active",
+            "timed out",
+            "lost TCP streaming connection",
+            "established TCP streaming connection",
+        ];
+        text.lines().filter(|l| keys.iter().any(|k| l.contains(k))).take(20).collect::<Vec<_>>().join(" | ")
+    }
+
+    pub(super) fn print_how_to_reach(&self) {
+        println!("\nThe cluster is still running (--keep). Reach it with:");
+        let endpoints: Vec<String> =
+            self.nodes.iter().map(|n| format!("https://127.0.0.1:{}", n.client_port)).collect();
+        println!(
+            "  {} --endpoints={} --cacert={} --cert={} --key={} endpoint health",
+            display_rel(&self.etcdctl),
+            endpoints.join(","),
+            display_rel(&self.client.join("ca.crt")),
+            display_rel(&self.client.join("client.crt")),
+            display_rel(&self.client.join("client.key"))
+        );
+        println!("Remove it with: podman rm -f -t 0 $(podman ps -aq --filter label={LABEL}); podman volume prune -f --filter label={LABEL}; podman network rm {}", self.network);
+    }
+}
+/// A free TCP port on loopback for a published container port.
+pub(super) fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(l.local_addr().context("no local address")?.port())
+}
+
+/// A locally administered unicast MAC derived from a node's address (`02:00:` + its IPv4
+/// octets), the same on every start of the container.
+pub(super) fn stable_mac(ip: &IpAddr) -> String {
+    let o = match ip {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let s = v6.octets();
+            [s[12], s[13], s[14], s[15]]
+        }
+    };
+    format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// A command's trimmed stdout when it succeeded, else its trimmed stderr as the reason.
+pub(super) fn stdout_or_stderr(out: Output) -> std::result::Result<String, String> {
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    }
+}
+
+/// The run-time hardening every container gets.
+pub(super) fn hardening_args() -> Vec<String> {
+    ["--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges"].iter().map(|s| s.to_string()).collect()
+}
+
+/// Copies a PKI directory for a container: owned by the etcd uid, keys 0400, dir 0500.
+pub(super) fn stage_dir(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<()> {
+    fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    restage_dir(from, to, uid, gid)?;
+    std::os::unix::fs::chown(to, Some(uid), Some(gid)).with_context(|| format!("cannot chown {}", to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o500))?;
+    Ok(())
+}
+
+/// Copies every file of `from` into `to` atomically (a temporary name beside, then rename), owned
+/// by `uid:gid`, mode 0400. Files a running etcd reads are never seen half-written.
+pub(crate) fn restage_dir(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<()> {
+    for entry in fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let dest = to.join(entry.file_name());
+        let tmp = to.join(format!(".{}.new", entry.file_name().to_string_lossy()));
+        fs::copy(entry.path(), &tmp).with_context(|| format!("cannot copy {}", entry.path().display()))?;
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
+            .with_context(|| format!("cannot chown {}", tmp.display()))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o400))?;
+        fs::rename(&tmp, &dest).with_context(|| format!("cannot rename {} to {}", tmp.display(), dest.display()))?;
+    }
+    Ok(())
+}
+
+pub(super) fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::chown(dir, Some(uid), Some(gid)).with_context(|| format!("cannot chown {}", dir.display()))?;
+    if dir.is_dir() {
+        for e in fs::read_dir(dir)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// The host-side etcdctl: the one acquired with the image's etcd (same version).
+pub(super) fn find_etcdctl(tag: &str) -> Result<PathBuf> {
+    let version = tag.rsplit(':').next().unwrap_or_default();
+    let host = Arch::host().context("unsupported host architecture")?;
+    let p = target_dir().join("etcd").join(version).join(host.as_str()).join("etcdctl");
+    if !p.exists() {
+        bail!("{} is missing: run `cargo xtask fetch` for etcd {version}", p.display());
+    }
+    Ok(p)
+}
