@@ -2,9 +2,12 @@
 //! image config. In: values. Out: canonical JSON bytes (struct fields in spec order, maps as
 //! `BTreeMap` so keys are sorted, no whitespace) whose digests never change from run to run.
 //!
-//! Written here rather than taken from `oci-spec`: that crate keeps labels, ports and volumes
-//! in `HashMap`s (random order, so random digests) and its builders check presence only. The
-//! handful of types below are all the engine needs; reading tolerates unknown fields.
+//! Every document goes through [`to_canonical_json`], which sorts keys through
+//! `serde_json::Value`: map types with an unstable order (`oci-spec`'s `HashMap`s) could not leak
+//! into the bytes either, so that is no reason to avoid that crate (an earlier note here said it
+//! was). The types below are still our own: moving to `oci-spec`'s must keep every published
+//! digest, which needs a byte-for-byte comparison first (open work). Reading tolerates unknown
+//! fields.
 
 use std::collections::BTreeMap;
 
@@ -172,7 +175,7 @@ pub fn docker_manifest(
     }]))
 }
 
-/// Canonical JSON: compact, every object's keys sorted.
+/// Canonical JSON: compact, every object's keys sorted, whatever map type the value holds.
 pub fn to_canonical_json<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     // Through `Value` (whose maps are sorted) so that no map type with unstable order can
     // leak into the bytes.
@@ -193,6 +196,15 @@ pub fn rfc3339(epoch: u64) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_of_any_map_type() {
+        // A HashMap with many keys iterates in a random order; the bytes must not.
+        let map: std::collections::HashMap<String, u32> = (0..64).map(|i| (format!("k{i:02}"), i)).collect();
+        let bytes = to_canonical_json(&map).unwrap();
+        let sorted: BTreeMap<String, u32> = map.into_iter().collect();
+        assert_eq!(bytes, serde_json::to_vec(&sorted).unwrap());
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
