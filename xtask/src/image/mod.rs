@@ -15,6 +15,7 @@ mod bench;
 pub mod elf;
 pub mod layer;
 pub mod oci;
+pub mod plan;
 pub mod podman;
 pub mod spec;
 pub mod verify;
