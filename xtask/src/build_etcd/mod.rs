@@ -3,7 +3,7 @@
 //! (default ref `v<etcd.version>`, expected Go line `etcd.go_version`), and the pass-through
 //! environment GOPROXY / GOFLAGS / GOCACHE.
 //! Out: `target/etcd/<version>/<arch>/{etcd,etcdctl[,etcdutl],provenance.json}`, the layout
-//! `fetch` writes, recorded by [`acquire::finish`] with `source = "build"`, so that
+//! `fetch` writes, recorded by [`crate::acquire::finish`] with `source = "build"`, so that
 //! `--source build` hands it to `image` and `portable` unchanged. Intermediate state:
 //! `target/etcd-src/` (bare git caches, kept), `target/etcd-build/<commit>/` (the checked-out
 //! tree, removed when done) and `target/etcd-build/go-cache/` (Go's build cache, kept).

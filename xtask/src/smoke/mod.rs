@@ -6,7 +6,7 @@
 //! The etcd configuration of every container comes from [`crate::render::config::node_env`],
 //! the same code that writes host bundles: there is no second flag list here.
 //!
-//! Modules: `cluster` (the running cluster, [`Cluster`]: start, stop, etcdctl, poll, logs),
+//! Modules: `cluster` (the running cluster, `Cluster`: start, stop, etcdctl, poll, logs),
 //! `checks` (the basic scenario), `scenarios` (the day-2 ones), `http_tls`, `kube`
 //! (`--engine kube`), `load` (the client load), `podman` (resources and their removal).
 
