@@ -320,6 +320,35 @@ pub fn ensure_pypi_tools(list: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// The longest a source file may be without saying at its top why it is longer.
+    const MAX_LINES: usize = 600;
+
+    #[test]
+    fn every_source_file_over_600_lines_says_why() {
+        let root = project_root().join("xtask");
+        let mut stack = vec![root.join("src"), root.join("tests")];
+        let mut unexplained = Vec::new();
+        while let Some(dir) = stack.pop() {
+            for e in fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    let text = fs::read_to_string(&p).unwrap();
+                    let head: Vec<&str> = text.lines().take_while(|l| l.starts_with("//!")).collect();
+                    let says = head.iter().any(|l| l.starts_with("//! Longer than 600 lines: "));
+                    if text.lines().count() > MAX_LINES && !says {
+                        unexplained.push(format!("{} ({} lines)", p.display(), text.lines().count()));
+                    }
+                }
+            }
+        }
+        assert!(
+            unexplained.is_empty(),
+            "split these, or say why at the top (`//! Longer than 600 lines: ...`): {unexplained:#?}"
+        );
+    }
+
     #[test]
     fn shipped_package_list_parses_and_names_the_container_tools() {
         let pkgs = read_packages(&project_root().join("ci/debian-packages.txt")).unwrap();

@@ -1,5 +1,8 @@
 //! `cargo xtask fetch` against real HTTP on loopback: a server in this test serves a real etcd
 //! (Debian's binaries, repacked in the official tarball layout) well, badly, or not at all.
+//!
+//! Longer than 600 lines: one test binary for `cargo xtask fetch`: the loopback server and its
+//! failure modes are the fixture every test here shares.
 
 mod common;
 

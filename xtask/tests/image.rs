@@ -3,6 +3,9 @@
 //! cache under the target directory), the shipped image definition. Out: assertions about the
 //! bytes, the layer tree, the config, and a container that runs and becomes healthy.
 //! Every podman object a test creates has a unique name and is removed afterwards.
+//!
+//! Longer than 600 lines: one test binary for `cargo xtask image`: its fixtures (a fake etcd, the
+//! podman helpers) serve every check, and apart they would be built twice.
 
 mod common;
 use common::{ok, require, run, XTASK};

@@ -5,6 +5,9 @@
 //! and with `openssl verify` after each step. A real etcd (Debian's, on loopback) runs with
 //! issued certificates and follows a CA rotation, and `pki bench` is timed against the
 //! tutorial's cfssl procedure.
+//!
+//! Longer than 600 lines: one test binary for `cargo xtask pki`: the openssl checks every test
+//! shares live here, and each test is a separate behaviour of the same command.
 
 mod common;
 use common::{text, xtask_fails as fails, xtask_ok as ok};

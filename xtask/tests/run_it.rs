@@ -23,6 +23,9 @@
 //! The image is etcd v3.4.9 built from source (`$XTASK_TEST_ETCD_GIT`, see `common`). Everything
 //! created (containers, volumes, networks, `target/run-it/`) is removed at the start (leftovers of
 //! an interrupted run), at the end and on failure.
+//!
+//! Longer than 600 lines: the README's recipes run in order against one podman network, each
+//! followed by its checks; they depend on each other, so they stay in one file.
 
 mod common;
 use common::{require, root, run, text, XTASK};

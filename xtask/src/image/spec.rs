@@ -3,6 +3,9 @@
 //! [`ImageSpec`]; every rule the image must keep (no setuid, nothing world-writable but
 //! sticky directories, a non-root user, paths inside the image) is enforced here, before
 //! any byte is written.
+//!
+//! Longer than 600 lines: the `[image]` section and every rule it is checked against are about 510
+//! lines; the rest are unit tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -9,6 +9,9 @@
 //! - `replace-member`: a member whose volume is lost, replaced through a learner.
 //!
 //! The podman and etcdctl commands these steps run are the ones the README's runbooks show.
+//!
+//! Longer than 600 lines: the three day-2 scenarios (rotate-certs, replace-member, upgrade), each
+//! the README runbook it proves, step by step, sharing the restart and time-to-healthy helpers.
 
 use std::collections::BTreeMap;
 use std::fs;
