@@ -123,6 +123,13 @@ fn tutorial_pki_passes_openssl_and_has_the_right_extensions() {
         assert_eq!(info.not_after - info.not_before, 365 * 86_400, "server lifetime");
         let ca = first_cert(&fs::read_to_string(dir.join("ca.crt")).unwrap()).unwrap();
         assert_eq!(info.authority_key_id, ca.subject_key_id);
+        // The same two facts as openssl reads them, not only our own parser.
+        lifetime_per_openssl(&dir, "server.crt", 365);
+        assert_eq!(
+            openssl_key_id(&dir, "server.crt", "authorityKeyIdentifier"),
+            openssl_key_id(&dir, "ca.crt", "subjectKeyIdentifier"),
+            "{node}: server.crt's issuer key id is not ca.crt's"
+        );
 
         for key in ["server.key", "peer.key"] {
             assert_eq!(fs::metadata(dir.join(key)).unwrap().permissions().mode() & 0o777, 0o600, "{node}/{key}");
@@ -158,6 +165,7 @@ fn tutorial_pki_passes_openssl_and_has_the_right_extensions() {
         }
         let info = first_cert(&fs::read_to_string(out.join(ca).join("ca.crt")).unwrap()).unwrap();
         assert_eq!(info.not_after - info.not_before, 3650 * 86_400, "CA lifetime");
+        lifetime_per_openssl(&out.join(ca), "ca.crt", 3650);
         assert_eq!(fs::metadata(out.join(ca).join("ca.key")).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
@@ -933,4 +941,29 @@ fn a_real_etcd_follows_a_ca_rotation_with_restarts_only_after_add_and_drop() {
     wait_healthy(&client, &ca_final);
     assert!(!get(&old_client, &ca_final), "a client certificate of the old CA is still accepted after drop");
     ok(&["pki", "check", o, "--cluster", &spec]);
+}
+
+/// A key identifier extension of `file` as openssl prints it (hex bytes with colons).
+fn openssl_key_id(dir: &Path, file: &str, ext: &str) -> String {
+    let text = openssl_ok(&["x509", "-noout", "-ext", ext, "-in", file], dir);
+    let id = text.lines().last().unwrap_or_default().trim().trim_start_matches("keyid:").to_string();
+    assert!(id.len() >= 40 && id.contains(':'), "{file}: no {ext} in:\n{text}");
+    id
+}
+
+/// `file` (issued just now, not-before 5 minutes back) expires `days` days after it was issued,
+/// as openssl's own clock and parser see it: still valid 10 minutes before that, expired at it.
+fn lifetime_per_openssl(dir: &Path, file: &str, days: u64) {
+    let check = |secs: u64| {
+        Command::new("openssl")
+            .args(["x509", "-noout", "-in", file, "-checkend", &secs.to_string()])
+            .current_dir(dir)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let life = days * 86_400;
+    assert!(check(life - 600), "{file} expires before {days} days (openssl -checkend)");
+    assert!(!check(life), "{file} is valid {days} days from now (openssl -checkend)");
 }

@@ -282,10 +282,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shipped_profiles_equal_the_defaults() {
+    fn shipped_profiles_mean_what_the_project_promises() {
         let p = Profiles::load(&Profiles::default_path()).unwrap();
-        assert_eq!(p, Profiles::default());
+        // Peers have a CA of their own, so a client certificate is never accepted on the peer port.
+        assert!(p.ca.separate_peer_ca);
+        // Servers and peers are good for both ends of a connection (etcd's JSON gateway dials
+        // itself with the server certificate); clients can never act as a server.
+        for leaf in [&p.server, &p.peer] {
+            assert!(leaf.usages.contains(&Usage::ServerAuth) && leaf.usages.contains(&Usage::ClientAuth));
+        }
+        assert_eq!(p.client.usages, [Usage::ClientAuth]);
+        // Every key is P-256; leaves live a year, CAs ten, so a leaf never outlives its CA.
+        for alg in [p.ca.algorithm, p.server.algorithm, p.peer.algorithm, p.client.algorithm] {
+            assert_eq!(alg, KeyAlgorithm::EcdsaP256);
+        }
+        for leaf in [&p.server, &p.peer, &p.client] {
+            assert_eq!(leaf.lifetime.hours, 365 * 24);
+            assert!(leaf.lifetime.hours < p.ca.lifetime.hours);
+        }
+        assert_eq!(p.ca.lifetime.hours, 3650 * 24);
         assert!(p.warnings().is_empty());
+        // The built-in fallback is the same policy.
+        assert_eq!(p, Profiles::default());
     }
 
     #[test]
