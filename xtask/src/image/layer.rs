@@ -4,7 +4,8 @@
 //! temp file is renamed to its digest when complete. Nothing larger than a 64 KiB buffer is
 //! held in memory, whatever the size of the binaries.
 //!
-//! Tar headers are built by hand from the plan, never from host metadata: ustar format,
+//! Tar headers are built from the plan, never from host metadata (the framing, padding and end
+//! blocks, is `tar::Builder`'s): ustar format,
 //! numeric uid/gid only (no user or group names), mtime = SOURCE_DATE_EPOCH, directories
 //! with a trailing `/`, entries in the order given (the planner sorts them and lists every
 //! parent directory explicitly).
@@ -111,8 +112,6 @@ pub struct LayerBlob {
     pub tar_size: u64,
 }
 
-const BLOCK: usize = 512;
-
 /// Fills the ustar name (and prefix, for long paths) with exactly `name`.
 fn set_name(h: &mut tar::Header, name: &str) -> Result<()> {
     let bytes = name.as_bytes();
@@ -161,37 +160,28 @@ pub fn header(e: &Entry, epoch: u64) -> Result<tar::Header> {
     Ok(h)
 }
 
-/// Writes the tar stream of `entries` into `w`: headers, contents, padding and the two zero
-/// blocks that end an archive. Host files are re-hashed while they are copied and must still
-/// match the plan.
+/// Writes the tar stream of `entries` into `w`: our headers, the contents, and the framing
+/// (padding, the two zero blocks that end an archive) by `tar::Builder`. Host files are
+/// re-hashed while they are copied and must still match the plan.
 pub fn write_tar<W: Write>(entries: &[Entry], epoch: u64, w: &mut W) -> Result<()> {
-    let mut buf = vec![0u8; 1 << 16];
+    let mut builder = tar::Builder::new(w);
     for e in entries {
-        w.write_all(header(e, epoch)?.as_bytes()).context("cannot write a tar header")?;
-        let copied = match &e.source {
-            Source::None => 0,
+        let h = header(e, epoch)?;
+        match &e.source {
+            Source::None => builder.append(&h, std::io::empty()),
             Source::Inline(data) => {
-                w.write_all(data).context("cannot write a tar entry")?;
-                data.len() as u64
+                if data.len() as u64 != e.size {
+                    bail!("/{}: {} bytes inline, planned {}", e.path, data.len(), e.size);
+                }
+                builder.append(&h, data.as_slice())
             }
             Source::Host(path) => {
-                let mut f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-                let mut hasher = Sha256::new();
-                let mut n = 0u64;
-                loop {
-                    let k = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-                    if k == 0 {
-                        break;
-                    }
-                    n += k as u64;
-                    if n > e.size {
-                        break;
-                    }
-                    hasher.update(&buf[..k]);
-                    w.write_all(&buf[..k]).context("cannot write a tar entry")?;
-                }
-                let got = Sha256Hex(hasher.finalize().into());
-                if n != e.size || Some(got) != e.sha256 {
+                let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+                let mut reader = Hashing { inner: f.take(e.size), hasher: Sha256::new(), n: 0 };
+                builder.append(&h, &mut reader).with_context(|| format!("cannot read {}", path.display()))?;
+                let longer = reader.inner.into_inner().read(&mut [0u8; 1]).map(|k| k > 0).unwrap_or(true);
+                let got = Sha256Hex(reader.hasher.finalize().into());
+                if reader.n != e.size || longer || Some(got) != e.sha256 {
                     bail!(
                         "{} is not the file that was verified: its size or SHA-256 differs from the recorded one ({}); \
                          it changed after acquire or planning: fetch etcd again (delete the cached copy) and re-run",
@@ -199,17 +189,29 @@ pub fn write_tar<W: Write>(entries: &[Entry], epoch: u64, w: &mut W) -> Result<(
                         e.sha256.map(|s| s.to_string()).unwrap_or_default()
                     );
                 }
-                n
+                Ok(())
             }
-        };
-        if copied != e.size {
-            bail!("/{}: wrote {copied} bytes, planned {}", e.path, e.size);
         }
-        let pad = (BLOCK - (copied % BLOCK as u64) as usize) % BLOCK;
-        w.write_all(&[0u8; BLOCK][..pad]).context("cannot write tar padding")?;
+        .with_context(|| format!("cannot write /{} into the tar stream", e.path))?;
     }
-    w.write_all(&[0u8; 2 * BLOCK]).context("cannot end the tar stream")?;
+    builder.finish().context("cannot end the tar stream")?;
     Ok(())
+}
+
+/// A reader that hashes and counts what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    n: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.hasher.update(&buf[..k]);
+        self.n += k as u64;
+        Ok(k)
+    }
 }
 
 /// Streams `entries` into a gzip layer blob under `blobs_dir` (the layout's `blobs/sha256`).
