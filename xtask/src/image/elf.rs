@@ -4,30 +4,20 @@
 //! `DT_SONAME`; and, for a set of binaries, the closure of host files (interpreter and
 //! libraries) that must be copied into the image. Static binaries need nothing.
 //!
-//! Files are read with positioned reads of the headers only, never whole.
+//! Parsed with the `object` crate through a lazy read cache: the headers, the interpreter and
+//! the dynamic segment are read, never the whole file. The closure policy (paths in the image,
+//! `$ORIGIN` refused, sysroot containment) is ours.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use crate::util::Arch;
 
-const PT_LOAD: u32 = 1;
-const PT_DYNAMIC: u32 = 2;
-const PT_INTERP: u32 = 3;
-const DT_NULL: u64 = 0;
-const DT_NEEDED: u64 = 1;
-const DT_STRTAB: u64 = 5;
-const DT_STRSZ: u64 = 10;
-const DT_SONAME: u64 = 14;
-const DT_RPATH: u64 = 15;
-const DT_RUNPATH: u64 = 29;
-
-/// Refuse headers claiming more than this many entries (a corrupt or hostile file).
-const MAX_ENTRIES: u64 = 1 << 16;
+/// Refuse dynamic string tables larger than this (a corrupt or hostile file).
+const MAX_STRTAB: u64 = 1 << 24;
 
 /// What one ELF file says about its run-time needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,158 +36,78 @@ impl ElfInfo {
     }
 }
 
-struct Reader<'a> {
-    file: &'a File,
-    path: &'a Path,
-    le: bool,
-    len: u64,
-}
-
-impl Reader<'_> {
-    fn bytes(&self, off: u64, n: usize) -> Result<Vec<u8>> {
-        if off.checked_add(n as u64).is_none_or(|end| end > self.len) {
-            bail!(
-                "{}: truncated ELF file (wants {n} bytes at offset {off}, file has {})",
-                self.path.display(),
-                self.len
-            );
-        }
-        let mut buf = vec![0u8; n];
-        self.file.read_exact_at(&mut buf, off).with_context(|| format!("cannot read {}", self.path.display()))?;
-        Ok(buf)
-    }
-    fn u16(&self, b: &[u8], at: usize) -> u16 {
-        let a = [b[at], b[at + 1]];
-        if self.le {
-            u16::from_le_bytes(a)
-        } else {
-            u16::from_be_bytes(a)
-        }
-    }
-    fn u32(&self, b: &[u8], at: usize) -> u32 {
-        let a = [b[at], b[at + 1], b[at + 2], b[at + 3]];
-        if self.le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        }
-    }
-    fn u64(&self, b: &[u8], at: usize) -> u64 {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[at..at + 8]);
-        if self.le {
-            u64::from_le_bytes(a)
-        } else {
-            u64::from_be_bytes(a)
-        }
-    }
-    /// A word: 8 bytes in ELF64, 4 in ELF32.
-    fn word(&self, b: &[u8], at: usize, is_64: bool) -> u64 {
-        if is_64 {
-            self.u64(b, at)
-        } else {
-            u64::from(self.u32(b, at))
-        }
-    }
-}
-
-struct Segment {
-    kind: u32,
-    offset: u64,
-    vaddr: u64,
-    filesz: u64,
-}
-
-/// Reads the ELF headers of `path`.
+/// Reads the ELF headers of `path` with the `object` crate, lazily: only the headers, the
+/// interpreter, the dynamic segment and its string table are read from the file.
 pub fn read(path: &Path) -> Result<ElfInfo> {
+    use object::elf::{FileHeader32, FileHeader64};
+    use object::{Endianness, ReadRef};
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let len = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.len();
-    let mut r = Reader { file: &file, path, le: true, len };
-    let ident = r.bytes(0, 16).with_context(|| format!("{} is not an ELF file", path.display()))?;
+    let cache = object::ReadCache::new(file);
+    let ident = (&cache).read_bytes_at(0, 16).map_err(|_| anyhow::anyhow!("{} is not an ELF file", path.display()))?;
     if &ident[..4] != b"\x7fELF" {
         bail!("{} is not an ELF file (no \\x7fELF magic)", path.display());
     }
-    let is_64 = match ident[4] {
-        1 => false,
-        2 => true,
+    match ident[4] {
+        1 => read_as::<FileHeader32<Endianness>>(&cache, path, false),
+        2 => read_as::<FileHeader64<Endianness>>(&cache, path, true),
         c => bail!("{}: unknown ELF class {c}", path.display()),
-    };
-    r.le = match ident[5] {
-        1 => true,
-        2 => false,
-        d => bail!("{}: unknown ELF data encoding {d}", path.display()),
-    };
-    let eh = r.bytes(0, if is_64 { 64 } else { 52 })?;
-    let machine = r.u16(&eh, 18);
-    let (phoff, phentsize, phnum) = if is_64 {
-        (r.u64(&eh, 32), r.u16(&eh, 54), r.u16(&eh, 56))
-    } else {
-        (u64::from(r.u32(&eh, 28)), r.u16(&eh, 42), r.u16(&eh, 44))
-    };
-    let want = if is_64 { 56 } else { 32 };
-    if phnum > 0 && usize::from(phentsize) < want {
-        bail!("{}: program header entries of {phentsize} bytes are too small", path.display());
     }
-    let table = r.bytes(phoff, usize::from(phentsize) * usize::from(phnum))?;
-    let mut segs = Vec::new();
-    for i in 0..usize::from(phnum) {
-        let at = i * usize::from(phentsize);
-        let kind = r.u32(&table, at);
-        let seg = if is_64 {
-            Segment {
-                kind,
-                offset: r.u64(&table, at + 8),
-                vaddr: r.u64(&table, at + 16),
-                filesz: r.u64(&table, at + 32),
-            }
-        } else {
-            Segment {
-                kind,
-                offset: u64::from(r.u32(&table, at + 4)),
-                vaddr: u64::from(r.u32(&table, at + 8)),
-                filesz: u64::from(r.u32(&table, at + 16)),
-            }
-        };
-        segs.push(seg);
-    }
+}
 
-    let mut info = ElfInfo { machine, is_64, interp: None, needed: vec![], runpath: vec![], soname: None };
-    if let Some(s) = segs.iter().find(|s| s.kind == PT_INTERP) {
-        let n = usize::try_from(s.filesz.min(4096)).context("interpreter length")?;
-        let raw = r.bytes(s.offset, n)?;
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        let interp = String::from_utf8(raw[..end].to_vec())
-            .with_context(|| format!("{}: PT_INTERP is not UTF-8", path.display()))?;
-        info.interp = Some(interp);
-    }
-    let Some(dynamic) = segs.iter().find(|s| s.kind == PT_DYNAMIC) else {
-        return Ok(info);
+fn read_as<Elf: object::read::elf::FileHeader<Endian = object::Endianness>>(
+    cache: &object::ReadCache<File>,
+    path: &Path,
+    is_64: bool,
+) -> Result<ElfInfo> {
+    use object::read::elf::{Dyn, ProgramHeader};
+    use object::{elf, ReadRef};
+    let bad = |what: &str| anyhow::anyhow!("{}: {what}", path.display());
+    let header = Elf::parse(cache).map_err(|e| bad(&format!("not a valid ELF file ({e})")))?;
+    let endian = header.endian().map_err(|e| bad(&format!("unknown ELF data encoding ({e})")))?;
+    let segments = header.program_headers(endian, cache).map_err(|e| bad(&format!("program headers: {e}")))?;
+    let mut info = ElfInfo {
+        machine: header.e_machine(endian),
+        is_64,
+        interp: None,
+        needed: vec![],
+        runpath: vec![],
+        soname: None,
     };
-    let entsize: u64 = if is_64 { 16 } else { 8 };
-    let count = (dynamic.filesz / entsize).min(MAX_ENTRIES);
-    let dyn_bytes = r.bytes(dynamic.offset, usize::try_from(count * entsize).context("dynamic section size")?)?;
-    let mut entries = Vec::new();
-    for i in 0..count as usize {
-        let at = i * entsize as usize;
-        let tag = r.word(&dyn_bytes, at, is_64);
-        let val = r.word(&dyn_bytes, at + entsize as usize / 2, is_64);
-        if tag == DT_NULL {
+    for s in segments {
+        if let Some(raw) = s.interpreter(endian, cache).map_err(|e| bad(&format!("PT_INTERP: {e}")))? {
+            info.interp = Some(String::from_utf8(raw.to_vec()).map_err(|_| bad("PT_INTERP is not UTF-8"))?);
+        }
+    }
+    let mut entries: Vec<(u64, u64)> = Vec::new();
+    for s in segments {
+        if let Some(dynamic) = s.dynamic(endian, cache).map_err(|e| bad(&format!("PT_DYNAMIC: {e}")))? {
+            for d in dynamic {
+                let (tag, val): (u64, u64) = (d.d_tag(endian).into(), d.d_val(endian).into());
+                if tag == u64::from(elf::DT_NULL) {
+                    break;
+                }
+                entries.push((tag, val));
+            }
             break;
         }
-        entries.push((tag, val));
     }
-    let find = |t: u64| entries.iter().find(|(tag, _)| *tag == t).map(|(_, v)| *v);
-    let (Some(strtab_addr), Some(strsz)) = (find(DT_STRTAB), find(DT_STRSZ)) else {
+    let find = |t: u32| entries.iter().find(|(tag, _)| *tag == u64::from(t)).map(|(_, v)| *v);
+    let (Some(strtab_addr), Some(strsz)) = (find(elf::DT_STRTAB), find(elf::DT_STRSZ)) else {
         return Ok(info);
     };
-    // DT_STRTAB is a virtual address: map it through the PT_LOAD segments.
-    let strtab_off = segs
+    // DT_STRTAB is a virtual address: map it through the PT_LOAD segments to a file offset.
+    let strtab_off = segments
         .iter()
-        .filter(|s| s.kind == PT_LOAD)
-        .find(|s| strtab_addr >= s.vaddr && strtab_addr < s.vaddr.saturating_add(s.filesz))
-        .map(|s| strtab_addr - s.vaddr + s.offset)
-        .with_context(|| format!("{}: DT_STRTAB address {strtab_addr:#x} is in no loadable segment", path.display()))?;
-    let strtab = r.bytes(strtab_off, usize::try_from(strsz.min(1 << 24)).context("string table size")?)?;
+        .filter(|s| s.p_type(endian) == elf::PT_LOAD)
+        .find_map(|s| {
+            let (vaddr, filesz, offset): (u64, u64, u64) =
+                (s.p_vaddr(endian).into(), s.p_filesz(endian).into(), s.p_offset(endian).into());
+            (strtab_addr >= vaddr && strtab_addr < vaddr.saturating_add(filesz)).then(|| strtab_addr - vaddr + offset)
+        })
+        .ok_or_else(|| bad(&format!("DT_STRTAB address {strtab_addr:#x} is in no loadable segment")))?;
+    let strtab = cache
+        .read_bytes_at(strtab_off, strsz.min(MAX_STRTAB))
+        .map_err(|_| bad(&format!("truncated ELF file (the dynamic string table at offset {strtab_off})")))?;
     let string_at = |off: u64| -> Result<String> {
         let start = usize::try_from(off).context("string offset")?;
         if start >= strtab.len() {
@@ -208,10 +118,10 @@ pub fn read(path: &Path) -> Result<ElfInfo> {
             .with_context(|| format!("{}: dynamic string is not UTF-8", path.display()))
     };
     for (tag, val) in &entries {
-        match *tag {
-            DT_NEEDED => info.needed.push(string_at(*val)?),
-            DT_SONAME => info.soname = Some(string_at(*val)?),
-            DT_RUNPATH | DT_RPATH => {
+        match u32::try_from(*tag).unwrap_or(u32::MAX) {
+            elf::DT_NEEDED => info.needed.push(string_at(*val)?),
+            elf::DT_SONAME => info.soname = Some(string_at(*val)?),
+            elf::DT_RUNPATH | elf::DT_RPATH => {
                 info.runpath.extend(string_at(*val)?.split(':').filter(|s| !s.is_empty()).map(str::to_string))
             }
             _ => {}
