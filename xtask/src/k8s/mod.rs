@@ -49,28 +49,15 @@ pub const STATIC_POD_PATH: &str = "etc/kubernetes/manifests/etcd.yaml";
 #[derive(Debug, clap::Args)]
 #[command(long_about, verbatim_doc_comment)]
 pub struct K8s {
-    /// Cluster description (TOML), e.g. clusters/tutorial.toml
-    #[arg(long, value_name = "FILE")]
-    pub cluster: PathBuf,
+    #[command(flatten)]
+    pub input: crate::render::ClusterArgs,
     /// Output directory [default: target/k8s/<cluster name>/]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// PKI directory to use (issued or updated there) [default: target/pki/<cluster name>/]
-    #[arg(long, value_name = "DIR")]
-    pub pki: Option<PathBuf>,
     /// Image reference [default: the image `cargo xtask image` built for this version and
     /// architecture, by digest (localhost/etcd:V@sha256:...), else localhost/etcd:V by tag]
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
-    /// etcd version the image holds [default: etcd.version of images/etcd.toml]
-    #[arg(long, value_name = "V")]
-    pub etcd_version: Option<String>,
-    /// Architecture of the nodes [default: this machine's]
-    #[arg(long, value_name = "ARCH")]
-    pub arch: Option<Arch>,
-    /// Tuning presets [default: systemd/tuning.toml]
-    #[arg(long, value_name = "FILE")]
-    pub tuning_presets: Option<PathBuf>,
     /// Then validate every manifest against the Kubernetes OpenAPI schemas, offline, with the
     /// pinned kubernetes-validate (installed from ci/pypi-packages.txt into target/tools/pypi/)
     #[arg(long)]
@@ -126,15 +113,9 @@ fn default_image(version: &str, arch: Arch) -> String {
     }
 }
 
-/// Renders every manifest of `args.cluster`; returns the output directory.
+/// Renders every manifest of `args.input.cluster`; returns the output directory.
 pub fn render(args: &K8s) -> Result<PathBuf> {
-    let prepared = crate::render::prepare(
-        &args.cluster,
-        args.pki.clone(),
-        args.tuning_presets.clone(),
-        args.arch,
-        args.etcd_version.clone(),
-    )?;
+    let prepared = crate::render::prepare(&args.input)?;
     let (spec, tuning, pki, facts) = (prepared.spec(), prepared.tuning(), &prepared.pki, &prepared.facts);
     let (arch, version, runtime_env) = (prepared.arch, &prepared.version, &prepared.runtime_env);
     let image_spec = prepared.def.image.as_ref().context("images/etcd.toml has no [image] section")?;
@@ -206,7 +187,7 @@ pub fn render(args: &K8s) -> Result<PathBuf> {
         None => eprintln!(
             "note: k8s: {} has no [kubernetes] section, so no StatefulSet was rendered: add one with namespace = \"...\" \
              (its pods' DNS names go into the certificates)",
-            args.cluster.display()
+            args.input.cluster.display()
         ),
     }
     staged.commit(&out)?;

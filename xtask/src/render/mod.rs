@@ -42,12 +42,8 @@ use tuning::Presets;
 #[derive(Debug, clap::Args)]
 #[command(long_about, verbatim_doc_comment)]
 pub struct Render {
-    /// Cluster description (TOML), e.g. clusters/tutorial.toml
-    #[arg(long, value_name = "FILE")]
-    pub cluster: PathBuf,
-    /// PKI directory to use (issued or updated there) [default: target/pki/<cluster name>/]
-    #[arg(long, value_name = "DIR")]
-    pub pki: Option<PathBuf>,
+    #[command(flatten)]
+    pub input: ClusterArgs,
     /// Output directory [default: target/render/<cluster name>/]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -55,16 +51,6 @@ pub struct Render {
     /// first client of the description]
     #[arg(long, value_name = "ID")]
     pub client: Option<String>,
-    /// Tuning presets [default: systemd/tuning.toml]
-    #[arg(long, value_name = "FILE")]
-    pub tuning_presets: Option<PathBuf>,
-    /// Architecture of the hosts: etcd versions that do not support it get ETCD_UNSUPPORTED_ARCH
-    /// in etcd.conf (etcd.supported_arches of images/etcd.toml) [default: this machine's]
-    #[arg(long, value_name = "ARCH")]
-    pub arch: Option<Arch>,
-    /// etcd version the hosts run [default: etcd.version of images/etcd.toml]
-    #[arg(long, value_name = "V")]
-    pub etcd_version: Option<String>,
     /// The step of switching a running plain-http cluster to mutual TLS whose etcd.conf to write
     /// (README: "Switch a plain-http cluster to mutual TLS"): plain (http only, no
     /// certificates), clients (clients on http and https, peers on http with their
@@ -106,33 +92,49 @@ impl Prepared {
     }
 }
 
+/// What every command that renders a cluster's configuration (`render`, `k8s`) is given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// Cluster description (TOML), e.g. clusters/tutorial.toml
+    #[arg(long, value_name = "FILE")]
+    pub cluster: PathBuf,
+    /// PKI directory to use (issued or updated there) [default: target/pki/<cluster name>/]
+    #[arg(long, value_name = "DIR")]
+    pub pki: Option<PathBuf>,
+    /// Tuning presets [default: systemd/tuning.toml]
+    #[arg(long, value_name = "FILE")]
+    pub tuning_presets: Option<PathBuf>,
+    /// Architecture of the nodes: etcd versions that do not support it get ETCD_UNSUPPORTED_ARCH
+    /// (etcd.supported_arches of images/etcd.toml) [default: this machine's]
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<Arch>,
+    /// etcd version the nodes run [default: etcd.version of images/etcd.toml]
+    #[arg(long, value_name = "V")]
+    pub etcd_version: Option<String>,
+}
+
 /// Loads and checks everything a cluster's rendering needs, issuing its PKI on the way.
-pub fn prepare(
-    cluster: &std::path::Path,
-    pki_dir: Option<PathBuf>,
-    tuning_presets: Option<PathBuf>,
-    arch: Option<Arch>,
-    etcd_version: Option<String>,
-) -> Result<Prepared> {
+pub fn prepare(args: &ClusterArgs) -> Result<Prepared> {
+    let cluster = args.cluster.as_path();
     let def = Definition::load_default()?;
-    let arch = match arch {
+    let arch = match args.arch {
         Some(a) => a,
         None => Arch::host().context("this machine's architecture has no etcd build: pass --arch")?,
     };
-    let version = etcd_version.unwrap_or_else(|| def.etcd.version.clone());
+    let version = args.etcd_version.clone().unwrap_or_else(|| def.etcd.version.clone());
     let runtime_env = def.runtime_env(&version, arch).context("--etcd-version / --arch")?;
     let described = ClusterSpec::load_described(cluster)?;
     let spec = &described.spec;
     for w in spec.warnings() {
         eprintln!("warning: {}: {w}", cluster.display());
     }
-    let presets_path = tuning_presets.unwrap_or_else(Presets::default_path);
+    let presets_path = args.tuning_presets.clone().unwrap_or_else(Presets::default_path);
     let presets = Presets::load(&presets_path)?;
     let tuning = match &described.tuning {
         Some(name) => Some((name.clone(), presets.get(name, cluster)?.clone())),
         None => None,
     };
-    let pki = pki_dir.map(PkiLayout::new).unwrap_or_else(|| PkiLayout::default_for(spec));
+    let pki = args.pki.clone().map(PkiLayout::new).unwrap_or_else(|| PkiLayout::default_for(spec));
     let profiles = Profiles::load(&Profiles::default_path())?;
     let report = issue(spec, &profiles, &pki.root, false)
         .with_context(|| format!("cannot issue the PKI of {} into {}", cluster.display(), pki.root.display()))?;
@@ -144,12 +146,11 @@ pub fn prepare(
     Ok(Prepared { def, arch, version, runtime_env, described, tuning, pki, facts })
 }
 
-/// Renders every node of `args.cluster`; returns the output directory.
+/// Renders every node of `args.input.cluster`; returns the output directory.
 pub fn render(args: &Render) -> Result<PathBuf> {
-    let prepared =
-        prepare(&args.cluster, args.pki.clone(), args.tuning_presets.clone(), args.arch, args.etcd_version.clone())?;
+    let prepared = prepare(&args.input)?;
     let spec = prepared.spec();
-    let client = pick_client(spec, args.client.as_deref(), &args.cluster)?;
+    let client = pick_client(spec, args.client.as_deref(), &args.input.cluster)?;
     let (pki, facts, version, runtime_env) = (&prepared.pki, &prepared.facts, &prepared.version, &prepared.runtime_env);
     let tuning = prepared.tuning();
 

@@ -105,13 +105,15 @@ impl Cluster {
     pub(super) fn render_static_pods(&mut self, cluster: &Path, image: &str) -> Result<()> {
         let out = self.out.join("k8s");
         let args = k8s::K8s {
-            cluster: cluster.to_path_buf(),
+            input: crate::render::ClusterArgs {
+                cluster: cluster.to_path_buf(),
+                pki: Some(self.pki.root.clone()),
+                tuning_presets: None,
+                arch: None,
+                etcd_version: Some(self.etcd_version.clone()),
+            },
             out: Some(out.clone()),
-            pki: Some(self.pki.root.clone()),
             image: Some(image.to_string()),
-            etcd_version: Some(self.etcd_version.clone()),
-            arch: None,
-            tuning_presets: None,
             validate: false,
             kube_version: Vec::new(),
         };
