@@ -193,6 +193,32 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// A reader that hashes and counts everything passing through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader { inner, hasher: Sha256::new(), read: 0 }
+    }
+
+    pub fn finish(self) -> (R, Sha256Hex, u64) {
+        (self.inner, Sha256Hex(self.hasher.finalize().into()), self.read)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
 /// A temporary path next to `dest` (same filesystem, so `rename` is atomic), unique per process.
 pub fn temp_sibling(dest: &Path) -> PathBuf {
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

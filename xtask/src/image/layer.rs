@@ -17,10 +17,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use flate2::{Compression, GzBuilder};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::image::spec::{check_mode_policy, EntryKind};
-use crate::util::{HashingWriter, Sha256Hex};
+use crate::util::{HashingReader, HashingWriter, Sha256Hex};
 
 /// Where a file's bytes come from.
 #[derive(Debug, Clone)]
@@ -177,11 +176,11 @@ pub fn write_tar<W: Write>(entries: &[Entry], epoch: u64, w: &mut W) -> Result<(
             }
             Source::Host(path) => {
                 let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-                let mut reader = Hashing { inner: f.take(e.size), hasher: Sha256::new(), n: 0 };
+                let mut reader = HashingReader::new(f.take(e.size));
                 builder.append(&h, &mut reader).with_context(|| format!("cannot read {}", path.display()))?;
-                let longer = reader.inner.into_inner().read(&mut [0u8; 1]).map(|k| k > 0).unwrap_or(true);
-                let got = Sha256Hex(reader.hasher.finalize().into());
-                if reader.n != e.size || longer || Some(got) != e.sha256 {
+                let (taken, got, n) = reader.finish();
+                let longer = taken.into_inner().read(&mut [0u8; 1]).map(|k| k > 0).unwrap_or(true);
+                if n != e.size || longer || Some(got) != e.sha256 {
                     bail!(
                         "{} is not the file that was verified: its size or SHA-256 differs from the recorded one ({}); \
                          it changed after acquire or planning: fetch etcd again (delete the cached copy) and re-run",
@@ -196,22 +195,6 @@ pub fn write_tar<W: Write>(entries: &[Entry], epoch: u64, w: &mut W) -> Result<(
     }
     builder.finish().context("cannot end the tar stream")?;
     Ok(())
-}
-
-/// A reader that hashes and counts what passes through it.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    n: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let k = self.inner.read(buf)?;
-        self.hasher.update(&buf[..k]);
-        self.n += k as u64;
-        Ok(k)
-    }
 }
 
 /// Streams `entries` into a gzip layer blob under `blobs_dir` (the layout's `blobs/sha256`).

@@ -16,11 +16,10 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use crate::image::oci::{self, Descriptor, ImageConfig, Index, Manifest};
 use crate::image::spec::{check_mode_policy, EntryKind};
-use crate::util::Sha256Hex;
+use crate::util::{HashingReader, Sha256Hex};
 
 /// JSON blobs larger than this are not kept (an image's manifests and configs are a few KiB).
 const MAX_JSON: u64 = 4 << 20;
@@ -59,38 +58,19 @@ pub struct Report {
     pub unreferenced: Vec<String>,
 }
 
-struct HashRead<R> {
-    inner: R,
-    hasher: Sha256,
-    n: u64,
-}
-
-impl<R: Read> Read for HashRead<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let k = self.inner.read(buf)?;
-        self.hasher.update(&buf[..k]);
-        self.n += k as u64;
-        Ok(k)
-    }
-}
-
-fn hash_read<R: Read>(inner: R) -> HashRead<R> {
-    HashRead { inner, hasher: Sha256::new(), n: 0 }
-}
-
 /// Reads one blob completely from `r`, learning everything `check` needs.
 fn scan_blob<R: Read>(r: R) -> Result<BlobFacts> {
     let mut facts = BlobFacts::default();
-    let mut raw = BufReader::with_capacity(1 << 16, hash_read(r));
+    let mut raw = BufReader::with_capacity(1 << 16, HashingReader::new(r));
     let head = raw.fill_buf().context("cannot read blob")?.to_vec();
     if head.starts_with(&[0x1f, 0x8b]) {
-        let mut plain = hash_read(flate2::bufread::GzDecoder::new(&mut raw));
+        let mut plain = HashingReader::new(flate2::bufread::GzDecoder::new(&mut raw));
         scan_tar(&mut plain, &mut facts);
         // Whatever the tar reader left (or could not parse) still counts for the diff_id.
         if let Err(e) = io::copy(&mut plain, &mut io::sink()) {
             facts.tar_problems.push(format!("gzip stream is corrupt: {e}"));
         }
-        facts.diff_id = Some(Sha256Hex(plain.hasher.finalize().into()));
+        facts.diff_id = Some(plain.finish().1);
     } else if head.len() >= 262 && &head[257..262] == b"ustar" {
         facts.is_tar = true;
         scan_tar(&mut raw, &mut facts);
@@ -102,9 +82,9 @@ fn scan_blob<R: Read>(r: R) -> Result<BlobFacts> {
         }
     }
     io::copy(&mut raw, &mut io::sink()).context("cannot read blob")?;
-    let inner = raw.into_inner();
-    facts.size = inner.n;
-    facts.sha256 = Some(Sha256Hex(inner.hasher.finalize().into()));
+    let (_, sha256, size) = raw.into_inner().finish();
+    facts.size = size;
+    facts.sha256 = Some(sha256);
     Ok(facts)
 }
 
