@@ -70,8 +70,8 @@ fn paths(out_dir: &Path, stem: &str) -> (PathBuf, PathBuf, PathBuf) {
 
 /// The recorded build, if `inputs` match and the outputs it names are in place.
 pub fn up_to_date(out_dir: &Path, stem: &str, inputs: &Sha256Hex) -> Option<Stamp> {
-    let (layout, archive, stamp_path) = paths(out_dir, stem);
-    let stamp: Stamp = serde_json::from_slice(&fs::read(stamp_path).ok()?).ok()?;
+    let (layout, archive, _) = paths(out_dir, stem);
+    let stamp = recorded(out_dir, stem)?;
     let hex = stamp.digest.strip_prefix("sha256:")?;
     let ok = stamp.format == FORMAT
         && stamp.inputs == *inputs
@@ -80,6 +80,11 @@ pub fn up_to_date(out_dir: &Path, stem: &str, inputs: &Sha256Hex) -> Option<Stam
         && layout.join("blobs/sha256").join(hex).is_file()
         && fs::metadata(&archive).map(|m| m.len() == stamp.archive_size).unwrap_or(false);
     ok.then_some(stamp)
+}
+
+/// What the last build of `stem` in `out_dir` recorded (`<stem>.inputs.json`), if it is there.
+pub fn recorded(out_dir: &Path, stem: &str) -> Option<Stamp> {
+    serde_json::from_slice(&fs::read(paths(out_dir, stem).2).ok()?).ok()
 }
 
 /// Writes a blob (small, in memory: configs, manifests, indexes) and returns its descriptor.

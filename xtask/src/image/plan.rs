@@ -72,6 +72,12 @@ pub fn repo_stem(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
 }
 
+/// The file stem of the image `name` of etcd `version` for `arch`: `etcd-3.4.9-linux-amd64`
+/// (the layout directory, `.tar` archive and `.inputs.json` record share it).
+pub fn image_stem(name: &str, version: &str, arch: Arch) -> String {
+    format!("{}-{version}-linux-{arch}", repo_stem(name))
+}
+
 /// Resolves the definition and the acquired binaries into a [`Plan`]. `runtime_env` is what
 /// this etcd needs to run on its architecture ([`crate::definition::Definition::runtime_env`]),
 /// added to the config's environment.
@@ -82,7 +88,7 @@ pub fn plan(spec: &ImageSpec, acquired: &Acquired, epoch: u64, runtime_env: &BTr
         .with_context(|| format!("the provenance in {} names version {version:?}", acquired.dir.display()))?;
     let arch = prov.arch;
     let reference = format!("{}:{version}", spec.name);
-    let stem = format!("{}-{version}-linux-{arch}", repo_stem(&spec.name));
+    let stem = image_stem(&spec.name, &version, arch);
     let created = oci::rfc3339(epoch)?;
 
     // The binaries, checked against what acquire recorded.

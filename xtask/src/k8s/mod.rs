@@ -94,16 +94,12 @@ impl K8s {
 
 /// The image reference to use for `version` on `arch`: the one `cargo xtask image` built, by
 /// digest, when its record is there.
-fn default_image(version: &str, arch: Arch) -> String {
-    let stamp = target_dir().join("images").join(format!("etcd-{version}-linux-{}.inputs.json", arch.as_str()));
-    let recorded = fs::read_to_string(&stamp)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| Some(format!("{}@{}", v["reference"].as_str()?, v["digest"].as_str()?)));
-    match recorded {
-        Some(r) => r,
+fn default_image(name: &str, version: &str, arch: Arch) -> String {
+    let stem = crate::image::plan::image_stem(name, version, arch);
+    match crate::image::bake::recorded(&target_dir().join("images"), &stem) {
+        Some(stamp) => format!("{}@{}", stamp.reference, stamp.digest),
         None => {
-            let r = format!("localhost/etcd:{version}");
+            let r = format!("{name}:{version}");
             eprintln!(
                 "note: k8s: no image of etcd {version} for {} built yet (`cargo xtask image`); referring to {r} by tag",
                 arch.as_str()
@@ -120,7 +116,7 @@ pub fn render(args: &K8s) -> Result<PathBuf> {
     let (arch, version, runtime_env) = (prepared.arch, &prepared.version, &prepared.runtime_env);
     let image_spec = prepared.def.image.as_ref().context("images/etcd.toml has no [image] section")?;
     let (uid, gid) = image_spec.run_as_ids()?;
-    let image = args.image.clone().unwrap_or_else(|| default_image(version, arch));
+    let image = args.image.clone().unwrap_or_else(|| default_image(&image_spec.name, version, arch));
     let inputs = Inputs { spec, facts, tuning, runtime_env, version, image: &image, uid, gid };
 
     let out = args.out.clone().unwrap_or_else(|| target_dir().join("k8s").join(&spec.name));

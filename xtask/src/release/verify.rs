@@ -68,7 +68,9 @@ impl std::fmt::Display for Difference {
 impl Verify {
     pub fn run(self) -> Result<()> {
         let t = Instant::now();
-        let recorded = read_recorded(&self.dir)?;
+        let def = Definition::load_default()?;
+        let image = def.image.as_ref().context("images/etcd.toml has no [image] section")?;
+        let recorded = read_recorded(&self.dir, &image.name)?;
         let source = match self.source.clone() {
             Some(s) => s,
             None => match recorded.source {
@@ -92,7 +94,6 @@ impl Verify {
         // Every stage reads the epoch from the environment; nothing else runs yet in this process.
         std::env::set_var("SOURCE_DATE_EPOCH", recorded.epoch.to_string());
         let work = self.work.clone().unwrap_or_else(|| target_dir().join("release-verify"));
-        let def = Definition::load_default()?;
         let rebuilt = build_release(&def, &recorded.arches, source, &work, true, Some(recorded.version.clone()))
             .context("cannot rebuild the release")?;
         let differences = compare(&self.dir, &rebuilt.dir)?;
@@ -122,8 +123,9 @@ impl Verify {
     }
 }
 
-/// Reads the version, architectures, source and SOURCE_DATE_EPOCH a release records.
-pub fn read_recorded(dir: &Path) -> Result<Recorded> {
+/// Reads the version, architectures, source and SOURCE_DATE_EPOCH a release of the image
+/// `image_name` records.
+pub fn read_recorded(dir: &Path, image_name: &str) -> Result<Recorded> {
     let mut provs = Vec::new();
     for e in fs::read_dir(dir).with_context(|| format!("cannot read {}: pass a release directory", dir.display()))? {
         let path = e?.path();
@@ -152,7 +154,7 @@ pub fn read_recorded(dir: &Path) -> Result<Recorded> {
         }
     }
     let arches: Vec<Arch> = provs.iter().map(|(_, p)| p.arch).collect();
-    let archive = dir.join(format!("etcd-{}-linux-{}.tar", first.version, first.arch.as_str()));
+    let archive = dir.join(format!("{}.tar", crate::image::plan::image_stem(image_name, &first.version, first.arch)));
     let epoch = epoch_of(&archive)?;
     Ok(Recorded { version: first.version.clone(), arches, source: first.source, epoch })
 }
