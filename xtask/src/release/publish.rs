@@ -16,7 +16,7 @@ use xshell::{cmd, Shell};
 use crate::acquire::SourcePolicy;
 use crate::definition::Definition;
 use crate::image::{self, BuildArgs};
-use crate::util::{display_rel, target_dir, temp_sibling, Arch};
+use crate::util::{display_rel, target_dir, temp_sibling, Arch, StagingDir};
 
 /// Push the image (every architecture, under the etcd version tag) to a registry
 #[derive(Debug, clap::Args)]
@@ -44,10 +44,10 @@ pub struct Publish {
     pub sign_key: Option<String>,
 }
 
-/// The decrypted signing key, and a private directory for the signatures' layouts. Removed on
-/// drop.
+/// The decrypted signing key, and a private directory for the signatures' layouts (removed on
+/// drop).
 struct Signing {
-    dir: PathBuf,
+    dir: StagingDir,
     key_der: Vec<u8>,
 }
 
@@ -56,18 +56,11 @@ impl Signing {
         use std::os::unix::fs::PermissionsExt;
         let passphrase = super::sign::passphrase(false)?;
         // A wrong passphrase is said here, before anything is pushed.
-        let key_der = super::sign::decrypt_from(key, passphrase.as_bytes())?;
-        let dir = temp_sibling(&near.with_extension("signatures"));
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+        let key_der = super::sign::decrypt(key, passphrase.as_bytes())?;
+        let dir = StagingDir::beside(&near.with_extension("signatures"))?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot set the mode of {}", dir.path().display()))?;
         Ok(Signing { dir, key_der })
-    }
-}
-
-impl Drop for Signing {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -196,7 +189,7 @@ impl Publish {
             }
             for d in digests {
                 let t = std::time::Instant::now();
-                let layout = signing.dir.join(d.replace(':', "-"));
+                let layout = signing.dir.path().join(d.replace(':', "-"));
                 let size = super::sign::write_attachment(&signing.key_der, &target, &d, &layout)?;
                 let src = format!("oci:{}", layout.display());
                 let tag = super::sign::attachment_tag(&d);

@@ -79,31 +79,9 @@ pub fn passphrase(confirm: bool) -> Result<String> {
     Ok(first)
 }
 
+/// `der` in a PEM block labelled `label`, lines of 64 and `\n` as cosign writes them.
 fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn unpem(text: &str, origin: &str) -> Result<(String, Vec<u8>)> {
-    let begin =
-        text.lines().position(|l| l.starts_with("-----BEGIN ")).with_context(|| format!("{origin}: no PEM block"))?;
-    let lines: Vec<&str> = text.lines().collect();
-    let label = lines[begin].trim_start_matches("-----BEGIN ").trim_end_matches("-----").to_string();
-    let end = lines
-        .iter()
-        .position(|l| *l == format!("-----END {label}-----"))
-        .with_context(|| format!("{origin}: the PEM block {label} has no end"))?;
-    let body: String = lines[begin + 1..end].concat();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .with_context(|| format!("{origin}: the PEM block is not base64"))?;
-    Ok((label, der))
+    pem::encode_config(&pem::Pem::new(label, der), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
 }
 
 fn scrypt_key(passphrase: &[u8], salt: &[u8]) -> Result<[u8; 32]> {
@@ -142,11 +120,6 @@ pub fn encrypt(der: &[u8], passphrase: &[u8]) -> Result<String> {
     Ok(pem(PRIVATE_PEM, doc.to_string().as_bytes()))
 }
 
-/// The PKCS#8 DER of an encrypted private key file; a wrong passphrase is an error saying so.
-pub fn decrypt(path: &Path, passphrase: &[u8]) -> Result<Vec<u8>> {
-    decrypt_from(&path.display().to_string(), passphrase)
-}
-
 /// Reads the encrypted private key of `source`: `env:NAME` (the PEM in that environment
 /// variable, e.g. a CI secret, never written to disk) or a file path.
 pub fn read_key(source: &str) -> Result<String> {
@@ -159,16 +132,18 @@ pub fn read_key(source: &str) -> Result<String> {
     }
 }
 
-/// Like [`decrypt`], for a key named as [`read_key`] takes it.
-pub fn decrypt_from(source: &str, passphrase: &[u8]) -> Result<Vec<u8>> {
+/// The PKCS#8 DER of the encrypted private key `source` (as [`read_key`] takes it); a wrong
+/// passphrase is an error saying so.
+pub fn decrypt(source: &str, passphrase: &[u8]) -> Result<Vec<u8>> {
     let text = read_key(source)?;
     let origin = source.to_string();
-    let (label, body) = unpem(&text, &origin)?;
+    let block = pem::parse(&text).with_context(|| format!("{origin}: not a PEM block"))?;
+    let (label, body) = (block.tag(), block.contents());
     if label != PRIVATE_PEM && label != "ENCRYPTED COSIGN PRIVATE KEY" {
         bail!("{origin}: a {label} block, not an encrypted sigstore private key (`cargo xtask keygen` makes one)");
     }
     let doc: serde_json::Value =
-        serde_json::from_slice(&body).with_context(|| format!("{origin}: the encrypted key is not JSON"))?;
+        serde_json::from_slice(body).with_context(|| format!("{origin}: the encrypted key is not JSON"))?;
     let b64 = |v: &serde_json::Value, what: &str| -> Result<Vec<u8>> {
         let s = v.as_str().with_context(|| format!("{origin}: no {what}"))?;
         base64::engine::general_purpose::STANDARD.decode(s).with_context(|| format!("{origin}: {what} is not base64"))
@@ -285,14 +260,14 @@ mod tests {
         assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{public}");
         let path = tmp.path().join("cosign.key");
         fs::write(&path, &private).unwrap();
-        let der = decrypt(&path, b"correct horse").unwrap();
+        let der = decrypt(path.to_str().unwrap(), b"correct horse").unwrap();
         // The PKCS#8 of a P-256 key, whose public half is the one written.
         let pair = rcgen::KeyPair::try_from(der.as_slice()).unwrap();
         assert_eq!(pair.public_key_pem(), public);
-        let err = decrypt(&path, b"wrong").unwrap_err().to_string();
+        let err = decrypt(path.to_str().unwrap(), b"wrong").unwrap_err().to_string();
         assert!(err.contains("wrong passphrase"), "{err}");
         fs::write(&path, &public).unwrap();
-        let err = decrypt(&path, b"x").unwrap_err().to_string();
+        let err = decrypt(path.to_str().unwrap(), b"x").unwrap_err().to_string();
         assert!(err.contains("PUBLIC KEY block"), "{err}");
     }
 }
