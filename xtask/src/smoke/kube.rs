@@ -133,7 +133,8 @@ impl Cluster {
         let played_dir = self.out.join("kube-play");
         fs::create_dir_all(&played_dir).with_context(|| format!("cannot create {}", played_dir.display()))?;
         let mut plays = Vec::new();
-        for n in self.nodes.clone() {
+        for i in 0..self.nodes.len() {
+            let n = self.nodes[i].clone();
             let data = self.out.join("data").join(&n.spec.name);
             if data.exists() {
                 fs::remove_dir_all(&data).with_context(|| format!("cannot clear {}", data.display()))?;
@@ -163,7 +164,6 @@ impl Cluster {
             write_atomic(&file, k8s::manifests::to_yaml("", &[played])?.as_bytes(), 0o644)?;
             let ip = crate::render::config::primary_ip(&n.spec)?;
             plays.push((pod_name, file, ip));
-            let i = self.nodes.iter().position(|m| m.spec.name == n.spec.name).context("node vanished")?;
             self.nodes[i].host_data = Some(data);
         }
         let network = self.network.clone();
