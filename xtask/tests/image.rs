@@ -103,19 +103,7 @@ fn stem() -> String {
 
 /// Every file under `dir` with its bytes' hash, relative paths.
 fn tree_hashes(dir: &Path) -> BTreeMap<String, Sha256Hex> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), Sha256Hex::of_file(&p).unwrap());
-            }
-        }
-    }
-    out
+    common::files_under(dir).into_iter().map(|(rel, p)| (rel, Sha256Hex::of_file(&p).unwrap())).collect()
 }
 
 fn json(path: &Path) -> serde_json::Value {

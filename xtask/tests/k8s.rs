@@ -42,20 +42,10 @@ fn render_k8s(tmp: &Path, out: &str, validate: bool) -> (PathBuf, String) {
 
 /// Every file under `dir` with its bytes and mode, by relative path.
 fn tree(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.insert(rel, (fs::read(&p).unwrap(), fs::metadata(&p).unwrap().permissions().mode() & 0o7777));
-            }
-        }
-    }
-    out
+    common::files_under(dir)
+        .into_iter()
+        .map(|(rel, p)| (rel, (fs::read(&p).unwrap(), fs::metadata(&p).unwrap().permissions().mode() & 0o7777)))
+        .collect()
 }
 
 fn docs(path: &Path) -> Vec<serde_json::Value> {

@@ -36,19 +36,7 @@ fn verifies(dir: &Path, ca: &str, purpose: &str, cert: &str) -> bool {
 }
 
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(base, &path, out);
-            } else {
-                out.insert(path.strip_prefix(base).unwrap().display().to_string(), fs::read(&path).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
+    common::files_under(dir).into_iter().map(|(rel, p)| (rel, fs::read(&p).unwrap())).collect()
 }
 
 fn changed(a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>) -> Vec<String> {

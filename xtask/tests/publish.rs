@@ -150,16 +150,21 @@ fn bad_destinations_fail_with_the_fix() {
     assert!(err.contains(&format!("cannot push to 127.0.0.1:{port}/etcd:")) && err.contains("reachable"), "{err}");
 }
 
+/// The package lists of the Debian suite that serves etcd's upgrade target (trixie), for this
+/// machine's architecture: xtask's own verified apt path, private lists beside its etcd cache.
+fn trixie_apt() -> xtask::acquire::distro::Apt {
+    let def = xtask::definition::Definition::load_default().unwrap();
+    let suite = def.debian_suite(&def.upgrade.as_ref().unwrap().to).unwrap();
+    let arch = xtask::util::Arch::host().unwrap();
+    xtask::acquire::distro::Apt::new(arch, &suite, &xtask::util::target_dir().join("etcd")).unwrap()
+}
+
 /// cosign, the sigstore project's own verifier: Debian trixie's package (Debian 12 has none),
 /// fetched with xtask's verified apt path (private package lists, sum checked against apt's
 /// signed index) into target/tools/cosign/. Its binary needs nothing but libc.
 fn cosign() -> std::path::PathBuf {
     use xtask::acquire::distro;
-    let def = xtask::definition::Definition::load_default().unwrap();
-    let suite = def.debian_suite(&def.upgrade.as_ref().unwrap().to).unwrap();
-    let arch = xtask::util::Arch::host().unwrap();
-    let root = xtask::util::target_dir().join("etcd");
-    let apt = distro::Apt::new(arch, &suite, &root).unwrap();
+    let apt = trixie_apt();
     let cand = distro::candidate(&apt, "cosign").unwrap();
     let dir = xtask::util::target_dir().join("tools/cosign").join(&cand.version);
     let bin = dir.join("cosign");
@@ -177,10 +182,8 @@ fn cosign() -> std::path::PathBuf {
 /// sigstore disabled") and refuse every sigstore-signed image.
 fn policy_skopeo() -> Command {
     use xtask::acquire::distro;
-    let def = xtask::definition::Definition::load_default().unwrap();
-    let suite = def.debian_suite(&def.upgrade.as_ref().unwrap().to).unwrap();
-    let arch = xtask::util::Arch::host().unwrap();
-    let apt = distro::Apt::new(arch, &suite, &xtask::util::target_dir().join("etcd")).unwrap();
+    let apt = trixie_apt();
+    let arch = apt.arch;
     let cand = distro::candidate(&apt, "skopeo").unwrap();
     let dir = xtask::util::target_dir().join("tools/skopeo").join(&cand.version);
     let (bin, sysroot) = (dir.join("skopeo"), dir.join("sysroot"));

@@ -209,3 +209,20 @@ pub fn tar_member_opt(archive: &Path, name: &str) -> Option<Vec<u8>> {
 pub fn tar_member(archive: &Path, name: &str) -> Vec<u8> {
     tar_member_opt(archive, name).unwrap_or_else(|| panic!("{name} is not in {}", archive.display()))
 }
+
+/// Every regular file under `dir`, by its path relative to `dir`.
+pub fn files_under(dir: &Path) -> std::collections::BTreeMap<String, PathBuf> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap_or_else(|e| panic!("cannot read {}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), p);
+            }
+        }
+    }
+    out
+}
