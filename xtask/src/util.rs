@@ -292,6 +292,19 @@ impl StagingDir {
         Ok(StagingDir { path, armed: true })
     }
 
+    /// Like [`StagingDir::beside`], for content that holds keys: `dest`'s parent is created if
+    /// missing and the staging directory is 0700, so nobody but its owner looks in.
+    pub fn private_beside(dest: &Path) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        let staged = StagingDir::beside(dest)?;
+        fs::set_permissions(&staged.path, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot set the mode of {}", staged.path.display()))?;
+        Ok(staged)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -10,7 +10,6 @@
 pub mod manifests;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -120,14 +119,8 @@ pub fn render(args: &K8s) -> Result<PathBuf> {
     let inputs = Inputs { spec, facts, tuning, runtime_env, version, image: &image, uid, gid };
 
     let out = args.out.clone().unwrap_or_else(|| target_dir().join("k8s").join(&spec.name));
-    if let Some(parent) = out.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    }
     let epoch = source_date_epoch()?;
-    let staged = StagingDir::beside(&out)?;
-    // Keys inside: nobody but the owner looks in.
-    fs::set_permissions(staged.path(), fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot set the mode of {}", staged.path().display()))?;
+    let staged = StagingDir::private_beside(&out)?;
     let tmpfiles = template::fill(
         "systemd/kubernetes/tmpfiles.conf.in",
         &template::read("kubernetes/tmpfiles.conf.in")?,

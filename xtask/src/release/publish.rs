@@ -53,13 +53,10 @@ struct Signing {
 
 impl Signing {
     fn prepare(key: &str, near: &std::path::Path) -> Result<Signing> {
-        use std::os::unix::fs::PermissionsExt;
         let passphrase = super::sign::passphrase(false)?;
         // A wrong passphrase is said here, before anything is pushed.
         let key_der = super::sign::decrypt(key, passphrase.as_bytes())?;
-        let dir = StagingDir::beside(&near.with_extension("signatures"))?;
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot set the mode of {}", dir.path().display()))?;
+        let dir = StagingDir::private_beside(&near.with_extension("signatures"))?;
         Ok(Signing { dir, key_der })
     }
 }

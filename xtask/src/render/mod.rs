@@ -12,8 +12,6 @@ pub mod host;
 pub mod template;
 pub mod tuning;
 
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -155,14 +153,8 @@ pub fn render(args: &Render) -> Result<PathBuf> {
     let tuning = prepared.tuning();
 
     let out = args.out.clone().unwrap_or_else(|| default_out(spec));
-    if let Some(parent) = out.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    }
     let epoch = source_date_epoch()?;
-    let staged = StagingDir::beside(&out)?;
-    // Keys inside: nobody but the owner looks in.
-    fs::set_permissions(staged.path(), fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot set the mode of {}", staged.path().display()))?;
+    let staged = StagingDir::private_beside(&out)?;
     let inputs = ClusterInputs {
         spec,
         tuning,
