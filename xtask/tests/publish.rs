@@ -380,7 +380,7 @@ fn signed_images_verify_with_cosign_and_the_policy_engine_and_nothing_else_does(
     m["annotations"] = serde_json::json!({ "altered": "yes" });
     let altered = serde_json::to_vec(&m).unwrap();
     let url = format!("http://{}/v2/{}/manifests/{version}", reg.addr, repo.split_once('/').unwrap().1);
-    ureq::put(&url).set("Content-Type", "application/vnd.oci.image.manifest.v1+json").send_bytes(&altered).unwrap();
+    ureq::put(&url).header("Content-Type", "application/vnd.oci.image.manifest.v1+json").send(&altered[..]).unwrap();
     let v = cosign_verify(&public, reference);
     assert!(!v.status.success(), "an altered manifest verified: {v:?}");
     assert!(String::from_utf8_lossy(&v.stderr).contains("no signatures found"), "{v:?}");

@@ -110,36 +110,52 @@ fn open(url: &str, timeouts: Timeouts) -> anyhow::Result<(Body, Option<u64>)> {
         let len = file.metadata().with_context(|| format!("cannot stat {path}"))?.len();
         return Ok((Box::new(file), Some(len)));
     }
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(timeouts.connect)
-        .timeout_read(timeouts.read)
-        .redirects(5)
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(timeouts.connect))
+        .timeout_per_read(Some(timeouts.read))
+        .max_redirects(5)
         .user_agent(concat!("etcd-xtask/", env!("CARGO_PKG_VERSION")))
-        .build();
-    let resp = match agent.get(url).call() {
-        Ok(resp) => resp,
-        Err(ureq::Error::Status(code, resp)) => {
-            anyhow::bail!("HTTP status {code} {}", resp.status_text())
+        // A status is answered below with its reason, not as a bare error.
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let resp = agent.get(url).call().map_err(|e| {
+        let kind = match &e {
+            ureq::Error::HostNotFound => "name resolution failed",
+            // ureq hands on std's resolver error, whose text is fixed on unix.
+            ureq::Error::Io(io) if io.to_string().starts_with("failed to lookup address") => "name resolution failed",
+            ureq::Error::ConnectionFailed => "connection failed",
+            ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => "connection failed",
+            ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => "connection failed",
+            ureq::Error::Timeout(_) => "stalled",
+            ureq::Error::TooManyRedirects => "too many redirects",
+            ureq::Error::Io(_) => "network error",
+            _ => "transport error",
+        };
+        anyhow::anyhow!("{kind}: {e}")
+    })?;
+    let status = resp.status();
+    if !status.is_success() {
+        anyhow::bail!("HTTP status {} {}", status.as_u16(), status.canonical_reason().unwrap_or_default());
+    }
+    let length = match resp.headers().get("content-length") {
+        Some(v) => {
+            let v = v.to_str().unwrap_or_default();
+            Some(v.trim().parse::<u64>().with_context(|| format!("bad Content-Length {v:?}"))?)
         }
-        Err(ureq::Error::Transport(t)) => {
-            let kind = match t.kind() {
-                ureq::ErrorKind::Dns => "name resolution failed",
-                ureq::ErrorKind::ConnectionFailed => "connection failed",
-                ureq::ErrorKind::TooManyRedirects => "too many redirects",
-                ureq::ErrorKind::Io => "network error",
-                _ => "transport error",
-            };
-            anyhow::bail!("{kind}: {t}")
-        }
-    };
-    let length = match resp.header("content-length") {
-        Some(v) => Some(v.trim().parse::<u64>().with_context(|| format!("bad Content-Length {v:?}"))?),
         None => None,
     };
     if length.is_some_and(|l| l > MAX_BYTES) {
         anyhow::bail!("refusing a body of {} bytes (limit {MAX_BYTES})", length.unwrap_or_default());
     }
-    Ok((Box::new(resp.into_reader()), length))
+    Ok((Box::new(resp.into_body().into_reader()), length))
+}
+
+/// A read that waited longer than the read time-out: the socket's own error, or ureq's
+/// (which it hands through `io::Error`).
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+        || matches!(e.get_ref().and_then(|inner| inner.downcast_ref::<ureq::Error>()), Some(ureq::Error::Timeout(_)))
 }
 
 /// Copies with a progress bar on a terminal, and a plain line per quarter otherwise.
@@ -156,7 +172,7 @@ fn copy_with_progress(mut reader: Body, out: &mut impl Write, length: Option<u64
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::TimedOut || e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e) if is_timeout(&e) => {
                 anyhow::bail!("stalled: no data for the read time-out after {done} bytes ({e})")
             }
             Err(e) => anyhow::bail!("connection broke after {done} bytes: {e}"),

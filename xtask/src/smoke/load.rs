@@ -23,8 +23,6 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 
 /// Workers per endpoint: requests wait for their answer (a put waits for a quorum's fsync), so
@@ -58,32 +56,43 @@ impl Identity {
         [&self.ca, &self.cert, &self.key].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
     }
 
-    /// A rustls client configuration: the CA bundle as roots, the certificate and key as the
-    /// client's own.
-    pub fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(&self.ca)
-            .with_context(|| format!("cannot read the CA bundle {}", self.ca.display()))?
-        {
-            let cert = cert.with_context(|| format!("{}: not a PEM certificate", self.ca.display()))?;
-            roots.add(cert).with_context(|| format!("{}: unusable CA certificate", self.ca.display()))?;
-        }
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .with_context(|| format!("cannot read {}", self.cert.display()))?
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("{}: not a PEM certificate", self.cert.display()))?;
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .with_context(|| format!("{}: not a PEM private key", self.key.display()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("no TLS protocol version")?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .with_context(|| {
-                format!("{} and {} do not make a client identity", self.cert.display(), self.key.display())
-            })?;
-        Ok(Arc::new(config))
+    /// ureq's TLS configuration: the CA bundle as the only roots, the certificate chain and key
+    /// as the client's own. Each file must hold what its role needs, or its name is in the error.
+    pub fn tls_config(&self) -> Result<ureq::tls::TlsConfig> {
+        use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig, TlsProvider};
+        let read = |path: &Path| -> Result<Vec<PemItem<'static>>> {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            ureq::tls::parse_pem(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{}: not PEM", path.display()))
+        };
+        let certs = |path: &Path| -> Result<Vec<ureq::tls::Certificate<'static>>> {
+            let certs: Vec<_> = read(path)?
+                .into_iter()
+                .filter_map(|item| match item {
+                    PemItem::Certificate(c) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                bail!("{}: no PEM certificate in it", path.display());
+            }
+            Ok(certs)
+        };
+        let roots = certs(&self.ca)?;
+        let chain = certs(&self.cert)?;
+        let key = read(&self.key)?
+            .into_iter()
+            .find_map(|item| match item {
+                PemItem::PrivateKey(k) => Some(k),
+                _ => None,
+            })
+            .with_context(|| format!("{}: no PEM private key in it", self.key.display()))?;
+        Ok(TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(RootCerts::new_with_certs(&roots))
+            .client_cert(Some(ClientCert::new_with_certs(&chain, key)))
+            .build())
     }
 }
 
@@ -96,34 +105,33 @@ impl Gateway {
     pub fn new(identity: &Identity, timeout: Duration) -> Result<Self> {
         // ureq's overall timeout does not cover connecting (30 s by default): a SYN to a stopped
         // member's published port may go unanswered, so connecting gets its own bound.
-        let agent = ureq::AgentBuilder::new()
+        let agent = ureq::Agent::config_builder()
             .tls_config(identity.tls_config()?)
-            .timeout_connect(timeout.min(Duration::from_secs(1)))
-            .timeout(timeout)
-            .build();
+            .timeout_connect(Some(timeout.min(Duration::from_secs(1))))
+            .timeout_global(Some(timeout))
+            // etcd's answer to a refused request carries its reason: read it, not a bare status.
+            .http_status_as_error(false)
+            .build()
+            .into();
         Ok(Gateway { agent })
     }
 
     fn call(&self, endpoint: &str, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
         let url = format!("{endpoint}{path}");
-        match self.agent.post(&url).set("Content-Type", "application/json").send_string(&body.to_string()) {
-            Ok(resp) => {
-                let text = resp.into_string().with_context(|| format!("{url}: cannot read the answer"))?;
-                serde_json::from_str(&text).with_context(|| format!("{url}: the answer is not JSON: {text:?}"))
-            }
-            Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let reason = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("error").or_else(|| v.get("message")).and_then(|e| e.as_str()).map(String::from)
-                    })
-                    .unwrap_or(text);
-                bail!("{url}: HTTP {code}: {}", reason.trim())
-            }
-            // ureq's own error names the URL.
-            Err(e) => bail!("{e}"),
+        let mut resp = match self.agent.post(&url).content_type("application/json").send(body.to_string()) {
+            Ok(resp) => resp,
+            Err(e) => bail!("{url}: {e}"),
+        };
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().with_context(|| format!("{url}: cannot read the answer"))?;
+        if status != 200 {
+            let reason = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").or_else(|| v.get("message")).and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or(text);
+            bail!("{url}: HTTP {status}: {}", reason.trim())
         }
+        serde_json::from_str(&text).with_context(|| format!("{url}: the answer is not JSON: {text:?}"))
     }
 
     pub fn put(&self, endpoint: &str, key: &str, value: &str) -> Result<()> {
@@ -164,7 +172,11 @@ fn cause(reason: &str) -> String {
     let lower = reason.to_lowercase();
     if lower.contains("connection refused") {
         "connection refused (the member is not listening)".into()
-    } else if lower.contains("connection reset") || lower.contains("broken pipe") || lower.contains("unexpected eof") {
+    } else if lower.contains("connection reset")
+        || lower.contains("broken pipe")
+        || lower.contains("unexpected eof")
+        || lower.contains("peer disconnected")
+    {
         "connection closed (the member stopped mid-request)".into()
     } else if lower.contains("timed out") || lower.contains("timeout") {
         "timed out".into()
