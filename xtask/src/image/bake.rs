@@ -28,7 +28,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::image::layer::{self, Entry, LayerBlob};
-use crate::image::oci::{self, Descriptor, Index, Manifest, Platform};
+use oci_spec::image::{ImageIndexBuilder, ImageManifestBuilder};
+
+use crate::image::oci::{self, Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
 use crate::image::verify;
 use crate::util::{temp_sibling, write_atomic, Arch, HashingWriter, Sha256Hex, StagingDir};
 
@@ -88,24 +90,20 @@ pub fn recorded(out_dir: &Path, stem: &str) -> Option<Stamp> {
 }
 
 /// Writes a blob (small, in memory: configs, manifests, indexes) and returns its descriptor.
-fn write_blob(blobs: &Path, media_type: &str, bytes: &[u8]) -> Result<Descriptor> {
+fn write_blob(blobs: &Path, media_type: MediaType, bytes: &[u8]) -> Result<Descriptor> {
     let digest = Sha256Hex::of_bytes(bytes);
     write_atomic(&blobs.join(digest.to_string()), bytes, 0o644)?;
-    Ok(Descriptor {
-        media_type: media_type.into(),
-        digest: oci::digest_string(&digest),
-        size: bytes.len() as u64,
-        platform: None,
-        annotations: BTreeMap::new(),
-    })
+    oci::descriptor(media_type, &digest, bytes.len() as u64)
 }
 
-fn platform(arch: Arch) -> Platform {
-    Platform {
-        architecture: arch.as_str().into(),
-        os: "linux".into(),
-        variant: (arch == Arch::Arm64).then(|| "v8".to_string()),
-    }
+/// An image index of `manifests`, written the one way the engine writes indexes.
+fn index_of(manifests: Vec<Descriptor>) -> Result<ImageIndex> {
+    ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .context("cannot describe the image index")
 }
 
 /// Builds (or finds up to date) the image of `plan` under `out_dir`.
@@ -149,32 +147,31 @@ pub fn write_image(plan: &Plan, out_dir: &Path, inputs: Sha256Hex) -> Result<Sta
     }
 
     let mut config = plan.config.clone();
-    config.rootfs.diff_ids = layer_blobs.iter().map(|l| oci::digest_string(&l.diff_id)).collect();
-    let config_desc = write_blob(&blobs, oci::MEDIA_CONFIG, &oci::to_canonical_json(&config)?)?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: oci::MEDIA_MANIFEST.into(),
-        config: config_desc,
-        layers: layer_blobs
-            .iter()
-            .map(|l| Descriptor {
-                media_type: oci::MEDIA_LAYER_GZIP.into(),
-                digest: oci::digest_string(&l.digest),
-                size: l.size,
-                platform: None,
-                annotations: BTreeMap::new(),
-            })
-            .collect(),
-        annotations: plan.annotations.clone(),
-    };
-    let mut manifest_desc = write_blob(&blobs, oci::MEDIA_MANIFEST, &oci::to_canonical_json(&manifest)?)?;
-    manifest_desc.platform = Some(platform(plan.arch));
-    manifest_desc.annotations.insert(oci::ANNOTATION_REF_NAME.into(), plan.reference.clone());
+    config.rootfs_mut().set_diff_ids(layer_blobs.iter().map(|l| oci::digest_string(&l.diff_id)).collect());
+    let config_desc = write_blob(&blobs, MediaType::ImageConfig, &oci::to_canonical_json(&config)?)?;
+    let layers = layer_blobs
+        .iter()
+        .map(|l| oci::descriptor(MediaType::ImageLayerGzip, &l.digest, l.size))
+        .collect::<Result<Vec<_>>>()?;
+    let mut manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config_desc)
+        .layers(layers)
+        .build()
+        .context("cannot describe the image manifest")?;
+    if !plan.annotations.is_empty() {
+        manifest.set_annotations(Some(plan.annotations.clone().into_iter().collect()));
+    }
+    let manifest_desc = write_blob(&blobs, MediaType::ImageManifest, &oci::to_canonical_json(&manifest)?)?;
+    let mut manifest_desc =
+        oci::annotate(manifest_desc, &BTreeMap::from([(oci::ANNOTATION_REF_NAME.to_string(), plan.reference.clone())]));
+    manifest_desc.set_platform(Some(oci::platform(plan.arch)?));
     let stamp = Stamp {
         format: FORMAT.into(),
         inputs,
         reference: plan.reference.clone(),
-        digest: manifest_desc.digest.clone(),
+        digest: manifest_desc.digest().to_string(),
         archive_size: 0,
         archive_sha256: Sha256Hex([0; 32]),
         files_size: plan.files_size(),
@@ -195,12 +192,7 @@ fn finish_layout(
     stem: &str,
     mut stamp: Stamp,
 ) -> Result<Stamp> {
-    let index = Index {
-        schema_version: 2,
-        media_type: oci::MEDIA_INDEX.into(),
-        manifests: vec![top],
-        annotations: BTreeMap::new(),
-    };
+    let index = index_of(vec![top])?;
     write_atomic(&staging.path().join("index.json"), &oci::to_canonical_json(&index)?, 0o644)?;
     write_atomic(&staging.path().join("oci-layout"), oci::OCI_LAYOUT.as_bytes(), 0o644)?;
     verify::verify_path(staging.path())
@@ -258,12 +250,12 @@ pub fn write_archive(layout: &Path, dest: &Path, epoch: u64) -> Result<(Sha256He
     // Docker's own index beside OCI's (as BuildKit's OCI exporter writes it): `docker load`
     // before Docker 25 reads only this file. Single-architecture archives only.
     let index_path = layout.join("index.json");
-    let index: oci::Index = serde_json::from_slice(
+    let index: ImageIndex = serde_json::from_slice(
         &fs::read(&index_path).with_context(|| format!("cannot read {}", index_path.display()))?,
     )
     .with_context(|| format!("{} is not an OCI image index", index_path.display()))?;
-    let read_manifest = |digest: &str| -> Result<oci::Manifest> {
-        let p = blobs.join(oci::parse_digest(digest)?.to_string());
+    let read_manifest = |digest: &Digest| -> Result<ImageManifest> {
+        let p = blobs.join(oci::sha256_of(digest)?.to_string());
         serde_json::from_slice(&fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?)
             .with_context(|| format!("{} is not an OCI image manifest", p.display()))
     };
@@ -319,23 +311,19 @@ pub fn build_multi(builds: &[Built], out_dir: &Path, stem: &str, reference: &str
         let size = fs::metadata(src.join(&hex))
             .with_context(|| format!("manifest {} of {arch} is missing", b.stamp.digest))?
             .len();
-        manifests.push(Descriptor {
-            media_type: oci::MEDIA_MANIFEST.into(),
-            digest: b.stamp.digest.clone(),
-            size,
-            platform: Some(platform(arch)),
-            annotations: BTreeMap::new(),
-        });
+        let hex = oci::parse_digest(&b.stamp.digest)?;
+        let mut desc = oci::descriptor(MediaType::ImageManifest, &hex, size)?;
+        desc.set_platform(Some(oci::platform(arch)?));
+        manifests.push(desc);
     }
-    let index =
-        Index { schema_version: 2, media_type: oci::MEDIA_INDEX.into(), manifests, annotations: BTreeMap::new() };
-    let mut top = write_blob(&blobs, oci::MEDIA_INDEX, &oci::to_canonical_json(&index)?)?;
-    top.annotations.insert(oci::ANNOTATION_REF_NAME.into(), reference.to_string());
+    let index = index_of(manifests)?;
+    let top = write_blob(&blobs, MediaType::ImageIndex, &oci::to_canonical_json(&index)?)?;
+    let top = oci::annotate(top, &BTreeMap::from([(oci::ANNOTATION_REF_NAME.to_string(), reference.to_string())]));
     let stamp = Stamp {
         format: FORMAT.into(),
         inputs,
         reference: reference.to_string(),
-        digest: top.digest.clone(),
+        digest: top.digest().to_string(),
         archive_size: 0,
         archive_sha256: Sha256Hex([0; 32]),
         files_size: builds.iter().map(|b| b.stamp.files_size).sum(),
@@ -383,8 +371,8 @@ mod tests {
         assert_eq!(paths(2), ["usr", "usr/local", "usr/local/bin", "usr/local/bin/etcdctl"]);
         assert_eq!(p.reference, "localhost/etcd:3.5.1");
         assert_eq!(p.stem, "etcd-3.5.1-linux-amd64");
-        assert_eq!(p.config.config.user.as_deref(), Some("10001:10001"));
-        assert_eq!(p.config.history.len(), 3);
+        assert_eq!(p.config.config().as_ref().and_then(|c| c.user().as_deref()), Some("10001:10001"));
+        assert_eq!(p.config.history().as_ref().map(Vec::len), Some(3));
 
         let same = plan(&spec, &acq, 0, &BTreeMap::new()).unwrap();
         assert_eq!(p.inputs().unwrap(), same.inputs().unwrap());

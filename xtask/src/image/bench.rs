@@ -182,34 +182,36 @@ fn podman_build(plan: &Plan, scratch: &Path) -> Result<(f64, f64)> {
         fs::set_permissions(d, fs::Permissions::from_mode(*mode))
             .with_context(|| format!("cannot chmod {}", d.display()))?;
     }
-    let c = &plan.config.config;
+    let c = plan.config.config().clone().unwrap_or_default();
+    let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
     let mut file = String::from("FROM scratch\n");
     for ((uid, gid), root) in &owners {
         let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         file.push_str(&format!("COPY --chown={uid}:{gid} {name}/ /\n"));
     }
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    for env in &c.env {
+    for env in list(c.env()) {
         if let Some((k, v)) = env.split_once('=') {
             file.push_str(&format!("ENV {k}={}\n", q(v)));
         }
     }
-    for p in c.exposed_ports.keys() {
+    for p in list(c.exposed_ports()) {
         file.push_str(&format!("EXPOSE {p}\n"));
     }
-    for v in c.volumes.keys() {
-        file.push_str(&format!("VOLUME [{}]\n", q(v)));
+    for v in list(c.volumes()) {
+        file.push_str(&format!("VOLUME [{}]\n", q(&v)));
     }
-    for (k, v) in &c.labels {
+    let labels: BTreeMap<String, String> = c.labels().clone().unwrap_or_default().into_iter().collect();
+    for (k, v) in &labels {
         file.push_str(&format!("LABEL {}={}\n", q(k), q(v)));
     }
-    if let Some(w) = &c.working_dir {
+    if let Some(w) = c.working_dir() {
         file.push_str(&format!("WORKDIR {w}\n"));
     }
-    if let Some(u) = &c.user {
+    if let Some(u) = c.user() {
         file.push_str(&format!("USER {u}\n"));
     }
-    let ep: Vec<String> = c.entrypoint.iter().map(|s| q(s)).collect();
+    let ep: Vec<String> = list(c.entrypoint()).iter().map(|s| q(s)).collect();
     file.push_str(&format!("ENTRYPOINT [{}]\n", ep.join(", ")));
     let containerfile = ctx.join("Containerfile");
     fs::write(&containerfile, file).with_context(|| format!("cannot write {}", containerfile.display()))?;

@@ -13,7 +13,9 @@ use crate::acquire::Acquired;
 use crate::definition::check_version;
 use crate::image::elf;
 use crate::image::layer::Entry;
-use crate::image::oci::{self, Empty, History, ImageConfig, RootFs, RunConfig};
+use oci_spec::image::{Config, HistoryBuilder, ImageConfigurationBuilder, RootFsBuilder};
+
+use crate::image::oci::{self, ImageConfiguration};
 use crate::image::spec::{EntryKind, ImageSpec};
 use crate::util::{Arch, Sha256Hex};
 
@@ -40,7 +42,7 @@ pub struct Plan {
     pub gzip_level: u32,
     pub layers: Vec<LayerPlan>,
     /// The image config with empty `rootfs.diff_ids` (filled in when the layers are written).
-    pub config: ImageConfig,
+    pub config: ImageConfiguration,
     pub annotations: BTreeMap<String, String>,
     /// Where the runtime files were resolved when not on the build host: `sysroot` (the
     /// acquisition's own C library). Absent for host builds, so their inputs are unchanged.
@@ -65,6 +67,11 @@ impl Plan {
     pub fn file_count(&self) -> usize {
         self.layers.iter().flat_map(|l| &l.entries).filter(|e| e.kind == EntryKind::File).count()
     }
+}
+
+/// `None` for an empty list: the image config then leaves the field out.
+fn non_empty<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
 }
 
 /// The file name part of a repository: `localhost/etcd` -> `etcd`.
@@ -226,32 +233,30 @@ pub fn plan(spec: &ImageSpec, acquired: &Acquired, epoch: u64, runtime_env: &BTr
 
     let (uid, gid) = spec.run_as_ids()?;
     let c = &spec.config;
-    let config = ImageConfig {
-        created: created.clone(),
-        architecture: arch.as_str().into(),
-        os: "linux".into(),
-        config: RunConfig {
-            user: Some(format!("{uid}:{gid}")),
-            exposed_ports: c.exposed_ports.iter().map(|p| (p.clone(), Empty {})).collect(),
-            env: c.env.iter().chain(runtime_env).map(|(k, v)| format!("{k}={v}")).collect(),
-            entrypoint: c.entrypoint.clone(),
-            cmd: c.cmd.clone(),
-            volumes: c.volumes.iter().map(|v| (v.clone(), Empty {})).collect(),
-            working_dir: Some(c.working_dir.clone()),
-            labels,
-            stop_signal: c.stop_signal.clone(),
-        },
-        rootfs: RootFs { kind: "layers".into(), diff_ids: vec![] },
-        history: layers
-            .iter()
-            .map(|l| History {
-                created: Some(created.clone()),
-                created_by: Some(l.created_by.clone()),
-                comment: None,
-                empty_layer: false,
-            })
-            .collect(),
-    };
+    let mut run = Config::default();
+    run.set_user(Some(format!("{uid}:{gid}")))
+        .set_exposed_ports(non_empty(c.exposed_ports.clone()))
+        .set_env(non_empty(c.env.iter().chain(runtime_env).map(|(k, v)| format!("{k}={v}")).collect()))
+        .set_entrypoint(non_empty(c.entrypoint.clone()))
+        .set_cmd(non_empty(c.cmd.clone()))
+        .set_volumes(non_empty(c.volumes.clone()))
+        .set_working_dir(Some(c.working_dir.clone()))
+        .set_labels((!labels.is_empty()).then(|| labels.into_iter().collect()))
+        .set_stop_signal(c.stop_signal.clone());
+    let history = layers
+        .iter()
+        .map(|l| HistoryBuilder::default().created(created.clone()).created_by(l.created_by.clone()).build())
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot describe the image history")?;
+    let config = ImageConfigurationBuilder::default()
+        .created(created.clone())
+        .architecture(arch.as_str())
+        .os("linux")
+        .config(run)
+        .rootfs(RootFsBuilder::default().typ("layers").diff_ids(Vec::<String>::new()).build()?)
+        .history(history)
+        .build()
+        .context("cannot describe the image configuration")?;
     let runtime_root = sysroot.then(|| "sysroot".to_string());
     Ok(Plan {
         arch,

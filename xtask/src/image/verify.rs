@@ -17,7 +17,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::image::oci::{self, Descriptor, ImageConfig, Index, Manifest};
+use crate::image::oci::{self, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use crate::image::spec::{check_mode_policy, EntryKind};
 use crate::util::{HashingReader, Sha256Hex};
 
@@ -254,7 +254,7 @@ struct Checker<'a> {
 impl Checker<'_> {
     /// Checks that `desc` points at an existing blob of the stated size and digest.
     fn blob(&mut self, desc: &Descriptor, ctx: &str) -> Option<&BlobFacts> {
-        let hex = match oci::parse_digest(&desc.digest) {
+        let hex = match oci::sha256_of(desc.digest()) {
             Ok(d) => d.to_string(),
             Err(e) => {
                 self.problems.push(format!("{ctx}: {e:#}"));
@@ -264,19 +264,23 @@ impl Checker<'_> {
         self.referenced.insert(hex.clone());
         let blobs = self.blobs;
         let Some(f) = blobs.get(&hex) else {
-            self.problems.push(format!("{ctx}: blob {} is missing", desc.digest));
+            self.problems.push(format!("{ctx}: blob {} is missing", desc.digest()));
             return None;
         };
         if f.sha256.map(|d| d.to_string()) != Some(hex.clone()) {
             self.problems.push(format!(
                 "{ctx}: blob {} is corrupt: its content hashes to sha256:{}",
-                desc.digest,
+                desc.digest(),
                 f.sha256.map(|d| d.to_string()).unwrap_or_default()
             ));
         }
-        if f.size != desc.size {
-            self.problems
-                .push(format!("{ctx}: blob {} has {} bytes, the descriptor says {}", desc.digest, f.size, desc.size));
+        if f.size != desc.size() {
+            self.problems.push(format!(
+                "{ctx}: blob {} has {} bytes, the descriptor says {}",
+                desc.digest(),
+                f.size,
+                desc.size()
+            ));
         }
         Some(f)
     }
@@ -284,13 +288,13 @@ impl Checker<'_> {
     fn json<T: serde::de::DeserializeOwned>(&mut self, desc: &Descriptor, ctx: &str) -> Option<T> {
         let f = self.blob(desc, ctx)?;
         let Some(bytes) = f.json.as_ref() else {
-            self.problems.push(format!("{ctx}: blob {} is not a JSON document", desc.digest));
+            self.problems.push(format!("{ctx}: blob {} is not a JSON document", desc.digest()));
             return None;
         };
         match serde_json::from_slice(bytes) {
             Ok(v) => Some(v),
             Err(e) => {
-                self.problems.push(format!("{ctx}: blob {} is not a valid {}: {e}", desc.digest, desc.media_type));
+                self.problems.push(format!("{ctx}: blob {} is not a valid {}: {e}", desc.digest(), desc.media_type()));
                 None
             }
         }
@@ -301,73 +305,84 @@ impl Checker<'_> {
             self.problems.push(format!("{ctx}: indexes nested too deep"));
             return;
         }
-        match desc.media_type.as_str() {
-            oci::MEDIA_INDEX => {
-                let Some(index) = self.json::<Index>(desc, ctx) else { return };
-                if index.media_type != oci::MEDIA_INDEX || index.schema_version != 2 {
+        match desc.media_type() {
+            MediaType::ImageIndex => {
+                let Some(index) = self.json::<ImageIndex>(desc, ctx) else { return };
+                if *index.media_type() != Some(MediaType::ImageIndex) || index.schema_version() != 2 {
                     self.problems.push(format!(
-                        "{ctx}: index {} has mediaType {:?} / schemaVersion {}",
-                        desc.digest, index.media_type, index.schema_version
+                        "{ctx}: index {} has mediaType {} / schemaVersion {}",
+                        desc.digest(),
+                        media_type_name(index.media_type()),
+                        index.schema_version()
                     ));
                 }
-                for (i, d) in index.manifests.iter().enumerate() {
-                    if d.platform.is_none() {
+                for (i, d) in index.manifests().iter().enumerate() {
+                    if d.platform().is_none() {
                         self.problems.push(format!("{ctx} -> manifests[{i}]: an image index entry needs a platform"));
                     }
                     self.descriptor(d, &format!("{ctx} -> manifests[{i}]"), depth + 1);
                 }
             }
-            oci::MEDIA_MANIFEST => self.manifest(desc, ctx),
-            other => {
-                self.problems.push(format!("{ctx}: unknown media type {other:?} (expected an image manifest or index)"))
-            }
+            MediaType::ImageManifest => self.manifest(desc, ctx),
+            other => self
+                .problems
+                .push(format!("{ctx}: unknown media type \"{other}\" (expected an image manifest or index)")),
         }
     }
 
     fn manifest(&mut self, desc: &Descriptor, ctx: &str) {
-        let Some(m) = self.json::<Manifest>(desc, ctx) else { return };
-        let ctx = format!("{ctx} (manifest {})", desc.digest);
-        if m.media_type != oci::MEDIA_MANIFEST || m.schema_version != 2 {
-            self.problems.push(format!("{ctx}: mediaType {:?} / schemaVersion {}", m.media_type, m.schema_version));
-        }
-        if m.config.media_type != oci::MEDIA_CONFIG {
+        let Some(m) = self.json::<ImageManifest>(desc, ctx) else { return };
+        let ctx = format!("{ctx} (manifest {})", desc.digest());
+        if *m.media_type() != Some(MediaType::ImageManifest) || m.schema_version() != 2 {
             self.problems.push(format!(
-                "{ctx}: config has media type {:?}, expected {}",
-                m.config.media_type,
-                oci::MEDIA_CONFIG
+                "{ctx}: mediaType {} / schemaVersion {}",
+                media_type_name(m.media_type()),
+                m.schema_version()
             ));
         }
-        let Some(cfg) = self.json::<ImageConfig>(&m.config, &format!("{ctx} -> config")) else { return };
-        if cfg.rootfs.kind != "layers" {
-            self.problems.push(format!("{ctx}: rootfs.type is {:?}, expected \"layers\"", cfg.rootfs.kind));
+        if *m.config().media_type() != MediaType::ImageConfig {
+            self.problems.push(format!(
+                "{ctx}: config has media type \"{}\", expected {}",
+                m.config().media_type(),
+                MediaType::ImageConfig
+            ));
         }
-        if cfg.rootfs.diff_ids.len() != m.layers.len() {
+        let Some(cfg) = self.json::<ImageConfiguration>(m.config(), &format!("{ctx} -> config")) else { return };
+        let (rootfs, layers) = (cfg.rootfs(), m.layers());
+        if rootfs.typ() != "layers" {
+            self.problems.push(format!("{ctx}: rootfs.type is {:?}, expected \"layers\"", rootfs.typ()));
+        }
+        if rootfs.diff_ids().len() != layers.len() {
             self.problems.push(format!(
                 "{ctx}: {} layers but {} rootfs.diff_ids",
-                m.layers.len(),
-                cfg.rootfs.diff_ids.len()
+                layers.len(),
+                rootfs.diff_ids().len()
             ));
         }
-        let non_empty = cfg.history.iter().filter(|h| !h.empty_layer).count();
-        if !cfg.history.is_empty() && non_empty != m.layers.len() {
+        let history = cfg.history().as_deref().unwrap_or_default();
+        let non_empty = history.iter().filter(|h| h.empty_layer() != Some(true)).count();
+        if !history.is_empty() && non_empty != layers.len() {
             self.problems
-                .push(format!("{ctx}: {} layers but {non_empty} history entries that add a layer", m.layers.len()));
+                .push(format!("{ctx}: {} layers but {non_empty} history entries that add a layer", layers.len()));
         }
-        if let Some(p) = &desc.platform {
-            if p.architecture != cfg.architecture || p.os != cfg.os {
+        if let Some(p) = desc.platform() {
+            if p.architecture() != cfg.architecture() || p.os() != cfg.os() {
                 self.problems.push(format!(
                     "{ctx}: descriptor says {}/{} but the config says {}/{}",
-                    p.os, p.architecture, cfg.os, cfg.architecture
+                    p.os(),
+                    p.architecture(),
+                    cfg.os(),
+                    cfg.architecture()
                 ));
             }
         }
-        for (i, l) in m.layers.iter().enumerate() {
+        for (i, l) in layers.iter().enumerate() {
             let lctx = format!("{ctx} -> layers[{i}]");
-            let gzip = match l.media_type.as_str() {
-                oci::MEDIA_LAYER_GZIP => true,
-                oci::MEDIA_LAYER_TAR => false,
+            let gzip = match l.media_type() {
+                MediaType::ImageLayerGzip => true,
+                MediaType::ImageLayer => false,
                 other => {
-                    self.problems.push(format!("{lctx}: unsupported layer media type {other:?}"));
+                    self.problems.push(format!("{lctx}: unsupported layer media type \"{other}\""));
                     continue;
                 }
             };
@@ -375,8 +390,8 @@ impl Checker<'_> {
             let (diff, problems, is_tar) = (f.diff_id, f.tar_problems.clone(), f.is_tar);
             let blob_digest = f.sha256;
             let computed = if gzip { diff } else { blob_digest.filter(|_| is_tar) };
-            match (computed, cfg.rootfs.diff_ids.get(i)) {
-                (None, _) => self.problems.push(format!("{lctx}: blob {} is not a {}", l.digest, l.media_type)),
+            match (computed, rootfs.diff_ids().get(i)) {
+                (None, _) => self.problems.push(format!("{lctx}: blob {} is not a {}", l.digest(), l.media_type())),
                 (Some(c), Some(want)) if oci::digest_string(&c) != *want => {
                     self.problems.push(format!("{lctx}: diff_id is sha256:{c}, the config says {want}"))
                 }
@@ -387,23 +402,23 @@ impl Checker<'_> {
             }
         }
         self.images.push(ImageFound {
-            ref_name: desc.annotations.get(oci::ANNOTATION_REF_NAME).cloned(),
-            manifest: desc.digest.clone(),
-            platform: format!("{}/{}", cfg.os, cfg.architecture),
-            layers: m.layers.len(),
+            ref_name: oci::ref_name(desc).cloned(),
+            manifest: desc.digest().to_string(),
+            platform: format!("{}/{}", cfg.os(), cfg.architecture()),
+            layers: layers.len(),
         });
     }
 }
 
 /// Docker's `manifest.json` must say what `index.json` says: the same config, the same layers in
 /// the same order, the reference name as its only tag; and exist only for a single image.
-fn docker_index_problems(index: &Index, docker: &[u8], blobs: &BTreeMap<String, BlobFacts>) -> Vec<String> {
+fn docker_index_problems(index: &ImageIndex, docker: &[u8], blobs: &BTreeMap<String, BlobFacts>) -> Vec<String> {
     let found: Vec<oci::DockerManifestEntry> = match serde_json::from_slice(docker) {
         Ok(v) => v,
         Err(e) => return vec![format!("manifest.json is not Docker's archive index: {e}")],
     };
-    let read = |digest: &str| -> Result<oci::Manifest> {
-        let hex = oci::parse_digest(digest)?.to_string();
+    let read = |digest: &oci::Digest| -> Result<ImageManifest> {
+        let hex = oci::sha256_of(digest)?.to_string();
         let json = blobs.get(&hex).and_then(|b| b.json.as_deref()).with_context(|| format!("blob {hex} missing"))?;
         serde_json::from_slice(json).context("not an OCI image manifest")
     };
@@ -423,6 +438,11 @@ fn docker_index_problems(index: &Index, docker: &[u8], blobs: &BTreeMap<String, 
     }
 }
 
+/// A document's `mediaType` as the problems quote it: `"<type>"`, or `none`.
+fn media_type_name(m: &Option<MediaType>) -> String {
+    m.as_ref().map(|m| format!("\"{m}\"")).unwrap_or_else(|| "none".to_string())
+}
+
 /// Verifies a layout directory or an oci-archive; the error lists every problem found.
 pub fn verify_path(path: &Path) -> Result<Report> {
     let (blobs, top) = collect(path)?;
@@ -433,20 +453,20 @@ pub fn verify_path(path: &Path) -> Result<Report> {
         Some(_) => problems.push(format!("oci-layout is not {}", oci::OCI_LAYOUT)),
     }
     let mut checker = Checker { blobs: &blobs, problems: Vec::new(), referenced: BTreeSet::new(), images: Vec::new() };
-    match top.get("index.json").map(|b| serde_json::from_slice::<Index>(b)) {
+    match top.get("index.json").map(|b| serde_json::from_slice::<ImageIndex>(b)) {
         None => problems.push("index.json is missing".to_string()),
         Some(Err(e)) => problems.push(format!("index.json is not an OCI image index: {e}")),
         Some(Ok(index)) => {
-            if index.schema_version != 2 {
-                problems.push(format!("index.json: schemaVersion is {}, expected 2", index.schema_version));
+            if index.schema_version() != 2 {
+                problems.push(format!("index.json: schemaVersion is {}, expected 2", index.schema_version()));
             }
-            if !index.media_type.is_empty() && index.media_type != oci::MEDIA_INDEX {
-                problems.push(format!("index.json: mediaType is {:?}", index.media_type));
+            if index.media_type().as_ref().is_some_and(|m| *m != MediaType::ImageIndex) {
+                problems.push(format!("index.json: mediaType is {}", media_type_name(index.media_type())));
             }
-            if index.manifests.is_empty() {
+            if index.manifests().is_empty() {
                 problems.push("index.json lists no manifests".to_string());
             }
-            for (i, d) in index.manifests.iter().enumerate() {
+            for (i, d) in index.manifests().iter().enumerate() {
                 checker.descriptor(d, &format!("index.json manifests[{i}]"), 0);
             }
             if let Some(docker) = top.get("manifest.json") {

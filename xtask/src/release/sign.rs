@@ -5,6 +5,7 @@
 //! `ENCRYPTED SIGSTORE PRIVATE KEY`), and `cosign.pub`, the public key (PEM `PUBLIC KEY`) that
 //! users put into their `policy.json`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,9 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use crypto_secretbox::aead::{Aead, KeyInit};
 use crypto_secretbox::XSalsa20Poly1305;
+use oci_spec::image::{Config, ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder, RootFsBuilder};
 
+use crate::image::oci::{self, MediaType};
 use crate::util::{display_rel, target_dir, write_atomic};
 
 /// Where the passphrase of the signing key comes from when not typed.
@@ -210,40 +213,46 @@ pub fn write_attachment(key_der: &[u8], reference: &str, digest: &str, dir: &Pat
     let payload = payload(reference, digest);
     let signature = pair.sign(&payload).context("cannot sign")?;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&signature);
-    let sha = |b: &[u8]| format!("sha256:{}", crate::util::Sha256Hex::of_bytes(b));
-    let config = serde_json::json!({
-        "architecture": "", "os": "", "config": {},
-        "rootfs": { "type": "layers", "diff_ids": [sha(&payload)] },
-    })
-    .to_string()
-    .into_bytes();
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": crate::image::oci::MEDIA_MANIFEST,
-        "config": { "mediaType": crate::image::oci::MEDIA_CONFIG, "digest": sha(&config), "size": config.len() },
-        "layers": [{
-            "mediaType": SIMPLESIGNING, "digest": sha(&payload), "size": payload.len(),
-            "annotations": { SIGNATURE_ANNOTATION: b64 },
-        }],
-    })
-    .to_string()
-    .into_bytes();
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": crate::image::oci::MEDIA_MANIFEST, "digest": sha(&manifest), "size": manifest.len(),
-            "annotations": { crate::image::oci::ANNOTATION_REF_NAME: attachment_tag(digest) },
-        }],
-    })
-    .to_string()
-    .into_bytes();
+    let sha = crate::util::Sha256Hex::of_bytes;
+    let blob = |m: MediaType, b: &[u8]| oci::descriptor(m, &sha(b), b.len() as u64);
+    // cosign's attachment config: no platform, one diff_id (the payload's).
+    let config = ImageConfigurationBuilder::default()
+        .architecture("")
+        .os("")
+        .config(Config::default())
+        .rootfs(RootFsBuilder::default().typ("layers").diff_ids(vec![oci::digest_string(&sha(&payload))]).build()?)
+        .build()
+        .context("cannot describe the signature's config")?;
+    let config = oci::to_canonical_json(&config)?;
+    let layer = oci::annotate(
+        blob(MediaType::Other(SIMPLESIGNING.into()), &payload)?,
+        &BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), b64)]),
+    );
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(blob(MediaType::ImageConfig, &config)?)
+        .layers(vec![layer])
+        .build()
+        .context("cannot describe the signature's manifest")?;
+    let manifest = oci::to_canonical_json(&manifest)?;
+    let top = oci::annotate(
+        blob(MediaType::ImageManifest, &manifest)?,
+        &BTreeMap::from([(oci::ANNOTATION_REF_NAME.to_string(), attachment_tag(digest))]),
+    );
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .manifests(vec![top])
+        .build()
+        .context("cannot describe the signature's index")?;
+    let index = oci::to_canonical_json(&index)?;
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
     for blob in [&payload, &config, &manifest] {
         let name = crate::util::Sha256Hex::of_bytes(blob).to_string();
         write_atomic(&blobs.join(name), blob, 0o644)?;
     }
-    write_atomic(&dir.join("oci-layout"), crate::image::oci::OCI_LAYOUT.as_bytes(), 0o644)?;
+    write_atomic(&dir.join("oci-layout"), oci::OCI_LAYOUT.as_bytes(), 0o644)?;
     write_atomic(&dir.join("index.json"), &index, 0o644)?;
     Ok(signature.len())
 }
@@ -269,5 +278,52 @@ mod tests {
         fs::write(&path, &public).unwrap();
         let err = decrypt(path.to_str().unwrap(), b"x").unwrap_err().to_string();
         assert!(err.contains("PUBLIC KEY block"), "{err}");
+    }
+
+    #[test]
+    fn an_attachment_has_cosigns_shape_and_a_signature_that_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (private, _) = generate(b"pw").unwrap();
+        let path = tmp.path().join("cosign.key");
+        fs::write(&path, &private).unwrap();
+        let der = decrypt(path.to_str().unwrap(), b"pw").unwrap();
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let dir = tmp.path().join("sig");
+        write_attachment(&der, "localhost/etcd:3.4.9", &digest, &dir).unwrap();
+
+        let read_json =
+            |p: std::path::PathBuf| -> serde_json::Value { serde_json::from_slice(&fs::read(p).unwrap()).unwrap() };
+        let blob = |d: &serde_json::Value| {
+            let hex = oci::parse_digest(d["digest"].as_str().unwrap()).unwrap();
+            let bytes = fs::read(dir.join("blobs/sha256").join(hex.to_string())).unwrap();
+            assert_eq!(crate::util::Sha256Hex::of_bytes(&bytes), hex, "a blob is named by its SHA-256");
+            assert_eq!(bytes.len() as u64, d["size"].as_u64().unwrap());
+            bytes
+        };
+        let index = read_json(dir.join("index.json"));
+        assert!(index.get("mediaType").is_none(), "{index}");
+        let top = &index["manifests"][0];
+        assert_eq!(top["annotations"][oci::ANNOTATION_REF_NAME], attachment_tag(&digest).as_str());
+        let manifest: serde_json::Value = serde_json::from_slice(&blob(top)).unwrap();
+        assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+        let layer = &manifest["layers"][0];
+        assert_eq!(layer["mediaType"], SIMPLESIGNING);
+        let payload = blob(layer);
+        assert_eq!(payload, super::payload("localhost/etcd:3.4.9", &digest));
+        // The config cosign writes: no platform, the payload as the one diff_id.
+        let config = String::from_utf8(blob(&manifest["config"])).unwrap();
+        assert_eq!(
+            config,
+            format!(
+                r#"{{"architecture":"","config":{{}},"os":"","rootfs":{{"diff_ids":["{}"],"type":"layers"}}}}"#,
+                layer["digest"].as_str().unwrap()
+            )
+        );
+        // The annotation holds a DER ECDSA signature (a SEQUENCE of two INTEGERs); cosign itself
+        // checks it against the public key in the publish tests.
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(layer["annotations"][SIGNATURE_ANNOTATION].as_str().unwrap())
+            .unwrap();
+        assert_eq!((signature[0], signature[2]), (0x30, 0x02), "{signature:?}");
     }
 }
