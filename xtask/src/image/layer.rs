@@ -111,26 +111,12 @@ pub struct LayerBlob {
     pub tar_size: u64,
 }
 
-/// Fills the ustar name (and prefix, for long paths) with exactly `name`.
+/// Sets the ustar name, split into prefix and name for a long path, by `tar::Header::set_path`
+/// (which keeps a directory's trailing `/` and refuses `..` and absolute paths).
 fn set_name(h: &mut tar::Header, name: &str) -> Result<()> {
-    let bytes = name.as_bytes();
-    let ustar = h.as_ustar_mut().context("a ustar header")?;
-    if bytes.len() <= 100 {
-        ustar.name[..bytes.len()].copy_from_slice(bytes);
-        return Ok(());
-    }
-    // Split at a '/' so that the prefix holds at most 155 bytes and the name at most 100.
-    let split = bytes
-        .iter()
-        .enumerate()
-        .filter(|(i, &b)| b == b'/' && *i <= 155 && bytes.len() - i - 1 <= 100 && bytes.len() - i - 1 > 0)
-        .map(|(i, _)| i)
-        .next()
-        .with_context(|| format!("path {name:?} does not fit a ustar header: shorten it"))?;
-    ustar.prefix[..split].copy_from_slice(&bytes[..split]);
-    let rest = &bytes[split + 1..];
-    ustar.name[..rest.len()].copy_from_slice(rest);
-    Ok(())
+    h.set_path(name).with_context(|| {
+        format!("path {name:?} cannot be a ustar name (at most 155 + 100 bytes split at a '/', relative, no '..')")
+    })
 }
 
 /// The 512-byte tar header of `e`.
@@ -295,6 +281,13 @@ mod tests {
         let long = format!("{}/{}", "d".repeat(120), "f".repeat(50));
         let h = header(&Entry::dir(&long, 0o755, 0, 0), 0).unwrap();
         assert_eq!(String::from_utf8(h.path_bytes().to_vec()).unwrap(), format!("{long}/"));
+        let ustar = h.as_ustar().unwrap();
+        assert_eq!(&ustar.prefix[..121], format!("{}\0", "d".repeat(120)).as_bytes());
+        // A name no split fits, and a path that climbs out, are refused with the path named.
+        let err = header(&Entry::dir(&"x".repeat(200), 0o755, 0, 0), 0).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot be a ustar name"), "{err:#}");
+        let err = header(&Entry::dir("usr/../../etc", 0o755, 0, 0), 0).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot be a ustar name"), "{err:#}");
     }
 
     /// The bytes of one layer for a fixed input, pinned: a dependency update that changes the tar
