@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
 
 use crate::util::{is_root, project_root, target_dir};
 
@@ -78,52 +79,44 @@ impl Ci {
             return Ok(());
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let sh = Shell::new().context("cannot start a shell")?;
+        sh.change_dir(&root);
         // Formatting first: it takes a second and names the file to fix.
-        let has_fmt = Command::new(&cargo).args(["fmt", "--version"]).output().is_ok_and(|o| o.status.success());
+        let has =
+            |tool: &str| cmd!(sh, "{cargo} {tool} --version").quiet().ignore_stdout().ignore_stderr().run().is_ok();
+        let has_fmt = has("fmt");
         if has_fmt {
-            let status = Command::new(&cargo).current_dir(&root).args(["fmt", "--all", "--check"]).status();
-            if !status.is_ok_and(|s| s.success()) {
-                bail!("the code is not formatted (see the diff above): run `cargo fmt --all`");
-            }
+            cmd!(sh, "{cargo} fmt --all --check")
+                .run()
+                .context("the code is not formatted (see the diff above): run `cargo fmt --all`")?;
             eprintln!("ci: cargo fmt --check: clean");
         } else {
             eprintln!("ci: warning: rustfmt is not installed, formatting not checked (`rustup component add rustfmt`)");
         }
         // Lints next, as errors: a warning left in is a warning shipped.
-        let has_clippy = Command::new(&cargo).args(["clippy", "--version"]).output().is_ok_and(|o| o.status.success());
+        let has_clippy = has("clippy");
         if !has_clippy {
             bail!("clippy is not installed, so the lints cannot be checked: rustup component add clippy");
         }
-        let status = Command::new(&cargo)
-            .current_dir(&root)
-            .args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
-            .status()
-            .context("cannot run cargo clippy")?;
-        if !status.success() {
-            bail!("cargo clippy found problems (see above): fix them, or allow one with a reason where it is");
-        }
+        cmd!(sh, "{cargo} clippy --workspace --all-targets --quiet -- -D warnings")
+            .run()
+            .context("cargo clippy found problems (see above): fix them, or allow one with a reason where it is")?;
         eprintln!("ci: cargo clippy --all-targets -D warnings: clean");
         let allowed = self.allow_omissions.join(",");
         if !allowed.is_empty() {
             eprintln!("ci: these checks may be left out where they cannot run: {allowed}");
         }
-        let status = Command::new(cargo)
-            .current_dir(&root)
-            .args(["test", "--workspace", "--no-fail-fast"])
-            .args(&self.cargo_test_args)
+        let extra = &self.cargo_test_args;
+        let tested = cmd!(sh, "{cargo} test --workspace --no-fail-fast {extra...}")
             // The suite never contacts the official download locations: only loopback and the
             // package registries.
             .env("XTASK_NO_OFFICIAL", "1")
             // Exactly what this command was told: an inherited value does not count.
             .env(ALLOW_OMISSIONS_ENV, &allowed)
-            .status()
-            .context("cannot run cargo test")?;
+            .run();
         // Listed whether the suite passed or not: nothing is left out silently.
         report_omissions(&record)?;
-        if !status.success() {
-            bail!("the test suite failed ({status})");
-        }
-        Ok(())
+        tested.context("the test suite failed")
     }
 }
 
@@ -224,15 +217,11 @@ pub fn ensure_tools(list: &Path) -> Result<()> {
 }
 
 fn run_apt(args: &[&str]) -> Result<()> {
-    let status = Command::new("apt-get")
-        .args(args)
+    let sh = Shell::new().context("cannot start a shell")?;
+    cmd!(sh, "apt-get {args...}")
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("cannot run apt-get: this needs a Debian or Ubuntu machine")?;
-    if !status.success() {
-        bail!("`apt-get {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
+        .run()
+        .context("apt-get failed (see above); installing packages needs a Debian or Ubuntu machine and root")
 }
 
 /// Where [`ensure_pypi_tools`] installs: `target/tools/pypi/`, with the commands in `bin/`
@@ -284,29 +273,21 @@ pub fn ensure_pypi_tools(list: &Path) -> Result<()> {
         fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let staging = crate::util::StagingDir::beside(&dir)?;
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--only-binary",
-            ":all:",
-        ])
-        .arg("--target")
-        .arg(staging.path())
-        .args(&reqs)
-        .status()
-        .context("cannot run python3 -m pip: install pip (Debian: apt-get install python3-pip)")?;
-    if !status.success() {
-        bail!(
-            "`pip install {}` failed ({status}): check that PyPI is reachable, or edit {}",
-            reqs.join(" "),
+    let sh = Shell::new().context("cannot start a shell")?;
+    let target = staging.path();
+    cmd!(
+        sh,
+        "python3 -m pip install --quiet --disable-pip-version-check --no-input --only-binary :all: --target {target} {reqs...}"
+    )
+    .quiet()
+    .run()
+    .with_context(|| {
+        format!(
+            "pip install failed (see above): python3 and pip must be installed (Debian: apt-get install python3-pip), \
+             PyPI reachable, and {} right",
             list.display()
-        );
-    }
+        )
+    })?;
     for (cmd, req) in &tools {
         if !staging.path().join("bin").join(cmd).is_file() {
             bail!("{req} installed no `{cmd}` command: fix its line in {}", list.display());

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
 
 use crate::definition::DebianSuite;
 use crate::util::{is_root, Arch, Sha256Hex};
@@ -132,11 +133,14 @@ impl Apt {
         }
         eprintln!("apt-get update (private package lists of {}, verified with the keyring)", self.describe());
         let t = std::time::Instant::now();
-        let status =
-            Command::new("apt-get").args(&self.opts).args(["update", "-q"]).status().context("cannot run apt-get")?;
-        if !status.success() {
-            bail!("apt-get update of {} failed ({status}); check that the Debian mirror is reachable", self.describe());
-        }
+        let sh = Shell::new().context("cannot start a shell")?;
+        let opts = &self.opts;
+        cmd!(sh, "apt-get {opts...} update -q").quiet().run().with_context(|| {
+            format!(
+                "apt-get update of {} failed (see above); check that the Debian mirror is reachable",
+                self.describe()
+            )
+        })?;
         eprintln!("apt-get update of {}: {:.1} s", self.describe(), t.elapsed().as_secs_f64());
         Ok(())
     }
@@ -321,23 +325,20 @@ pub fn ensure_deb(apt: &Apt, cand: &Candidate, cache_dir: &Path) -> Result<PathB
     let work = crate::util::StagingDir::beside(&dest)?;
     let spec = format!("{}:{}={}", cand.package, debian_arch(arch), cand.version);
     eprintln!("apt-get download {spec}");
-    let mut cmd = Command::new("apt-get");
-    cmd.args(&apt.opts);
+    let mut opts = apt.opts.clone();
     if is_root() && apt.opts.is_empty() {
         // The staging directory is private to root; apt's download sandbox user could not write it.
-        cmd.args(["-o", "APT::Sandbox::User=root"]);
+        opts.extend(["-o".to_string(), "APT::Sandbox::User=root".to_string()]);
     }
-    let status = cmd.args(["download", "-q", &spec]).current_dir(work.path()).status().context("cannot run apt-get")?;
-    if !status.success() {
+    let sh = Shell::new().context("cannot start a shell")?;
+    sh.change_dir(work.path());
+    if let Err(e) = cmd!(sh, "apt-get {opts...} download -q {spec}").quiet().run() {
         let hint = if apt.opts.is_empty() {
             "run `apt-get update` (as root) when the mirror no longer has this version"
         } else {
             "when the mirror no longer has this version, remove the private package lists under the output root's apt/ to fetch them again"
         };
-        bail!(
-            "`apt-get download {spec}` from {} failed ({status}); check that the Debian mirror is reachable; {hint}",
-            apt.describe()
-        );
+        bail!("{e}: from {}; check that the Debian mirror is reachable; {hint}", apt.describe());
     }
     let got = work.path().join(&cand.file_name);
     let actual =
