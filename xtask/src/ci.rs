@@ -304,30 +304,76 @@ mod tests {
     /// The longest a source file may be without saying at its top why it is longer.
     const MAX_LINES: usize = 600;
 
-    #[test]
-    fn every_source_file_over_600_lines_says_why() {
+    /// Every `.rs` file under `xtask/src` and `xtask/tests`, as paths relative to that folder.
+    fn rust_files() -> Vec<(PathBuf, String)> {
         let root = project_root().join("xtask");
-        let mut stack = vec![root.join("src"), root.join("tests")];
-        let mut unexplained = Vec::new();
-        while let Some(dir) = stack.pop() {
-            for e in fs::read_dir(&dir).unwrap() {
-                let p = e.unwrap().path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "rs") {
-                    let text = fs::read_to_string(&p).unwrap();
-                    let head: Vec<&str> = text.lines().take_while(|l| l.starts_with("//!")).collect();
-                    let says = head.iter().any(|l| l.starts_with("//! Longer than 600 lines: "));
-                    if text.lines().count() > MAX_LINES && !says {
-                        unexplained.push(format!("{} ({} lines)", p.display(), text.lines().count()));
+        let mut files = Vec::new();
+        for top in [root.join("src"), root.join("tests")] {
+            let mut stack = vec![top.clone()];
+            while let Some(dir) = stack.pop() {
+                for e in fs::read_dir(&dir).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if p.extension().is_some_and(|x| x == "rs") {
+                        let rel = p.strip_prefix(&top).unwrap().to_string_lossy().into_owned();
+                        files.push((p, rel));
                     }
                 }
+            }
+        }
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn every_source_file_over_600_lines_says_why() {
+        let mut unexplained = Vec::new();
+        for (p, _) in rust_files() {
+            let text = fs::read_to_string(&p).unwrap();
+            let head: Vec<&str> = text.lines().take_while(|l| l.starts_with("//!")).collect();
+            let says = head.iter().any(|l| l.starts_with("//! Longer than 600 lines: "));
+            if text.lines().count() > MAX_LINES && !says {
+                unexplained.push(format!("{} ({} lines)", p.display(), text.lines().count()));
             }
         }
         assert!(
             unexplained.is_empty(),
             "split these, or say why at the top (`//! Longer than 600 lines: ...`): {unexplained:#?}"
         );
+    }
+
+    /// ARCHITECTURE.md's code map names every source file (a folder's `mod.rs` by the folder,
+    /// `` `smoke/` ``), and every `` `*.rs` `` it names exists: a move that forgets the map fails.
+    #[test]
+    fn the_code_map_matches_the_tree() {
+        let map = fs::read_to_string(project_root().join("ARCHITECTURE.md")).unwrap();
+        let files = rust_files();
+        let named = |token: &str| map.contains(&format!("`{token}`"));
+        let mut unnamed = Vec::new();
+        for (path, rel) in &files {
+            let file = rel.rsplit('/').next().unwrap_or(rel);
+            // As the section headings write it, e.g. `xtask/src/util.rs`.
+            let full = path.strip_prefix(project_root()).unwrap().to_string_lossy().into_owned();
+            let ok = match full.strip_suffix("/mod.rs") {
+                Some(folder) => {
+                    let short = rel.trim_end_matches("mod.rs");
+                    named(&format!("{folder}/")) || named(short) || named(rel)
+                }
+                None => named(file) || named(rel) || named(&full),
+            };
+            if !ok {
+                unnamed.push(rel.clone());
+            }
+        }
+        let mut stale = Vec::new();
+        for token in map.split('`').skip(1).step_by(2) {
+            if token.ends_with(".rs") && !token.contains(' ') && !files.iter().any(|(path, _)| path.to_string_lossy().ends_with(token)) {
+                stale.push(token.to_string());
+            }
+        }
+        assert!(unnamed.is_empty(), "ARCHITECTURE.md's code map does not name: {unnamed:#?}");
+        assert!(stale.is_empty(), "ARCHITECTURE.md names files that do not exist: {stale:#?}");
     }
 
     #[test]
