@@ -368,7 +368,10 @@ mod tests {
         }
         let mut stale = Vec::new();
         for token in map.split('`').skip(1).step_by(2) {
-            if token.ends_with(".rs") && !token.contains(' ') && !files.iter().any(|(path, _)| path.to_string_lossy().ends_with(token)) {
+            if token.ends_with(".rs")
+                && !token.contains(' ')
+                && !files.iter().any(|(path, _)| path.to_string_lossy().ends_with(token))
+            {
                 stale.push(token.to_string());
             }
         }
