@@ -361,6 +361,20 @@ pub fn display_rel(path: &Path) -> String {
     }
 }
 
+/// Runs `f` on every item, each on a thread of its own, and returns the results in the items'
+/// order. A thread that panics gives an error saying `what` panicked.
+pub fn each_in_thread<T: Sync, R: Send>(
+    items: &[T],
+    what: &str,
+    f: impl Fn(usize, &T) -> Result<R> + Sync,
+) -> Vec<Result<R>> {
+    std::thread::scope(|scope| {
+        let f = &f;
+        let handles: Vec<_> = items.iter().enumerate().map(|(i, item)| scope.spawn(move || f(i, item))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("{what} panicked")))).collect()
+    })
+}
+
 /// The last `n` non-empty lines of `text`, indented: the part of a tool's output that says why.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -391,6 +405,21 @@ pub fn stdout_of(cmd: &mut std::process::Command) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_in_thread_keeps_the_order_and_turns_a_panic_into_an_error() {
+        let items = [3u64, 1, 2];
+        let out = each_in_thread(&items, "a worker", |i, n| {
+            std::thread::sleep(std::time::Duration::from_millis(10 * n));
+            if *n == 2 {
+                panic!("worker {i} gives up");
+            }
+            Ok(i as u64 * 10 + n)
+        });
+        assert_eq!(out[0].as_ref().unwrap(), &3);
+        assert_eq!(out[1].as_ref().unwrap(), &11);
+        assert_eq!(out[2].as_ref().unwrap_err().to_string(), "a worker panicked");
+    }
 
     #[test]
     fn sha256_round_trips_and_rejects_garbage() {

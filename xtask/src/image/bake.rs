@@ -27,12 +27,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::image::layer::{self, Entry, LayerBlob};
+use crate::image::layer::{self, Entry};
 use oci_spec::image::{ImageIndexBuilder, ImageManifestBuilder};
 
 use crate::image::oci::{self, Descriptor, Digest, ImageIndex, ImageManifest, MediaType};
 use crate::image::verify;
-use crate::util::{temp_sibling, write_atomic, Arch, HashingWriter, Sha256Hex, StagingDir};
+use crate::util::{each_in_thread, temp_sibling, write_atomic, Arch, HashingWriter, Sha256Hex, StagingDir};
 
 /// Bumped whenever the engine would write different bytes for the same plan.
 pub const FORMAT: &str = "xtask-image/2";
@@ -126,20 +126,8 @@ pub fn write_image(plan: &Plan, out_dir: &Path, inputs: Sha256Hex) -> Result<Sta
     fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
 
     // Layers, one thread each: gzip is the bottleneck and layers are independent.
-    let results: Vec<Result<LayerBlob>> = std::thread::scope(|s| {
-        let handles: Vec<_> = plan
-            .layers
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let blobs = &blobs;
-                s.spawn(move || layer::write_layer(&l.entries, plan.epoch, plan.gzip_level, blobs, &i.to_string()))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a layer writer thread panicked"))))
-            .collect()
+    let results = each_in_thread(&plan.layers, "a layer writer thread", |i, l| {
+        layer::write_layer(&l.entries, plan.epoch, plan.gzip_level, &blobs, &i.to_string())
     });
     let mut layer_blobs = Vec::new();
     for (i, r) in results.into_iter().enumerate() {

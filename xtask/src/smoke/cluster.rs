@@ -19,7 +19,7 @@ use crate::pki::cluster::{ClusterSpec, NodeSpec};
 use crate::pki::issue::{issue, PkiLayout};
 use crate::pki::profiles::Profiles;
 use crate::render::config::{node_env, PkiFacts, TargetPaths};
-use crate::util::{display_rel, target_dir, write_atomic, Arch};
+use crate::util::{display_rel, each_in_thread, target_dir, write_atomic, Arch};
 
 use super::podman::{podman, podman_checked, podman_output, Interrupt, Resources, LABEL};
 use super::{load, Check, Outcome, ScenarioName, CLIENT_MOUNT, PKI_MOUNT};
@@ -211,15 +211,8 @@ impl Cluster {
             self.res.volumes.push(n.volume.clone());
             runs.push((n.container.clone(), self.container_args(&n)?));
         }
-        let results: Vec<(String, Result<String>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> =
-                runs.iter().map(|(name, args)| (name.clone(), scope.spawn(move || podman_checked(args)))).collect();
-            handles
-                .into_iter()
-                .map(|(name, h)| (name, h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("podman run panicked")))))
-                .collect()
-        });
-        for (name, result) in results {
+        let results = each_in_thread(&runs, "podman run", |_, (_, args)| podman_checked(args));
+        for ((name, _), result) in runs.into_iter().zip(results) {
             // Registered even on failure: a half-created container is removed too.
             self.res.containers.push(name.clone());
             result.with_context(|| format!("cannot start {name}"))?;

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::{stable_mac, Cluster, CLIENT_MOUNT};
 use crate::k8s::{self, STATIC_POD_PATH};
-use crate::util::write_atomic;
+use crate::util::{each_in_thread, write_atomic};
 
 /// What runs the cluster's members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,31 +167,21 @@ impl Cluster {
             self.nodes[i].host_data = Some(data);
         }
         let network = self.network.clone();
-        let results: Vec<(String, Result<String>)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = plays
-                .iter()
-                .map(|(pod, file, ip)| {
-                    let args: Vec<String> = vec![
-                        "kube".into(),
-                        "play".into(),
-                        "--network".into(),
-                        network.clone(),
-                        "--ip".into(),
-                        ip.to_string(),
-                        "--mac-address".into(),
-                        stable_mac(ip),
-                        file.display().to_string(),
-                    ];
-                    let conf = conf.clone();
-                    (pod.clone(), scope.spawn(move || kube_play(&args, &conf)))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|(pod, h)| (pod, h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("podman kube play panicked")))))
-                .collect()
+        let results = each_in_thread(&plays, "podman kube play", |_, (_, file, ip)| {
+            let args: Vec<String> = vec![
+                "kube".into(),
+                "play".into(),
+                "--network".into(),
+                network.clone(),
+                "--ip".into(),
+                ip.to_string(),
+                "--mac-address".into(),
+                stable_mac(ip),
+                file.display().to_string(),
+            ];
+            kube_play(&args, &conf)
         });
-        for (pod, result) in results {
+        for ((pod, _, _), result) in plays.into_iter().zip(results) {
             // Registered even on failure: a half-created pod is removed too.
             self.res.pods.push(pod.clone());
             result.with_context(|| format!("cannot play the pod {pod}"))?;
