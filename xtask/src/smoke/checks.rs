@@ -23,15 +23,9 @@ impl Cluster {
         if !self.start_cluster()? {
             return Ok(());
         }
-        let t = Instant::now();
-        let r = self.check_members();
-        self.record("one leader, three started members, 3/3 healthy (etcdctl --cluster)", t, r);
-        let t = Instant::now();
-        let r = self.check_linearizable();
-        self.record("write via node 1 reads back linearizably via node 3", t, r);
-        let t = Instant::now();
-        let r = self.check_gateway();
-        self.record("JSON gateway /v3/kv/range answers with the client certificate", t, r);
+        self.run_check("one leader, three started members, 3/3 healthy (etcdctl --cluster)", |c| c.check_members());
+        self.run_check("write via node 1 reads back linearizably via node 3", |c| c.check_linearizable());
+        self.run_check("JSON gateway /v3/kv/range answers with the client certificate", |c| c.check_gateway());
         for (name, case) in [
             ("refused: no client certificate", Refusal::NoCert),
             ("refused: client certificate from another CA", Refusal::OtherCa),
@@ -39,19 +33,11 @@ impl Cluster {
             ("refused: client certificate on the peer port", Refusal::ClientOnPeer),
         ] {
             self.interrupt.check()?;
-            let t = Instant::now();
-            let r = self.check_refused(case);
-            self.record(name, t, r);
+            self.run_check(name, |c| c.check_refused(case));
         }
-        let t = Instant::now();
-        let r = self.check_identity();
-        self.record("etcd runs as the etcd uid with no capabilities; data dir 0700", t, r);
-        let t = Instant::now();
-        let r = self.check_faults();
-        self.record("faults: one down writes, two down no quorum, heal, SIGKILL restart", t, r);
-        let t = Instant::now();
-        let r = self.check_backup();
-        self.record("backup: snapshot save, restore into a fresh node, data read back", t, r);
+        self.run_check("etcd runs as the etcd uid with no capabilities; data dir 0700", |c| c.check_identity());
+        self.run_check("faults: one down writes, two down no quorum, heal, SIGKILL restart", |c| c.check_faults());
+        self.run_check("backup: snapshot save, restore into a fresh node, data read back", |c| c.check_backup());
         Ok(())
     }
 

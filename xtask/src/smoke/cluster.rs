@@ -165,6 +165,15 @@ impl Cluster {
         })
     }
 
+    /// Runs one check, timed, and records it; true when it passed.
+    pub(super) fn run_check(&mut self, name: &str, check: impl FnOnce(&mut Self) -> Result<String>) -> bool {
+        let started = Instant::now();
+        let result = check(self);
+        let passed = result.is_ok();
+        self.record(name, started, result);
+        passed
+    }
+
     pub(super) fn record(&mut self, name: &str, started: Instant, result: Result<String>) {
         let seconds = started.elapsed().as_secs_f64();
         let (outcome, reason) = match result {

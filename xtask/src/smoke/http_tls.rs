@@ -39,14 +39,14 @@ impl Cluster {
             }
         };
         self.etcdctl_ok(&[0], &["put", "smoke/born-on-http", "kept"])?;
-        let t = Instant::now();
-        let r = self.switch_to_tls(&tls, &before);
-        let ok = r.is_ok();
-        self.record("switch to mutual TLS: clients on both, peers one by one (member update), http off", t, r);
+        let ok = self
+            .run_check("switch to mutual TLS: clients on both, peers one by one (member update), http off", |c| {
+                c.switch_to_tls(&tls, &before)
+            });
         if ok {
-            let t = Instant::now();
-            let r = self.check_tls_only(&before);
-            self.record("after the switch: https only on both ports, IDs unchanged, data kept", t, r);
+            self.run_check("after the switch: https only on both ports, IDs unchanged, data kept", |c| {
+                c.check_tls_only(&before)
+            });
         }
         Ok(())
     }

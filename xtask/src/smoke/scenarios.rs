@@ -376,9 +376,9 @@ impl Cluster {
         })();
         self.record("CA rotation: bundles, rolling restart, new leaves, old CA dropped, rolling restart", t, r);
 
-        let t = Instant::now();
-        let r = self.check_old_client_refused(&old_client);
-        self.record("a client certificate of the old CA is refused; the new one works", t, r);
+        self.run_check("a client certificate of the old CA is refused; the new one works", |c| {
+            c.check_old_client_refused(&old_client)
+        });
         Ok(())
     }
 
@@ -403,9 +403,7 @@ impl Cluster {
         if !self.start_cluster()? {
             return Ok(());
         }
-        let t = Instant::now();
-        let r = self.do_replace_member(1);
-        self.record("replace a lost member: remove, add as learner, catch up, promote", t, r);
+        self.run_check("replace a lost member: remove, add as learner, catch up, promote", |c| c.do_replace_member(1));
         Ok(())
     }
 
@@ -513,19 +511,17 @@ impl Cluster {
         if !self.start_cluster()? {
             return Ok(());
         }
-        let t = Instant::now();
-        let r = self.upgrade_preflight();
-        let ok = r.is_ok();
-        self.record("before the upgrade: 3/3 healthy, no alarms, a snapshot kept", t, r);
+        let ok =
+            self.run_check("before the upgrade: 3/3 healthy, no alarms, a snapshot kept", |c| c.upgrade_preflight());
         if !ok {
             return Ok(());
         }
-        let t = Instant::now();
-        let r = self.do_upgrade(plan);
-        self.record(&format!("rolling upgrade {} -> {}, one member at a time", plan.from, plan.to), t, r);
-        let t = Instant::now();
-        let r = self.check_upgraded(plan);
-        self.record("after the upgrade: every member and the cluster version on the new release", t, r);
+        self.run_check(&format!("rolling upgrade {} -> {}, one member at a time", plan.from, plan.to), |c| {
+            c.do_upgrade(plan)
+        });
+        self.run_check("after the upgrade: every member and the cluster version on the new release", |c| {
+            c.check_upgraded(plan)
+        });
         Ok(())
     }
 
