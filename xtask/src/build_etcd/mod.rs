@@ -256,14 +256,17 @@ mod tests {
         assert_eq!(dropped, ["-mod=vendor", "--modcacherw"]);
     }
 
+    /// Writes `text` to `path` under `root`, creating its parents.
+    fn put(root: &Path, path: &str, text: &str) {
+        fs::create_dir_all(root.join(path).parent().unwrap()).unwrap();
+        fs::write(root.join(path), text).unwrap();
+    }
+
     #[test]
     fn layouts_are_read_from_the_tree() {
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
-        let w = |p: &str, s: &str| {
-            fs::create_dir_all(t.join(p).parent().unwrap()).unwrap();
-            fs::write(t.join(p), s).unwrap();
-        };
+        let w = |p: &str, s: &str| put(t, p, s);
         // The 3.4 line.
         w("go.mod", "module go.etcd.io/etcd\n\ngo 1.12\n");
         w("main.go", "package main\n");
@@ -285,10 +288,7 @@ mod tests {
         // The 3.5 line: api/version in its own module, one module per binary.
         let tmp = tempfile::tempdir().unwrap();
         let t = tmp.path();
-        let w = |p: &str, s: &str| {
-            fs::create_dir_all(t.join(p).parent().unwrap()).unwrap();
-            fs::write(t.join(p), s).unwrap();
-        };
+        let w = |p: &str, s: &str| put(t, p, s);
         w("go.mod", "module go.etcd.io/etcd/v3\n\ngo 1.16\n");
         w("api/go.mod", "module go.etcd.io/etcd/api/v3\n\ngo 1.16\n");
         w("api/version/version.go", "package version\nvar (\n\tVersion = \"3.5.1\"\n\tGitSHA = \"x\"\n)\n");
