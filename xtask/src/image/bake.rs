@@ -19,7 +19,6 @@
 //! from the acquisition's `sysroot/` when it has one (a foreign architecture's C library, taken
 //! from Debian by the acquire stage and hashed in its provenance): see [`super::elf::runtime_root`].
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -152,8 +151,7 @@ pub fn write_image(plan: &Plan, out_dir: &Path, inputs: Sha256Hex) -> Result<Sta
         manifest.set_annotations(Some(plan.annotations.clone().into_iter().collect()));
     }
     let manifest_desc = write_blob(&blobs, MediaType::ImageManifest, &oci::to_canonical_json(&manifest)?)?;
-    let mut manifest_desc =
-        oci::annotate(manifest_desc, &BTreeMap::from([(oci::ANNOTATION_REF_NAME.to_string(), plan.reference.clone())]));
+    let mut manifest_desc = oci::annotate(manifest_desc, oci::ANNOTATION_REF_NAME, plan.reference.clone());
     manifest_desc.set_platform(Some(oci::platform(plan.arch)?));
     let stamp = Stamp {
         format: FORMAT.into(),
@@ -295,18 +293,17 @@ pub fn build_multi(builds: &[Built], out_dir: &Path, stem: &str, reference: &str
                     .with_context(|| format!("cannot copy {} to {}", e.path().display(), dest.display()))?;
             }
         }
-        let hex = oci::parse_digest(&b.stamp.digest)?.to_string();
-        let size = fs::metadata(src.join(&hex))
+        let hex = oci::parse_digest(&b.stamp.digest)?;
+        let size = fs::metadata(src.join(hex.to_string()))
             .with_context(|| format!("manifest {} of {arch} is missing", b.stamp.digest))?
             .len();
-        let hex = oci::parse_digest(&b.stamp.digest)?;
         let mut desc = oci::descriptor(MediaType::ImageManifest, &hex, size)?;
         desc.set_platform(Some(oci::platform(arch)?));
         manifests.push(desc);
     }
     let index = index_of(manifests)?;
     let top = write_blob(&blobs, MediaType::ImageIndex, &oci::to_canonical_json(&index)?)?;
-    let top = oci::annotate(top, &BTreeMap::from([(oci::ANNOTATION_REF_NAME.to_string(), reference.to_string())]));
+    let top = oci::annotate(top, oci::ANNOTATION_REF_NAME, reference);
     let stamp = Stamp {
         format: FORMAT.into(),
         inputs,
@@ -327,6 +324,7 @@ mod tests {
     use super::*;
     use crate::acquire::{Acquired, Provenance, SourceKind};
     use crate::image::spec::ImageSpec;
+    use std::collections::BTreeMap;
 
     fn fake_acquired(dir: &Path, arch: Arch, names: &[&str]) -> Acquired {
         let mut files = BTreeMap::new();

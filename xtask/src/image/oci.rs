@@ -11,7 +11,7 @@
 //! bytes the engine wrote with its own types before it moved to `oci-spec`). Reading tolerates
 //! unknown fields; a malformed digest fails the whole document, with `oci-spec`'s reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
@@ -60,13 +60,11 @@ pub fn descriptor(media_type: MediaType, d: &Sha256Hex, size: u64) -> Result<Des
     Ok(Descriptor::new(media_type, size, digest(d)?))
 }
 
-/// `desc` with `annotations` added (none when empty: the field is then left out).
-pub fn annotate(mut desc: Descriptor, annotations: &BTreeMap<String, String>) -> Descriptor {
-    if !annotations.is_empty() {
-        let mut all: HashMap<String, String> = desc.annotations().clone().unwrap_or_default();
-        all.extend(annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
-        desc.set_annotations(Some(all));
-    }
+/// `desc` with the annotation `key` set to `value`.
+pub fn annotate(mut desc: Descriptor, key: &str, value: impl Into<String>) -> Descriptor {
+    let mut all: HashMap<String, String> = desc.annotations().clone().unwrap_or_default();
+    all.insert(key.to_string(), value.into());
+    desc.set_annotations(Some(all));
     desc
 }
 
@@ -142,6 +140,7 @@ mod tests {
     };
 
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn canonical_json_sorts_keys_of_any_map_type() {
@@ -251,8 +250,7 @@ mod tests {
             r#"{"manifests":[{"digest":"sha256:240389f4b730bad41f218a56c250ee7d82f42297ce7b9d0b6eb4f1cb3282c480","mediaType":"application/vnd.oci.image.manifest.v1+json","platform":{"architecture":"amd64","os":"linux"},"size":3},{"digest":"sha256:e5b3ac3612d48a9a315a4f7b7c59be5719edb0ec00272d51fb9d9c3445ce312d","mediaType":"application/vnd.oci.image.manifest.v1+json","platform":{"architecture":"arm64","os":"linux","variant":"v8"},"size":668}],"mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}"#
         );
 
-        let name = BTreeMap::from([(ANNOTATION_REF_NAME.to_string(), "localhost/etcd:3.4.9".to_string())]);
-        let top = annotate(blob(MediaType::ImageIndex, &index_bytes), &name);
+        let top = annotate(blob(MediaType::ImageIndex, &index_bytes), ANNOTATION_REF_NAME, "localhost/etcd:3.4.9");
         let outer = ImageIndexBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageIndex)

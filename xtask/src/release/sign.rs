@@ -5,7 +5,6 @@
 //! `ENCRYPTED SIGSTORE PRIVATE KEY`), and `cosign.pub`, the public key (PEM `PUBLIC KEY`) that
 //! users put into their `policy.json`.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -224,10 +223,7 @@ pub fn write_attachment(key_der: &[u8], reference: &str, digest: &str, dir: &Pat
         .build()
         .context("cannot describe the signature's config")?;
     let config = oci::to_canonical_json(&config)?;
-    let layer = oci::annotate(
-        blob(MediaType::Other(SIMPLESIGNING.into()), &payload)?,
-        &BTreeMap::from([(SIGNATURE_ANNOTATION.to_string(), b64)]),
-    );
+    let layer = oci::annotate(blob(MediaType::Other(SIMPLESIGNING.into()), &payload)?, SIGNATURE_ANNOTATION, b64);
     let manifest = ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(MediaType::ImageManifest)
@@ -236,10 +232,8 @@ pub fn write_attachment(key_der: &[u8], reference: &str, digest: &str, dir: &Pat
         .build()
         .context("cannot describe the signature's manifest")?;
     let manifest = oci::to_canonical_json(&manifest)?;
-    let top = oci::annotate(
-        blob(MediaType::ImageManifest, &manifest)?,
-        &BTreeMap::from([(oci::ANNOTATION_REF_NAME.to_string(), attachment_tag(digest))]),
-    );
+    let top =
+        oci::annotate(blob(MediaType::ImageManifest, &manifest)?, oci::ANNOTATION_REF_NAME, attachment_tag(digest));
     let index = ImageIndexBuilder::default()
         .schema_version(2u32)
         .manifests(vec![top])
