@@ -57,17 +57,20 @@ impl Identity {
     }
 
     /// ureq's TLS configuration: the CA bundle as the only roots, the certificate chain and key
-    /// as the client's own. Each file must hold what its role needs, or its name is in the error.
+    /// as the client's own. Each file must hold what its role needs, and the key must be the
+    /// certificate's, or the error names the files.
     pub fn tls_config(&self) -> Result<ureq::tls::TlsConfig> {
         use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig, TlsProvider};
-        let read = |path: &Path| -> Result<Vec<PemItem<'static>>> {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-            ureq::tls::parse_pem(&bytes)
+        let read = |path: &Path| -> Result<(String, Vec<PemItem<'static>>)> {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let items = ureq::tls::parse_pem(text.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("{}: not PEM", path.display()))
+                .with_context(|| format!("{}: not PEM", path.display()))?;
+            Ok((text, items))
         };
-        let certs = |path: &Path| -> Result<Vec<ureq::tls::Certificate<'static>>> {
-            let certs: Vec<_> = read(path)?
+        let certs = |path: &Path| -> Result<(String, Vec<ureq::tls::Certificate<'static>>)> {
+            let (text, items) = read(path)?;
+            let certs: Vec<_> = items
                 .into_iter()
                 .filter_map(|item| match item {
                     PemItem::Certificate(c) => Some(c),
@@ -77,17 +80,32 @@ impl Identity {
             if certs.is_empty() {
                 bail!("{}: no PEM certificate in it", path.display());
             }
-            Ok(certs)
+            Ok((text, certs))
         };
-        let roots = certs(&self.ca)?;
-        let chain = certs(&self.cert)?;
-        let key = read(&self.key)?
+        let (_, roots) = certs(&self.ca)?;
+        let (chain_text, chain) = certs(&self.cert)?;
+        let (key_text, key_items) = read(&self.key)?;
+        let key = key_items
             .into_iter()
             .find_map(|item| match item {
                 PemItem::PrivateKey(k) => Some(k),
                 _ => None,
             })
             .with_context(|| format!("{}: no PEM private key in it", self.key.display()))?;
+        let leaf = crate::pki::cert::parse_certs(&chain_text)
+            .with_context(|| format!("{}: not a certificate", self.cert.display()))?;
+        let matches = leaf
+            .first()
+            .map(|leaf| crate::pki::cert::key_matches(&key_text, leaf))
+            .transpose()
+            .with_context(|| format!("{}: unusable private key", self.key.display()))?;
+        if matches != Some(true) {
+            bail!(
+                "{} and {} do not make a client identity: the key is not the certificate's",
+                self.cert.display(),
+                self.key.display()
+            );
+        }
         Ok(TlsConfig::builder()
             .provider(TlsProvider::Rustls)
             .root_certs(RootCerts::new_with_certs(&roots))
@@ -531,4 +549,36 @@ pub fn verify_acknowledged(report: &LoadReport, endpoint: &str, identity: &Ident
         );
     }
     Ok(report.acknowledged.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::cert::{issue_leaf, new_ca, LeafRequest, SigningCa};
+    use crate::pki::profiles::Profiles;
+
+    #[test]
+    fn an_identity_needs_a_certificate_and_its_own_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = Profiles::default();
+        let issued = new_ca("test CA", &p.ca).unwrap();
+        let ca = SigningCa::load(&issued.cert_pem, &issued.key_pem, "test").unwrap();
+        let req = LeafRequest::new("client", Default::default(), &p.client);
+        let (leaf, other) = (issue_leaf(&req, &ca.issuer).unwrap(), issue_leaf(&req, &ca.issuer).unwrap());
+        std::fs::write(tmp.path().join("ca.crt"), &issued.cert_pem).unwrap();
+        std::fs::write(tmp.path().join("client.crt"), &leaf.cert_pem).unwrap();
+        std::fs::write(tmp.path().join("client.key"), &leaf.key_pem).unwrap();
+        let id = Identity::in_dir(tmp.path());
+        id.tls_config().unwrap();
+
+        std::fs::write(&id.key, &other.key_pem).unwrap();
+        let err = format!("{:#}", id.tls_config().unwrap_err());
+        assert!(err.contains("do not make a client identity") && err.contains("client.key"), "{err}");
+        std::fs::write(&id.key, &leaf.cert_pem).unwrap();
+        let err = format!("{:#}", id.tls_config().unwrap_err());
+        assert!(err.contains("no PEM private key") && err.contains("client.key"), "{err}");
+        std::fs::write(&id.ca, "").unwrap();
+        let err = format!("{:#}", id.tls_config().unwrap_err());
+        assert!(err.contains("no PEM certificate") && err.contains("ca.crt"), "{err}");
+    }
 }
