@@ -182,8 +182,11 @@ fn podman_build(plan: &Plan, scratch: &Path) -> Result<(f64, f64)> {
         fs::set_permissions(d, fs::Permissions::from_mode(*mode))
             .with_context(|| format!("cannot chmod {}", d.display()))?;
     }
-    let c = plan.config.config().clone().unwrap_or_default();
-    let list = |v: &Option<Vec<String>>| v.clone().unwrap_or_default();
+    let none = oci_spec::image::Config::default();
+    let c = plan.config.config().as_ref().unwrap_or(&none);
+    fn list(v: &Option<Vec<String>>) -> &[String] {
+        v.as_deref().unwrap_or_default()
+    }
     let mut file = String::from("FROM scratch\n");
     for ((uid, gid), root) in &owners {
         let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -199,10 +202,10 @@ fn podman_build(plan: &Plan, scratch: &Path) -> Result<(f64, f64)> {
         file.push_str(&format!("EXPOSE {p}\n"));
     }
     for v in list(c.volumes()) {
-        file.push_str(&format!("VOLUME [{}]\n", q(&v)));
+        file.push_str(&format!("VOLUME [{}]\n", q(v)));
     }
-    let labels: BTreeMap<String, String> = c.labels().clone().unwrap_or_default().into_iter().collect();
-    for (k, v) in &labels {
+    let labels: BTreeMap<&String, &String> = c.labels().iter().flatten().collect();
+    for (k, v) in labels {
         file.push_str(&format!("LABEL {}={}\n", q(k), q(v)));
     }
     if let Some(w) = c.working_dir() {
