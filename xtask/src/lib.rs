@@ -6,6 +6,7 @@ pub mod advisories;
 pub mod build_etcd;
 pub mod ci;
 pub mod definition;
+pub mod files;
 pub mod image;
 pub mod k8s;
 pub mod pki;

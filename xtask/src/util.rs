@@ -1,15 +1,16 @@
-//! Small pieces every stage shares: where the project lives, atomic writes, hashing,
+//! Small pieces every stage shares: where the project lives, hashing,
 //! architectures and the reproducible clock (`SOURCE_DATE_EPOCH`).
 
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+
+pub use crate::files::{replace_dir, temp_sibling, write_atomic, AtomicBatch, StagingDir};
 
 /// The workspace root: the parent of the `xtask` crate.
 pub fn project_root() -> PathBuf {
@@ -219,112 +220,6 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// A temporary path next to `dest` (same filesystem, so `rename` is atomic), unique per process.
-pub fn temp_sibling(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Writes `data` to `dest` atomically with the given mode: temp file, fsync, rename.
-pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let tmp = temp_sibling(dest);
-    let result = (|| -> Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set mode of {}", tmp.display()))?;
-        f.write_all(data).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
-        fs::rename(&tmp, dest).with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Replaces directory `dest` by the completed directory `staged` (both on one filesystem).
-/// The old content is moved aside first and removed only after the new one is in place.
-pub fn replace_dir(staged: &Path, dest: &Path) -> Result<()> {
-    let old = dest.with_file_name(format!(
-        ".{}.old-{}",
-        dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let had_old = dest.exists();
-    if had_old {
-        fs::rename(dest, &old).with_context(|| format!("cannot move {} aside", dest.display()))?;
-    }
-    if let Err(err) = fs::rename(staged, dest) {
-        if had_old {
-            let _ = fs::rename(&old, dest);
-        }
-        return Err(err).with_context(|| format!("cannot move {} to {}", staged.display(), dest.display()));
-    }
-    if had_old {
-        fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
-    }
-    Ok(())
-}
-
-/// A directory removed when dropped unless `keep` is called: the staging area of an
-/// output that must never be left half-written.
-pub struct StagingDir {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl StagingDir {
-    /// Creates a fresh staging directory beside `dest`.
-    pub fn beside(dest: &Path) -> Result<Self> {
-        let path = temp_sibling(dest);
-        if path.exists() {
-            fs::remove_dir_all(&path).with_context(|| format!("cannot clear {}", path.display()))?;
-        }
-        fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(StagingDir { path, armed: true })
-    }
-
-    /// Like [`StagingDir::beside`], for content that holds keys: `dest`'s parent is created if
-    /// missing and the staging directory is 0700, so nobody but its owner looks in.
-    pub fn private_beside(dest: &Path) -> Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        let staged = StagingDir::beside(dest)?;
-        fs::set_permissions(&staged.path, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot set the mode of {}", staged.path.display()))?;
-        Ok(staged)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Moves the staged content to `dest`, replacing what was there.
-    pub fn commit(mut self, dest: &Path) -> Result<()> {
-        replace_dir(&self.path, dest)?;
-        self.armed = false;
-        Ok(())
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 /// Whether an executable is on `PATH`.
 pub fn on_path(name: &str) -> bool {
     std::env::var_os("PATH").map(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file())).unwrap_or(false)
@@ -428,37 +323,5 @@ mod tests {
         assert_eq!(d.to_string().parse::<Sha256Hex>().unwrap(), d);
         assert!("xyz".parse::<Sha256Hex>().is_err());
         assert!("g".repeat(64).parse::<Sha256Hex>().is_err());
-    }
-
-    #[test]
-    fn write_atomic_leaves_no_temp_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("a/b.txt");
-        write_atomic(&dest, b"hi", 0o600).unwrap();
-        assert_eq!(fs::read(&dest).unwrap(), b"hi");
-        assert_eq!(fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o600);
-        let names: Vec<_> = fs::read_dir(dest.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names.len(), 1);
-    }
-
-    #[test]
-    fn staging_dir_is_removed_unless_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("out");
-        let staged = StagingDir::beside(&dest).unwrap();
-        let p = staged.path().to_path_buf();
-        fs::write(p.join("x"), "1").unwrap();
-        drop(staged);
-        assert!(!p.exists());
-        assert!(!dest.exists());
-
-        fs::create_dir(&dest).unwrap();
-        fs::write(dest.join("old"), "0").unwrap();
-        let staged = StagingDir::beside(&dest).unwrap();
-        fs::write(staged.path().join("new"), "1").unwrap();
-        staged.commit(&dest).unwrap();
-        assert!(dest.join("new").exists());
-        assert!(!dest.join("old").exists());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

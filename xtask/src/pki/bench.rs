@@ -3,7 +3,7 @@
 //!
 //! Ours: [`issue`] into a fresh directory (two CAs when the profiles separate the peer CA, then a
 //! server and a peer certificate per node and a client certificate per identity, plus the token,
-//! `cluster.toml` and `manifest.json`), every file fsynced.
+//! `cluster.toml` and `manifest.json`), all made durable together (`AtomicBatch`: two `syncfs`).
 //!
 //! cfssl (Debian's `golang-cfssl`, used only when `cfssl` and `cfssljson` are on PATH): the
 //! tutorial's steps for the same set: `cfssl gencert -initca ca-csr.json | cfssljson -bare ca`
@@ -11,8 +11,8 @@
 //! -profile=server|peer` and per identity `-profile=client` (ECDSA P-256, 43800h), each piped
 //! into `cfssljson -bare NAME`. The JSON inputs are written before the clock starts; both sides
 //! work in fresh directories under `target/pki-bench/` or `--dir` (one filesystem), removed
-//! afterwards. Ours fsyncs every file it writes (cfssljson does not), so on a busy disk most of
-//! our time is fsync; `--dir` on a tmpfs leaves that out.
+//! afterwards. Ours flushes what it writes to disk (cfssljson does not), so on a busy disk much of
+//! our time is that flush; `--dir` on a tmpfs leaves it out.
 //!
 //! Each side runs N times; the median is reported, and the ratio ours/cfssl against the goal.
 

@@ -20,7 +20,7 @@ use super::cert::{self, LeafRequest, SigningCa};
 use super::cluster::{check_client_not_reserved, ClusterSpec, NodeSpec};
 use super::profiles::{CaProfile, Profiles};
 use super::rotate::{self, RotatePhase};
-use crate::util::{write_atomic, StagingDir};
+use crate::util::{AtomicBatch, StagingDir};
 
 /// Mode of private keys and of the token.
 pub const KEY_MODE: u32 = 0o600;
@@ -199,15 +199,22 @@ pub(super) fn read_opt(path: &Path) -> Result<Option<String>> {
     }
 }
 
-/// Writes `data` unless the file already holds exactly it; reports what happened.
-fn write_if_changed(layout: &PkiLayout, report: &mut IssueReport, path: &Path, data: &str, mode: u32) -> Result<()> {
+/// Writes `data` in `batch` unless the file already holds exactly it; reports what happened.
+fn write_if_changed(
+    layout: &PkiLayout,
+    report: &mut IssueReport,
+    batch: &mut AtomicBatch,
+    path: &Path,
+    data: &str,
+    mode: u32,
+) -> Result<()> {
     let old = read_opt(path)?;
     if old.as_deref() == Some(data) {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set mode of {}", path.display()))?;
         return Ok(());
     }
-    write_atomic(path, data.as_bytes(), mode)?;
+    batch.write(path, data.as_bytes(), mode)?;
     report.push(layout, path, if old.is_some() { Action::Updated } else { Action::Created });
     Ok(())
 }
@@ -233,6 +240,7 @@ pub(super) fn ensure_ca(
     profile: &CaProfile,
     force: bool,
     report: &mut IssueReport,
+    batch: &mut AtomicBatch,
 ) -> Result<SigningCa> {
     let cert_path = dir.join(CA_CERT);
     let key_path = dir.join(CA_KEY);
@@ -287,12 +295,13 @@ pub(super) fn ensure_ca(
         }
     }
     let issued = cert::new_ca(cn, profile)?;
+    // The key and certificate appear together, as one directory, when `batch` is committed.
     let staged = StagingDir::beside(dir)?;
-    write_atomic(&staged.path().join(CA_KEY), issued.key_pem.as_bytes(), KEY_MODE)?;
-    write_atomic(&staged.path().join(CA_CERT), issued.cert_pem.as_bytes(), CERT_MODE)?;
+    batch.write(&staged.path().join(CA_KEY), issued.key_pem.as_bytes(), KEY_MODE)?;
+    batch.write(&staged.path().join(CA_CERT), issued.cert_pem.as_bytes(), CERT_MODE)?;
     fs::set_permissions(staged.path(), fs::Permissions::from_mode(DIR_MODE))
         .with_context(|| format!("cannot set mode of {}", staged.path().display()))?;
-    staged.commit(dir)?;
+    batch.replace_dir(staged, dir);
     report.push(
         layout,
         &cert_path,
@@ -310,19 +319,23 @@ fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// Keeps the certificate `<dir>/<name>.crt` (+ `.key`) when it fulfils `req` and is issued by
-/// `ca`; otherwise issues a new one with a new key.
+/// Keeps the certificate `<stem>.crt` (+ `<stem>.key`) when it fulfils `req` and is issued by
+/// `ca`; otherwise issues a new one with a new key, written in `batch`.
 fn ensure_leaf(
     layout: &PkiLayout,
-    dir: &Path,
-    name: &str,
+    stem: &Path,
     req: &LeafRequest,
     ca: &SigningCa,
     renew: bool,
     report: &mut IssueReport,
+    batch: &mut AtomicBatch,
 ) -> Result<()> {
-    let cert_path = dir.join(format!("{name}.crt"));
-    let key_path = dir.join(format!("{name}.key"));
+    let with_ext = |ext: &str| {
+        let mut p = stem.as_os_str().to_owned();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let (cert_path, key_path) = (with_ext(".crt"), with_ext(".key"));
     let why = match (read_opt(&cert_path)?, read_opt(&key_path)?) {
         (Some(cert_pem), Some(key_pem)) => {
             let mut why = Vec::new();
@@ -365,9 +378,10 @@ fn ensure_leaf(
         None => Action::Issued,
     };
     let issued = cert::issue_leaf(req, &ca.issuer)?;
-    // Key first: if we stop in between, the next run sees a key that does not match and reissues.
-    write_atomic(&key_path, issued.key_pem.as_bytes(), KEY_MODE)?;
-    write_atomic(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
+    // Key first (the batch renames in order): if we stop in between, the next run sees a key
+    // that does not match and reissues.
+    batch.write(&key_path, issued.key_pem.as_bytes(), KEY_MODE)?;
+    batch.write(&cert_path, issued.cert_pem.as_bytes(), CERT_MODE)?;
     report.push(layout, &cert_path, action);
     Ok(())
 }
@@ -421,6 +435,7 @@ pub(super) fn run_leaves(
     cas: &Cas,
     scope: Scope<'_>,
     report: &mut IssueReport,
+    batch: &mut AtomicBatch,
 ) -> Result<()> {
     ensure_dir(&layout.nodes_dir())?;
     ensure_dir(&layout.clients_dir())?;
@@ -435,18 +450,18 @@ pub(super) fn run_leaves(
         let sans = node.sans();
         let server = LeafRequest::new(&node.name, sans.clone(), &profiles.server);
         let peer = LeafRequest::new(peer_common_name(node, profiles), sans, &profiles.peer);
-        ensure_leaf(layout, &dir, "server", &server, &cas.ca, renew, report)?;
-        ensure_leaf(layout, &dir, "peer", &peer, cas.peer(), renew, report)?;
-        write_if_changed(layout, report, &dir.join(CA_CERT), &cas.trust, CERT_MODE)?;
-        write_if_changed(layout, report, &dir.join(PEER_CA_CERT), &cas.peer_trust, CERT_MODE)?;
+        ensure_leaf(layout, &dir.join("server"), &server, &cas.ca, renew, report, batch)?;
+        ensure_leaf(layout, &dir.join("peer"), &peer, cas.peer(), renew, report, batch)?;
+        write_if_changed(layout, report, batch, &dir.join(CA_CERT), &cas.trust, CERT_MODE)?;
+        write_if_changed(layout, report, batch, &dir.join(PEER_CA_CERT), &cas.peer_trust, CERT_MODE)?;
     }
     for id in &spec.clients {
         let renew = matches!(scope, Scope::Renew(None));
         let dir = layout.client_dir(id);
         ensure_dir(&dir)?;
         let req = LeafRequest::new(id, Default::default(), &profiles.client);
-        ensure_leaf(layout, &dir, "client", &req, &cas.ca, renew, report)?;
-        write_if_changed(layout, report, &dir.join(CA_CERT), &cas.trust, CERT_MODE)?;
+        ensure_leaf(layout, &dir.join("client"), &req, &cas.ca, renew, report, batch)?;
+        write_if_changed(layout, report, batch, &dir.join(CA_CERT), &cas.trust, CERT_MODE)?;
     }
     // Directories of nodes or clients no longer described are left alone, but said.
     for (parent, known) in [
@@ -477,6 +492,7 @@ fn load_or_create_cas(
     layout: &PkiLayout,
     force: bool,
     report: &mut IssueReport,
+    batch: &mut AtomicBatch,
 ) -> Result<Cas> {
     if let Some(state) = rotate::rotation_state(&layout.root)? {
         if state.phase != RotatePhase::Done {
@@ -491,7 +507,8 @@ fn load_or_create_cas(
             return rotate::cas_in_rotation(profiles, layout, &state, report);
         }
     }
-    let ca = ensure_ca(layout, &layout.ca_dir(), &format!("{} etcd CA", spec.name), &profiles.ca, force, report)?;
+    let ca =
+        ensure_ca(layout, &layout.ca_dir(), &format!("{} etcd CA", spec.name), &profiles.ca, force, report, batch)?;
     let peer = if profiles.ca.separate_peer_ca {
         Some(ensure_ca(
             layout,
@@ -500,6 +517,7 @@ fn load_or_create_cas(
             &profiles.ca,
             force,
             report,
+            batch,
         )?)
     } else {
         if layout.peer_ca_dir().exists() {
@@ -521,6 +539,7 @@ pub(super) fn write_manifest(
     profiles: &Profiles,
     layout: &PkiLayout,
     report: &mut IssueReport,
+    batch: &mut AtomicBatch,
 ) -> Result<()> {
     let manifest = serde_json::json!({
         "cluster": spec.name,
@@ -530,8 +549,8 @@ pub(super) fn write_manifest(
         "clients": spec.clients,
     });
     let text = serde_json::to_string_pretty(&manifest).context("cannot serialize manifest.json")? + "\n";
-    write_if_changed(layout, report, &layout.manifest(), &text, CERT_MODE)?;
-    write_if_changed(layout, report, &layout.cluster_toml(), &spec.to_toml()?, CERT_MODE)
+    write_if_changed(layout, report, batch, &layout.manifest(), &text, CERT_MODE)?;
+    write_if_changed(layout, report, batch, &layout.cluster_toml(), &spec.to_toml()?, CERT_MODE)
 }
 
 /// Issues (or completes) the PKI of `spec` in `out`. See [`PkiLayout`] for what goes where.
@@ -545,7 +564,9 @@ pub fn issue(spec: &ClusterSpec, profiles: &Profiles, out: &Path, force: bool) -
     let layout = PkiLayout::new(out);
     ensure_dir(out)?;
     let mut report = IssueReport::default();
-    let cas = load_or_create_cas(spec, profiles, &layout, force, &mut report)?;
+    // Everything is written into one batch and made durable and visible together at the end.
+    let mut batch = AtomicBatch::new();
+    let cas = load_or_create_cas(spec, profiles, &layout, force, &mut report, &mut batch)?;
 
     // The token: the description's when it has one, else the stored one, else a new random one.
     let token = match (&spec.token, read_opt(&layout.token())?) {
@@ -553,11 +574,12 @@ pub fn issue(spec: &ClusterSpec, profiles: &Profiles, out: &Path, force: bool) -
         (None, Some(stored)) if !stored.trim().is_empty() => stored.trim().to_string(),
         (None, _) => cert::random_bytes(16).iter().map(|b| format!("{b:02x}")).collect(),
     };
-    write_if_changed(&layout, &mut report, &layout.token(), &format!("{token}\n"), KEY_MODE)?;
+    write_if_changed(&layout, &mut report, &mut batch, &layout.token(), &format!("{token}\n"), KEY_MODE)?;
     report.token = token;
 
-    run_leaves(spec, profiles, &layout, &cas, Scope::Reconcile, &mut report)?;
-    write_manifest(spec, profiles, &layout, &mut report)?;
+    run_leaves(spec, profiles, &layout, &cas, Scope::Reconcile, &mut report, &mut batch)?;
+    write_manifest(spec, profiles, &layout, &mut report, &mut batch)?;
+    batch.commit()?;
     Ok(report)
 }
 
@@ -580,10 +602,12 @@ pub fn renew(out: &Path, profiles: &Profiles, node: Option<&str>) -> Result<Issu
     }
     let mut report = IssueReport::default();
     require_cas(&layout, profiles, "renew reissues under the existing CA")?;
-    let cas = load_or_create_cas(&spec, profiles, &layout, false, &mut report)?;
+    let mut batch = AtomicBatch::new();
+    let cas = load_or_create_cas(&spec, profiles, &layout, false, &mut report, &mut batch)?;
     report.token = read_opt(&layout.token())?.map(|t| t.trim().to_string()).unwrap_or_default();
-    run_leaves(&spec, profiles, &layout, &cas, Scope::Renew(node), &mut report)?;
-    write_manifest(&spec, profiles, &layout, &mut report)?;
+    run_leaves(&spec, profiles, &layout, &cas, Scope::Renew(node), &mut report, &mut batch)?;
+    write_manifest(&spec, profiles, &layout, &mut report, &mut batch)?;
+    batch.commit()?;
     Ok(report)
 }
 

@@ -135,7 +135,7 @@ enum PkiSub {
         #[arg(long, value_name = "N", default_value_t = 5)]
         runs: usize,
         /// Work in fresh directories under DIR [default: target/pki-bench]; a tmpfs leaves the
-        /// disk's fsync cost out (ours fsyncs every file, cfssljson does not)
+        /// disk's flush out (ours flushes what it writes, cfssljson does not)
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },

@@ -38,7 +38,7 @@ use super::issue::{
     PkiLayout, Scope, CA_CERT, CA_KEY, CERT_MODE,
 };
 use super::profiles::Profiles;
-use crate::util::{write_atomic, Sha256Hex};
+use crate::util::{write_atomic, AtomicBatch, Sha256Hex};
 
 /// Version of the `rotation.json` format.
 pub const ROTATION_FORMAT: u32 = 1;
@@ -339,7 +339,7 @@ pub fn rotate_ca(dir: &Path, profiles: &Profiles, step: RotateStep) -> Result<Is
             // Done already; repeat only what an interrupted run may have left undone.
             nothing(&mut report, "the add step is done already; making sure every trust file holds old + new".into());
             let cas = cas_in_rotation(profiles, &layout, &s, &mut report)?;
-            run_leaves(&spec, profiles, &layout, &cas, Scope::Reconcile, &mut report)?;
+            reconcile_leaves(&spec, profiles, &layout, &cas, &mut report)?;
             report.push(&layout, &state_path, Action::Note(s.summary()));
         }
         (RotateStep::Add, Some(s)) => nothing(&mut report, format!("the add step is done already; {}", s.summary())),
@@ -358,7 +358,7 @@ pub fn rotate_ca(dir: &Path, profiles: &Profiles, step: RotateStep) -> Result<Is
                     nothing(&mut report, "the reissue step is done already; reissuing only leaves not issued by the new CA".into());
                 }
                 let cas = cas_in_rotation(profiles, &layout, &s, &mut report)?;
-                run_leaves(&spec, profiles, &layout, &cas, Scope::Reconcile, &mut report)?;
+                reconcile_leaves(&spec, profiles, &layout, &cas, &mut report)?;
                 report.push(&layout, &state_path, Action::Note(s.summary()));
             }
             RotatePhase::Dropping => bail!("{}: {}", state_path.display(), s.phase.next_step()),
@@ -392,10 +392,13 @@ fn begin(
     let mut cas = Vec::new();
     let mut pairs = Vec::new();
     for (dir, base) in roles {
-        let old = ensure_ca(layout, &dir, &base, &profiles.ca, false, report)?;
+        let mut batch = AtomicBatch::new();
+        let old = ensure_ca(layout, &dir, &base, &profiles.ca, false, report, &mut batch)?;
         // Reused when an interrupted add step created it already.
         let next = PkiLayout::next_dir(&dir);
-        let new = ensure_ca(layout, &next, &next_common_name(&base, &old), &profiles.ca, false, report)?;
+        let new = ensure_ca(layout, &next, &next_common_name(&base, &old), &profiles.ca, false, report, &mut batch)?;
+        // Committed before the state names it: cas_in_rotation reads both CAs back from disk.
+        batch.commit()?;
         if new.info.der == old.info.der {
             bail!(
                 "{} holds the same CA as {}: remove the copy {} (never the original)",
@@ -418,9 +421,24 @@ fn begin(
         RotationState { format: ROTATION_FORMAT, phase: RotatePhase::Added, started_unix: now, updated_unix: now, cas };
     write_state(layout, &mut state, report)?;
     let leaves = cas_in_rotation(profiles, layout, &state, &mut IssueReport::default())?;
-    run_leaves(spec, profiles, layout, &leaves, Scope::Reconcile, report)?;
-    write_manifest(spec, profiles, layout, report)?;
+    let mut batch = AtomicBatch::new();
+    run_leaves(spec, profiles, layout, &leaves, Scope::Reconcile, report, &mut batch)?;
+    write_manifest(spec, profiles, layout, report, &mut batch)?;
+    batch.commit()?;
     Ok(())
+}
+
+/// Issues what is missing or stale under `cas`, durable before it returns.
+fn reconcile_leaves(
+    spec: &super::cluster::ClusterSpec,
+    profiles: &Profiles,
+    layout: &PkiLayout,
+    cas: &Cas,
+    report: &mut IssueReport,
+) -> Result<()> {
+    let mut batch = AtomicBatch::new();
+    run_leaves(spec, profiles, layout, cas, Scope::Reconcile, report, &mut batch)?;
+    batch.commit()
 }
 
 fn rel_name(dir: &Path) -> String {
@@ -439,7 +457,7 @@ fn finish(
         // A leaf still issued by the old CA (restored from a copy, or a reissue step that was
         // interrupted) would be refused once the old CA is gone: reissue it under the new one.
         let cas = cas_in_rotation(profiles, layout, &state, &mut IssueReport::default())?;
-        run_leaves(spec, profiles, layout, &cas, Scope::Reconcile, report)?;
+        reconcile_leaves(spec, profiles, layout, &cas, report)?;
         state.phase = RotatePhase::Dropping;
         write_state(layout, &mut state, report)?;
     } else {
@@ -503,7 +521,7 @@ fn finish(
         bail!("{}: no CA listed", state_path.display());
     };
     let cas = Cas::single(ca, new_cas.next());
-    run_leaves(spec, profiles, layout, &cas, Scope::Reconcile, report)?;
+    reconcile_leaves(spec, profiles, layout, &cas, report)?;
     state.phase = RotatePhase::Done;
     write_state(layout, &mut state, report)?;
     Ok(())
