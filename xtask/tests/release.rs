@@ -357,7 +357,7 @@ fn release_of_debians_etcd_is_complete_checksummed_reproducible_and_its_sboms_ar
 fn workflows_pass_actionlint_call_cargo_xtask_and_a_broken_one_fails() {
     let (actionlint, _) = pypi_tool("actionlint");
     let root = project_root();
-    let dir = root.join("ci/workflows");
+    let dir = root.join(".github/workflows");
     let mut files: Vec<PathBuf> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     assert!(files.len() >= 2, "{files:?}");

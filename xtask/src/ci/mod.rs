@@ -1,6 +1,8 @@
 //! `cargo xtask ci`: what `.ci/run` runs.
 //! In: a checkout on a Debian/Ubuntu machine. Out: the tools the suite needs installed (as root,
 //! from `ci/debian-packages.txt`) or named, then every test run; non-zero exit on any failure.
+//! The order: formatting (a second), the test binaries built, then the binaries run side by side
+//! ([`suite`]) while clippy lints every target at low priority in a target directory of its own.
 //!
 //! No check passes without checking: a test that cannot do its work here (no qemu, no loop
 //! devices, not root) fails with the reason, unless `--allow-omission NAME` allows leaving that
@@ -15,6 +17,8 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::util::{is_root, project_root, target_dir};
+
+pub mod suite;
 
 /// The checks of the suite that `--allow-omission NAME` may leave out, with what each needs.
 /// The tests name them (`omission(NAME, reason)` in `xtask/tests/common/mod.rs`); a test that
@@ -59,9 +63,17 @@ pub struct Ci {
     /// is listed at the end of the run
     #[arg(long = "allow-omission", value_name = "NAME", value_parser = omission_names())]
     pub allow_omissions: Vec<String>,
-    /// Extra arguments passed to `cargo test` (e.g. a test name filter)
+    /// Run only the test binary NAME (repeatable): `xtask-lib` (the unit tests), or a file of
+    /// `xtask/tests/` without `.rs` (`smoke`, `pki`, ...). Clippy still runs
+    #[arg(long = "test", value_name = "NAME")]
+    pub tests: Vec<String>,
+    /// A binary still running after this many minutes is stopped and fails the run
+    #[arg(long, value_name = "MINUTES", default_value_t = 30)]
+    pub timeout_minutes: u64,
+    /// Arguments given to every test binary: a test name filter, libtest flags
+    /// (`-- --test-threads 1`)
     #[arg(last = true)]
-    pub cargo_test_args: Vec<String>,
+    pub test_args: Vec<String>,
 }
 
 impl Ci {
@@ -84,8 +96,7 @@ impl Ci {
         // Formatting first: it takes a second and names the file to fix.
         let has =
             |tool: &str| cmd!(sh, "{cargo} {tool} --version").quiet().ignore_stdout().ignore_stderr().run().is_ok();
-        let has_fmt = has("fmt");
-        if has_fmt {
+        if has("fmt") {
             cmd!(sh, "{cargo} fmt --all --check")
                 .run()
                 .context("the code is not formatted (see the diff above): run `cargo fmt --all`")?;
@@ -93,30 +104,101 @@ impl Ci {
         } else {
             eprintln!("ci: warning: rustfmt is not installed, formatting not checked (`rustup component add rustfmt`)");
         }
-        // Lints next, as errors: a warning left in is a warning shipped.
-        let has_clippy = has("clippy");
-        if !has_clippy {
+        if !has("clippy") {
             bail!("clippy is not installed, so the lints cannot be checked: rustup component add clippy");
         }
-        cmd!(sh, "{cargo} clippy --workspace --all-targets --quiet -- -D warnings")
-            .run()
-            .context("cargo clippy found problems (see above): fix them, or allow one with a reason where it is")?;
-        eprintln!("ci: cargo clippy --all-targets -D warnings: clean");
+        let started = std::time::Instant::now();
+        let mut bins = suite::build(&cargo, &root)?;
+        eprintln!("ci: {} test binaries built in {:.0} s", bins.len(), started.elapsed().as_secs_f64());
+        if !self.tests.is_empty() {
+            let known: Vec<String> = bins.iter().map(|b| b.name.clone()).collect();
+            if let Some(unknown) = self.tests.iter().find(|t| !known.contains(t)) {
+                bail!("--test {unknown}: no such test binary; choose from {}", known.join(", "));
+            }
+            bins.retain(|b| self.tests.contains(&b.name));
+        }
+        // Lints, as errors (a warning left in is a warning shipped), beside the tests: most of the
+        // suite waits, so clippy's compile takes the idle CPU, at the lowest priority.
+        let logs = target_dir().join("ci-logs");
+        fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+        let clippy = Clippy::start(&cargo, &root, &logs)?;
         let allowed = self.allow_omissions.join(",");
         if !allowed.is_empty() {
             eprintln!("ci: these checks may be left out where they cannot run: {allowed}");
         }
-        let extra = &self.cargo_test_args;
-        let tested = cmd!(sh, "{cargo} test --workspace --no-fail-fast {extra...}")
+        let envs = [
             // The suite never contacts the official download locations: only loopback and the
             // package registries.
-            .env("XTASK_NO_OFFICIAL", "1")
+            ("XTASK_NO_OFFICIAL".to_string(), "1".to_string()),
             // Exactly what this command was told: an inherited value does not count.
-            .env(ALLOW_OMISSIONS_ENV, &allowed)
-            .run();
+            (ALLOW_OMISSIONS_ENV.to_string(), allowed),
+        ];
+        let spec = suite::RunSpec {
+            args: &self.test_args,
+            envs: &envs,
+            cwd: &root.join("xtask"),
+            logs: &logs,
+            timeout: std::time::Duration::from_secs(self.timeout_minutes * 60),
+            heartbeat: std::time::Duration::from_secs(60),
+        };
+        let outcomes = suite::run_all(&bins, &spec);
+        let linted = clippy.finish();
+        let outcomes = outcomes?;
+        suite::report(&outcomes);
         // Listed whether the suite passed or not: nothing is left out silently.
         report_omissions(&record)?;
-        tested.context("the test suite failed")
+        let passed: u64 = outcomes.iter().map(|o| o.passed).sum();
+        let failed: u64 = outcomes.iter().map(|o| o.failed).sum();
+        let broken: Vec<&str> = outcomes.iter().filter(|o| !o.success).map(|o| o.name.as_str()).collect();
+        eprintln!("ci: suite done in {:.0} s", started.elapsed().as_secs_f64());
+        // The closing line CI reads; a binary that crashed without a failed test counts as one.
+        let failed = failed.max(broken.len() as u64);
+        println!("ci: {passed} passed, {failed} failed");
+        linted?;
+        if !broken.is_empty() {
+            bail!("the test suite failed: {} (each one's output is above)", broken.join(", "));
+        }
+        if passed == 0 {
+            bail!("no test ran: check the --test names and the filter after --");
+        }
+        Ok(())
+    }
+}
+
+/// `cargo clippy --all-targets -D warnings`, running in the background under `nice`, in
+/// `target/clippy/` so that it never waits for (or blocks) the build directory the tests use.
+struct Clippy {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Clippy {
+    fn start(cargo: &str, root: &Path, logs: &Path) -> Result<Self> {
+        let log = logs.join("clippy.log");
+        let file = fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let err = file.try_clone().with_context(|| format!("cannot reopen {}", log.display()))?;
+        let child = Command::new("nice")
+            .args(["-n", "19", cargo, "clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
+            .env("CARGO_TARGET_DIR", target_dir().join("clippy"))
+            .current_dir(root)
+            .stdin(std::process::Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .context("cannot start cargo clippy under nice")?;
+        eprintln!("ci: cargo clippy --all-targets -D warnings: started beside the tests (log {})", log.display());
+        Ok(Clippy { child, log })
+    }
+
+    fn finish(mut self) -> Result<()> {
+        let status = self.child.wait().context("cannot wait for cargo clippy")?;
+        if status.success() {
+            eprintln!("ci: cargo clippy --all-targets -D warnings: clean");
+            return Ok(());
+        }
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        eprintln!("\n======== cargo clippy found problems ({}) ========\n{text}", self.log.display());
+        bail!("cargo clippy found problems (see above): fix them, or allow one with a reason where it is")
     }
 }
 
