@@ -78,7 +78,30 @@ pub struct Outcome {
     pub passed: u64,
     pub failed: u64,
     pub ignored: u64,
+    /// CPU seconds (user + system) of the binary and the processes it waited for (tools it ran;
+    /// not containers, whose processes belong to podman's conmon).
+    pub cpu_seconds: f64,
     pub log: PathBuf,
+}
+
+/// Reaps `child` if it has ended: its exit status and the CPU seconds it and its waited-for
+/// descendants used. `None` while it runs.
+fn reap(child: &Child) -> Result<Option<(std::process::ExitStatus, f64)>> {
+    use std::os::unix::process::ExitStatusExt;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 only writes into both out-parameters.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not reaped yet (reap is called until it returns Some).
+    let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+    match r {
+        0 => Ok(None),
+        r if r == pid => {
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            Ok(Some((std::process::ExitStatus::from_raw(status), secs(usage.ru_utime) + secs(usage.ru_stime))))
+        }
+        _ => Err(std::io::Error::last_os_error()).context("wait4"),
+    }
 }
 
 /// Sums libtest's `test result:` lines in `log`: (passed, failed, ignored).
@@ -158,16 +181,12 @@ pub fn run_all(bins: &[TestBinary], spec: &RunSpec<'_>) -> Result<Vec<Outcome>> 
                 // Its own cleanup does not run; say so, with the log.
                 let _ = r.child.kill();
             }
-            let status = match r.child.try_wait() {
-                Ok(s) => s,
-                Err(e) => return Err(e).with_context(|| format!("cannot wait for the test binary {}", r.name)),
-            };
-            let status = match (status, timed_out) {
-                (Some(s), _) => Some(s),
-                (None, true) => Some(r.child.wait().with_context(|| format!("cannot wait for {}", r.name))?),
-                (None, false) => None,
-            };
-            let Some(status) = status else {
+            let mut ended = reap(&r.child).with_context(|| format!("cannot wait for the test binary {}", r.name))?;
+            while timed_out && ended.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+                ended = reap(&r.child).with_context(|| format!("cannot wait for {}", r.name))?;
+            }
+            let Some((status, cpu_seconds)) = ended else {
                 i += 1;
                 continue;
             };
@@ -182,6 +201,7 @@ pub fn run_all(bins: &[TestBinary], spec: &RunSpec<'_>) -> Result<Vec<Outcome>> 
                 passed,
                 failed,
                 ignored,
+                cpu_seconds,
                 log: r.log,
             };
             eprintln!(
@@ -222,11 +242,12 @@ pub fn report(outcomes: &[Outcome]) {
     }
     let mut by_time: Vec<&Outcome> = outcomes.iter().collect();
     by_time.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-    eprintln!("\nci: test binaries by wall time (they ran side by side):");
+    eprintln!("\nci: test binaries by wall time (they ran side by side), with the CPU time each used:");
     for o in by_time {
         eprintln!(
-            "ci:   {:>6.1} s  {:<12} {:>4} passed {:>3} failed {:>3} ignored  {}",
+            "ci:   {:>6.1} s  {:>6.1} s CPU  {:<12} {:>4} passed {:>3} failed {:>3} ignored  {}",
             o.seconds,
+            o.cpu_seconds,
             o.name,
             o.passed,
             o.failed,
@@ -277,7 +298,7 @@ mod tests {
             TestBinary { name: name.into(), path: p }
         };
         let bins = [
-            script("a", "sleep 1; echo 'test result: ok. 2 passed; 0 failed; 0 ignored;'"),
+            script("a", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; echo 'test result: ok. 2 passed; 0 failed; 0 ignored;'"),
             script("b", "sleep 1; echo \"$GREETING from $(pwd)\"; echo 'test result: FAILED. 1 passed; 1 failed; 0 ignored;'; exit 101"),
             script("slow", "sleep 30"),
         ];
@@ -292,12 +313,15 @@ mod tests {
         };
         let t = Instant::now();
         let mut out = run_all(&bins, &spec).unwrap();
-        // Side by side: two 1 s binaries and a 3 s time-out take about 3 s, not 5.
+        // Side by side: two short binaries and a 3 s time-out take about 3 s, not 5.
         assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
         out.sort_by(|x, y| x.name.cmp(&y.name));
         let summary: Vec<(&str, bool, bool, u64, u64)> =
             out.iter().map(|o| (o.name.as_str(), o.success, o.timed_out, o.passed, o.failed)).collect();
         assert_eq!(summary, [("a", true, false, 2, 0), ("b", false, false, 1, 1), ("slow", false, true, 0, 0)]);
+        // a counted in the shell: its CPU time is measured; the others slept.
+        assert!(out[0].cpu_seconds > 0.02, "{:?}", out[0]);
+        assert!(out[1..].iter().all(|o| o.cpu_seconds < 0.5), "{out:?}");
         let b_log = fs::read_to_string(logs.join("b.log")).unwrap();
         assert!(b_log.contains(&format!("hello from {}", dir.path().display())), "{b_log}");
     }
