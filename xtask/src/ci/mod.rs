@@ -461,6 +461,27 @@ mod tests {
         assert!(stale.is_empty(), "ARCHITECTURE.md names files that do not exist: {stale:#?}");
     }
 
+    /// The first `cargo xtask image` compiles everything: the dev profile optimises no crate by
+    /// wildcard (every proc-macro and parser crate at opt-level 3 tripled the build), only crates
+    /// named one by one, and each named one is really in the build (else cargo only warns).
+    #[test]
+    fn the_dev_profile_optimises_only_named_crates() {
+        let manifest: toml::Table =
+            toml::from_str(&fs::read_to_string(project_root().join("Cargo.toml")).unwrap()).unwrap();
+        let lock = fs::read_to_string(project_root().join("Cargo.lock")).unwrap();
+        let dev = manifest["profile"]["dev"].as_table().unwrap();
+        assert_eq!(dev["opt-level"].as_integer(), Some(0), "our own crate is glue: opt-level 0");
+        let packages = dev["package"].as_table().unwrap();
+        let wildcard = packages["*"].as_table().unwrap();
+        assert_eq!(wildcard["opt-level"].as_integer(), Some(0), "no dependency is optimised by wildcard");
+        assert_eq!(wildcard["debug"].as_bool(), Some(false), "dependencies carry no debug info");
+        let named: Vec<&String> = packages.keys().filter(|k| *k != "*").collect();
+        assert!(named.len() >= 5 && named.len() <= 25, "a short list of hot crates: {named:?}");
+        for name in named {
+            assert!(lock.contains(&format!("name = \"{name}\"\n")), "{name} is optimised but not a dependency");
+        }
+    }
+
     #[test]
     fn shipped_package_list_parses_and_names_the_container_tools() {
         let pkgs = read_packages(&project_root().join("ci/debian-packages.txt")).unwrap();
