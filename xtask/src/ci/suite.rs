@@ -154,6 +154,8 @@ pub fn run_all(bins: &[TestBinary], spec: &RunSpec<'_>) -> Result<Vec<Outcome>> 
         let file = fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = file.try_clone().with_context(|| format!("cannot reopen {}", log.display()))?;
         let child = Command::new(&bin.path)
+            // What passing tests printed stays in the log too (timings, what was built).
+            .arg("--show-output")
             .args(spec.args)
             .envs(spec.envs.iter().map(|(k, v)| (k, v)))
             .current_dir(spec.cwd)

@@ -119,7 +119,14 @@ pub fn build_etcd_349(arches: &[&str]) -> String {
         lock.lock().expect("lock target/.build-etcd-349.lock");
         let args = ["build-etcd", "--git", &etcd_git(), "--ref", "v3.4.9", "--arch", arch].map(String::from);
         let t = std::time::Instant::now();
-        let out = run(Command::new(XTASK).args(&args).current_dir(root()).env_remove("GOFLAGS").env("GOPROXY", "off"));
+        // Five test binaries wait for this build under the lock while the rest of the suite runs
+        // beside them: as root (CI), it runs ahead of them (nice -10).
+        let mut cmd = Command::new(XTASK);
+        if xtask::util::is_root() {
+            cmd = Command::new("nice");
+            cmd.args(["-n", "-10", XTASK]);
+        }
+        let out = run(cmd.args(&args).current_dir(root()).env_remove("GOFLAGS").env("GOPROXY", "off"));
         let text = text(&out);
         assert!(out.status.success(), "xtask {args:?} failed:\n{text}");
         eprintln!("build-etcd 3.4.9 {arch}: {:.1} s", t.elapsed().as_secs_f64());
