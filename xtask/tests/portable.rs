@@ -5,7 +5,7 @@
 //! 2. The real binary builds the image twice from Debian's etcd (`--source distro`): the
 //!    directory image has every mount point, the libraries of the dynamic etcd and no file
 //!    owned by anyone but root in the `.raw`; the two `.raw` files are byte-identical.
-//! 3. A minimal Debian (debootstrap, cached under `target/nspawn/`) boots in systemd-nspawn
+//! 3. A minimal Debian (mmdebstrap, cached under `target/nspawn/`) boots in systemd-nspawn
 //!    with its own loopback network only, on a throw-away overlay of the cached root. A oneshot
 //!    unit inside first attaches the squashfs `.raw` of the real etcd v3.4.9 (built from source,
 //!    `portable --source build`) with `portablectl attach --now`, gives it the host side
@@ -135,7 +135,7 @@ const SUITE: &str = "bookworm";
 const INCLUDE: &str = "systemd,systemd-sysv,dbus,systemd-container";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The Debian mirror debootstrap uses: `XTASK_DEBIAN_MIRROR`, else the first main archive the
+/// The Debian mirror mmdebstrap uses: `XTASK_DEBIAN_MIRROR`, else the first main archive the
 /// host's apt is configured with (deb822 `URIs:` or one-line `deb URL SUITE` sources).
 fn mirror() -> String {
     if let Ok(m) = std::env::var("XTASK_DEBIAN_MIRROR") {
@@ -166,9 +166,11 @@ fn mirror() -> String {
 }
 
 /// A minimal Debian with systemd, made once and reused: `target/nspawn/debian-<suite>-<key>/`,
-/// keyed by what debootstrap is asked for. Built beside and renamed when complete.
+/// keyed by what mmdebstrap is asked for. Built beside and renamed when complete. mmdebstrap,
+/// not debootstrap: it downloads with apt and unpacks in one pass, 25 s instead of 53 s here
+/// (and half the CPU), and a fresh clone makes one.
 fn cached_rootfs() -> PathBuf {
-    let recipe = format!("{SUITE} minbase {INCLUDE} {}", mirror());
+    let recipe = format!("mmdebstrap {SUITE} minbase {INCLUDE} {}", mirror());
     let key: String = Sha256::digest(recipe.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
     let base = xtask::util::target_dir().join("nspawn");
     let dest = base.join(format!("debian-{SUITE}-{key}"));
@@ -179,18 +181,18 @@ fn cached_rootfs() -> PathBuf {
     let tmp = base.join(format!(".debian-{SUITE}-{key}.tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     let started = Instant::now();
-    let out = Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={INCLUDE}"), SUITE])
+    let out = Command::new("mmdebstrap")
+        .args(["--quiet", "--variant=minbase", &format!("--include={INCLUDE}"), SUITE])
         .arg(&tmp)
         .arg(mirror())
         .output()
-        .expect("debootstrap is installed (Debian: debootstrap)");
+        .expect("mmdebstrap is installed (Debian: mmdebstrap)");
     if !out.status.success() {
         let _ = fs::remove_dir_all(&tmp);
-        panic!("debootstrap failed (set XTASK_DEBIAN_MIRROR to a reachable mirror):\n{}", text(&out));
+        panic!("mmdebstrap failed (set XTASK_DEBIAN_MIRROR to a reachable mirror):\n{}", text(&out));
     }
     fs::rename(&tmp, &dest).unwrap();
-    println!("debootstrap {SUITE}: {:.0} s, cached in {}", started.elapsed().as_secs_f64(), dest.display());
+    println!("mmdebstrap {SUITE}: {:.0} s, cached in {}", started.elapsed().as_secs_f64(), dest.display());
     dest
 }
 
@@ -394,10 +396,10 @@ fn mounts_under(path: &Path) -> Vec<String> {
 #[test]
 fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     if !xtask::util::is_root() {
-        omission("nspawn", "not root: booting systemd in systemd-nspawn (and debootstrap) needs root");
+        omission("nspawn", "not root: booting systemd in systemd-nspawn (and mmdebstrap) needs root");
         return;
     }
-    for (tool, package) in [("systemd-nspawn", "systemd-container"), ("debootstrap", "debootstrap")] {
+    for (tool, package) in [("systemd-nspawn", "systemd-container"), ("mmdebstrap", "mmdebstrap")] {
         if !xtask::util::on_path(tool) {
             omission("nspawn", &format!("{tool} is not installed (Debian: {package}; `cargo xtask ci` installs it)"));
             return;

@@ -34,7 +34,7 @@ pub const OMISSIONS: &[(&str, &str)] = &[
         "attaching the portable .raw image under systemd-nspawn (needs root and loop devices; missing \
          /dev/loopN nodes are created with mknod)",
     ),
-    ("nspawn", "booting systemd in systemd-nspawn at all (needs root, systemd-nspawn and debootstrap)"),
+    ("nspawn", "booting systemd in systemd-nspawn at all (needs root, systemd-nspawn and mmdebstrap)"),
 ];
 
 /// The environment variable through which `cargo xtask ci` tells the tests which omissions are
