@@ -15,13 +15,14 @@ pub fn temp_sibling(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Writes `data` to `dest` atomically with the given mode: temp file, fsync, rename.
-pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
+/// Writes `data` with `mode` to a new temp sibling of `dest` (parents created), open for a sync;
+/// on an error the temp file is removed.
+fn write_temp(dest: &Path, data: &[u8], mode: u32) -> Result<(PathBuf, fs::File)> {
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
     let tmp = temp_sibling(dest);
-    let result = (|| -> Result<()> {
+    let written = (|| -> Result<fs::File> {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -31,7 +32,23 @@ pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
         f.set_permissions(fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set mode of {}", tmp.display()))?;
         f.write_all(data).with_context(|| format!("cannot write {}", tmp.display()))?;
+        Ok(f)
+    })();
+    match written {
+        Ok(f) => Ok((tmp, f)),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes `data` to `dest` atomically with the given mode: temp file, fsync, rename.
+pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
+    let (tmp, f) = write_temp(dest, data, mode)?;
+    let result = (|| -> Result<()> {
         f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+        drop(f);
         fs::rename(&tmp, dest).with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))
     })();
     if result.is_err() {
@@ -74,32 +91,9 @@ impl AtomicBatch {
         if self.pending.iter().any(|p| matches!(p, Pending::File { dest: d, .. } if d == dest)) {
             bail!("{} is written twice in one batch", dest.display());
         }
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        let tmp = temp_sibling(dest);
-        let written = (|| -> Result<fs::File> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .with_context(|| format!("cannot create {}", tmp.display()))?;
-            f.set_permissions(fs::Permissions::from_mode(mode))
-                .with_context(|| format!("cannot set mode of {}", tmp.display()))?;
-            f.write_all(data).with_context(|| format!("cannot write {}", tmp.display()))?;
-            Ok(f)
-        })();
-        match written {
-            Ok(file) => {
-                self.pending.push(Pending::File { tmp, dest: dest.to_path_buf(), file });
-                Ok(())
-            }
-            Err(e) => {
-                let _ = fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        let (tmp, file) = write_temp(dest, data, mode)?;
+        self.pending.push(Pending::File { tmp, dest: dest.to_path_buf(), file });
+        Ok(())
     }
 
     /// Replaces directory `dest` by `staged` at [`commit`], after the writes before this call
