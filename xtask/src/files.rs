@@ -105,29 +105,25 @@ impl AtomicBatch {
     }
 
     /// Makes every write durable and visible: flush, move into place in order, flush.
+    /// On an error, what was not moved yet is removed (see Drop).
     pub fn commit(mut self) -> Result<()> {
-        let pending = std::mem::take(&mut self.pending);
-        let Some(first) = pending.first() else { return Ok(()) };
-        let anchor = match first {
-            Pending::File { file, .. } => file.try_clone().context("cannot duplicate a file handle")?,
-            Pending::Dir { staged, .. } => {
-                fs::File::open(staged.path()).with_context(|| format!("cannot open {}", staged.path().display()))?
-            }
-        };
-        let mut devices = vec![(device_of(&anchor)?, anchor)];
-        for p in &pending {
-            if let Pending::File { file, tmp, .. } = p {
-                let dev = device_of(file).with_context(|| format!("cannot stat {}", tmp.display()))?;
-                if !devices.iter().any(|(d, _)| *d == dev) {
-                    devices.push((dev, file.try_clone().context("cannot duplicate a file handle")?));
+        // One open handle per filesystem the batch touches: what syncfs flushes.
+        let mut filesystems: Vec<(u64, fs::File)> = Vec::new();
+        for p in &self.pending {
+            let handle = match p {
+                Pending::File { file, .. } => file.try_clone().context("cannot duplicate a file handle")?,
+                Pending::Dir { staged, .. } => {
+                    fs::File::open(staged.path()).with_context(|| format!("cannot open {}", staged.path().display()))?
                 }
+            };
+            let dev = device_of(&handle)?;
+            if !filesystems.iter().any(|(d, _)| *d == dev) {
+                filesystems.push((dev, handle));
             }
         }
-        // Dropping `pending` on an error removes what is left of it (see Drop).
-        let mut rest = AtomicBatch { pending };
-        sync_filesystems(&devices)?;
-        while !rest.pending.is_empty() {
-            match rest.pending.remove(0) {
+        sync_filesystems(&filesystems)?;
+        while !self.pending.is_empty() {
+            match self.pending.remove(0) {
                 Pending::File { tmp, dest, file } => {
                     drop(file);
                     if let Err(e) = fs::rename(&tmp, &dest) {
@@ -138,7 +134,7 @@ impl AtomicBatch {
                 Pending::Dir { staged, dest } => staged.commit(&dest)?,
             }
         }
-        sync_filesystems(&devices)
+        sync_filesystems(&filesystems)
     }
 }
 
@@ -147,7 +143,7 @@ fn device_of(file: &fs::File) -> Result<u64> {
     Ok(file.metadata().context("cannot stat an open file")?.dev())
 }
 
-/// Flushes every filesystem that holds one of `files` (one file per filesystem) to its disk.
+/// Flushes the filesystem of each handle (one per filesystem) to its disk.
 fn sync_filesystems(files: &[(u64, fs::File)]) -> Result<()> {
     use std::os::fd::AsRawFd;
     for (_, f) in files {

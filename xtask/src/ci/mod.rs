@@ -117,8 +117,8 @@ impl Ci {
             }
             bins.retain(|b| self.tests.contains(&b.name));
         }
-        // Lints, as errors (a warning left in is a warning shipped), beside the tests: most of the
-        // suite waits, so clippy's compile takes the idle CPU, at the lowest priority.
+        // Lints, as errors (a warning left in is a warning shipped), beside the tests rather than
+        // before them, at the lowest priority: off the critical path, taking what CPU is left.
         let logs = target_dir().join("ci-logs");
         fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
         let clippy = Clippy::start(&cargo, &root, &logs)?;
@@ -175,17 +175,14 @@ struct Clippy {
 impl Clippy {
     fn start(cargo: &str, root: &Path, logs: &Path) -> Result<Self> {
         let log = logs.join("clippy.log");
-        let file = fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let err = file.try_clone().with_context(|| format!("cannot reopen {}", log.display()))?;
-        let child = Command::new("nice")
-            .args(["-n", "19", cargo, "clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
-            .env("CARGO_TARGET_DIR", target_dir().join("clippy"))
-            .current_dir(root)
-            .stdin(std::process::Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .context("cannot start cargo clippy under nice")?;
+        let child = suite::spawn_logged(
+            Command::new("nice")
+                .args(["-n", "19", cargo, "clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
+                .env("CARGO_TARGET_DIR", target_dir().join("clippy"))
+                .current_dir(root),
+            &log,
+        )
+        .context("cargo clippy under nice")?;
         eprintln!("ci: cargo clippy --all-targets -D warnings: started beside the tests (log {})", log.display());
         Ok(Clippy { child, log })
     }
@@ -196,8 +193,7 @@ impl Clippy {
             eprintln!("ci: cargo clippy --all-targets -D warnings: clean");
             return Ok(());
         }
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        eprintln!("\n======== cargo clippy found problems ({}) ========\n{text}", self.log.display());
+        suite::print_log("cargo clippy found problems", &self.log);
         bail!("cargo clippy found problems (see above): fix them, or allow one with a reason where it is")
     }
 }

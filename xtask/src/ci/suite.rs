@@ -1,7 +1,7 @@
 //! The suite's runner: every test binary that cargo builds, run side by side.
 //! In: the workspace. Out: each binary's output in `target/ci-logs/<name>.log`, a line as each
-//! one finishes, the whole log of every binary that failed, a table of wall times, and the
-//! closing line `ci: N passed, M failed`.
+//! one finishes, the whole log of every binary that failed, a table of wall and CPU times, and
+//! the closing line `ci: N passed, M failed`.
 //!
 //! Why side by side: most of the suite waits (containers starting, a cluster electing, systemd
 //! booting in nspawn, qemu), and one binary after another, as `cargo test` runs them, leaves the
@@ -145,25 +145,37 @@ struct Running {
     log: PathBuf,
 }
 
+/// Starts `cmd` with stdout and stderr both going to the new file `log`, and no stdin.
+pub fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Child> {
+    let file = fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    let err = file.try_clone().with_context(|| format!("cannot reopen {}", log.display()))?;
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    cmd.stdin(Stdio::null()).stdout(file).stderr(err).spawn().with_context(|| format!("cannot start {program}"))
+}
+
+/// Prints the whole of `log` between two rules that name `what`.
+pub fn print_log(what: &str, log: &Path) {
+    let text = fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
+    eprintln!("\n======== {what}: its output ({}) ========", log.display());
+    eprintln!("{text}");
+    eprintln!("======== end of {what} ========");
+}
+
 /// Starts every binary at once and waits for all of them (each at most `spec.timeout`).
 pub fn run_all(bins: &[TestBinary], spec: &RunSpec<'_>) -> Result<Vec<Outcome>> {
     fs::create_dir_all(spec.logs).with_context(|| format!("cannot create {}", spec.logs.display()))?;
     let mut running = Vec::new();
     for bin in bins {
         let log = spec.logs.join(format!("{}.log", bin.name));
-        let file = fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let err = file.try_clone().with_context(|| format!("cannot reopen {}", log.display()))?;
-        let child = Command::new(&bin.path)
-            // What passing tests printed stays in the log too (timings, what was built).
-            .arg("--show-output")
-            .args(spec.args)
-            .envs(spec.envs.iter().map(|(k, v)| (k, v)))
-            .current_dir(spec.cwd)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("cannot start {}", bin.path.display()))?;
+        let child = spawn_logged(
+            Command::new(&bin.path)
+                // What passing tests printed stays in the log too (timings, what was built).
+                .arg("--show-output")
+                .args(spec.args)
+                .envs(spec.envs.iter().map(|(k, v)| (k, v)))
+                .current_dir(spec.cwd),
+            &log,
+        )?;
         running.push(Running { name: bin.name.clone(), child, started: Instant::now(), log });
     }
     eprintln!(
@@ -234,13 +246,10 @@ pub fn run_all(bins: &[TestBinary], spec: &RunSpec<'_>) -> Result<Vec<Outcome>> 
     Ok(done)
 }
 
-/// Prints the whole log of every binary that failed, then the wall times, longest first.
+/// Prints the whole log of every binary that failed, then the wall and CPU times, longest first.
 pub fn report(outcomes: &[Outcome]) {
     for o in outcomes.iter().filter(|o| !o.success) {
-        let text = fs::read_to_string(&o.log).unwrap_or_else(|e| format!("(cannot read {}: {e})", o.log.display()));
-        eprintln!("\n======== {} FAILED: its output ({}) ========", o.name, o.log.display());
-        eprintln!("{text}");
-        eprintln!("======== end of {} ========", o.name);
+        print_log(&format!("{} FAILED", o.name), &o.log);
     }
     let mut by_time: Vec<&Outcome> = outcomes.iter().collect();
     by_time.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
