@@ -263,6 +263,7 @@ pub fn render_node(inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<NodeBu
             ("COUNT", inputs.spec.nodes.len().to_string()),
             ("TUNING", inputs.tuning.map(|(n, _)| n.to_string()).unwrap_or_else(|| "etcd defaults".into())),
             ("CLIENT", inputs.client.to_string()),
+            ("VERSION", inputs.etcd_version.to_string()),
         ],
     )?;
     Ok(NodeBundle { node: node.name.clone(), host, portable, install_md })

@@ -22,7 +22,7 @@ use crate::render::config::{node_env, PkiFacts, TargetPaths};
 use crate::util::{display_rel, each_in_thread, target_dir, write_atomic, Arch};
 
 use super::podman::{podman, podman_checked, podman_output, Interrupt, Resources, LABEL};
-use super::{load, Check, Outcome, ScenarioName, CLIENT_MOUNT, PKI_MOUNT};
+use super::{load, Check, ScenarioName, CLIENT_MOUNT, PKI_MOUNT};
 
 /// One node as started.
 #[derive(Debug, Clone)]
@@ -175,23 +175,7 @@ impl Cluster {
     }
 
     pub(super) fn record(&mut self, name: &str, started: Instant, result: Result<String>) {
-        let seconds = started.elapsed().as_secs_f64();
-        let (outcome, reason) = match result {
-            Ok(r) => (Outcome::Pass, r),
-            Err(e) => (Outcome::Fail, format!("{e:#}")),
-        };
-        eprintln!(
-            "smoke: {} {}: {name}: {reason}",
-            if outcome == Outcome::Pass { "PASS" } else { "FAIL" },
-            self.scenario.as_str()
-        );
-        self.checks.push(Check {
-            scenario: self.scenario.as_str().to_string(),
-            name: name.to_string(),
-            outcome,
-            reason,
-            seconds,
-        });
+        super::record_check(&mut self.checks, self.scenario.as_str(), name, started, result);
     }
 
     /// Keeps the nodes' logs beside the report when something failed.

@@ -23,9 +23,13 @@ use crate::util::{each_in_thread, write_atomic};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
     /// `podman run` with the node's configuration (every scenario)
+    #[value(alias = "podman")]
     Run,
     /// `podman kube play` of the static pods `cargo xtask k8s` renders (the basic scenario)
     Kube,
+    /// three Debian 12 machines booted with systemd-nspawn, set up from `render`'s bundles
+    /// (`--form portable|host|both`; the basic scenario)
+    Systemd,
 }
 
 /// How the played copy differs from the rendered static pod, and why.

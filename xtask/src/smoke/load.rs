@@ -338,6 +338,18 @@ pub struct Bounds {
 impl Load {
     /// Starts the workers (three per endpoint, each preferring its own); keys go under `prefix`.
     pub fn start(endpoints: Vec<String>, identity: Identity, prefix: &str, bounds: Bounds) -> Result<Load> {
+        Load::start_in(endpoints, identity, prefix, bounds, None)
+    }
+
+    /// Like [`Load::start`], with every worker's sockets in the network namespace `netns`
+    /// (the systemd engine's machines are reachable only from there).
+    pub fn start_in(
+        endpoints: Vec<String>,
+        identity: Identity,
+        prefix: &str,
+        bounds: Bounds,
+        netns: Option<PathBuf>,
+    ) -> Result<Load> {
         if endpoints.is_empty() {
             bail!("the client load needs at least one endpoint");
         }
@@ -360,7 +372,24 @@ impl Load {
             let identity = identity.clone();
             let prefix = format!("{prefix}{w}/");
             let bounds = Bounds { max_requests: per_worker, max_duration: bounds.max_duration };
-            workers.push(std::thread::spawn(move || worker(w, &identity, &prefix, bounds, &shared)));
+            let netns = netns.clone();
+            workers.push(std::thread::spawn(move || {
+                if let Some(ns) = netns {
+                    if let Err(e) = super::machines::Netns::enter(&ns) {
+                        if let Ok(mut r) = shared.report.lock() {
+                            r.failed += 1;
+                            r.failures.push(Incident {
+                                at_s: 0.0,
+                                phase: "start".into(),
+                                what: format!("worker {w}"),
+                                reason: format!("{e:#}"),
+                            });
+                        }
+                        return;
+                    }
+                }
+                worker(w, &identity, &prefix, bounds, &shared)
+            }));
         }
         Ok(Load { shared, workers })
     }

@@ -8,13 +8,18 @@
 //!
 //! Modules: `cluster` (the running cluster, `Cluster`: start, stop, etcdctl, poll, logs),
 //! `checks` (the basic scenario), `scenarios` (the day-2 ones), `http_tls`, `kube`
-//! (`--engine kube`), `load` (the client load), `podman` (resources and their removal).
+//! (`--engine kube`), `load` (the client load), `podman` (resources and their removal),
+//! `machines`, `hosts` and `hosts_checks` (`--engine systemd`: booted machines, the cluster on
+//! them, its checks).
 
 mod checks;
 mod cluster;
+mod hosts;
+mod hosts_checks;
 mod http_tls;
 mod kube;
 mod load;
+pub mod machines;
 mod podman;
 mod scenarios;
 
@@ -28,8 +33,9 @@ use serde::Serialize;
 use crate::definition::Definition;
 use crate::image::{self, BuildArgs};
 use crate::pki::cluster::ClusterSpec;
-use crate::util::{display_rel, project_root, target_dir, write_atomic, Arch};
+use crate::util::{display_rel, project_root, source_date_epoch, target_dir, write_atomic, Arch};
 use cluster::{restage_dir, stable_mac, stdout_or_stderr, Cluster};
+pub use hosts::Form;
 pub use kube::Engine;
 use podman::{Interrupt, Resources};
 
@@ -58,6 +64,18 @@ const GOAL_TOTAL_S: f64 = 45.0;
 ///
 /// --engine kube plays the static pods of `cargo xtask k8s` with `podman kube play` instead
 /// (basic scenario; the few adaptations podman needs are printed and go into the report).
+///
+/// --engine systemd runs the cluster the way the tutorial's master1..3 do: three Debian 12
+/// machines booted with systemd-nspawn (a cached mmdebstrap root, one overlay each), named and
+/// addressed after the cluster file's nodes, on a bridge inside a network namespace of the
+/// run's own (the host's network is not touched; the load and etcdctl reach the machines from
+/// inside it). Each machine gets its bundle from `cargo xtask render` and runs its
+/// <node>.INSTALL.md block verbatim: --form portable attaches etcd_<version>.raw with
+/// portablectl, --form host installs the binaries and the hardened unit; both (the default)
+/// runs one after the other. Checks: health, replication, mutual-TLS refusals with etcd's
+/// reason from the journal, non-root without capabilities (/proc in the machine),
+/// `systemd-analyze security`, machines powered off and booted again, etcd SIGKILLed, a machine
+/// rebooted, the backup timer's snapshot restored.
 #[derive(Debug, clap::Args)]
 #[command(long_about)]
 pub struct Smoke {
@@ -71,6 +89,10 @@ pub struct Smoke {
     /// `cargo xtask k8s` renders; the basic scenario only)
     #[arg(long, value_enum, value_name = "ENGINE", default_value = "run")]
     pub engine: Engine,
+    /// With --engine systemd: how the machines run etcd (portable: `portablectl attach` of the
+    /// .raw image; host: the host bundle and binaries; both: one after the other)
+    #[arg(long, value_enum, value_name = "FORM", default_value = "both")]
+    pub form: Form,
     /// Leave the cluster running and print how to reach it with etcdctl
     #[arg(long)]
     pub keep: bool,
@@ -158,6 +180,9 @@ pub struct Report {
     pub engine: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kube_play_adaptations: Vec<String>,
+    /// `--engine systemd`: the forms run (portable, host).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub forms: Vec<String>,
     pub etcd_version: String,
     pub cluster: String,
     pub scenarios: Vec<ScenarioReport>,
@@ -177,6 +202,9 @@ impl Smoke {
         let spec = ClusterSpec::load(&cluster_path)?;
         if spec.nodes.len() != 3 {
             bail!("{}: field nodes must list exactly three nodes for the smoke test", cluster_path.display());
+        }
+        if self.engine == Engine::Systemd {
+            return self.run_systemd(&spec, &cluster_path, &out, started);
         }
         preflight()?;
         if self.engine == Engine::Kube && !crate::util::on_path("catatonit") {
@@ -211,7 +239,7 @@ impl Smoke {
 
         let scenarios = match self.engine {
             Engine::Run => ScenarioName::expand(&self.scenario),
-            Engine::Kube => {
+            Engine::Kube | Engine::Systemd => {
                 let asked = ScenarioName::expand(&self.scenario);
                 if !(self.scenario.contains(&ScenarioName::All) || asked == [ScenarioName::Basic]) {
                     bail!(
@@ -283,8 +311,9 @@ impl Smoke {
             engine: format!("{:?}", self.engine).to_lowercase(),
             kube_play_adaptations: match self.engine {
                 Engine::Kube => kube::ADAPTATIONS.iter().map(|s| s.to_string()).collect(),
-                Engine::Run => Vec::new(),
+                Engine::Run | Engine::Systemd => Vec::new(),
             },
+            forms: Vec::new(),
             etcd_version,
             cluster: spec.name.clone(),
             passed: checks.iter().filter(|c| c.outcome == Outcome::Pass).count(),
@@ -309,6 +338,152 @@ impl Smoke {
     }
 }
 
+/// Records one check's outcome (printed as it happens) into `checks`.
+pub(crate) fn record_check(
+    checks: &mut Vec<Check>,
+    scenario: &str,
+    name: &str,
+    started: Instant,
+    result: Result<String>,
+) {
+    let seconds = started.elapsed().as_secs_f64();
+    let (outcome, reason) = match result {
+        Ok(r) => (Outcome::Pass, r),
+        Err(e) => (Outcome::Fail, format!("{e:#}")),
+    };
+    eprintln!("smoke: {} {scenario}: {name}: {reason}", if outcome == Outcome::Pass { "PASS" } else { "FAIL" });
+    checks.push(Check { scenario: scenario.to_string(), name: name.to_string(), outcome, reason, seconds });
+}
+
+impl Smoke {
+    /// `--engine systemd`: each form on three fresh machines, the basic checks, one report.
+    fn run_systemd(&self, spec: &ClusterSpec, cluster_path: &Path, out: &Path, started: Instant) -> Result<()> {
+        let asked = ScenarioName::expand(&self.scenario);
+        if !(self.scenario.contains(&ScenarioName::All) || asked == [ScenarioName::Basic]) {
+            bail!(
+                "--engine systemd runs the basic scenario only: drop --scenario, or use --engine run for {}",
+                asked.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        hosts::addressing(spec, cluster_path)?;
+        preflight_systemd()?;
+        let interrupt = Interrupt::install()?;
+        let def = Definition::load_default()?;
+        let host = Arch::host().context("this machine's architecture has no etcd build")?;
+        let opts = crate::acquire::AcquireOptions { source: self.source.clone(), ..Default::default() };
+        let acquired = crate::acquire::ensure(&def, host, &opts)?;
+        let version = acquired.provenance.version.clone();
+        let forms = self.form.expand();
+        let raw = match forms.contains(&Form::Portable) {
+            true => {
+                let env = def.runtime_env(&version, host)?;
+                let built =
+                    crate::portable::build(&acquired, &out.join("portable-image"), source_date_epoch()?, true, &env)?;
+                Some(built.raw.context("the portable build made no .raw")?)
+            }
+            false => None,
+        };
+        let inputs = hosts::Inputs {
+            spec,
+            cluster_file: cluster_path,
+            acquired: &acquired,
+            raw: raw.as_deref(),
+            version: &version,
+        };
+        let (mut checks, mut timings, mut reports) = (Vec::new(), BTreeMap::new(), Vec::new());
+        let mut result = Ok(());
+        for (i, form) in forms.iter().enumerate() {
+            let t = Instant::now();
+            eprintln!("smoke: systemd machines, form {}", form.as_str());
+            let mut hosts = match hosts::Hosts::prepare(
+                &inputs,
+                *form,
+                &out.join(format!("systemd-{}", form.as_str())),
+                interrupt.clone(),
+            ) {
+                Ok(h) => h,
+                Err(e) => {
+                    result = Err(e.context(format!("cannot prepare the {} machines", form.as_str())));
+                    break;
+                }
+            };
+            let r = hosts.basic();
+            let seconds = t.elapsed().as_secs_f64();
+            timings.extend(hosts.timings.iter().map(|(k, v)| (k.clone(), *v)));
+            timings.insert(format!("{}_total", form.as_str()), seconds);
+            checks.extend(hosts.checks.iter().cloned());
+            reports.push(ScenarioReport {
+                name: hosts.scenario.clone(),
+                seconds,
+                load: hosts.load_report.clone(),
+                member_healthy_s: hosts.member_healthy.clone(),
+            });
+            if self.keep && i + 1 == forms.len() {
+                hosts.keep();
+                hosts.print_how_to_reach();
+            }
+            drop(hosts);
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        timings.insert("total".into(), started.elapsed().as_secs_f64());
+        let mut image = Vec::new();
+        if let Some(raw) = &raw {
+            image.push(raw.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        }
+        if forms.contains(&Form::Host) {
+            image.push(format!("host bundles with etcd {version} from {}", display_rel(&acquired.dir)));
+        }
+        let report = Report {
+            image: image.join(", "),
+            engine: "systemd".into(),
+            kube_play_adaptations: Vec::new(),
+            forms: forms.iter().map(|f| f.as_str().to_string()).collect(),
+            etcd_version: version,
+            cluster: spec.name.clone(),
+            passed: checks.iter().filter(|c| c.outcome == Outcome::Pass).count(),
+            failed: checks.iter().filter(|c| c.outcome == Outcome::Fail).count(),
+            scenarios: reports,
+            checks,
+            timings,
+        };
+        let json = serde_json::to_string_pretty(&report).context("cannot serialise the report")?;
+        write_atomic(&out.join("report.json"), format!("{json}\n").as_bytes(), 0o644)?;
+        print_summary(&report, out);
+        result?;
+        if report.failed > 0 {
+            bail!(
+                "{} of {} smoke checks failed (see {})",
+                report.failed,
+                report.checks.len(),
+                display_rel(&out.join("report.json"))
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What `--engine systemd` needs of this host; the error says what is missing and how to get it.
+fn preflight_systemd() -> Result<()> {
+    if !crate::util::is_root() {
+        bail!("--engine systemd boots machines with systemd-nspawn, makes a network namespace and mounts overlays: run it as root");
+    }
+    for (tool, package) in [
+        ("systemd-nspawn", "systemd-container"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+        ("curl", "curl"),
+        ("timeout", "coreutils"),
+    ] {
+        if !crate::util::on_path(tool) {
+            bail!("--engine systemd needs {tool}: apt-get install {package} (or `cargo xtask ci --deps-only` as root)");
+        }
+    }
+    Ok(())
+}
+
 fn preflight() -> Result<()> {
     for tool in ["podman", "curl"] {
         if !crate::util::on_path(tool) {
@@ -322,7 +497,11 @@ fn preflight() -> Result<()> {
 }
 
 fn print_summary(report: &Report, out: &Path) {
-    let engine = if report.engine == "kube" { "podman kube play of the static pods" } else { "podman run" };
+    let engine = match report.engine.as_str() {
+        "kube" => "podman kube play of the static pods".to_string(),
+        "systemd" => format!("three systemd machines: {}", report.forms.join(" and ")),
+        _ => "podman run".to_string(),
+    };
     println!("\nsmoke test of {} ({} nodes, mutual TLS, {engine})", report.image, 3);
     for a in &report.kube_play_adaptations {
         println!("  adaptation: {a}");
@@ -353,6 +532,14 @@ fn print_summary(report: &Report, out: &Path) {
     }
     if let (Some(read), Some(healthy)) = (t("sigkill_first_read"), t("sigkill_healthy")) {
         println!("  SIGKILL recovery:     {read:.2} s to node 1's first read, {healthy:.2} s to 3/3 healthy");
+    }
+    for form in &report.forms {
+        let times: Vec<String> =
+            ["boot_to_healthy", "sigkill_to_serving", "reboot_to_serving", "heal_after_boot", "total"]
+                .iter()
+                .filter_map(|k| t(&format!("{form}_{k}")).map(|s| format!("{} {s:.1} s", k.replace('_', " "))))
+                .collect();
+        println!("  {form}: {}", times.join(", "));
     }
     if let Some(s) = t("total") {
         println!("  total:                {s:.1} s (goal <= {GOAL_TOTAL_S} s with the image built)");

@@ -1,0 +1,507 @@
+//! `smoke --engine systemd`: the tutorial's cluster as it runs in production, three systemd
+//! hosts. Three Debian 12 machines (`machines.rs`) named and addressed after the cluster file's
+//! nodes, each set up from what `cargo xtask render` writes for it, in one of two forms:
+//! `portable` (`<node>.portable.tar` unpacked at `/`, then `portablectl attach --now --enable
+//! etcd_<version>.raw`) or `host` (the etcd binaries installed and `<node>.INSTALL.md`'s steps
+//! run). Both run the install block of the node's own INSTALL.md, verbatim, in the machine.
+//! In: a cluster description, etcd (acquired like every stage does). Out: checks and timings
+//! for the report (`hosts_checks.rs` has the checks).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::acquire::Acquired;
+use crate::pki::cluster::ClusterSpec;
+use crate::pki::issue::{issue, PkiLayout};
+use crate::pki::profiles::Profiles;
+use crate::util::{display_rel, each_in_thread, tail};
+
+use super::load::{self, Identity, Load};
+use super::machines::{cached_rootfs, LoopNodes, Machine, Netns};
+use super::podman::Interrupt;
+use super::{record_check, Check};
+
+/// How the machines run etcd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Form {
+    /// The portable service: `portablectl attach --now --enable etcd_<version>.raw`
+    Portable,
+    /// The host bundle: the binaries in /usr/local/bin and the node's INSTALL.md
+    Host,
+    /// Both, one after the other, each on fresh machines
+    Both,
+}
+
+impl Form {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Form::Portable => "portable",
+            Form::Host => "host",
+            Form::Both => "both",
+        }
+    }
+
+    pub fn expand(self) -> Vec<Form> {
+        match self {
+            Form::Both => vec![Form::Portable, Form::Host],
+            f => vec![f],
+        }
+    }
+}
+
+/// Where the machines keep what the run copies in, and where the INSTALL.md steps run.
+const INSTALL_DIR: &str = "/root/etcd-install";
+/// From the last machine's boot to 3/3 healthy.
+pub(super) const HEALTHY_TIMEOUT: Duration = Duration::from_secs(90);
+/// One install block in a machine (it blocks until etcd is ready, which needs a quorum).
+const INSTALL_TIMEOUT_S: u32 = 150;
+pub(super) const LOAD_PREFIX: &str = "load/";
+const LOAD_BOUNDS: load::Bounds = load::Bounds { max_requests: 200_000, max_duration: Duration::from_secs(1200) };
+
+/// What the machines of one form are made from.
+pub(super) struct Inputs<'a> {
+    pub spec: &'a ClusterSpec,
+    pub cluster_file: &'a Path,
+    pub acquired: &'a Acquired,
+    /// `etcd_<version>.raw` (portable form).
+    pub raw: Option<&'a Path>,
+    pub version: &'a str,
+}
+
+/// Three machines of one form, their PKI and rendered bundles, the clients' view of them.
+/// Field order is drop order: the load first, then the machines, then their namespace.
+pub(super) struct Hosts {
+    pub form: Form,
+    pub scenario: String,
+    pub spec: ClusterSpec,
+    pub version: String,
+    pub out: PathBuf,
+    pub render: PathBuf,
+    pub pki: PkiLayout,
+    pub rogue: PkiLayout,
+    pub etcdctl: PathBuf,
+    pub raw: Option<PathBuf>,
+    pub acquired_dir: PathBuf,
+    pub interrupt: Interrupt,
+    pub checks: Vec<Check>,
+    pub timings: BTreeMap<String, f64>,
+    pub member_healthy: Vec<(String, f64)>,
+    pub load_report: Option<load::LoadReport>,
+    pub load: Option<Load>,
+    pub machines: Vec<Machine>,
+    pub loops: Option<LoopNodes>,
+    pub netns: Netns,
+}
+
+/// The IPv4 address and prefix (/24) of every node, and a free one in the same /24 for the
+/// bridge (the clients' address); an error naming the node when they cannot be given to
+/// machines on one bridge.
+pub(super) fn addressing(spec: &ClusterSpec, file: &Path) -> Result<(Vec<Ipv4Addr>, Ipv4Addr)> {
+    let mut ips = Vec::new();
+    for n in &spec.nodes {
+        match crate::render::config::primary_ip(n)? {
+            IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified() && !v4.is_multicast() => ips.push(v4),
+            ip => bail!(
+                "{}: node {}: field ips: {ip} cannot be given to a machine on the run's bridge; use a private \
+                 IPv4 address (e.g. 10.89.77.11)",
+                file.display(),
+                n.name
+            ),
+        }
+    }
+    let net = |ip: &Ipv4Addr| [ip.octets()[0], ip.octets()[1], ip.octets()[2]];
+    if let Some((i, _)) = ips.iter().enumerate().find(|(_, ip)| net(ip) != net(&ips[0])) {
+        bail!(
+            "{}: node {}: field ips: {} is not in {}.0/24 with node {}'s address: the machines share one bridge and \
+             one /24",
+            file.display(),
+            spec.nodes[i].name,
+            ips[i],
+            net(&ips[0]).map(|o| o.to_string()).join("."),
+            spec.nodes[0].name
+        );
+    }
+    let n = net(&ips[0]);
+    let bridge = (1..=254u8)
+        .rev()
+        .map(|last| Ipv4Addr::new(n[0], n[1], n[2], last))
+        .find(|a| !ips.contains(a))
+        .context("no free address in the nodes' /24 for the bridge")?;
+    Ok((ips, bridge))
+}
+
+impl Hosts {
+    /// Renders the cluster for `form` (PKI issued into `out/pki`), makes the run's network
+    /// namespace and three machines, copies each its bundle, and boots them (not yet etcd).
+    pub(super) fn prepare(inputs: &Inputs<'_>, form: Form, out: &Path, interrupt: Interrupt) -> Result<Hosts> {
+        let (ips, bridge_ip) = addressing(inputs.spec, inputs.cluster_file)?;
+        if out.exists() {
+            fs::remove_dir_all(out).with_context(|| format!("cannot clear {}", out.display()))?;
+        }
+        fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let pki = PkiLayout::new(out.join("pki"));
+        let render = out.join("render");
+        crate::render::render(&crate::render::Render {
+            input: crate::render::ClusterArgs {
+                cluster: inputs.cluster_file.to_path_buf(),
+                pki: Some(pki.root.clone()),
+                tuning_presets: None,
+                arch: Some(inputs.acquired.provenance.arch),
+                etcd_version: Some(inputs.version.to_string()),
+            },
+            out: Some(render.clone()),
+            client: None,
+            tls_stage: crate::render::config::TlsStage::Tls,
+        })
+        .context("cannot render the machines' bundles")?;
+        let rogue = PkiLayout::new(out.join("rogue-pki"));
+        issue(inputs.spec, &Profiles::load(&Profiles::default_path())?, &rogue.root, false)
+            .context("cannot issue the second (rogue) PKI")?;
+
+        let rootfs = cached_rootfs()?;
+        let ns_name = format!("xtask-sd-{}-{}", std::process::id(), form.as_str());
+        let netns = Netns::create(&ns_name, "br0", bridge_ip, 24)?;
+        let loops = match form {
+            // Each machine attaches one image (two during an upgrade's reattach).
+            Form::Portable => Some(LoopNodes::prepare(8).context("the portable form needs loop devices")?),
+            _ => None,
+        };
+        let mut hosts = Hosts {
+            form,
+            scenario: format!("{}/basic", form.as_str()),
+            spec: inputs.spec.clone(),
+            version: inputs.version.to_string(),
+            out: out.to_path_buf(),
+            render,
+            pki,
+            rogue,
+            etcdctl: inputs.acquired.binary("etcdctl"),
+            raw: inputs.raw.map(Path::to_path_buf),
+            acquired_dir: inputs.acquired.dir.clone(),
+            interrupt,
+            checks: Vec::new(),
+            timings: BTreeMap::new(),
+            member_healthy: Vec::new(),
+            load_report: None,
+            load: None,
+            machines: Vec::new(),
+            loops,
+            netns,
+        };
+        for (n, ip) in inputs.spec.nodes.iter().zip(ips) {
+            let m = Machine::create(&rootfs, &out.join("machines").join(&n.name), &n.name, ip, 24, &hosts.netns)?;
+            hosts.machines.push(m);
+        }
+        for i in 0..hosts.machines.len() {
+            hosts.provision(i)?;
+        }
+        Ok(hosts)
+    }
+
+    /// Copies machine `i` what its form's INSTALL.md block needs into [`INSTALL_DIR`].
+    pub(super) fn provision(&mut self, i: usize) -> Result<()> {
+        let node = self.spec.nodes[i].name.clone();
+        let m = &self.machines[i];
+        m.copy_in(&self.render.join(format!("{node}.INSTALL.md")), &format!("{INSTALL_DIR}/{node}.INSTALL.md"), 0o644)?;
+        match self.form {
+            Form::Portable => {
+                let raw = self.raw.as_ref().context("the portable form has no .raw image")?;
+                let name = raw.file_name().context("the .raw image has no name")?.to_string_lossy().into_owned();
+                m.copy_in(
+                    &self.render.join(format!("{node}.portable.tar")),
+                    &format!("{INSTALL_DIR}/{node}.portable.tar"),
+                    0o600,
+                )?;
+                m.copy_in(raw, &format!("{INSTALL_DIR}/{name}"), 0o644)?;
+            }
+            _ => {
+                m.copy_in(&self.render.join(format!("{node}.tar")), &format!("{INSTALL_DIR}/{node}.tar"), 0o600)?;
+                for bin in ["etcd", "etcdctl"] {
+                    m.copy_in(&self.acquired_dir.join(bin), &format!("{INSTALL_DIR}/{bin}"), 0o755)?;
+                }
+            }
+        }
+        if let Some(loops) = &self.loops {
+            self.machines[i].set_binds(loops.bind_args());
+        }
+        Ok(())
+    }
+
+    /// Boots machines `which` side by side; the seconds each took.
+    pub(super) fn boot(&mut self, which: &[usize]) -> Result<Vec<f64>> {
+        if let Some(loops) = &self.loops {
+            loops.restore();
+        }
+        let mut picked: Vec<(usize, &mut Machine)> =
+            self.machines.iter_mut().enumerate().filter(|(i, _)| which.contains(i)).collect();
+        let results: Vec<Result<f64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = picked.iter_mut().map(|(_, m)| s.spawn(move || m.boot())).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a boot panicked")))).collect()
+        });
+        results.into_iter().collect()
+    }
+
+    /// The node's INSTALL.md block of this form (`systemctl enable --now` for host, `portablectl
+    /// attach` for portable), as written.
+    pub(super) fn install_block(&self, i: usize) -> Result<String> {
+        let path = self.render.join(format!("{}.INSTALL.md", self.spec.nodes[i].name));
+        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let marker = match self.form {
+            Form::Portable => "portablectl attach",
+            _ => "systemctl enable --now",
+        };
+        sh_blocks(&text)
+            .into_iter()
+            .find(|b| b.contains(marker))
+            .with_context(|| format!("{}: no ```sh block with `{marker}`", path.display()))
+    }
+
+    /// Runs every machine's install block at once (the first member waits for a quorum).
+    pub(super) fn install_all(&self) -> Result<()> {
+        let blocks: Vec<String> = (0..self.machines.len()).map(|i| self.install_block(i)).collect::<Result<_>>()?;
+        let results = each_in_thread(&self.machines, "an install", |i, m| {
+            let script = format!("cd {INSTALL_DIR} && set -ex\n{}", blocks[i]);
+            let out = m.sh_timeout(&script, INSTALL_TIMEOUT_S)?;
+            if !out.status.success() {
+                bail!(
+                    "{}: the INSTALL.md steps failed ({}):\n{}\n  journalctl -u etcd:\n{}",
+                    m.name,
+                    out.status,
+                    tail(&String::from_utf8_lossy(&out.stderr), 12),
+                    m.journal("etcd.service", 15)
+                );
+            }
+            Ok(())
+        });
+        results.into_iter().collect()
+    }
+
+    /// The host's etcdctl, inside the run's namespace, with the operator's client certificate,
+    /// against the members `nodes`.
+    pub(super) fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
+        let endpoints: Vec<String> = nodes.iter().map(|i| self.endpoint(*i)).collect();
+        let client = self.pki.client_dir("etcdctl");
+        self.netns
+            .command(&self.etcdctl)
+            .env_clear()
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .arg(format!("--cacert={}", client.join("ca.crt").display()))
+            .arg(format!("--cert={}", client.join("client.crt").display()))
+            .arg(format!("--key={}", client.join("client.key").display()))
+            .arg("--dial-timeout=2s")
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {}", self.etcdctl.display()))
+    }
+
+    pub(super) fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
+        let out = self.etcdctl(nodes, args)?;
+        if !out.status.success() {
+            bail!("etcdctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub(super) fn endpoint(&self, i: usize) -> String {
+        format!("https://{}:2379", self.machines[i].ip)
+    }
+
+    /// Waits until `nodes` answer `endpoint health`; the error quotes etcdctl and the journal of
+    /// each node that is not healthy.
+    pub(super) fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<f64> {
+        let t = Instant::now();
+        let deadline = t + timeout;
+        loop {
+            self.interrupt.check()?;
+            let out = self.etcdctl(nodes, &["endpoint", "health", "--command-timeout=1s"])?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            let healthy = text.lines().filter(|l| l.contains("is healthy")).count();
+            if out.status.success() && healthy == nodes.len() {
+                return Ok(t.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                let mut why = format!("not healthy after {} s: {}", timeout.as_secs(), text.trim());
+                for i in nodes {
+                    let ep = self.endpoint(*i);
+                    if !text.lines().any(|l| l.contains(&ep) && l.contains("is healthy")) {
+                        why += &format!(
+                            "\n  {} (journalctl -u etcd):\n{}",
+                            self.machines[*i].name,
+                            self.machines[*i].journal("etcd.service", 10)
+                        );
+                    }
+                }
+                bail!(why);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts the client load against the three members, from inside the namespace.
+    pub(super) fn start_load(&mut self) -> Result<()> {
+        let endpoints = (0..self.machines.len()).map(|i| self.endpoint(i)).collect();
+        let identity = Identity::in_dir(&self.pki.client_dir("etcdctl"));
+        self.load = Some(Load::start_in(endpoints, identity, LOAD_PREFIX, LOAD_BOUNDS, Some(self.netns.path()))?);
+        Ok(())
+    }
+
+    pub(super) fn phase(&self, name: &str) {
+        if let Some(l) = &self.load {
+            l.phase(name);
+        }
+        eprintln!("smoke: {}: {name}", self.scenario);
+    }
+
+    pub(super) fn run_check(&mut self, name: &str, check: impl FnOnce(&mut Self) -> Result<String>) -> bool {
+        let started = Instant::now();
+        let result = check(self);
+        let passed = result.is_ok();
+        record_check(&mut self.checks, &self.scenario, name, started, result);
+        passed
+    }
+
+    /// Keeps each machine's etcd journal and console beside the report.
+    pub(super) fn record_logs(&self) {
+        for m in &self.machines {
+            let journal = m
+                .sh("journalctl --no-pager -o short-precise -u etcd.service -u etcd-backup.service")
+                .map(|o| o.stdout)
+                .unwrap_or_default();
+            let _ = crate::util::write_atomic(&self.out.join(format!("{}.journal.log", m.name)), &journal, 0o644);
+        }
+    }
+
+    /// Stops the load, reads every acknowledged write back (inside the namespace) and records it.
+    /// Requests may fail only in the phases `allowed`.
+    pub(super) fn finish_load(&mut self, allowed: &[&str]) {
+        let Some(l) = self.load.take() else { return };
+        let report = l.finish();
+        let t = Instant::now();
+        let endpoint = self.endpoint(0);
+        let identity = Identity::in_dir(&self.pki.client_dir("etcdctl"));
+        let r = self
+            .netns
+            .run_inside(|| load::verify_acknowledged(&report, &endpoint, &identity, LOAD_PREFIX))
+            .and_then(|checked| {
+                let unexpected: Vec<String> = report
+                    .failed_by_phase
+                    .iter()
+                    .filter(|(p, _)| !allowed.contains(&p.as_str()))
+                    .map(|(p, n)| format!("{n} during {p:?}"))
+                    .collect();
+                let summary = format!(
+                    "{} requests ({} writes, {} linearizable reads) in {:.1} s = {:.0}/s; {} failed, {} retried; worst \
+                     latency {:.0} ms; all {checked} acknowledged writes read back",
+                    report.requests,
+                    report.writes,
+                    report.reads,
+                    report.seconds,
+                    report.rate_per_s,
+                    report.failed,
+                    report.retries,
+                    report.worst_latency_ms
+                );
+                if !unexpected.is_empty() {
+                    let first =
+                        report.failures.first().map(|f| format!("{}: {}", f.what, f.reason)).unwrap_or_default();
+                    bail!("{summary}; failed requests {} (first: {first})", unexpected.join(", "));
+                }
+                if report.requests == 0 || report.reads == 0 {
+                    bail!("{summary}: the load made no progress");
+                }
+                Ok(summary)
+            });
+        self.load_report = Some(report);
+        record_check(&mut self.checks, &self.scenario, "client load: every acknowledged write is there", t, r);
+    }
+
+    pub(super) fn print_how_to_reach(&self) {
+        let client = self.pki.client_dir("etcdctl");
+        let endpoints: Vec<String> = (0..self.machines.len()).map(|i| self.endpoint(i)).collect();
+        println!(
+            "\nThe machines are still running (--keep), in the network namespace {}. Reach them with:",
+            self.netns.name
+        );
+        println!(
+            "  nsenter --net={} {} --endpoints={} --cacert={} --cert={} --key={} endpoint health",
+            self.netns.path().display(),
+            display_rel(&self.etcdctl),
+            endpoints.join(","),
+            display_rel(&client.join("ca.crt")),
+            display_rel(&client.join("client.crt")),
+            display_rel(&client.join("client.key"))
+        );
+        for m in &self.machines {
+            if let Some(pid) = m.leader_pid() {
+                println!("  a shell on {}: nsenter -t {pid} -a /bin/bash", m.name);
+            }
+        }
+    }
+
+    pub(super) fn keep(&mut self) {
+        for m in &mut self.machines {
+            m.keep();
+        }
+        self.netns.keep();
+    }
+}
+
+/// The ```sh blocks of a Markdown text, in order.
+pub(super) fn sh_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```sh") => current = Some(String::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+/// Runs `cmd` inside the namespace with curl's arguments; its output.
+pub(super) fn curl_in(netns: &Netns, args: &[String]) -> Result<Output> {
+    netns.command("curl").args(["-sS", "--max-time", "5"]).args(args).output().context("cannot run curl")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_blocks_are_read_as_written() {
+        let md = "text\n```sh\na\nb\n```\nmore\n```\nnot sh\n```\n```sh\nc\n```\n";
+        assert_eq!(sh_blocks(md), vec!["a\nb\n".to_string(), "c\n".to_string()]);
+    }
+
+    #[test]
+    fn addresses_must_fit_one_bridge() {
+        let file = Path::new("c.toml");
+        let spec = |ips: [&str; 3]| {
+            let mut text = String::from("name = \"t\"\nclients = [\"etcdctl\"]\n");
+            for (i, ip) in ips.iter().enumerate() {
+                text += &format!("[[nodes]]\nname = \"n{i}\"\nips = [\"{ip}\"]\n");
+            }
+            ClusterSpec::from_toml(&text, "c.toml").unwrap()
+        };
+        let (ips, bridge) = addressing(&spec(["10.1.2.3", "10.1.2.4", "10.1.2.254"]), file).unwrap();
+        assert_eq!(ips.len(), 3);
+        assert_eq!(bridge, Ipv4Addr::new(10, 1, 2, 253));
+        let err = format!("{:#}", addressing(&spec(["10.1.2.3", "10.1.3.4", "10.1.2.5"]), file).unwrap_err());
+        assert!(err.contains("node n1") && err.contains("field ips") && err.contains("10.1.3.4"), "{err}");
+        let err = format!("{:#}", addressing(&spec(["127.0.0.2", "10.1.3.4", "10.1.2.5"]), file).unwrap_err());
+        assert!(err.contains("node n0") && err.contains("127.0.0.2"), "{err}");
+    }
+}
