@@ -252,6 +252,7 @@ pub fn render_node(inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<NodeBu
     portable.file("etc/etcd/etcd.conf", 0o644, etcd_conf(inputs, node, true)?);
     portable.file("etc/etcd/etcdctl.env", 0o644, etcdctl);
     portable.file("etc/etcd/etcd-backup.env", 0o644, backup_env(inputs, node)?);
+    portable.file("etc/systemd/portable/profile/etcd/service.conf", 0o644, template::read("portable/profile.conf")?);
 
     let install_md = template::fill(
         "systemd/host/INSTALL.md.in",

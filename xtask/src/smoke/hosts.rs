@@ -443,6 +443,22 @@ impl Hosts {
                 println!("  a shell on {}: nsenter -t {pid} -a /bin/bash", m.name);
             }
         }
+        println!("Remove them with (as root):");
+        for m in &self.machines {
+            let cgroups: Vec<String> = m.cgroup_dirs().iter().map(|d| d.display().to_string()).collect();
+            println!(
+                "  kill -TERM {}; sleep 5; umount {}; find {} -depth -type d -exec rmdir {{}} \\;{}",
+                m.nspawn_pid().map(|p| p.to_string()).unwrap_or_default(),
+                m.root().display(),
+                cgroups.join(" "),
+                if cgroups.iter().any(|c| c.contains("/cgroup2/")) {
+                    format!("; umount {}", m.dir.join("cgroup2").display())
+                } else {
+                    String::new()
+                }
+            );
+        }
+        println!("  ip netns delete {}", self.netns.name);
     }
 
     pub(super) fn keep(&mut self) {

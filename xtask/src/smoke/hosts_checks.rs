@@ -39,7 +39,7 @@ impl Hosts {
             return Ok(false);
         }
         let what = match self.form {
-            Form::Portable => "INSTALL.md: portable.tar unpacked, portablectl attach --now --enable etcd_<version>.raw",
+            Form::Portable => "INSTALL.md: portable.tar unpacked, image in /var/lib/portables, portablectl attach --now --enable --profile=etcd",
             _ => "INSTALL.md: binaries installed, sysusers, tmpfiles, systemctl enable --now",
         };
         if !self.run_check(what, |h| h.install_all().map(|_| "done on all three machines, side by side".into())) {
@@ -218,6 +218,7 @@ impl Hosts {
                 bail!("{}: data dir {data} is {data_line:?} (mode, owner uid), expected 700 owned by {uids:?}", m.name);
             }
             let user = field("User:").first().cloned().unwrap_or_else(|| "?".into());
+            let user = if user == "?" { "a dynamic user".to_string() } else { user };
             seen.push(format!("{} uid {} ({user})", m.name, uids[0]));
         }
         Ok(format!("{}; CapEff=CapPrm=CapAmb=0; {data} 0700 owned by etcd's uid", seen.join(", ")))
@@ -348,7 +349,13 @@ impl Hosts {
 
     fn check_reboot(&mut self) -> Result<String> {
         self.phase("node 2 rebooted");
-        let enabled = self.machines[1].sh_ok("systemctl is-enabled etcd.service || true")?.trim().to_string();
+        // Wanted by multi-user.target: enabled. (After `portablectl attach --enable` systemd 252's
+        // `systemctl is-enabled` says "disabled": the links are in /etc/systemd/system.attached.)
+        let wanted = self.machines[1].sh_ok("systemctl show -P WantedBy etcd.service")?.trim().to_string();
+        if !wanted.split_whitespace().any(|w| w == "multi-user.target") {
+            bail!("etcd.service is not enabled (WantedBy={wanted:?}): it would not start at boot");
+        }
+        let enabled = format!("wanted by {wanted}");
         let t = Instant::now();
         let booted = self.machines[1].reboot()?;
         let serving = self.first_read(1, t, Duration::from_secs(90))?;

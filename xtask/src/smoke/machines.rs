@@ -566,9 +566,19 @@ impl Machine {
         self.keep = true;
     }
 
-    /// How the machine was started, for `--keep`.
+    /// The pid of the machine's init, for `--keep`.
     pub fn leader_pid(&self) -> Option<u32> {
         self.leader
+    }
+
+    /// The pid of the machine's systemd-nspawn, for `--keep`.
+    pub fn nspawn_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The cgroups made for the machine, for `--keep`.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroups.dirs.clone()
     }
 
     /// Powers off, unmounts and removes the machine's files.
