@@ -35,8 +35,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 /// The one image directory (`etcd_<version>`) in `out`.
 fn image_dir(out: &Path) -> PathBuf {
     let dirs: Vec<PathBuf> = fs::read_dir(out)
@@ -131,69 +129,12 @@ fn builds_a_complete_image_and_a_reproducible_raw() {
 // ---------------------------------------------------------------------------------------------
 // Under a real systemd.
 
-const SUITE: &str = "bookworm";
-const INCLUDE: &str = "systemd,systemd-sysv,dbus,systemd-container";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// The Debian mirror mmdebstrap uses: `XTASK_DEBIAN_MIRROR`, else the first main archive the
-/// host's apt is configured with (deb822 `URIs:` or one-line `deb URL SUITE` sources).
-fn mirror() -> String {
-    if let Ok(m) = std::env::var("XTASK_DEBIAN_MIRROR") {
-        return m;
-    }
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        more.sort();
-        files.extend(more.into_iter().filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list")));
-    }
-    for file in files {
-        let Ok(text) = fs::read_to_string(&file) else { continue };
-        for line in text.lines().map(str::trim) {
-            let uri = if let Some(uris) = line.strip_prefix("URIs:") {
-                uris.split_whitespace().next()
-            } else if line.starts_with("deb ") {
-                line.split_whitespace().find(|w| w.starts_with("http"))
-            } else {
-                None
-            };
-            if let Some(uri) = uri.filter(|u| !u.trim_end_matches('/').ends_with("-security")) {
-                return uri.trim_end_matches('/').to_string();
-            }
-        }
-    }
-    panic!("no Debian mirror found in the apt sources: set XTASK_DEBIAN_MIRROR");
-}
-
-/// A minimal Debian with systemd, made once and reused: `target/nspawn/debian-<suite>-<key>/`,
-/// keyed by what mmdebstrap is asked for. Built beside and renamed when complete. mmdebstrap,
-/// not debootstrap: it downloads with apt and unpacks in one pass, 25 s instead of 53 s here
-/// (and half the CPU), and a fresh clone makes one.
+/// The machines' root file system of `smoke --engine systemd` (mmdebstrap, cached in
+/// `target/nspawn/`): one cache for both.
 fn cached_rootfs() -> PathBuf {
-    let recipe = format!("mmdebstrap {SUITE} minbase {INCLUDE} {}", mirror());
-    let key: String = Sha256::digest(recipe.as_bytes()).iter().take(6).map(|b| format!("{b:02x}")).collect();
-    let base = xtask::util::target_dir().join("nspawn");
-    let dest = base.join(format!("debian-{SUITE}-{key}"));
-    if dest.join("usr/lib/systemd/systemd").is_file() {
-        return dest;
-    }
-    fs::create_dir_all(&base).unwrap();
-    let tmp = base.join(format!(".debian-{SUITE}-{key}.tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    let started = Instant::now();
-    let out = Command::new("mmdebstrap")
-        .args(["--quiet", "--variant=minbase", &format!("--include={INCLUDE}"), SUITE])
-        .arg(&tmp)
-        .arg(mirror())
-        .output()
-        .expect("mmdebstrap is installed (Debian: mmdebstrap)");
-    if !out.status.success() {
-        let _ = fs::remove_dir_all(&tmp);
-        panic!("mmdebstrap failed (set XTASK_DEBIAN_MIRROR to a reachable mirror):\n{}", text(&out));
-    }
-    fs::rename(&tmp, &dest).unwrap();
-    println!("mmdebstrap {SUITE}: {:.0} s, cached in {}", started.elapsed().as_secs_f64(), dest.display());
-    dest
+    xtask::smoke::machines::cached_rootfs().expect("the cached Debian root file system")
 }
 
 /// Runs inside the guest. `/xtask/params` names the image; results go to /xtask-result/status.
