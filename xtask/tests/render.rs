@@ -340,7 +340,7 @@ fn the_readme_host_steps_are_the_install_md_steps_the_smoke_engine_runs() {
         .replace("@NODE@", "master1")
         .replace("@VERSION@", "3.4.9");
     let install = sh_blocks(&template);
-    for marker in ["systemctl enable --now", "portablectl attach"] {
+    for marker in ["systemctl enable --now", "portablectl attach", "etcd-renew", "systemctl restart etcd.service"] {
         let ours = install.iter().find(|b| b.contains(marker)).unwrap_or_else(|| panic!("INSTALL.md: {marker}"));
         let readme_block = section.iter().find(|b| b.contains(marker)).unwrap_or_else(|| panic!("README: {marker}"));
         assert_eq!(readme_block, ours, "the README's block with `{marker}` differs from INSTALL.md.in's");

@@ -140,6 +140,18 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
         assert_eq!(sc["member_healthy_s"].as_array().unwrap().len(), 3, "{sc:#}");
     }
     assert!(checks.iter().any(|c| c["reason"].as_str().unwrap().contains("a dynamic user")), "portable: DynamicUser");
+    // The renewal, as INSTALL.md says, under the load: not one failed request.
+    for (form, how) in [("portable", "restarted one at a time"), ("host", "no restart")] {
+        let scenario = format!("{form}/renew");
+        let mine: Vec<&serde_json::Value> = checks.iter().filter(|c| c["scenario"] == scenario.as_str()).collect();
+        assert_eq!(mine.len(), 2, "{form}: {report:#}");
+        let reason = mine[0]["reason"].as_str().unwrap();
+        assert!(reason.contains(how) && reason.contains("new serials served"), "{reason}");
+        let sc = report["scenarios"].as_array().unwrap().iter().find(|s| s["name"] == scenario.as_str()).unwrap();
+        assert_eq!(sc["load"]["failed"], 0, "{sc:#}");
+        assert!(sc["load"]["requests"].as_u64().unwrap() > 0, "{sc:#}");
+        assert_eq!(sc["member_healthy_s"].as_array().unwrap().len(), 3, "{sc:#}");
+    }
 
     // Ctrl-C in the middle of a run: the machines are powered off and everything is removed.
     let ctrl_c = tmp.path().join("interrupted");

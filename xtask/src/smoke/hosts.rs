@@ -80,6 +80,8 @@ pub(super) struct Hosts {
     pub form: Form,
     pub scenario: String,
     pub spec: ClusterSpec,
+    pub cluster_file: PathBuf,
+    pub arch: crate::util::Arch,
     pub version: String,
     pub out: PathBuf,
     pub render: PathBuf,
@@ -176,6 +178,8 @@ impl Hosts {
             form,
             scenario: format!("{}/basic", form.as_str()),
             spec: inputs.spec.clone(),
+            cluster_file: inputs.cluster_file.to_path_buf(),
+            arch: inputs.acquired.provenance.arch,
             version: inputs.version.to_string(),
             out: out.to_path_buf(),
             render,
@@ -250,12 +254,17 @@ impl Hosts {
     /// The node's INSTALL.md block of this form (`systemctl enable --now` for host, `portablectl
     /// attach` for portable), as written.
     pub(super) fn install_block(&self, i: usize) -> Result<String> {
-        let path = self.render.join(format!("{}.INSTALL.md", self.spec.nodes[i].name));
-        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let marker = match self.form {
             Form::Portable => "portablectl attach",
             _ => "systemctl enable --now",
         };
+        self.block(i, marker)
+    }
+
+    /// The ```sh block of node `i`'s INSTALL.md that contains `marker`, as written.
+    pub(super) fn block(&self, i: usize, marker: &str) -> Result<String> {
+        let path = self.render.join(format!("{}.INSTALL.md", self.spec.nodes[i].name));
+        let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         sh_blocks(&text)
             .into_iter()
             .find(|b| b.contains(marker))
