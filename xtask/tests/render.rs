@@ -335,12 +335,25 @@ fn the_readme_host_steps_are_the_install_md_steps_the_smoke_engine_runs() {
     let start = readme.find("\n## Three systemd hosts").expect("README section \"Three systemd hosts\"");
     let end = start + 1 + readme[start + 1..].find("\n## ").unwrap();
     let section = sh_blocks(&readme[start..end]);
-    let template = fs::read_to_string(root.join("systemd/host/INSTALL.md.in"))
-        .unwrap()
-        .replace("@NODE@", "master1")
-        .replace("@VERSION@", "3.4.9");
-    let install = sh_blocks(&template);
-    for marker in ["systemctl enable --now", "portablectl attach", "etcd-renew", "systemctl restart etcd.service"] {
+    let template = |version: &str| {
+        fs::read_to_string(root.join("systemd/host/INSTALL.md.in"))
+            .unwrap()
+            .replace("@NODE@", "master1")
+            .replace("@VERSION@", version)
+            .replace("@PEER_URL@", "https://10.0.1.204:2380")
+    };
+    for (marker, version) in [
+        ("systemctl enable --now", "3.4.9"),
+        ("portablectl attach", "3.4.9"),
+        ("etcd-renew", "3.4.9"),
+        ("LoadCredential= copies", "3.4.9"),
+        ("# the new binary", "3.5.16"),
+        ("portablectl reattach", "3.5.16"),
+        ("etcdctl member remove", "3.4.9"),
+        ("ETCD_INITIAL_CLUSTER_STATE=existing", "3.4.9"),
+        ("etcdctl member promote", "3.4.9"),
+    ] {
+        let install = sh_blocks(&template(version));
         let ours = install.iter().find(|b| b.contains(marker)).unwrap_or_else(|| panic!("INSTALL.md: {marker}"));
         let readme_block = section.iter().find(|b| b.contains(marker)).unwrap_or_else(|| panic!("README: {marker}"));
         assert_eq!(readme_block, ours, "the README's block with `{marker}` differs from INSTALL.md.in's");

@@ -114,8 +114,10 @@ impl Portable {
             println!("{}: squashfs image {} (sha256 {sum})", built.name, display_rel(raw));
         }
         println!(
-            "attach on a host: portablectl attach --now --enable {}",
-            built.raw.as_ref().unwrap_or(&built.dir).display()
+            "on a host: install {} into /var/lib/portables/ and follow the node's INSTALL.md from `cargo xtask render` \
+             (portablectl attach --enable --profile=etcd {})",
+            built.raw.as_ref().unwrap_or(&built.dir).display(),
+            built.name
         );
         Ok(())
     }

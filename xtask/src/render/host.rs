@@ -261,6 +261,7 @@ pub fn render_node(inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<NodeBu
             ("NODE", node.name.clone()),
             ("CLUSTER", inputs.spec.name.clone()),
             ("ADDRESS", config::primary_ip(node)?.to_string()),
+            ("PEER_URL", config::url("https", &config::primary_ip(node)?, config::PEER_PORT)),
             ("COUNT", inputs.spec.nodes.len().to_string()),
             ("TUNING", inputs.tuning.map(|(n, _)| n.to_string()).unwrap_or_else(|| "etcd defaults".into())),
             ("CLIENT", inputs.client.to_string()),

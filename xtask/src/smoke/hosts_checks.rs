@@ -39,7 +39,7 @@ impl Hosts {
             return Ok(false);
         }
         let what = match self.form {
-            Form::Portable => "INSTALL.md: portable.tar unpacked, image in /var/lib/portables, portablectl attach --now --enable --profile=etcd",
+            Form::Portable => "INSTALL.md: portable.tar unpacked, image in /var/lib/portables, portablectl attach --enable --profile=etcd, started",
             _ => "INSTALL.md: binaries installed, sysusers, tmpfiles, systemctl enable --now",
         };
         if !self.run_check(what, |h| h.install_all().map(|_| "done on all three machines, side by side".into())) {

@@ -337,13 +337,9 @@ pub struct Bounds {
 
 impl Load {
     /// Starts the workers (three per endpoint, each preferring its own); keys go under `prefix`.
-    pub fn start(endpoints: Vec<String>, identity: Identity, prefix: &str, bounds: Bounds) -> Result<Load> {
-        Load::start_in(endpoints, identity, prefix, bounds, None)
-    }
-
-    /// Like [`Load::start`], with every worker's sockets in the network namespace `netns`
-    /// (the systemd engine's machines are reachable only from there).
-    pub fn start_in(
+    /// With `netns`, every worker's sockets are in that network namespace (the systemd
+    /// engine's machines are reachable only from there).
+    pub fn start(
         endpoints: Vec<String>,
         identity: Identity,
         prefix: &str,
@@ -374,19 +370,10 @@ impl Load {
             let bounds = Bounds { max_requests: per_worker, max_duration: bounds.max_duration };
             let netns = netns.clone();
             workers.push(std::thread::spawn(move || {
-                if let Some(ns) = netns {
-                    if let Err(e) = super::machines::Netns::enter(&ns) {
-                        if let Ok(mut r) = shared.report.lock() {
-                            r.failed += 1;
-                            r.failures.push(Incident {
-                                at_s: 0.0,
-                                phase: "start".into(),
-                                what: format!("worker {w}"),
-                                reason: format!("{e:#}"),
-                            });
-                        }
-                        return;
-                    }
+                if let Some(Err(e)) = netns.map(|ns| super::machines::Netns::enter(&ns)) {
+                    // No request can be made: the load reports no progress and fails.
+                    eprintln!("smoke: load worker {w}: {e:#}");
+                    return;
                 }
                 worker(w, &identity, &prefix, bounds, &shared)
             }));

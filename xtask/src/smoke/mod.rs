@@ -21,8 +21,10 @@ mod http_tls;
 mod kube;
 mod load;
 pub mod machines;
+mod nspawn_host;
 mod podman;
 mod scenarios;
+mod systemd;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +36,7 @@ use serde::Serialize;
 use crate::definition::Definition;
 use crate::image::{self, BuildArgs};
 use crate::pki::cluster::ClusterSpec;
-use crate::util::{display_rel, project_root, source_date_epoch, target_dir, write_atomic, Arch};
+use crate::util::{display_rel, project_root, target_dir, write_atomic, Arch};
 use cluster::{restage_dir, stable_mac, stdout_or_stderr, Cluster};
 pub use hosts::Form;
 pub use kube::Engine;
@@ -357,151 +359,6 @@ pub(crate) fn record_check(
     checks.push(Check { scenario: scenario.to_string(), name: name.to_string(), outcome, reason, seconds });
 }
 
-impl Smoke {
-    /// `--engine systemd`: each form on three fresh machines, the basic checks, one report.
-    fn run_systemd(&self, spec: &ClusterSpec, cluster_path: &Path, out: &Path, started: Instant) -> Result<()> {
-        let asked = ScenarioName::expand(&self.scenario);
-        let unsupported: Vec<&str> = asked
-            .iter()
-            .filter(|s| !matches!(s, ScenarioName::Basic | ScenarioName::RotateCerts))
-            .map(|s| s.as_str())
-            .collect();
-        if !self.scenario.contains(&ScenarioName::All) && !unsupported.is_empty() {
-            bail!(
-                "--engine systemd runs basic and rotate-certs (the renewal) for now: drop --scenario, or use --engine                  run for {}",
-                unsupported.join(", ")
-            );
-        }
-        // `all` on systemd: the basic checks, then the renewal on the same machines.
-        let renew = self.scenario.contains(&ScenarioName::All) || asked.contains(&ScenarioName::RotateCerts);
-        hosts::addressing(spec, cluster_path)?;
-        preflight_systemd()?;
-        let interrupt = Interrupt::install()?;
-        let def = Definition::load_default()?;
-        let host = Arch::host().context("this machine's architecture has no etcd build")?;
-        let opts = crate::acquire::AcquireOptions { source: self.source.clone(), ..Default::default() };
-        let acquired = crate::acquire::ensure(&def, host, &opts)?;
-        let version = acquired.provenance.version.clone();
-        let forms = self.form.expand();
-        let raw = match forms.contains(&Form::Portable) {
-            true => {
-                let env = def.runtime_env(&version, host)?;
-                let built =
-                    crate::portable::build(&acquired, &out.join("portable-image"), source_date_epoch()?, true, &env)?;
-                Some(built.raw.context("the portable build made no .raw")?)
-            }
-            false => None,
-        };
-        let inputs = hosts::Inputs {
-            spec,
-            cluster_file: cluster_path,
-            acquired: &acquired,
-            raw: raw.as_deref(),
-            version: &version,
-        };
-        let (mut checks, mut timings, mut reports) = (Vec::new(), BTreeMap::new(), Vec::new());
-        let mut result = Ok(());
-        for (i, form) in forms.iter().enumerate() {
-            let t = Instant::now();
-            eprintln!("smoke: systemd machines, form {}", form.as_str());
-            let mut hosts = match hosts::Hosts::prepare(
-                &inputs,
-                *form,
-                &out.join(format!("systemd-{}", form.as_str())),
-                interrupt.clone(),
-            ) {
-                Ok(h) => h,
-                Err(e) => {
-                    result = Err(e.context(format!("cannot prepare the {} machines", form.as_str())));
-                    break;
-                }
-            };
-            let mut r = hosts.basic();
-            let mut push = |hosts: &mut hosts::Hosts, t: Instant| {
-                reports.push(ScenarioReport {
-                    name: hosts.scenario.clone(),
-                    seconds: t.elapsed().as_secs_f64(),
-                    load: hosts.load_report.take(),
-                    member_healthy_s: std::mem::take(&mut hosts.member_healthy),
-                });
-            };
-            push(&mut hosts, t);
-            let basic_ok = hosts.checks.iter().all(|c| c.outcome == Outcome::Pass);
-            if r.is_ok() && renew && basic_ok {
-                let t = Instant::now();
-                r = hosts.renew();
-                push(&mut hosts, t);
-            }
-            let seconds = t.elapsed().as_secs_f64();
-            timings.extend(hosts.timings.iter().map(|(k, v)| (k.clone(), *v)));
-            timings.insert(format!("{}_total", form.as_str()), seconds);
-            checks.extend(hosts.checks.iter().cloned());
-            if self.keep && i + 1 == forms.len() {
-                hosts.keep();
-                hosts.print_how_to_reach();
-            }
-            drop(hosts);
-            if let Err(e) = r {
-                result = Err(e);
-                break;
-            }
-        }
-        timings.insert("total".into(), started.elapsed().as_secs_f64());
-        let mut image = Vec::new();
-        if let Some(raw) = &raw {
-            image.push(raw.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        }
-        if forms.contains(&Form::Host) {
-            image.push(format!("host bundles with etcd {version} from {}", display_rel(&acquired.dir)));
-        }
-        let report = Report {
-            image: image.join(", "),
-            engine: "systemd".into(),
-            kube_play_adaptations: Vec::new(),
-            forms: forms.iter().map(|f| f.as_str().to_string()).collect(),
-            etcd_version: version,
-            cluster: spec.name.clone(),
-            passed: checks.iter().filter(|c| c.outcome == Outcome::Pass).count(),
-            failed: checks.iter().filter(|c| c.outcome == Outcome::Fail).count(),
-            scenarios: reports,
-            checks,
-            timings,
-        };
-        let json = serde_json::to_string_pretty(&report).context("cannot serialise the report")?;
-        write_atomic(&out.join("report.json"), format!("{json}\n").as_bytes(), 0o644)?;
-        print_summary(&report, out);
-        result?;
-        if report.failed > 0 {
-            bail!(
-                "{} of {} smoke checks failed (see {})",
-                report.failed,
-                report.checks.len(),
-                display_rel(&out.join("report.json"))
-            );
-        }
-        Ok(())
-    }
-}
-
-/// What `--engine systemd` needs of this host; the error says what is missing and how to get it.
-fn preflight_systemd() -> Result<()> {
-    if !crate::util::is_root() {
-        bail!("--engine systemd boots machines with systemd-nspawn, makes a network namespace and mounts overlays: run it as root");
-    }
-    for (tool, package) in [
-        ("systemd-nspawn", "systemd-container"),
-        ("nsenter", "util-linux"),
-        ("ip", "iproute2"),
-        ("curl", "curl"),
-        ("timeout", "coreutils"),
-    ] {
-        if !crate::util::on_path(tool) {
-            bail!("--engine systemd needs {tool}: apt-get install {package} (or `cargo xtask ci --deps-only` as root)");
-        }
-    }
-    Ok(())
-}
-
 fn preflight() -> Result<()> {
     for tool in ["podman", "curl"] {
         if !crate::util::on_path(tool) {
@@ -557,7 +414,9 @@ fn print_summary(report: &Report, out: &Path) {
                 .iter()
                 .filter_map(|k| t(&format!("{form}_{k}")).map(|s| format!("{} {s:.1} s", k.replace('_', " "))))
                 .collect();
-        println!("  {form}: {}", times.join(", "));
+        if !times.is_empty() {
+            println!("  {form}: {}", times.join(", "));
+        }
     }
     if let Some(s) = t("total") {
         println!("  total:                {s:.1} s (goal <= {GOAL_TOTAL_S} s with the image built)");

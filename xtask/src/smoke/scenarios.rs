@@ -97,7 +97,7 @@ impl Cluster {
         }
         let scheme = if self.plain_clients { "http" } else { "https" };
         let endpoints = self.nodes.iter().map(|n| format!("{scheme}://127.0.0.1:{}", n.client_port)).collect();
-        self.load = Some(Load::start(endpoints, Identity::in_dir(&self.client), LOAD_PREFIX, LOAD_BOUNDS)?);
+        self.load = Some(Load::start(endpoints, Identity::in_dir(&self.client), LOAD_PREFIX, LOAD_BOUNDS, None)?);
         Ok(true)
     }
 

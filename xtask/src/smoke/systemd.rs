@@ -1,0 +1,207 @@
+//! `--engine systemd`: for each form, three fresh machines (`hosts.rs`), the basic checks
+//! (`hosts_checks.rs`) and the day-2 scenarios asked for (`hosts_day2.rs`) on the same
+//! machines, one report. The upgrade target is checked and acquired before anything boots.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::definition::Definition;
+use crate::pki::cluster::ClusterSpec;
+use crate::util::{display_rel, source_date_epoch, write_atomic, Arch};
+
+use super::podman::Interrupt;
+use super::{hosts, hosts_day2, print_summary, Form, Outcome, Report, ScenarioName, ScenarioReport, Smoke};
+
+impl Smoke {
+    /// `--engine systemd`: each form on three fresh machines, the basic checks, one report.
+    pub(super) fn run_systemd(
+        &self,
+        spec: &ClusterSpec,
+        cluster_path: &Path,
+        out: &Path,
+        started: Instant,
+    ) -> Result<()> {
+        // On systemd every scenario runs on the same machines, after the basic checks.
+        let asked = ScenarioName::expand(&self.scenario);
+        if asked.contains(&ScenarioName::HttpToTls) {
+            bail!("--engine systemd does not run http-to-tls: use --engine run for it");
+        }
+        hosts::addressing(spec, cluster_path)?;
+        preflight_systemd()?;
+        let interrupt = Interrupt::install()?;
+        let def = Definition::load_default()?;
+        let host = Arch::host().context("this machine's architecture has no etcd build")?;
+        let opts = crate::acquire::AcquireOptions { source: self.source.clone(), ..Default::default() };
+        let acquired = crate::acquire::ensure(&def, host, &opts)?;
+        let version = acquired.provenance.version.clone();
+        let forms = self.form.expand();
+        let raw = match forms.contains(&Form::Portable) {
+            true => {
+                let env = def.runtime_env(&version, host)?;
+                let built =
+                    crate::portable::build(&acquired, &out.join("portable-image"), source_date_epoch()?, true, &env)?;
+                Some(built.raw.context("the portable build made no .raw")?)
+            }
+            false => None,
+        };
+        let upgrade = match asked.contains(&ScenarioName::Upgrade) {
+            true => Some(self.prepare_systemd_upgrade(&def, &version, &forms, out)?),
+            false => None,
+        };
+        let inputs = hosts::Inputs {
+            spec,
+            cluster_file: cluster_path,
+            acquired: &acquired,
+            raw: raw.as_deref(),
+            version: &version,
+        };
+        let (mut checks, mut timings, mut reports) = (Vec::new(), BTreeMap::new(), Vec::new());
+        let mut result = Ok(());
+        for (i, form) in forms.iter().enumerate() {
+            let t = Instant::now();
+            eprintln!("smoke: systemd machines, form {}", form.as_str());
+            let mut hosts = match hosts::Hosts::prepare(
+                &inputs,
+                *form,
+                &out.join(format!("systemd-{}", form.as_str())),
+                interrupt.clone(),
+            ) {
+                Ok(h) => h,
+                Err(e) => {
+                    result = Err(e.context(format!("cannot prepare the {} machines", form.as_str())));
+                    break;
+                }
+            };
+            let mut r = hosts.basic();
+            let mut push = |hosts: &mut hosts::Hosts, t: Instant| {
+                reports.push(ScenarioReport {
+                    name: hosts.scenario.clone(),
+                    seconds: t.elapsed().as_secs_f64(),
+                    load: hosts.load_report.take(),
+                    member_healthy_s: std::mem::take(&mut hosts.member_healthy),
+                });
+            };
+            push(&mut hosts, t);
+            for day2 in asked.iter().filter(|s| **s != ScenarioName::Basic) {
+                if r.is_err() || hosts.checks.iter().any(|c| c.outcome == Outcome::Fail) {
+                    break;
+                }
+                let t = Instant::now();
+                r = match day2 {
+                    ScenarioName::RotateCerts => hosts.renew(),
+                    ScenarioName::ReplaceMember => hosts.replace_member(),
+                    ScenarioName::Upgrade => match &upgrade {
+                        Some(u) => hosts.upgrade(u),
+                        None => Err(anyhow::anyhow!("the upgrade was not prepared")),
+                    },
+                    _ => Ok(()),
+                };
+                push(&mut hosts, t);
+            }
+            let seconds = t.elapsed().as_secs_f64();
+            timings.extend(hosts.timings.iter().map(|(k, v)| (k.clone(), *v)));
+            timings.insert(format!("{}_total", form.as_str()), seconds);
+            checks.extend(hosts.checks.iter().cloned());
+            if self.keep && i + 1 == forms.len() {
+                hosts.keep();
+                hosts.print_how_to_reach();
+            }
+            drop(hosts);
+            if let Err(e) = r {
+                result = Err(e);
+                break;
+            }
+        }
+        timings.insert("total".into(), started.elapsed().as_secs_f64());
+        let mut image = Vec::new();
+        if let Some(raw) = &raw {
+            image.push(raw.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        }
+        if forms.contains(&Form::Host) {
+            image.push(format!("host bundles with etcd {version} from {}", display_rel(&acquired.dir)));
+        }
+        let report = Report {
+            image: image.join(", "),
+            engine: "systemd".into(),
+            kube_play_adaptations: Vec::new(),
+            forms: forms.iter().map(|f| f.as_str().to_string()).collect(),
+            etcd_version: version,
+            cluster: spec.name.clone(),
+            passed: checks.iter().filter(|c| c.outcome == Outcome::Pass).count(),
+            failed: checks.iter().filter(|c| c.outcome == Outcome::Fail).count(),
+            scenarios: reports,
+            checks,
+            timings,
+        };
+        let json = serde_json::to_string_pretty(&report).context("cannot serialise the report")?;
+        write_atomic(&out.join("report.json"), format!("{json}\n").as_bytes(), 0o644)?;
+        print_summary(&report, out);
+        result?;
+        if report.failed > 0 {
+            bail!(
+                "{} of {} smoke checks failed (see {})",
+                report.failed,
+                report.checks.len(),
+                display_rel(&out.join("report.json"))
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Smoke {
+    /// The systemd machines' upgrade target: checked against the upgrade policy, its binaries
+    /// acquired and (portable form) its image built, before any machine boots.
+    fn prepare_systemd_upgrade(
+        &self,
+        def: &Definition,
+        from: &str,
+        forms: &[Form],
+        out: &Path,
+    ) -> Result<hosts_day2::UpgradeTarget> {
+        let to = match &self.upgrade_to {
+            Some(v) => v.clone(),
+            None => crate::upgrade::target(def)?,
+        };
+        crate::upgrade::check_upgrade(def, from, &to)
+            .with_context(|| format!("the upgrade scenario cannot upgrade etcd {from} to {to}"))?;
+        let host = Arch::host().context("this machine's architecture has no etcd build")?;
+        let opts = crate::acquire::AcquireOptions { version: Some(to.clone()), ..Default::default() };
+        let acquired = crate::acquire::ensure(def, host, &opts).with_context(|| format!("cannot acquire etcd {to}"))?;
+        if acquired.provenance.version != to {
+            bail!("etcd {to} was asked for the upgrade, {} was acquired", acquired.provenance.version);
+        }
+        let raw = match forms.contains(&Form::Portable) {
+            true => {
+                let env = def.runtime_env(&to, host)?;
+                let dir = out.join(format!("portable-image-{to}"));
+                let built = crate::portable::build(&acquired, &dir, source_date_epoch()?, true, &env)?;
+                Some(built.raw.context("the portable build made no .raw")?)
+            }
+            false => None,
+        };
+        Ok(hosts_day2::UpgradeTarget { from: from.to_string(), to, acquired_dir: acquired.dir.clone(), raw })
+    }
+}
+
+/// What `--engine systemd` needs of this host; the error says what is missing and how to get it.
+fn preflight_systemd() -> Result<()> {
+    if !crate::util::is_root() {
+        bail!("--engine systemd boots machines with systemd-nspawn, makes a network namespace and mounts overlays: run it as root");
+    }
+    for (tool, package) in [
+        ("systemd-nspawn", "systemd-container"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+        ("curl", "curl"),
+        ("timeout", "coreutils"),
+    ] {
+        if !crate::util::on_path(tool) {
+            bail!("--engine systemd needs {tool}: apt-get install {package} (or `cargo xtask ci --deps-only` as root)");
+        }
+    }
+    Ok(())
+}
