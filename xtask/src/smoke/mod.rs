@@ -78,8 +78,10 @@ const GOAL_TOTAL_S: f64 = 45.0;
 /// runs one after the other. Checks: health, replication, mutual-TLS refusals with etcd's
 /// reason from the journal, non-root without capabilities (/proc in the machine),
 /// `systemd-analyze security`, machines powered off and booted again, etcd SIGKILLed, a machine
-/// rebooted, the backup timer's snapshot restored; then (unless --scenario basic) the certificate
-/// renewal of each node's INSTALL.md under the load, one member at a time.
+/// rebooted, the backup timer's snapshot restored. Then, on the same machines, the day-2 steps of
+/// each node's INSTALL.md under the load: rotate-certs (the renewal), replace-member (machine 3
+/// destroyed, a fresh one added as a learner), upgrade (portablectl reattach, or the new binary);
+/// --scenario basic runs the basic checks only.
 #[derive(Debug, clap::Args)]
 #[command(long_about)]
 pub struct Smoke {
