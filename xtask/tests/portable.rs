@@ -30,10 +30,12 @@ use common::{golden, omission, text, xtask_ok as ok};
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use xtask::smoke::machines::LoopNodes;
 
 /// The one image directory (`etcd_<version>`) in `out`.
 fn image_dir(out: &Path) -> PathBuf {
@@ -220,47 +222,6 @@ After=multi-user.target
 AllowIsolate=yes
 ";
 
-/// The host's loop device nodes, recreated (same numbers and mode) when dropped if the guest
-/// removed them.
-struct LoopNodes(Vec<(PathBuf, u64, u32)>);
-
-impl LoopNodes {
-    fn record() -> LoopNodes {
-        let mut nodes = Vec::new();
-        for entry in fs::read_dir("/dev").unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            let is_loop = name == "loop-control" || name.strip_prefix("loop").is_some_and(|n| n.parse::<u32>().is_ok());
-            if let (true, Ok(meta)) = (is_loop, fs::symlink_metadata(&path)) {
-                if meta.file_type().is_block_device() || meta.file_type().is_char_device() {
-                    nodes.push((path, meta.rdev(), meta.mode()));
-                }
-            }
-        }
-        nodes.sort();
-        LoopNodes(nodes)
-    }
-}
-
-impl Drop for LoopNodes {
-    fn drop(&mut self) {
-        for (path, rdev, mode) in &self.0 {
-            if path.exists() {
-                continue;
-            }
-            let kind = if mode & 0o170000 == 0o060000 { "b" } else { "c" };
-            let (major, minor) =
-                (((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff), (rdev & 0xff) | ((rdev >> 12) & !0xff));
-            let status = Command::new("mknod")
-                .args(["-m", &format!("{:o}", mode & 0o7777)])
-                .arg(path)
-                .args([kind, &major.to_string(), &minor.to_string()])
-                .status();
-            eprintln!("restored {} removed by the guest: {status:?}", path.display());
-        }
-    }
-}
-
 /// Runs a command; Err(what it printed) unless it succeeds.
 fn try_run(cmd: &mut Command) -> Result<String, String> {
     match cmd.output() {
@@ -275,29 +236,8 @@ fn try_run(cmd: &mut Command) -> Result<String, String> {
 /// udev has the kernel's devices but not their nodes). Proves it by attaching `raw` read-only
 /// once and detaching it. Err(reason) when this machine cannot.
 fn prepare_loop_devices(raw: &Path) -> Result<(), String> {
-    if !xtask::util::on_path("losetup") {
-        return Err("losetup is not installed (Debian: mount)".into());
-    }
-    let mknod = |path: &str, kind: &str, major: u32, minor: u32| -> Result<(), String> {
-        if Path::new(path).exists() {
-            return Ok(());
-        }
-        try_run(Command::new("mknod").args(["-m", "0660", path, kind, &major.to_string(), &minor.to_string()]))
-            .map_err(|e| format!("{path} is missing and cannot be created: {e}"))?;
-        println!("created {path} ({kind} {major}:{minor})");
-        Ok(())
-    };
-    mknod("/dev/loop-control", "c", 10, 237)?;
-    // The kernel allocates the next free device if needed; its node may be missing. Two more
-    // in case something else takes that one before the guest does.
-    let free = try_run(Command::new("losetup").arg("-f"))?;
-    let n: u32 = free
-        .strip_prefix("/dev/loop")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("losetup -f printed {free:?}, not /dev/loopN"))?;
-    for k in n..n + 3 {
-        mknod(&format!("/dev/loop{k}"), "b", 7, k)?;
-    }
+    // The nodes, made as `smoke --engine systemd` makes them.
+    LoopNodes::prepare(3).map_err(|e| format!("{e:#}"))?;
     let dev = try_run(Command::new("losetup").args(["-f", "--show", "-r"]).arg(raw))
         .map_err(|e| format!("the loop devices do not work here: {e}"))?;
     try_run(Command::new("losetup").args(["-d", &dev]))?;
@@ -416,11 +356,7 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
         .arg(bind("bind", &result, "/xtask-result"))
         .arg(bind("bind-ro", &xt.join("xtask-check.service"), "/etc/systemd/system/xtask-check.service"))
         .arg(bind("bind-ro", &xt.join("xtask-check.target"), "/etc/systemd/system/xtask-check.target"))
-        .args(if raw {
-            loops.0.iter().map(|(p, _, _)| format!("--bind={}", p.display())).collect()
-        } else {
-            Vec::new()
-        })
+        .args(if raw { loops.bind_args() } else { Vec::new() })
         .args(["--", "--unit=xtask-check.target"])
         .stdin(Stdio::null())
         .stdout(console.try_clone().unwrap())
@@ -428,7 +364,7 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
         .spawn()
         .expect("systemd-nspawn is installed (Debian: systemd-container)");
     let status = wait_bounded(&mut child, BOOT_TIMEOUT);
-    drop(loops);
+    loops.restore();
     println!("nspawn boot, checks and poweroff: {:.1} s", started.elapsed().as_secs_f64());
 
     let mut log = String::new();

@@ -313,28 +313,13 @@ fn bad_choices_name_the_field() {
     assert!(!out.exists());
 }
 
-/// The ```sh blocks of a Markdown text, in order.
-fn sh_blocks(text: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        match (&mut current, line.trim_start()) {
-            (None, l) if l.starts_with("```sh") => current = Some(String::new()),
-            (Some(_), "```") => blocks.extend(current.take()),
-            (Some(b), _) => b.push_str(&format!("{line}\n")),
-            _ => {}
-        }
-    }
-    blocks
-}
-
 #[test]
 fn the_readme_host_steps_are_the_install_md_steps_the_smoke_engine_runs() {
     let root = common::root();
     let readme = fs::read_to_string(root.join("README.md")).unwrap();
     let start = readme.find("\n## Three systemd hosts").expect("README section \"Three systemd hosts\"");
     let end = start + 1 + readme[start + 1..].find("\n## ").unwrap();
-    let section = sh_blocks(&readme[start..end]);
+    let section = xtask::render::host::sh_blocks(&readme[start..end]);
     let template = |version: &str| {
         fs::read_to_string(root.join("systemd/host/INSTALL.md.in"))
             .unwrap()
@@ -353,9 +338,15 @@ fn the_readme_host_steps_are_the_install_md_steps_the_smoke_engine_runs() {
         ("ETCD_INITIAL_CLUSTER_STATE=existing", "3.4.9"),
         ("etcdctl member promote", "3.4.9"),
     ] {
-        let install = sh_blocks(&template(version));
+        let install = xtask::render::host::sh_blocks(&template(version));
         let ours = install.iter().find(|b| b.contains(marker)).unwrap_or_else(|| panic!("INSTALL.md: {marker}"));
         let readme_block = section.iter().find(|b| b.contains(marker)).unwrap_or_else(|| panic!("README: {marker}"));
         assert_eq!(readme_block, ours, "the README's block with `{marker}` differs from INSTALL.md.in's");
     }
+}
+
+#[test]
+fn sh_blocks_are_read_as_written() {
+    let md = "text\n```sh\na\nb\n```\nmore\n```\nnot sh\n```\n```sh\nc\n```\n";
+    assert_eq!(xtask::render::host::sh_blocks(md), vec!["a\nb\n".to_string(), "c\n".to_string()]);
 }

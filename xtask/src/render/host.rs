@@ -282,3 +282,22 @@ pub fn write_node(bundle: &NodeBundle, out: &Path, epoch: u64) -> Result<()> {
     write_atomic(&out.join(format!("{n}.INSTALL.md")), bundle.install_md.as_bytes(), 0o644)?;
     Ok(())
 }
+
+/// The ```sh blocks of a Markdown text (an INSTALL.md, the README), in order, as written: the
+/// steps `smoke --engine systemd` runs verbatim.
+pub fn sh_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, l) if l.starts_with("```sh") => current = Some(String::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(b), _) => {
+                b.push_str(line);
+                b.push('\n');
+            }
+            _ => {}
+        }
+    }
+    blocks
+}

@@ -26,12 +26,7 @@ impl Cluster {
         self.run_check("one leader, three started members, 3/3 healthy (etcdctl --cluster)", |c| c.check_members());
         self.run_check("write via node 1 reads back linearizably via node 3", |c| c.check_linearizable());
         self.run_check("JSON gateway /v3/kv/range answers with the client certificate", |c| c.check_gateway());
-        for (name, case) in [
-            ("refused: no client certificate", Refusal::NoCert),
-            ("refused: client certificate from another CA", Refusal::OtherCa),
-            ("refused: plain http on the client port", Refusal::PlainHttp),
-            ("refused: client certificate on the peer port", Refusal::ClientOnPeer),
-        ] {
+        for (name, case) in REFUSALS {
             self.interrupt.check()?;
             self.run_check(name, |c| c.check_refused(case));
         }
@@ -357,6 +352,14 @@ impl Cluster {
         Ok(format!("snapshot of {size} bytes restored into a fresh node; data read back"))
     }
 }
+
+/// The connections every engine must see refused, with etcd's reason.
+pub(super) const REFUSALS: [(&str, Refusal); 4] = [
+    ("refused: no client certificate", Refusal::NoCert),
+    ("refused: client certificate from another CA", Refusal::OtherCa),
+    ("refused: plain http on the client port", Refusal::PlainHttp),
+    ("refused: client certificate on the peer port", Refusal::ClientOnPeer),
+];
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Refusal {

@@ -265,7 +265,7 @@ impl Hosts {
     pub(super) fn block(&self, i: usize, marker: &str) -> Result<String> {
         let path = self.render.join(format!("{}.INSTALL.md", self.spec.nodes[i].name));
         let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        sh_blocks(&text)
+        crate::render::host::sh_blocks(&text)
             .into_iter()
             .find(|b| b.contains(marker))
             .with_context(|| format!("{}: no ```sh block with `{marker}`", path.display()))
@@ -478,24 +478,6 @@ impl Hosts {
     }
 }
 
-/// The ```sh blocks of a Markdown text, in order.
-pub(super) fn sh_blocks(text: &str) -> Vec<String> {
-    let mut blocks = Vec::new();
-    let mut current: Option<String> = None;
-    for line in text.lines() {
-        match (&mut current, line.trim_start()) {
-            (None, l) if l.starts_with("```sh") => current = Some(String::new()),
-            (Some(_), "```") => blocks.extend(current.take()),
-            (Some(b), _) => {
-                b.push_str(line);
-                b.push('\n');
-            }
-            _ => {}
-        }
-    }
-    blocks
-}
-
 /// Runs `cmd` inside the namespace with curl's arguments; its output.
 pub(super) fn curl_in(netns: &Netns, args: &[String]) -> Result<Output> {
     netns.command("curl").args(["-sS", "--max-time", "5"]).args(args).output().context("cannot run curl")
@@ -504,12 +486,6 @@ pub(super) fn curl_in(netns: &Netns, args: &[String]) -> Result<Output> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn install_blocks_are_read_as_written() {
-        let md = "text\n```sh\na\nb\n```\nmore\n```\nnot sh\n```\n```sh\nc\n```\n";
-        assert_eq!(sh_blocks(md), vec!["a\nb\n".to_string(), "c\n".to_string()]);
-    }
 
     #[test]
     fn addresses_must_fit_one_bridge() {

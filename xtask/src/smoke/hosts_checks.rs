@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::acquire::Acquired;
 
-use super::checks::server_reason;
+use super::checks::{server_reason, Refusal, REFUSALS};
 use super::cluster::stdout_or_stderr;
 use super::hosts::{curl_in, Form, Hosts, HEALTHY_TIMEOUT};
 use super::NO_QUORUM;
@@ -63,12 +63,7 @@ impl Hosts {
         self.start_load()?;
         self.run_check("one leader, three started members", |h| h.check_members());
         self.run_check("write via node 1 reads back linearizably via node 3", |h| h.check_replication());
-        for (name, case) in [
-            ("refused: no client certificate", Refusal::NoCert),
-            ("refused: client certificate from another CA", Refusal::OtherCa),
-            ("refused: plain http on the client port", Refusal::PlainHttp),
-            ("refused: client certificate on the peer port", Refusal::ClientOnPeer),
-        ] {
+        for (name, case) in REFUSALS {
             self.interrupt.check()?;
             self.run_check(name, |h| h.check_refused(case));
         }
@@ -474,12 +469,4 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    NoCert,
-    OtherCa,
-    PlainHttp,
-    ClientOnPeer,
 }

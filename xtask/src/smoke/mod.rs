@@ -328,20 +328,25 @@ impl Smoke {
             checks,
             timings,
         };
-        let json = serde_json::to_string_pretty(&report).context("cannot serialise the report")?;
-        write_atomic(&out.join("report.json"), format!("{json}\n").as_bytes(), 0o644)?;
-        print_summary(&report, &out);
-        result?;
-        if report.failed > 0 {
-            bail!(
-                "{} of {} smoke checks failed (see {})",
-                report.failed,
-                report.checks.len(),
-                display_rel(&out.join("report.json"))
-            );
-        }
-        Ok(())
+        finish_report(&report, &out, result)
     }
+}
+
+/// Writes the report, prints the summary, and fails when the run or a check did.
+fn finish_report(report: &Report, out: &Path, result: Result<()>) -> Result<()> {
+    let json = serde_json::to_string_pretty(report).context("cannot serialise the report")?;
+    write_atomic(&out.join("report.json"), format!("{json}\n").as_bytes(), 0o644)?;
+    print_summary(report, out);
+    result?;
+    if report.failed > 0 {
+        bail!(
+            "{} of {} smoke checks failed (see {})",
+            report.failed,
+            report.checks.len(),
+            display_rel(&out.join("report.json"))
+        );
+    }
+    Ok(())
 }
 
 /// Records one check's outcome (printed as it happens) into `checks`.

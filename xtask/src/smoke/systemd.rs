@@ -10,10 +10,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::definition::Definition;
 use crate::pki::cluster::ClusterSpec;
-use crate::util::{display_rel, source_date_epoch, write_atomic, Arch};
+use crate::util::{display_rel, source_date_epoch, Arch};
 
 use super::podman::Interrupt;
-use super::{hosts, hosts_day2, print_summary, Form, Outcome, Report, ScenarioName, ScenarioReport, Smoke};
+use super::{finish_report, hosts, hosts_day2, Form, Outcome, Report, ScenarioName, ScenarioReport, Smoke};
 
 impl Smoke {
     /// `--engine systemd`: each form on three fresh machines, the basic checks, one report.
@@ -136,19 +136,7 @@ impl Smoke {
             checks,
             timings,
         };
-        let json = serde_json::to_string_pretty(&report).context("cannot serialise the report")?;
-        write_atomic(&out.join("report.json"), format!("{json}\n").as_bytes(), 0o644)?;
-        print_summary(&report, out);
-        result?;
-        if report.failed > 0 {
-            bail!(
-                "{} of {} smoke checks failed (see {})",
-                report.failed,
-                report.checks.len(),
-                display_rel(&out.join("report.json"))
-            );
-        }
-        Ok(())
+        finish_report(&report, out, result)
     }
 }
 
