@@ -14,6 +14,7 @@ pub mod portable;
 pub mod release;
 pub mod render;
 pub mod smoke;
+pub mod tls_check;
 pub mod upgrade;
 pub mod util;
 
@@ -38,6 +39,7 @@ pub enum Cmd {
     K8s(k8s::K8s),
     Portable(portable::Portable),
     Smoke(smoke::Smoke),
+    TlsCheck(tls_check::TlsCheck),
     Release(release::Release),
     Publish(release::publish::Publish),
     Keygen(release::sign::Keygen),
@@ -55,6 +57,7 @@ impl Cli {
             Cmd::K8s(cmd) => cmd.run(),
             Cmd::Portable(cmd) => cmd.run(),
             Cmd::Smoke(cmd) => cmd.run(),
+            Cmd::TlsCheck(cmd) => cmd.run(),
             Cmd::Release(cmd) => cmd.run(),
             Cmd::Publish(cmd) => cmd.run(),
             Cmd::Keygen(cmd) => cmd.run(),

@@ -153,6 +153,62 @@ pub struct ReleaseLine {
     pub env: BTreeMap<String, String>,
     /// The paths Kubernetes probes on the metrics listener.
     pub health: HealthPaths,
+    /// The TLS policy of the line's client and peer ports.
+    pub tls: TlsPolicy,
+}
+
+/// Which TLS etcd accepts, from `tls` of `systemd/release-lines.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsPolicy {
+    /// `--cipher-suites`: TLS 1.2 suites, ECDHE with an AEAD cipher only.
+    pub cipher_suites: Vec<String>,
+    /// `--tls-min-version`, for releases from `min_version_since` on.
+    #[serde(default)]
+    pub min_version: Option<String>,
+    #[serde(default)]
+    pub min_version_since: Option<String>,
+}
+
+impl TlsPolicy {
+    /// The `ETCD_*` variables of the policy for etcd `version`.
+    pub fn env(&self, version: &str) -> Result<BTreeMap<String, String>> {
+        let mut env = BTreeMap::new();
+        env.insert("ETCD_CIPHER_SUITES".to_string(), self.cipher_suites.join(","));
+        if let (Some(min), Some(since)) = (&self.min_version, &self.min_version_since) {
+            let triple = |v: &str| {
+                crate::definition::version_triple(v).with_context(|| format!("{v:?} is not MAJOR.MINOR.PATCH"))
+            };
+            if triple(version)? >= triple(since)? {
+                env.insert("ETCD_TLS_MIN_VERSION".to_string(), min.clone());
+            }
+        }
+        Ok(env)
+    }
+
+    /// Every suite forward-secret (ECDHE) and AEAD (GCM, ChaCha20-Poly1305); the reason otherwise.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.cipher_suites.is_empty() {
+            return Err(
+                "cipher_suites is empty: etcd would accept every suite Go offers, CBC and SHA-1 included".into()
+            );
+        }
+        for s in &self.cipher_suites {
+            let aead = s.contains("_GCM_") || s.contains("_CHACHA20_POLY1305");
+            if !s.starts_with("TLS_ECDHE_") || !aead {
+                return Err(format!(
+                    "cipher_suites: {s} is not an ECDHE suite with AES-GCM or ChaCha20-Poly1305 (no forward secrecy or \
+                     no AEAD)"
+                ));
+            }
+        }
+        match (&self.min_version, &self.min_version_since) {
+            (Some(v), Some(_)) if v == "TLS1.2" || v == "TLS1.3" => Ok(()),
+            (Some(v), Some(_)) => Err(format!("min_version: {v:?} is not TLS1.2 or TLS1.3")),
+            (None, None) => Ok(()),
+            _ => Err("min_version and min_version_since go together".into()),
+        }
+    }
 }
 
 /// Where Kubernetes probes a member's plain-http metrics listener (kubeadm's probes).
@@ -183,6 +239,7 @@ pub fn release_line_settings(version: &str) -> Result<ReleaseLine> {
             bail!("{}: [\"{line}\"] env: {key} is not an ETCD_* variable", path.display());
         }
     }
+    found.tls.check().map_err(|e| anyhow::anyhow!("{}: [\"{line}\"] tls.{e}", path.display()))?;
     for (field, p) in [("liveness", &found.health.liveness), ("startup", &found.health.startup)] {
         if !p.starts_with("/health") {
             bail!("{}: [\"{line}\"] health.{field}: {p:?} must be a path of etcd's /health endpoint", path.display());
@@ -248,7 +305,9 @@ pub fn member_env(
     }
     set("ETCD_LOGGER", "zap".to_string());
     set("ETCD_LOG_OUTPUTS", "stderr".to_string());
-    env.extend(release_line_env(version)?);
+    let line = release_line_settings(version)?;
+    env.extend(line.tls.env(version)?);
+    env.extend(line.env);
     Ok(env)
 }
 
@@ -307,7 +366,13 @@ pub fn staged_env(tls: &BTreeMap<String, String>, stage: TlsStage) -> BTreeMap<S
             for (key, _) in TLS_FILES {
                 env.remove(key);
             }
-            for key in ["ETCD_CLIENT_CERT_AUTH", "ETCD_PEER_CLIENT_CERT_AUTH", "ETCD_PEER_CERT_ALLOWED_CN"] {
+            for key in [
+                "ETCD_CLIENT_CERT_AUTH",
+                "ETCD_PEER_CLIENT_CERT_AUTH",
+                "ETCD_PEER_CERT_ALLOWED_CN",
+                "ETCD_CIPHER_SUITES",
+                "ETCD_TLS_MIN_VERSION",
+            ] {
                 env.remove(key);
             }
         }
@@ -393,13 +458,45 @@ mod tests {
         let v35 = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard(), "3.5.16").unwrap();
         assert!(!v34.contains_key(key), "3.4 has no such flag");
         assert_eq!(v35[key], "true");
+        // The TLS policy: the same suites on both lines (peers talk across an upgrade), AEAD with
+        // ECDHE only; --tls-min-version only where the line has the flag.
+        assert_eq!(v34["ETCD_CIPHER_SUITES"], v35["ETCD_CIPHER_SUITES"]);
+        for suite in v34["ETCD_CIPHER_SUITES"].split(',') {
+            assert!(suite.starts_with("TLS_ECDHE_") && !suite.contains("CBC"), "{suite}");
+        }
+        assert!(!v34.contains_key("ETCD_TLS_MIN_VERSION"));
+        assert_eq!(v35["ETCD_TLS_MIN_VERSION"], "TLS1.2");
         // Everything else is the same flag set in both lines.
         let mut rest = v35.clone();
         rest.remove(key);
+        rest.remove("ETCD_TLS_MIN_VERSION");
         assert_eq!(rest, v34);
         let err = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard(), "3.7.0").unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("release-lines.toml") && text.contains("3.7"), "{text}");
+    }
+
+    #[test]
+    fn a_tls_policy_without_forward_secrecy_or_aead_is_refused() {
+        let policy = |suites: &[&str], min: Option<&str>, since: Option<&str>| TlsPolicy {
+            cipher_suites: suites.iter().map(|s| s.to_string()).collect(),
+            min_version: min.map(String::from),
+            min_version_since: since.map(String::from),
+        };
+        let ok = policy(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"], Some("TLS1.2"), Some("3.5.16"));
+        ok.check().unwrap();
+        assert!(!ok.env("3.5.15").unwrap().contains_key("ETCD_TLS_MIN_VERSION"));
+        assert_eq!(ok.env("3.5.16").unwrap()["ETCD_TLS_MIN_VERSION"], "TLS1.2");
+        for (bad, why) in [
+            (policy(&["TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"], None, None), "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA"),
+            (policy(&["TLS_RSA_WITH_AES_128_GCM_SHA256"], None, None), "forward secrecy"),
+            (policy(&[], None, None), "empty"),
+            (policy(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"], Some("TLS1.1"), Some("3.5.16")), "TLS1.1"),
+            (policy(&["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"], Some("TLS1.2"), None), "go together"),
+        ] {
+            let err = bad.check().unwrap_err();
+            assert!(err.contains(why), "{err}");
+        }
     }
 
     #[test]
