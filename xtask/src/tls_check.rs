@@ -153,12 +153,11 @@ pub fn judge(target: &str, findings: &[serde_json::Value]) -> Scan {
             | "cipherlist_EXPORT"
             | "cipherlist_LOW"
             | "cipherlist_3DES_IDEA"
-            | "cipherlist_AVERAGE" => {
-                if !finding.starts_with("not offered") {
-                    let what = id.trim_start_matches("cipherlist_");
-                    scan.violations
-                        .push(format!("{what} ciphers (testssl.sh's category, CBC among them) are {finding}"));
-                }
+            | "cipherlist_AVERAGE"
+                if !finding.starts_with("not offered") =>
+            {
+                let what = id.trim_start_matches("cipherlist_");
+                scan.violations.push(format!("{what} ciphers (testssl.sh's category, CBC among them) are {finding}"));
             }
             "PFS_ECDHE_curves" => {
                 scan.curves = finding.split_whitespace().map(String::from).collect();

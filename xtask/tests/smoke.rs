@@ -50,7 +50,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     }
     // Every scenario ran, in `all`'s order, each with its checks.
     let per_scenario = |name: &str| checks.iter().filter(|c| c["scenario"] == name).count();
-    for (name, count) in [("basic", 12), ("rotate-certs", 5), ("replace-member", 3), ("upgrade", 5)] {
+    for (name, count) in [("basic", 13), ("rotate-certs", 5), ("replace-member", 3), ("upgrade", 5)] {
         assert_eq!(per_scenario(name), count, "{name}: {report:#}");
     }
     let scenarios = report["scenarios"].as_array().unwrap();
@@ -82,6 +82,12 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
             .to_string()
     };
     assert!(reason("plain http").contains("first record does not look like a TLS handshake"));
+    // testssl.sh found nothing against the TLS policy on either port, and its findings are kept.
+    let tls = reason("TLS policy");
+    assert!(tls.contains("client port") && tls.contains("peer port") && tls.contains("GCM"), "{tls}");
+    for port in ["client", "peer"] {
+        assert!(out_dir.join(format!("basic/testssl-{port}.json")).is_file(), "testssl-{port}.json missing");
+    }
     assert!(reason("no client certificate").contains("didn't provide a certificate"));
     assert!(reason("another CA").contains("unknown authority"));
     assert!(reason("peer port").contains("unknown authority"));
@@ -133,7 +139,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     assert_eq!(report["image"], "localhost/etcd:3.4.9", "{report:#}");
     assert_eq!(report["kube_play_adaptations"].as_array().unwrap().len(), 6);
     let checks = report["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 12, "{report:#}");
+    assert_eq!(checks.len(), 13, "{report:#}");
     assert!(checks.iter().all(|c| c["outcome"] == "PASS"), "{report:#}");
     for node in ["etcd1", "etcd2", "etcd3"] {
         let read = |p: std::path::PathBuf| -> serde_json::Value {

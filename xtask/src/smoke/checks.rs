@@ -30,6 +30,7 @@ impl Cluster {
             self.interrupt.check()?;
             self.run_check(name, |c| c.check_refused(case));
         }
+        self.run_check("TLS policy: testssl.sh on node 1's client and peer ports", |c| c.check_tls_scan());
         self.run_check("etcd runs as the etcd uid with no capabilities; data dir 0700", |c| c.check_identity());
         self.run_check("faults: one down writes, two down no quorum, heal, SIGKILL restart", |c| c.check_faults());
         self.run_check("backup: snapshot save, restore into a fresh node, data read back", |c| c.check_backup());
@@ -166,6 +167,29 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Debian's testssl.sh scans node 1's published client and peer ports side by side; its JSON
+    /// is kept beside the report, and any finding against the TLS policy fails the check.
+    pub(super) fn check_tls_scan(&self) -> Result<String> {
+        let n = &self.nodes[0];
+        let peer_ca = self.pki.node_dir(&n.spec.name).join("peer-ca.crt");
+        let jobs = [("client", n.client_port, self.client.join("ca.crt")), ("peer", n.peer_port, peer_ca)];
+        let results = crate::util::each_in_thread(&jobs, "a testssl.sh scan", |_, (port_name, port, ca)| {
+            let json = self.out.join(format!("testssl-{port_name}.json"));
+            crate::tls_check::scan(&format!("127.0.0.1:{port}"), Some(ca), Some(&json))
+        });
+        let mut notes = Vec::new();
+        let mut violations = Vec::new();
+        for ((port_name, _, _), r) in jobs.iter().zip(results) {
+            let scan = r.with_context(|| format!("the {port_name} port"))?;
+            violations.extend(scan.violations.iter().map(|v| format!("{port_name} port: {v}")));
+            notes.push(format!("{port_name} port: {}", scan.summary()));
+        }
+        if !violations.is_empty() {
+            bail!("{} (testssl-*.json beside the report)", violations.join("; "));
+        }
+        Ok(notes.join(" | "))
     }
 
     pub(super) fn check_identity(&self) -> Result<String> {
