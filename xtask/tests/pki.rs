@@ -571,10 +571,14 @@ fn check_reads_a_cfssl_layout_and_reports_a_server_cert_without_client_auth() {
         d,
     );
     openssl_ok(&["rsa", "-in", "ca-key.pem", "-out", "ca-key.pem", "-traditional"], d);
-    let sans = "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:10.0.1.204,IP:10.0.1.67,IP:10.0.1.236";
-    for (name, eku, san) in
-        [("server", "serverAuth", sans), ("member", "serverAuth,clientAuth", sans), ("client", "clientAuth", "")]
-    {
+    // The tutorial's csr files: "hosts": ["127.0.0.1", the three IPs] for server and member,
+    // "hosts": [""] for the client, which cfssl writes as one empty DNS name (DER 30 02 82 00).
+    let sans = "subjectAltName=IP:127.0.0.1,IP:10.0.1.204,IP:10.0.1.67,IP:10.0.1.236";
+    for (name, eku, san) in [
+        ("server", "serverAuth", sans),
+        ("member", "serverAuth,clientAuth", sans),
+        ("client", "clientAuth", "subjectAltName=DER:30:02:82:00"),
+    ] {
         openssl_ok(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", &format!("{name}-key.pem")], d);
         openssl_ok(
             &[
@@ -627,6 +631,19 @@ fn check_reads_a_cfssl_layout_and_reports_a_server_cert_without_client_auth() {
     assert!(
         out.contains("peer    member.pem") && out.contains("client  client.pem") && out.contains("rsa-2048"),
         "{out}"
+    );
+    // What is missing is named exactly: the tutorial has IP:127.0.0.1 but not DNS:localhost.
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning:")).collect();
+    for cert in ["server.pem", "member.pem"] {
+        assert!(
+            warnings.iter().any(|w| w.contains(&format!("{cert}: SANs lack DNS:localhost:"))),
+            "{cert} should lack exactly DNS:localhost:\n{out}"
+        );
+    }
+    assert!(!out.contains("127.0.0.1:"), "IP:127.0.0.1 is there and must not be called missing:\n{out}");
+    assert!(
+        warnings.iter().any(|w| w.contains("client.pem: SANs hold an empty DNS name (DNS:)")),
+        "the client's empty DNS name should be named:\n{out}"
     );
 }
 

@@ -24,6 +24,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -303,11 +304,10 @@ fn check_one(f: &Found, cas: &[&Found], opts: &CheckOptions, row: &mut Row) {
     }
 
     // Usages per kind.
-    let loopback_missing = || {
-        ["localhost", "127.0.0.1"]
-            .iter()
-            .any(|want| !info.sans.iter().any(|s| s.to_string().ends_with(&format!(":{want}"))))
-    };
+    // Exactly the loopback names a node's certificate lacks, as `DNS:`/`IP:` SANs.
+    let loopback = [San::Dns("localhost".into()), San::Ip(IpAddr::from([127, 0, 0, 1]))];
+    let loopback_missing: Vec<String> =
+        loopback.iter().filter(|want| !info.sans.contains(want)).map(|s| s.to_string()).collect();
     match row.kind {
         Kind::Server => {
             if !info.client_auth {
@@ -339,10 +339,19 @@ fn check_one(f: &Found, cas: &[&Found], opts: &CheckOptions, row: &mut Row) {
     if matches!(row.kind, Kind::Server | Kind::Peer) {
         if info.sans.is_empty() {
             row.problems.push("no subject alternative names: TLS clients cannot match it to any address".into());
-        } else if loopback_missing() {
-            row.warnings
-                .push("SANs lack localhost/127.0.0.1: etcdctl on the node and published ports use loopback".into());
+        } else if !loopback_missing.is_empty() {
+            row.warnings.push(format!(
+                "SANs lack {}: etcdctl on the node and published ports reach it through loopback",
+                loopback_missing.join(" and ")
+            ));
         }
+    }
+    if info.sans.contains(&San::Dns(String::new())) {
+        row.warnings.push(
+            "SANs hold an empty DNS name (DNS:), what cfssl writes for \"hosts\": [\"\"]: it names nothing; \
+             leave it out when the certificate is next issued"
+                .into(),
+        );
     }
 
     // Key.
