@@ -430,6 +430,8 @@ fn readme_run_it_recipes_work_verbatim() {
     wait_healthy("demo0", "https://10.89.79.10:2379", &PKI_TLS, &demo0);
     put_get(("demo0", "https://10.89.79.10:2379"), ("demo0", "https://127.0.0.1:2379"), &PKI_TLS, "single", &demo0);
     check_volume("demo0-data", &demo0);
+    // What the recipe's `--cipher-suites` gives, scanned by testssl.sh while the next recipes run.
+    let scan = std::thread::spawn(|| run(Command::new(XTASK).args(["tls-check", "10.89.79.10:2379"])));
 
     // Three nodes with the tutorial's flags.
     let cluster = ["demo1", "demo2", "demo3"];
@@ -446,6 +448,11 @@ fn readme_run_it_recipes_work_verbatim() {
     for v in ["demo1-data", "demo2-data", "demo3-data"] {
         check_volume(v, &cluster);
     }
+    let scan = scan.join().unwrap();
+    if !scan.status.success() {
+        fail(&format!("the single-node recipe's etcd fails the TLS policy:\n{}", text(&scan)), &demo0);
+    }
+    eprintln!("run_it: {}", text(&scan).trim());
 
     // Bring your own PKI: cfssl's names.
     run_recipe(recipe("cfssl-stand-in"), &[]);
@@ -830,4 +837,65 @@ client-cert-auth: true\n  trusted-ca-file: /etc/etcd/pki/peer-ca.crt\n";
     }
     drop(guard);
     eprintln!("run_it: --config-file node: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Every `podman run` / `docker run` of etcd in a recipe that requires client certificates also
+/// takes the TLS policy of `systemd/release-lines.toml`: `--cipher-suites "$SUITES"` with the
+/// recipe's `SUITES=` line holding exactly the policy's suites, and `--tls-min-version` where the
+/// image's release has it. (The recipes themselves run in the test above, and a scan checks one.)
+#[test]
+fn every_tls_recipe_runs_etcd_with_the_tls_policy() {
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    let mut checked = 0;
+    for r in recipes(&readme) {
+        let lines: Vec<&str> = r.text.lines().collect();
+        let suites = lines.iter().find_map(|l| l.strip_prefix("SUITES="));
+        let mut i = 0;
+        while i < lines.len() {
+            if !(lines[i].contains("podman run -d") || lines[i].contains("docker run -d")) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while lines[i].trim_end().ends_with('\\') && i + 1 < lines.len() {
+                i += 1;
+            }
+            let command = lines[start..=i].join("\n");
+            i += 1;
+            let Some(version) = command.split_whitespace().find_map(|w| w.strip_prefix("localhost/etcd:")) else {
+                continue;
+            };
+            if !command.contains("--client-cert-auth") {
+                continue;
+            }
+            let policy = xtask::render::config::release_line_settings(version).unwrap().tls;
+            let env = policy.env(version).unwrap();
+            assert_eq!(
+                suites,
+                Some(env["ETCD_CIPHER_SUITES"].as_str()),
+                "recipe {}: its SUITES= line is not the policy of systemd/release-lines.toml",
+                r.name
+            );
+            assert!(
+                command.contains("--cipher-suites \"$SUITES\""),
+                "recipe {}: etcd without --cipher-suites:\n{command}",
+                r.name
+            );
+            match env.get("ETCD_TLS_MIN_VERSION") {
+                Some(min) => assert!(
+                    command.contains(&format!("--tls-min-version {min}")),
+                    "recipe {}: etcd {version} without --tls-min-version {min}:\n{command}",
+                    r.name
+                ),
+                None => assert!(
+                    !command.contains("--tls-min-version"),
+                    "recipe {}: etcd {version} has no --tls-min-version",
+                    r.name
+                ),
+            }
+            checked += 1;
+        }
+    }
+    // single-node, three-nodes, byo-pki, docker-node, upgrade, replace-member
+    assert_eq!(checked, 6, "the README should run etcd with client certificates in six recipes");
 }

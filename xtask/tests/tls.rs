@@ -166,11 +166,8 @@ fn a_member_without_the_policy_fails_the_scan_and_the_rendered_one_passes() {
     assert!(good.contains(&format!("{with_addr}: meets the TLS policy")), "{good}");
     // Every TLS 1.2 suite offered is one of the policy's (OpenSSL names of the Go names).
     // The summary line reads "...; TLS 1.2: A B C; TLS 1.3: ...; curves ...".
-    let offered: Vec<&str> = good
-        .split("; ")
-        .filter_map(|part| part.strip_prefix("TLS 1.2: "))
-        .flat_map(|s| s.split_whitespace())
-        .collect();
+    let offered: Vec<&str> =
+        good.split("; ").filter_map(|part| part.strip_prefix("TLS 1.2: ")).flat_map(|s| s.split_whitespace()).collect();
     assert!(!offered.is_empty(), "no TLS 1.2 suites in the summary:\n{good}");
     for s in &offered {
         let go = format!(
