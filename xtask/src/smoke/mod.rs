@@ -19,6 +19,7 @@ mod hosts_checks;
 mod hosts_day2;
 mod http_tls;
 mod kube;
+pub mod linearizable;
 mod load;
 pub mod machines;
 mod nspawn_host;
