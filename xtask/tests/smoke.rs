@@ -50,7 +50,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     }
     // Every scenario ran, in `all`'s order, each with its checks.
     let per_scenario = |name: &str| checks.iter().filter(|c| c["scenario"] == name).count();
-    for (name, count) in [("basic", 13), ("rotate-certs", 5), ("replace-member", 3), ("upgrade", 5)] {
+    for (name, count) in [("basic", 14), ("rotate-certs", 6), ("replace-member", 4), ("upgrade", 6)] {
         assert_eq!(per_scenario(name), count, "{name}: {report:#}");
     }
     let scenarios = report["scenarios"].as_array().unwrap();
@@ -82,6 +82,15 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
             .to_string()
     };
     assert!(reason("plain http").contains("first record does not look like a TLS handshake"));
+    // Every scenario's client history was checked: shared keys with concurrent writes, and
+    // revisions compared in each client's order.
+    let histories: Vec<_> =
+        checks.iter().filter(|c| c["name"].as_str().unwrap().starts_with("client history")).collect();
+    assert_eq!(histories.len(), 4, "one history check per scenario: {report:#}");
+    for c in histories {
+        let why = c["reason"].as_str().unwrap();
+        assert!(why.starts_with("linearizable: ") && why.contains("revisions never went back"), "{c:#}");
+    }
     // testssl.sh found nothing against the TLS policy on either port, and its findings are kept.
     let tls = reason("TLS policy");
     assert!(tls.contains("client port") && tls.contains("peer port") && tls.contains("GCM"), "{tls}");
@@ -139,7 +148,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     assert_eq!(report["image"], "localhost/etcd:3.4.9", "{report:#}");
     assert_eq!(report["kube_play_adaptations"].as_array().unwrap().len(), 6);
     let checks = report["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 13, "{report:#}");
+    assert_eq!(checks.len(), 14, "{report:#}");
     assert!(checks.iter().all(|c| c["outcome"] == "PASS"), "{report:#}");
     for node in ["etcd1", "etcd2", "etcd3"] {
         let read = |p: std::path::PathBuf| -> serde_json::Value {

@@ -111,7 +111,7 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
     for form in ["portable", "host"] {
         let scenario = format!("{form}/basic");
         let mine: Vec<&serde_json::Value> = checks.iter().filter(|c| c["scenario"] == scenario.as_str()).collect();
-        assert_eq!(mine.len(), 16, "{form}: {report:#}");
+        assert_eq!(mine.len(), 17, "{form}: {report:#}");
         let reason = |name: &str| -> String {
             mine.iter()
                 .find(|c| c["name"].as_str().unwrap().contains(name))
@@ -129,6 +129,7 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
         assert!(reason("SIGKILL").contains("systemd restarted it"));
         assert!(reason("rebooted").contains("wanted by multi-user.target"));
         assert!(reason("backup").contains("read back"));
+        assert!(reason("client history").starts_with("linearizable: "), "{form}");
         let exposure = reason("systemd-analyze security");
         assert_eq!(exposure.matches(" OK").count(), 3, "{exposure}");
         for key in ["boot_to_healthy", "sigkill_to_serving", "reboot_to_serving", "heal_after_boot", "total"] {

@@ -427,8 +427,14 @@ impl Hosts {
                 }
                 Ok(summary)
             });
-        self.load_report = Some(report);
         record_check(&mut self.checks, &self.scenario, "client load: every acknowledged write is there", t, r);
+        let t = Instant::now();
+        let judged = super::linearizable::judge(
+            &report.history,
+            &self.out.join(format!("history-{}.json", self.scenario.replace('/', "-"))),
+        );
+        record_check(&mut self.checks, &self.scenario, super::linearizable::CHECK_NAME, t, judged);
+        self.load_report = Some(report);
     }
 
     pub(super) fn print_how_to_reach(&self) {

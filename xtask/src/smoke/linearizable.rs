@@ -159,7 +159,11 @@ enum KeyOutcome {
     Linearizable,
     GaveUp,
     /// `blocked` indexes the key's operations; `register` is the value it held then.
-    Violation { placed: usize, blocked: usize, register: Option<String> },
+    Violation {
+        placed: usize,
+        blocked: usize,
+        register: Option<String>,
+    },
 }
 
 /// One event of a key's history: an operation's call or its return.
@@ -311,12 +315,56 @@ pub fn revisions_never_go_back(history: &[Op]) -> Result<usize, String> {
     Ok(compared)
 }
 
+/// How many search steps one key may take: far above what the smoke load's histories need
+/// (thousands of operations per key check in well under a million), low enough to end in
+/// seconds on a pathological one.
+pub const MAX_STEPS: u64 = 20_000_000;
+
+/// The name of the check in the smoke report.
+pub const CHECK_NAME: &str = "client history: linearizable per key, revisions never go back";
+
+/// The smoke test's check of a load's history: linearizable per key, and no client shown a
+/// revision older than one it saw before. On a violation (or no verdict) the history is saved
+/// as `history_file` (JSON, one object per operation) and the error quotes the violating
+/// operations.
+pub fn judge(history: &[Op], history_file: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let verdict = check(history, MAX_STEPS);
+    let revisions = revisions_never_go_back(history);
+    if verdict.violation.is_none() && verdict.gave_up.is_none() {
+        if let Ok(compared) = revisions {
+            return Ok(format!(
+                "{}; revisions never went back ({compared} answers in client order)",
+                verdict.summary()
+            ));
+        }
+    }
+    let json = serde_json::to_vec_pretty(history).context("cannot write the history as JSON")?;
+    crate::util::write_atomic(history_file, &json, 0o644)?;
+    let mut why = verdict.summary();
+    if let Some(v) = &verdict.violation {
+        let around: Vec<String> = v.around.iter().map(describe).collect();
+        why.push_str(&format!("; concurrent with it: {}", around.join("; ")));
+    }
+    if let Err(e) = revisions {
+        why.push_str(&format!("; {e}"));
+    }
+    anyhow::bail!("{why} (history: {})", history_file.display())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn w(client: usize, v: &str, from: u64, to: u64) -> Op {
-        Op { client, key: "k".into(), action: Action::Write(v.into()), invoke_us: from, return_us: Some(to), revision: None }
+        Op {
+            client,
+            key: "k".into(),
+            action: Action::Write(v.into()),
+            invoke_us: from,
+            return_us: Some(to),
+            revision: None,
+        }
     }
     /// A write of unknown outcome.
     fn wu(client: usize, v: &str, from: u64) -> Op {

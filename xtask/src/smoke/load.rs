@@ -14,16 +14,17 @@
 //! certificates: the scenarios rotate certificates under a running load.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use serde::Serialize;
+
+pub use super::gateway::{Gateway, Identity};
+use super::linearizable::{Action, Op};
 
 /// Workers per endpoint: requests wait for their answer (a put waits for a quorum's fsync), so
 /// one worker alone cannot keep up the rate.
@@ -37,153 +38,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// Failures and retries quoted in the report (all are counted).
 const QUOTED: usize = 20;
-
-/// The client identity, as files (the ones etcdctl would be given).
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl Identity {
-    pub fn in_dir(dir: &Path) -> Self {
-        Identity { ca: dir.join("ca.crt"), cert: dir.join("client.crt"), key: dir.join("client.key") }
-    }
-
-    /// The files' modification times: a change means the identity must be loaded again.
-    fn stamp(&self) -> Vec<Option<SystemTime>> {
-        [&self.ca, &self.cert, &self.key].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
-    }
-
-    /// ureq's TLS configuration: the CA bundle as the only roots, the certificate chain and key
-    /// as the client's own. Each file must hold what its role needs, and the key must be the
-    /// certificate's, or the error names the files.
-    pub fn tls_config(&self) -> Result<ureq::tls::TlsConfig> {
-        use ureq::tls::{ClientCert, PemItem, RootCerts, TlsConfig, TlsProvider};
-        let read = |path: &Path| -> Result<(String, Vec<PemItem<'static>>)> {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let items = ureq::tls::parse_pem(text.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("{}: not PEM", path.display()))?;
-            Ok((text, items))
-        };
-        let certs = |path: &Path| -> Result<(String, Vec<ureq::tls::Certificate<'static>>)> {
-            let (text, items) = read(path)?;
-            let certs: Vec<_> = items
-                .into_iter()
-                .filter_map(|item| match item {
-                    PemItem::Certificate(c) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            if certs.is_empty() {
-                bail!("{}: no PEM certificate in it", path.display());
-            }
-            Ok((text, certs))
-        };
-        let (_, roots) = certs(&self.ca)?;
-        let (chain_text, chain) = certs(&self.cert)?;
-        let (key_text, key_items) = read(&self.key)?;
-        let key = key_items
-            .into_iter()
-            .find_map(|item| match item {
-                PemItem::PrivateKey(k) => Some(k),
-                _ => None,
-            })
-            .with_context(|| format!("{}: no PEM private key in it", self.key.display()))?;
-        let leaf = crate::pki::cert::parse_certs(&chain_text)
-            .with_context(|| format!("{}: not a certificate", self.cert.display()))?;
-        let matches = leaf
-            .first()
-            .map(|leaf| crate::pki::cert::key_matches(&key_text, leaf))
-            .transpose()
-            .with_context(|| format!("{}: unusable private key", self.key.display()))?;
-        if matches != Some(true) {
-            bail!(
-                "{} and {} do not make a client identity: the key is not the certificate's",
-                self.cert.display(),
-                self.key.display()
-            );
-        }
-        Ok(TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .root_certs(RootCerts::new_with_certs(&roots))
-            .client_cert(Some(ClientCert::new_with_certs(&chain, key)))
-            .build())
-    }
-}
-
-/// An HTTPS client of etcd's JSON gateway with one identity.
-pub struct Gateway {
-    agent: ureq::Agent,
-}
-
-impl Gateway {
-    pub fn new(identity: &Identity, timeout: Duration) -> Result<Self> {
-        // ureq's overall timeout does not cover connecting (30 s by default): a SYN to a stopped
-        // member's published port may go unanswered, so connecting gets its own bound.
-        let agent = ureq::Agent::config_builder()
-            .tls_config(identity.tls_config()?)
-            .timeout_connect(Some(timeout.min(Duration::from_secs(1))))
-            .timeout_global(Some(timeout))
-            // etcd's answer to a refused request carries its reason: read it, not a bare status.
-            .http_status_as_error(false)
-            .build()
-            .into();
-        Ok(Gateway { agent })
-    }
-
-    fn call(&self, endpoint: &str, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
-        let url = format!("{endpoint}{path}");
-        let mut resp = match self.agent.post(&url).content_type("application/json").send(body.to_string()) {
-            Ok(resp) => resp,
-            Err(e) => bail!("{url}: {e}"),
-        };
-        let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().with_context(|| format!("{url}: cannot read the answer"))?;
-        if status != 200 {
-            let reason = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").or_else(|| v.get("message")).and_then(|e| e.as_str()).map(String::from))
-                .unwrap_or(text);
-            bail!("{url}: HTTP {status}: {}", reason.trim())
-        }
-        serde_json::from_str(&text).with_context(|| format!("{url}: the answer is not JSON: {text:?}"))
-    }
-
-    pub fn put(&self, endpoint: &str, key: &str, value: &str) -> Result<()> {
-        self.call(endpoint, "/v3/kv/put", serde_json::json!({"key": B64.encode(key), "value": B64.encode(value)}))
-            .map(|_| ())
-    }
-
-    /// A linearizable read of one key (the gateway's default), `None` when absent.
-    pub fn get(&self, endpoint: &str, key: &str) -> Result<Option<String>> {
-        let v = self.call(endpoint, "/v3/kv/range", serde_json::json!({"key": B64.encode(key)}))?;
-        match v.get("kvs").and_then(|k| k.as_array()).and_then(|k| k.first()) {
-            None => Ok(None),
-            Some(kv) => Ok(Some(decode(kv.get("value"))?)),
-        }
-    }
-
-    /// Every key under `prefix` with its value (linearizable).
-    pub fn range_prefix(&self, endpoint: &str, prefix: &str) -> Result<BTreeMap<String, String>> {
-        let mut end = prefix.as_bytes().to_vec();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        let v = self.call(
-            endpoint,
-            "/v3/kv/range",
-            serde_json::json!({"key": B64.encode(prefix), "range_end": B64.encode(&end)}),
-        )?;
-        let mut out = BTreeMap::new();
-        for kv in v.get("kvs").and_then(|k| k.as_array()).map(Vec::as_slice).unwrap_or_default() {
-            out.insert(decode(kv.get("key"))?, decode(kv.get("value"))?);
-        }
-        Ok(out)
-    }
-}
 
 /// What went wrong with an attempt, in a few words: the classes the report counts.
 fn cause(reason: &str) -> String {
@@ -204,12 +58,6 @@ fn cause(reason: &str) -> String {
     } else {
         reason.chars().take(80).collect()
     }
-}
-
-fn decode(v: Option<&serde_json::Value>) -> Result<String> {
-    let s = v.and_then(|v| v.as_str()).unwrap_or_default();
-    let bytes = B64.decode(s).with_context(|| format!("the gateway returned invalid base64 {s:?}"))?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// One failed request or retried attempt, with when it happened and why.
@@ -247,6 +95,9 @@ pub struct LoadReport {
     pub bounded_stop: bool,
     #[serde(skip)]
     pub acknowledged: BTreeMap<String, String>,
+    /// Every attempt, for the linearizability check (saved beside the report on a violation).
+    #[serde(skip)]
+    pub history: Vec<Op>,
     pub acknowledged_writes: usize,
 }
 
@@ -293,6 +144,11 @@ struct Shared {
 }
 
 impl Shared {
+    /// Microseconds since the load started: the history's clock.
+    fn micros(&self) -> u64 {
+        self.started.elapsed().as_micros() as u64
+    }
+
     fn phase(&self) -> String {
         self.phase.lock().map(|p| p.clone()).unwrap_or_default()
     }
@@ -366,7 +222,7 @@ impl Load {
         for w in 0..count {
             let shared = shared.clone();
             let identity = identity.clone();
-            let prefix = format!("{prefix}{w}/");
+            let prefix = prefix.to_string();
             let bounds = Bounds { max_requests: per_worker, max_duration: bounds.max_duration };
             let netns = netns.clone();
             workers.push(std::thread::spawn(move || {
@@ -413,7 +269,22 @@ impl Load {
     }
 }
 
-fn worker(w: usize, identity: &Identity, prefix: &str, bounds: Bounds, shared: &Shared) {
+/// What a request of the load does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    OwnWrite,
+    OwnRead,
+    SharedWrite,
+    SharedRead,
+}
+
+/// The keys every worker writes and reads, under the load's prefix: few, so that writes
+/// overlap and reads race them.
+const SHARED: &str = "shared/";
+const SHARED_KEYS: u64 = 4;
+
+fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Shared) {
+    let prefix = format!("{base}{w}/");
     let interval = Duration::from_secs_f64(1.0 / PER_WORKER_RATE);
     let mut client: Option<(Vec<Option<SystemTime>>, Gateway)> = None;
     let mut seq = 0u64;
@@ -432,10 +303,24 @@ fn worker(w: usize, identity: &Identity, prefix: &str, bounds: Bounds, shared: &
         }
         next += interval;
         seq += 1;
-        // Writes and reads alternate; a read checks the worker's last acknowledged write.
-        let read = seq.is_multiple_of(2) && last_acked.is_some();
-        let key = format!("{prefix}{seq:06}");
-        let value = format!("v{seq}");
+        // Four kinds of request in turn: a write to a key of the worker's own, a read of its
+        // last acknowledged one, a write and a read of a key every worker shares (values unique
+        // per request), so that the history has concurrent writes and reads to check.
+        let kind = match seq % 4 {
+            1 => Kind::OwnWrite,
+            2 if last_acked.is_some() => Kind::OwnRead,
+            2 => Kind::OwnWrite,
+            3 => Kind::SharedWrite,
+            _ => Kind::SharedRead,
+        };
+        let read = matches!(kind, Kind::OwnRead | Kind::SharedRead);
+        let key = match kind {
+            Kind::OwnWrite => format!("{prefix}{seq:06}"),
+            Kind::OwnRead => last_acked.as_ref().map(|(k, _)| k.clone()).unwrap_or_default(),
+            Kind::SharedWrite => format!("{base}{SHARED}{}", (seq / 4 + w as u64) % SHARED_KEYS),
+            Kind::SharedRead => format!("{base}{SHARED}{}", (seq / 4 + w as u64 + 1) % SHARED_KEYS),
+        };
+        let value = format!("w{w}-{seq}");
         let t = Instant::now();
         // A failure is charged to the phase its request started in.
         let phase = shared.phase();
@@ -461,21 +346,50 @@ fn worker(w: usize, identity: &Identity, prefix: &str, bounds: Bounds, shared: &
             let endpoints = shared.endpoints.lock().map(|e| e.clone()).unwrap_or_default();
             let index = shared.pick(w + attempt, endpoints.len());
             let endpoint = &endpoints[index];
+            // Every attempt goes into the history: a write that failed may still take effect
+            // (its outcome is unknown), a read that failed says nothing and is left out.
+            let invoke_us = shared.micros();
+            let record = |action: Action, done: bool, revision: Option<i64>| {
+                let op = Op {
+                    client: w,
+                    key: key.clone(),
+                    action,
+                    invoke_us,
+                    return_us: done.then(|| shared.micros()),
+                    revision,
+                };
+                if let Ok(mut r) = shared.report.lock() {
+                    r.history.push(op);
+                }
+            };
             // Err((e, retry)): retry on another endpoint, or not (the answer itself is wrong).
             let result: Result<(), (anyhow::Error, bool)> = if read {
-                let (k, want) = last_acked.clone().unwrap_or_default();
-                match gw.get(endpoint, &k) {
-                    Ok(Some(got)) if got == want => Ok(()),
-                    Ok(got) => Err((
-                        anyhow::anyhow!(
-                            "linearizable read of acknowledged {k} via {endpoint} returned {got:?}, not {want:?}"
-                        ),
-                        false,
-                    )),
+                match gw.get_at(endpoint, &key) {
+                    Ok((got, revision)) => {
+                        record(Action::Read(got.clone()), true, revision);
+                        match (&kind, last_acked.as_ref()) {
+                            (Kind::OwnRead, Some((k, want))) if got.as_ref() != Some(want) => Err((
+                                anyhow::anyhow!(
+                                    "linearizable read of acknowledged {k} via {endpoint} returned {got:?}, not {want:?}"
+                                ),
+                                false,
+                            )),
+                            _ => Ok(()),
+                        }
+                    }
                     Err(e) => Err((e, true)),
                 }
             } else {
-                gw.put(endpoint, &key, &value).map_err(|e| (e, true))
+                match gw.put(endpoint, &key, &value) {
+                    Ok(revision) => {
+                        record(Action::Write(value.clone()), true, revision);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        record(Action::Write(value.clone()), false, None);
+                        Err((e, true))
+                    }
+                }
             };
             match result {
                 Ok(()) => break Ok(()),
@@ -518,7 +432,7 @@ fn worker(w: usize, identity: &Identity, prefix: &str, bounds: Bounds, shared: &
         r.worst_latency_ms = r.worst_latency_ms.max(latency);
         match outcome {
             Ok(()) => {
-                if !read {
+                if kind == Kind::OwnWrite {
                     r.acknowledged.insert(key.clone(), value.clone());
                     last_acked = Some((key, value));
                 }
@@ -565,36 +479,4 @@ pub fn verify_acknowledged(report: &LoadReport, endpoint: &str, identity: &Ident
         );
     }
     Ok(report.acknowledged.len())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pki::cert::{issue_leaf, new_ca, LeafRequest, SigningCa};
-    use crate::pki::profiles::Profiles;
-
-    #[test]
-    fn an_identity_needs_a_certificate_and_its_own_key() {
-        let tmp = tempfile::tempdir().unwrap();
-        let p = Profiles::default();
-        let issued = new_ca("test CA", &p.ca).unwrap();
-        let ca = SigningCa::load(&issued.cert_pem, &issued.key_pem, "test").unwrap();
-        let req = LeafRequest::new("client", Default::default(), &p.client);
-        let (leaf, other) = (issue_leaf(&req, &ca.issuer).unwrap(), issue_leaf(&req, &ca.issuer).unwrap());
-        std::fs::write(tmp.path().join("ca.crt"), &issued.cert_pem).unwrap();
-        std::fs::write(tmp.path().join("client.crt"), &leaf.cert_pem).unwrap();
-        std::fs::write(tmp.path().join("client.key"), &leaf.key_pem).unwrap();
-        let id = Identity::in_dir(tmp.path());
-        id.tls_config().unwrap();
-
-        std::fs::write(&id.key, &other.key_pem).unwrap();
-        let err = format!("{:#}", id.tls_config().unwrap_err());
-        assert!(err.contains("do not make a client identity") && err.contains("client.key"), "{err}");
-        std::fs::write(&id.key, &leaf.cert_pem).unwrap();
-        let err = format!("{:#}", id.tls_config().unwrap_err());
-        assert!(err.contains("no PEM private key") && err.contains("client.key"), "{err}");
-        std::fs::write(&id.ca, "").unwrap();
-        let err = format!("{:#}", id.tls_config().unwrap_err());
-        assert!(err.contains("no PEM certificate") && err.contains("ca.crt"), "{err}");
-    }
 }

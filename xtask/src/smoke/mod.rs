@@ -14,6 +14,7 @@
 
 mod checks;
 mod cluster;
+mod gateway;
 mod hosts;
 mod hosts_checks;
 mod hosts_day2;

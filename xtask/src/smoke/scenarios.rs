@@ -118,8 +118,11 @@ impl Cluster {
         if r.is_err() && self.checks.iter().any(|c| c.outcome == Outcome::Fail) {
             r = r.context("after an earlier failure");
         }
-        self.load_report = Some(report);
         self.record("client load: every acknowledged write is there", t, r);
+        let t = Instant::now();
+        let judged = super::linearizable::judge(&report.history, &self.out.join("history.json"));
+        self.record(super::linearizable::CHECK_NAME, t, judged);
+        self.load_report = Some(report);
         Ok(())
     }
 
