@@ -35,7 +35,20 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
 
     common::build_etcd_349(&[common::host_arch()]);
     a_forbidden_upgrade_is_refused_before_anything_starts();
-    let out = xtask().args(["smoke", "--source", "build", "--out", out_dir.to_str().unwrap()]).output().unwrap();
+    let out = xtask()
+        .args([
+            "smoke",
+            "--source",
+            "build",
+            "--scenario",
+            "all",
+            "--scenario",
+            "drills",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "smoke failed:\n{stdout}\n{stderr}");
@@ -50,12 +63,12 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     }
     // Every scenario ran, in `all`'s order, each with its checks.
     let per_scenario = |name: &str| checks.iter().filter(|c| c["scenario"] == name).count();
-    for (name, count) in [("basic", 14), ("rotate-certs", 6), ("replace-member", 4), ("upgrade", 6)] {
+    for (name, count) in [("basic", 14), ("rotate-certs", 6), ("replace-member", 4), ("upgrade", 6), ("drills", 9)] {
         assert_eq!(per_scenario(name), count, "{name}: {report:#}");
     }
     let scenarios = report["scenarios"].as_array().unwrap();
     let names: Vec<&str> = scenarios.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["basic", "rotate-certs", "replace-member", "upgrade"]);
+    assert_eq!(names, ["basic", "rotate-certs", "replace-member", "upgrade", "drills"]);
     // A real load ran through each: at least 50 requests/s, writes acknowledged and read back
     // (the check above), and not one failed request while certificates were rotated.
     for sc in scenarios {
@@ -86,7 +99,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     // revisions compared in each client's order.
     let histories: Vec<_> =
         checks.iter().filter(|c| c["name"].as_str().unwrap().starts_with("client history")).collect();
-    assert_eq!(histories.len(), 4, "one history check per scenario: {report:#}");
+    assert_eq!(histories.len(), 5, "one history check per scenario: {report:#}");
     for c in histories {
         let why = c["reason"].as_str().unwrap();
         assert!(why.starts_with("linearizable: ") && why.contains("revisions never went back"), "{c:#}");
@@ -107,6 +120,14 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     assert!(reason("old CA is refused").contains("unknown authority"));
     assert!(reason("renew:").contains("new serials served on both ports"));
     assert!(reason("replace a lost member").contains("promoted"));
+    // The drills: a new leader on the majority side, the cut-off old leader refusing
+    // linearizable reads, the NOSPACE alarm and its runbook.
+    let cut = reason("the leader cut off");
+    assert!(cut.contains("new leader") && cut.contains("refuses linearizable reads"), "{cut}");
+    assert!(reason("the leader SIGSTOPped").contains("new leader"));
+    assert!(reason("a follower cut off").contains("writes to the majority succeed"));
+    let nospace = reason("NOSPACE");
+    assert!(nospace.contains("database space exceeded") && nospace.contains("writes accepted again"), "{nospace}");
     for t in [
         "start_to_healthy",
         "heal_after_restart",

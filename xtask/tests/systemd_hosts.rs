@@ -145,7 +145,7 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
     for (form, how) in [("portable", "restarted one at a time"), ("host", "no restart")] {
         let scenario = format!("{form}/rotate-certs");
         let mine: Vec<&serde_json::Value> = checks.iter().filter(|c| c["scenario"] == scenario.as_str()).collect();
-        assert_eq!(mine.len(), 2, "{form}: {report:#}");
+        assert_eq!(mine.len(), 3, "{form}: {report:#}");
         let reason = mine[0]["reason"].as_str().unwrap();
         assert!(reason.contains(how) && reason.contains("new serials served"), "{reason}");
         let sc = report["scenarios"].as_array().unwrap().iter().find(|s| s["name"] == scenario.as_str()).unwrap();
@@ -171,6 +171,9 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
             assert_eq!(upgraded.matches("etcd_3.5.16.raw").count(), 3, "{upgraded}");
         }
         assert!(reason("upgrade", "after the upgrade").contains("cluster version 3.5.0"));
+        for scenario in ["rotate-certs", "replace-member", "upgrade"] {
+            assert!(reason(scenario, "client history").starts_with("linearizable: "), "{form}/{scenario}");
+        }
     }
     let names: Vec<&str> =
         report["scenarios"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();

@@ -466,10 +466,15 @@ mod tests {
         }
         assert!(!v34.contains_key("ETCD_TLS_MIN_VERSION"));
         assert_eq!(v35["ETCD_TLS_MIN_VERSION"], "TLS1.2");
+        // Pre-vote: set on 3.4, where it is off by default; 3.5 has it on by default.
+        assert_eq!(v34["ETCD_PRE_VOTE"], "true");
+        assert!(!v35.contains_key("ETCD_PRE_VOTE"));
         // Everything else is the same flag set in both lines.
         let mut rest = v35.clone();
         rest.remove(key);
         rest.remove("ETCD_TLS_MIN_VERSION");
+        let mut v34 = v34.clone();
+        v34.remove("ETCD_PRE_VOTE");
         assert_eq!(rest, v34);
         let err = node_env(&spec, &spec.nodes[0], &facts, &TargetPaths::standard(), "3.7.0").unwrap_err();
         let text = format!("{err:#}");

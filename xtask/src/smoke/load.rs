@@ -106,6 +106,10 @@ pub struct LoadReport {
 pub struct PhaseStats {
     pub seconds: f64,
     pub requests: u64,
+    pub failed: u64,
+    /// The longest a request started in the phase took, retries included: what a client with
+    /// failover waited at worst.
+    pub worst_latency_ms: f64,
 }
 
 impl LoadReport {
@@ -243,6 +247,11 @@ impl Load {
         if let Ok(mut e) = self.shared.endpoints.lock() {
             *e = endpoints;
         }
+    }
+
+    /// The figures so far of the phase `name` (requests still running are not in them).
+    pub fn phase_stats(&self, name: &str) -> PhaseStats {
+        self.shared.report.lock().ok().and_then(|r| r.phases.get(name).cloned()).unwrap_or_default()
     }
 
     /// Names the scenario's current step; failures are reported per phase.
@@ -423,7 +432,10 @@ fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Sh
         let latency = t.elapsed().as_secs_f64() * 1000.0;
         let Ok(mut r) = shared.report.lock() else { break };
         r.requests += 1;
-        r.phases.entry(phase.clone()).or_default().requests += 1;
+        let stats = r.phases.entry(phase.clone()).or_default();
+        stats.requests += 1;
+        stats.worst_latency_ms = stats.worst_latency_ms.max(latency);
+        stats.failed += u64::from(outcome.is_err());
         if read {
             r.reads += 1;
         } else {

@@ -26,8 +26,10 @@ impl Smoke {
     ) -> Result<()> {
         // On systemd every scenario runs on the same machines, after the basic checks.
         let asked = ScenarioName::expand(&self.scenario);
-        if asked.contains(&ScenarioName::HttpToTls) {
-            bail!("--engine systemd does not run http-to-tls: use --engine run for it");
+        for s in [ScenarioName::HttpToTls, ScenarioName::Drills] {
+            if asked.contains(&s) {
+                bail!("--engine systemd does not run {}: use --engine run for it", s.as_str());
+            }
         }
         hosts::addressing(spec, cluster_path)?;
         preflight_systemd()?;

@@ -1,0 +1,372 @@
+//! `cargo xtask smoke --scenario drills`: the faults that break etcd clusters in production,
+//! injected and healed while the client load runs, each timed. Partitions and packet loss are
+//! made inside the members' own network namespaces (the host's iptables run with `nsenter -n`
+//! into a container's namespace: the image stays as it is, the host's firewall is not touched);
+//! pauses are SIGSTOP/SIGCONT of etcd; NOSPACE is a small `--quota-backend-bytes` filled by
+//! one key overwritten with large values, then etcd's runbook (compact, defragment one member
+//! at a time with the leader last, disarm). Every drill ends with 3/3 healthy and one leader;
+//! the load's history (checked for linearizability at the end) and acknowledged writes cover
+//! what clients saw. Per drill the reason gives the time to a new leader, the leader changes
+//! (raft terms), and the phase's requests, failures and worst latency (final figures per phase
+//! in the report's `load.phases`).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::cluster::Cluster;
+use super::podman::podman;
+
+/// The drill cluster's quota: small enough to fill in seconds with 1 MiB values, large enough
+/// for the load's own writes over the whole scenario.
+pub(super) const QUOTA_BYTES: u64 = 48 * 1024 * 1024;
+/// How long a fault lasts: several election timeouts (etcd's default is 1 s).
+const FAULT: Duration = Duration::from_secs(4);
+/// Bound of the waits for a new leader and for health after a heal.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// What `etcdctl endpoint status` says of one member.
+#[derive(Debug, Clone)]
+struct Status {
+    member: u64,
+    leader: u64,
+    term: u64,
+    db_size: u64,
+    revision: i64,
+}
+
+impl Cluster {
+    /// The drills, in order, on one cluster with a small quota.
+    pub(super) fn drills(&mut self) -> Result<()> {
+        for n in &mut self.nodes {
+            n.env.insert("ETCD_QUOTA_BACKEND_BYTES".into(), QUOTA_BYTES.to_string());
+        }
+        if !self.start_cluster()? {
+            return Ok(());
+        }
+        self.etcdctl_ok(&[0], &["put", "smoke/before-drills", "kept"])?;
+        self.run_check("partition: the leader cut off from both followers, then healed", |c| c.isolate(true));
+        self.run_check("partition: a follower cut off from both peers, then healed", |c| c.isolate(false));
+        self.run_check("one-way loss: 40% of the leader's packets to a follower dropped", |c| c.one_way_loss());
+        self.run_check("pause: a follower SIGSTOPped past the election timeout", |c| c.pause(false));
+        self.run_check("pause: the leader SIGSTOPped past the election timeout", |c| c.pause(true));
+        self.run_check("NOSPACE: quota filled, writes refused, reads served; compact, defrag, disarm", |c| c.nospace());
+        Ok(())
+    }
+
+    /// Every member's status, asked of each member alone (a cut-off one answers for itself).
+    fn statuses(&self, nodes: &[usize]) -> Vec<Option<Status>> {
+        nodes
+            .iter()
+            .map(|i| {
+                let out = self.etcdctl(&[*i], &["endpoint", "status", "-w", "json", "--command-timeout=1s"]).ok()?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                let s = &v.as_array()?.first()?["Status"];
+                Some(Status {
+                    member: s["header"]["member_id"].as_u64()?,
+                    leader: s["leader"].as_u64()?,
+                    term: s["raftTerm"].as_u64()?,
+                    db_size: s["dbSize"].as_u64()?,
+                    revision: s["header"]["revision"].as_i64()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The node that leads now (all answering members agree), with the raft term.
+    fn leader(&self) -> Result<(usize, u64)> {
+        let (found, _) = self.poll("the members agreed on no leader", SETTLE, Duration::from_millis(100), |c| {
+            let all = c.statuses(&[0, 1, 2]);
+            let leaders: BTreeSet<u64> = all.iter().flatten().map(|s| s.leader).collect();
+            let Some(&leader) = leaders.iter().next().filter(|_| leaders.len() == 1 && leader_known(&all)) else {
+                return Ok(Err(format!("leaders seen: {leaders:?}")));
+            };
+            let index = all.iter().position(|s| s.as_ref().is_some_and(|s| s.member == leader));
+            let term = all.iter().flatten().map(|s| s.term).max().unwrap_or(0);
+            Ok(index.map(|i| (i, term)).ok_or_else(|| "the leader is not one of the three".to_string()))
+        })?;
+        Ok(found)
+    }
+
+    /// Waits until `among` agree on a leader other than `old`; returns it and the seconds taken.
+    fn new_leader(&self, among: &[usize], old: u64, since: Instant) -> Result<(usize, f64)> {
+        let (i, _) = self.poll("no new leader", SETTLE, Duration::from_millis(50), |c| {
+            let all = c.statuses(among);
+            let leaders: BTreeSet<u64> = all.iter().flatten().map(|s| s.leader).collect();
+            match leaders.iter().next() {
+                Some(&l) if leaders.len() == 1 && l != old && l != 0 && all.iter().all(Option::is_some) => Ok(c
+                    .statuses(&[0, 1, 2])
+                    .iter()
+                    .position(|s| s.as_ref().is_some_and(|s| s.member == l))
+                    .ok_or_else(|| "the new leader is unknown".to_string())),
+                _ => Ok(Err(format!("leaders seen: {leaders:?}"))),
+            }
+        })?;
+        Ok((i, since.elapsed().as_secs_f64()))
+    }
+
+    /// The process id of a member's etcd (its container's init) on the host.
+    fn pid(&self, i: usize) -> Result<String> {
+        let pid = podman(&["inspect", "--format", "{{.State.Pid}}", &self.nodes[i].container])?;
+        let pid = pid.trim().to_string();
+        if pid.is_empty() || pid == "0" {
+            bail!("{} is not running", self.nodes[i].container);
+        }
+        Ok(pid)
+    }
+
+    /// iptables in member `i`'s network namespace.
+    fn iptables(&self, i: usize, rule: &[&str]) -> Result<()> {
+        let pid = self.pid(i)?;
+        let out = std::process::Command::new("nsenter")
+            .args(["-t", &pid, "-n", "iptables", "-w", "5"])
+            .args(rule)
+            .output()
+            .context("cannot run nsenter (util-linux) with iptables")?;
+        if !out.status.success() {
+            bail!(
+                "iptables {} in {}'s network namespace failed: {}",
+                rule.join(" "),
+                self.nodes[i].container,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    fn ip(&self, i: usize) -> Result<String> {
+        Ok(crate::render::config::primary_ip(&self.nodes[i].spec)?.to_string())
+    }
+
+    /// Removes every rule a drill added in member `i`'s namespace.
+    fn heal_rules(&self, i: usize) -> Result<()> {
+        self.iptables(i, &["-F", "INPUT"])?;
+        self.iptables(i, &["-F", "OUTPUT"])
+    }
+
+    /// Member `victim`'s peer traffic with both others dropped both ways (clients still reach it:
+    /// they come from the network's gateway through the published ports).
+    fn cut_off(&self, victim: usize) -> Result<()> {
+        for other in (0..3).filter(|o| *o != victim) {
+            let ip = self.ip(other)?;
+            self.iptables(victim, &["-A", "INPUT", "-s", &ip, "-j", "DROP"])?;
+            self.iptables(victim, &["-A", "OUTPUT", "-d", &ip, "-j", "DROP"])?;
+        }
+        Ok(())
+    }
+
+    /// After a fault: rules gone, 3/3 healthy, one leader; the phase's figures.
+    fn settle(&self, phase: &str) -> Result<String> {
+        let t = Instant::now();
+        self.wait_healthy(&[0, 1, 2], SETTLE).context("the cluster did not heal")?;
+        let healthy = t.elapsed().as_secs_f64();
+        let (_, term) = self.leader()?;
+        let stats = self.load.as_ref().map(|l| l.phase_stats(phase)).unwrap_or_default();
+        Ok(format!(
+            "3/3 healthy {healthy:.2} s after the heal (term {term}); during the fault {} requests, {} failed, worst \
+             latency {:.0} ms",
+            stats.requests, stats.failed, stats.worst_latency_ms
+        ))
+    }
+
+    fn isolate(&mut self, leader: bool) -> Result<String> {
+        let (lead, term) = self.leader()?;
+        let victim = if leader { lead } else { (lead + 1) % 3 };
+        let old_id = self.statuses(&[lead])[0].as_ref().map(|s| s.member).context("the leader answers no status")?;
+        let phase = format!("drill: {} cut off", self.nodes[victim].spec.name);
+        self.phase(&phase);
+        let t = Instant::now();
+        let mut notes = vec![format!("{} (the {}) cut off from its peers", self.nodes[victim].spec.name, role(leader))];
+        let result = (|| -> Result<()> {
+            self.cut_off(victim)?;
+            let others: Vec<usize> = (0..3).filter(|o| *o != victim).collect();
+            if leader {
+                let (new, secs) = self.new_leader(&others, old_id, t)?;
+                notes.push(format!("new leader {} after {secs:.2} s", self.nodes[new].spec.name));
+                // The cut-off side cannot serve a linearizable read or a write.
+                let read =
+                    self.etcdctl(&[victim], &["get", "--consistency=l", "--command-timeout=2s", "smoke/drill-probe"])?;
+                if read.status.success() {
+                    bail!("the cut-off old leader served a linearizable read without a quorum");
+                }
+                notes.push(format!(
+                    "the old leader refuses linearizable reads ({})",
+                    String::from_utf8_lossy(&read.stderr).lines().last().unwrap_or_default().trim()
+                ));
+            } else {
+                // The majority keeps its leader and keeps serving.
+                let put = self.etcdctl(&others, &["put", "--command-timeout=3s", "smoke/drill-follower-cut", "ok"])?;
+                if !put.status.success() {
+                    bail!("a write to the majority failed: {}", String::from_utf8_lossy(&put.stderr).trim());
+                }
+                notes.push("writes to the majority succeed".into());
+            }
+            let left = FAULT.saturating_sub(t.elapsed());
+            std::thread::sleep(left);
+            Ok(())
+        })();
+        let healed = self.heal_rules(victim);
+        self.phase(&format!("{phase}: healed"));
+        result?;
+        healed?;
+        notes.push(format!("healed after {:.1} s", t.elapsed().as_secs_f64()));
+        notes.push(self.settle(&phase)?);
+        let (_, after) = self.leader()?;
+        notes.push(format!("raft term {term} -> {after}"));
+        Ok(notes.join("; "))
+    }
+
+    fn one_way_loss(&mut self) -> Result<String> {
+        let (lead, term) = self.leader()?;
+        let follower = (lead + 1) % 3;
+        let phase = format!("drill: 40% loss {} -> {}", self.nodes[lead].spec.name, self.nodes[follower].spec.name);
+        self.phase(&phase);
+        let t = Instant::now();
+        let leader_ip = self.ip(lead)?;
+        let rule = ["-A", "INPUT", "-s", &leader_ip, "-m", "statistic", "--mode", "random", "--probability", "0.4"];
+        let result = self.iptables(follower, &[&rule[..], &["-j", "DROP"]].concat()).map(|_| std::thread::sleep(FAULT));
+        let healed = self.heal_rules(follower);
+        self.phase(&format!("{phase}: healed"));
+        result?;
+        healed?;
+        let settled = self.settle(&phase)?;
+        let (now, after) = self.leader()?;
+        Ok(format!(
+            "{:.1} s of 40% loss from leader {} to {}; leader after: {} (raft term {term} -> {after}, {} election(s)); \
+             {settled}",
+            t.elapsed().as_secs_f64(),
+            self.nodes[lead].spec.name,
+            self.nodes[follower].spec.name,
+            self.nodes[now].spec.name,
+            after - term
+        ))
+    }
+
+    fn pause(&mut self, leader: bool) -> Result<String> {
+        let (lead, term) = self.leader()?;
+        let victim = if leader { lead } else { (lead + 2) % 3 };
+        let old_id = self.statuses(&[lead])[0].as_ref().map(|s| s.member).context("the leader answers no status")?;
+        let phase = format!("drill: {} paused", self.nodes[victim].spec.name);
+        self.phase(&phase);
+        let t = Instant::now();
+        podman(&["kill", "--signal", "STOP", &self.nodes[victim].container])?;
+        let mut notes = vec![format!("{} (the {}) stopped with SIGSTOP", self.nodes[victim].spec.name, role(leader))];
+        let result = (|| -> Result<()> {
+            let others: Vec<usize> = (0..3).filter(|o| *o != victim).collect();
+            if leader {
+                let (new, secs) = self.new_leader(&others, old_id, t)?;
+                notes.push(format!("new leader {} after {secs:.2} s", self.nodes[new].spec.name));
+            }
+            std::thread::sleep(FAULT.saturating_sub(t.elapsed()));
+            Ok(())
+        })();
+        let resumed = podman(&["kill", "--signal", "CONT", &self.nodes[victim].container]);
+        self.phase(&format!("{phase}: resumed"));
+        result?;
+        resumed?;
+        notes.push(format!("resumed after {:.1} s", t.elapsed().as_secs_f64()));
+        notes.push(self.settle(&phase)?);
+        let (_, after) = self.leader()?;
+        notes.push(format!("raft term {term} -> {after}"));
+        Ok(notes.join("; "))
+    }
+
+    /// Fills the quota with one key overwritten by 1 MiB values (history that only compaction
+    /// frees, the usual cause), checks the alarm, then runs etcd's runbook.
+    fn nospace(&mut self) -> Result<String> {
+        let phase = "drill: NOSPACE alarm until disarmed";
+        self.phase(phase);
+        let gw = super::load::Gateway::new(&super::load::Identity::in_dir(&self.client), Duration::from_secs(10))?;
+        let endpoint = format!("https://127.0.0.1:{}", self.nodes[0].client_port);
+        let big = "x".repeat(1024 * 1024);
+        let t = Instant::now();
+        let mut writes = 0;
+        let refusal = loop {
+            self.interrupt.check()?;
+            match gw.put(&endpoint, "smoke/drill-fill", &big) {
+                Ok(_) => writes += 1,
+                Err(e) => break format!("{e:#}"),
+            }
+            if writes > 4 * QUOTA_BYTES / (1024 * 1024) {
+                bail!("{writes} writes of 1 MiB and no NOSPACE alarm with a quota of {QUOTA_BYTES} bytes");
+            }
+        };
+        if !refusal.contains("database space exceeded") {
+            bail!("after {writes} writes of 1 MiB the write failed, but not with NOSPACE: {refusal}");
+        }
+        let filled = t.elapsed().as_secs_f64();
+        let alarms = self.etcdctl_ok(&[0, 1, 2], &["alarm", "list"])?;
+        if !alarms.contains("NOSPACE") {
+            bail!("writes are refused but `etcdctl alarm list` shows no NOSPACE: {alarms:?}");
+        }
+        let small = self.etcdctl(&[0, 1, 2], &["put", "--command-timeout=3s", "smoke/drill-small", "x"])?;
+        if small.status.success() {
+            bail!("a small write succeeded under the NOSPACE alarm");
+        }
+        self.etcdctl_ok(&[0, 1, 2], &["get", "--consistency=l", "smoke/before-drills"])
+            .context("a linearizable read under the NOSPACE alarm")?;
+        let mut notes = vec![format!(
+            "{writes} writes of 1 MiB to one key raised NOSPACE after {filled:.1} s (quota {} MiB): \"{}\"; reads served",
+            QUOTA_BYTES / (1024 * 1024),
+            refusal.rsplit(": ").next().unwrap_or(&refusal)
+        )];
+        // The runbook: compact to the current revision, defragment each member with the leader
+        // last, disarm.
+        let rt = Instant::now();
+        let before = self.statuses(&[0, 1, 2]);
+        let revision = before.iter().flatten().map(|s| s.revision).max().context("no member answered its status")?;
+        self.etcdctl_ok(&[0, 1, 2], &["compact", &revision.to_string()])?;
+        let (lead, _) = self.leader()?;
+        let order: Vec<usize> = (0..3).filter(|i| *i != lead).chain([lead]).collect();
+        for i in &order {
+            self.etcdctl_ok(&[*i], &["defrag", "--command-timeout=30s"])
+                .with_context(|| format!("defragmenting {}", self.nodes[*i].spec.name))?;
+        }
+        let after = self.statuses(&[0, 1, 2]);
+        self.etcdctl_ok(&[0, 1, 2], &["alarm", "disarm"])?;
+        let alarms = self.etcdctl_ok(&[0, 1, 2], &["alarm", "list"])?;
+        if !alarms.trim().is_empty() {
+            bail!("alarms left after disarm: {alarms}");
+        }
+        self.etcdctl_ok(&[0, 1, 2], &["put", "smoke/drill-after-nospace", "ok"])
+            .context("a write after the runbook")?;
+        self.phase("drill: after NOSPACE");
+        let sizes = |s: &[Option<Status>]| -> String {
+            s.iter()
+                .map(|s| s.as_ref().map_or("?".into(), |s| format!("{:.1}", mib(s.db_size))))
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        notes.push(format!(
+            "runbook in {:.1} s: compacted at revision {revision}, defragmented {} (leader last), disarmed; database \
+             MiB before {} after {}; writes accepted again",
+            rt.elapsed().as_secs_f64(),
+            order.iter().map(|i| self.nodes[*i].spec.name.as_str()).collect::<Vec<_>>().join(", "),
+            sizes(&before),
+            sizes(&after)
+        ));
+        let stats = self.load.as_ref().map(|l| l.phase_stats(phase)).unwrap_or_default();
+        notes.push(format!(
+            "during the alarm {} requests, {} failed (writes refused), worst latency {:.0} ms",
+            stats.requests, stats.failed, stats.worst_latency_ms
+        ));
+        Ok(notes.join("; "))
+    }
+}
+
+fn role(leader: bool) -> &'static str {
+    if leader {
+        "leader"
+    } else {
+        "follower"
+    }
+}
+
+fn leader_known(all: &[Option<Status>]) -> bool {
+    all.iter().flatten().all(|s| s.leader != 0)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
