@@ -63,7 +63,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     }
     // Every scenario ran, in `all`'s order, each with its checks.
     let per_scenario = |name: &str| checks.iter().filter(|c| c["scenario"] == name).count();
-    for (name, count) in [("basic", 14), ("rotate-certs", 6), ("replace-member", 4), ("upgrade", 6), ("drills", 9)] {
+    for (name, count) in [("basic", 14), ("rotate-certs", 6), ("replace-member", 4), ("upgrade", 6), ("drills", 10)] {
         assert_eq!(per_scenario(name), count, "{name}: {report:#}");
     }
     let scenarios = report["scenarios"].as_array().unwrap();
@@ -128,6 +128,8 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     assert!(reason("a follower cut off").contains("writes to the majority succeed"));
     let nospace = reason("NOSPACE");
     assert!(nospace.contains("database space exceeded") && nospace.contains("writes accepted again"), "{nospace}");
+    let disk = reason("full disk");
+    assert!(disk.contains("the other two members accept writes") && disk.contains("hashes at revision"), "{disk}");
     for t in [
         "start_to_healthy",
         "heal_after_restart",

@@ -200,8 +200,11 @@ impl Cluster {
         }
         let mut runs = Vec::new();
         for n in self.nodes.clone() {
-            podman(&["volume", "create", "--label", LABEL, &n.volume])?;
-            self.res.volumes.push(n.volume.clone());
+            // A path is a host directory (the drills' small disk), not a podman volume.
+            if !n.volume.starts_with('/') {
+                podman(&["volume", "create", "--label", LABEL, &n.volume])?;
+                self.res.volumes.push(n.volume.clone());
+            }
             runs.push((n.container.clone(), self.container_args(&n)?));
         }
         let results = each_in_thread(&runs, "podman run", |_, (_, args)| podman_checked(args));

@@ -8,9 +8,12 @@
 //! the load's history (checked for linearizability at the end) and acknowledged writes cover
 //! what clients saw. Per drill the reason gives the time to a new leader, the leader changes
 //! (raft terms), and the phase's requests, failures and worst latency (final figures per phase
-//! in the report's `load.phases`).
+//! in the report's `load.phases`). Last, node 3's data disk (a small tmpfs) is filled from outside
+//! etcd and freed again.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -21,6 +24,9 @@ use super::podman::podman;
 /// The drill cluster's quota: small enough to fill in seconds with 1 MiB values, large enough
 /// for the load's own writes over the whole scenario.
 pub(super) const QUOTA_BYTES: u64 = 48 * 1024 * 1024;
+/// The size of node 3's data disk (a tmpfs): etcd's first WAL segment takes 64 MiB of it, the
+/// NOSPACE drill's database up to twice the quota while it is defragmented.
+const DISK_BYTES: u64 = 256 * 1024 * 1024;
 /// How long a fault lasts: several election timeouts (etcd's default is 1 s).
 const FAULT: Duration = Duration::from_secs(4);
 /// Bound of the waits for a new leader and for health after a heal.
@@ -42,6 +48,8 @@ impl Cluster {
         for n in &mut self.nodes {
             n.env.insert("ETCD_QUOTA_BACKEND_BYTES".into(), QUOTA_BYTES.to_string());
         }
+        let disk = self.small_disk()?;
+        self.nodes[2].volume = disk.display().to_string();
         if !self.start_cluster()? {
             return Ok(());
         }
@@ -52,7 +60,118 @@ impl Cluster {
         self.run_check("pause: a follower SIGSTOPped past the election timeout", |c| c.pause(false));
         self.run_check("pause: the leader SIGSTOPped past the election timeout", |c| c.pause(true));
         self.run_check("NOSPACE: quota filled, writes refused, reads served; compact, defrag, disarm", |c| c.nospace());
+        self.run_check("full disk: a member's data disk filled from outside, then freed; no data lost", |c| {
+            c.full_disk(&disk)
+        });
         Ok(())
+    }
+
+    /// Node 3's data directory: a tmpfs of [`DISK_BYTES`] mounted on the host (it outlives the
+    /// container, unlike a podman tmpfs volume), owned by the image's etcd user.
+    fn small_disk(&mut self) -> Result<PathBuf> {
+        let mnt = self.out.join("disk3");
+        // A killed run may have left it mounted.
+        let mounted = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        if mounted.lines().any(|l| l.split(' ').nth(1) == Some(&*mnt.to_string_lossy())) {
+            run("umount", &[mnt.as_os_str()])?;
+        }
+        std::fs::create_dir_all(&mnt).with_context(|| format!("cannot create {}", mnt.display()))?;
+        let opts = format!("size={DISK_BYTES},mode=0700,uid={},gid={}", self.uid, self.gid);
+        run(
+            "mount",
+            &["-t".as_ref(), "tmpfs".as_ref(), "-o".as_ref(), opts.as_ref(), "tmpfs".as_ref(), mnt.as_os_str()],
+        )?;
+        self.res.mounts.push(mnt.clone());
+        Ok(mnt)
+    }
+
+    /// Fills node 3's disk with a file written as root until ENOSPC, writes large values until
+    /// node 3 fails, checks that the others go on, frees the space, restarts node 3 if it
+    /// exited, and compares the members' key-value hashes at one revision.
+    fn full_disk(&mut self, disk: &Path) -> Result<String> {
+        let phase = "drill: node 3's disk full";
+        self.phase(phase);
+        let filler = disk.join("filler");
+        let mut file = std::fs::File::create(&filler).with_context(|| format!("cannot create {}", filler.display()))?;
+        let chunk = vec![0u8; 1024 * 1024];
+        let mut filled = 0u64;
+        loop {
+            use std::io::Write;
+            match file.write_all(&chunk) {
+                Ok(()) => filled += chunk.len() as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => return Err(e).with_context(|| format!("cannot fill {}", filler.display())),
+            }
+        }
+        drop(file);
+        let mut notes = vec![format!("{} MiB written beside etcd's data until ENOSPC", filled / (1024 * 1024))];
+        // Large writes through node 1 until node 3 fails to store them.
+        let gw = super::load::Gateway::new(&super::load::Identity::in_dir(&self.client), Duration::from_secs(10))?;
+        let endpoint = format!("https://127.0.0.1:{}", self.nodes[0].client_port);
+        let big = "d".repeat(512 * 1024);
+        let t = Instant::now();
+        let mut writes = 0;
+        let (failed, state) = loop {
+            self.interrupt.check()?;
+            gw.put(&endpoint, "smoke/drill-disk", &big).context("a write through node 1 with node 3's disk full")?;
+            writes += 1;
+            let state = podman(&["inspect", "--format", "{{.State.Status}}", &self.nodes[2].container])?;
+            let health = self.etcdctl(&[2], &["endpoint", "health", "--command-timeout=1s"])?;
+            if state.trim() != "running" || !health.status.success() {
+                break (t.elapsed().as_secs_f64(), state.trim().to_string());
+            }
+            if t.elapsed() > SETTLE {
+                bail!("{writes} writes of 512 KiB with node 3's disk full, and node 3 is still healthy");
+            }
+        };
+        let log = self.logs(2, &["--tail".into(), "40".into()]).unwrap_or_default();
+        let why = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("no space left on device"))
+            .map(|l| l.chars().take(240).collect::<String>())
+            .unwrap_or_else(|| "(no \"no space left on device\" in its last 40 log lines)".into());
+        notes.push(format!(
+            "node 3 failed after {writes} writes of 512 KiB ({failed:.1} s): container {state}; its log: {why}"
+        ));
+        // The majority goes on.
+        self.etcdctl_ok(&[0, 1], &["put", "smoke/drill-disk-majority", "ok"])
+            .context("a write to the two other members with node 3's disk full")?;
+        notes.push("the other two members accept writes".into());
+        // Space freed: node 3 back (started again if it exited), healthy, with all the data.
+        std::fs::remove_file(&filler).with_context(|| format!("cannot remove {}", filler.display()))?;
+        let t = Instant::now();
+        if state != "running" {
+            self.start(2)?;
+        }
+        self.phase(&format!("{phase}: freed"));
+        self.wait_healthy(&[0, 1, 2], Duration::from_secs(60))
+            .context("node 3 did not come back after the space was freed")?;
+        notes.push(format!("space freed: 3/3 healthy after {:.2} s", t.elapsed().as_secs_f64()));
+        let got =
+            self.etcdctl_ok(&[2], &["get", "--consistency=s", "--print-value-only", "smoke/drill-disk-majority"])?;
+        if got.trim() != "ok" {
+            bail!("node 3 serves {:?} for a key written while its disk was full", got.trim());
+        }
+        notes.push(self.same_hashes()?);
+        Ok(notes.join("; "))
+    }
+
+    /// `etcdctl endpoint hashkv` of each member at one revision all have applied: equal hashes
+    /// mean the same key-value history, i.e. nothing corrupted.
+    fn same_hashes(&self) -> Result<String> {
+        let statuses = self.statuses(&[0, 1, 2]);
+        let rev = statuses.iter().flatten().map(|s| s.revision).min().context("no member answered its status")?;
+        let mut hashes = Vec::new();
+        for i in 0..3 {
+            let out = self.etcdctl_ok(&[i], &["endpoint", "hashkv", "-w", "json", &format!("--rev={rev}")])?;
+            let v: serde_json::Value = serde_json::from_str(&out).context("endpoint hashkv's JSON")?;
+            hashes.push(v[0]["HashKV"]["hash"].as_u64().context("no hash in endpoint hashkv's answer")?);
+        }
+        if hashes.iter().any(|h| *h != hashes[0]) {
+            bail!("the members' key-value hashes at revision {rev} differ: {hashes:?}");
+        }
+        Ok(format!("the three members' key-value hashes at revision {rev} are equal ({})", hashes[0]))
     }
 
     /// Every member's status, asked of each member alone (a cut-off one answers for itself).
@@ -353,6 +472,16 @@ impl Cluster {
         ));
         Ok(notes.join("; "))
     }
+}
+
+/// Runs a host command (mount, umount) and fails with its stderr.
+fn run(program: &str, args: &[&OsStr]) -> Result<()> {
+    let out =
+        std::process::Command::new(program).args(args).output().with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 fn role(leader: bool) -> &'static str {

@@ -68,7 +68,8 @@ const GOAL_TOTAL_S: f64 = 45.0;
 /// learner); all (those four, the default); http-to-tls (a cluster born on plain http switched to
 /// mutual TLS member by member, without losing data or member IDs; not part of all, for time);
 /// drills (partitions, one-way packet loss and pauses of a follower and of the leader, inside the
-/// members' own network namespaces, and a NOSPACE alarm with etcd's runbook; not part of all).
+/// members' own network namespaces, a NOSPACE alarm with etcd's runbook, and a member's data disk
+/// filled from outside, then freed; not part of all).
 ///
 /// --engine kube plays the static pods of `cargo xtask k8s` with `podman kube play` instead
 /// (basic scenario; the few adaptations podman needs are printed and go into the report).

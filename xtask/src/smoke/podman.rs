@@ -33,12 +33,22 @@ pub struct Resources {
     pub containers: Vec<String>,
     pub volumes: Vec<String>,
     pub networks: Vec<String>,
+    /// File systems mounted for the run (the drills' small data disk), unmounted after the
+    /// containers that use them are gone.
+    pub mounts: Vec<std::path::PathBuf>,
     pub keep: bool,
 }
 
 impl Resources {
     pub fn new(keep: bool) -> Self {
-        Resources { pods: Vec::new(), containers: Vec::new(), volumes: Vec::new(), networks: Vec::new(), keep }
+        Resources {
+            pods: Vec::new(),
+            containers: Vec::new(),
+            volumes: Vec::new(),
+            networks: Vec::new(),
+            mounts: Vec::new(),
+            keep,
+        }
     }
 
     /// Removes everything labelled by an earlier run that could not clean up (killed with SIGKILL).
@@ -73,6 +83,9 @@ impl Resources {
         }
         for c in self.containers.drain(..).rev() {
             let _ = podman(&["rm", "-f", "-t", "0", &c]);
+        }
+        for m in self.mounts.drain(..).rev() {
+            let _ = std::process::Command::new("umount").arg(&m).output();
         }
         for v in self.volumes.drain(..) {
             let _ = podman(&["volume", "rm", "-f", &v]);
