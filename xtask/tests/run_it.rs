@@ -57,6 +57,9 @@ const RECIPES: &[&str] = &[
     "renew",
     "rotate-ca",
     "replace-member",
+    "nospace",
+    "nospace-runbook",
+    "disk-full",
     "http-to-tls",
     "cleanup",
 ];
@@ -65,7 +68,10 @@ const RECIPES: &[&str] = &[
 const UPGRADED: &str = "localhost/etcd:3.5.16";
 
 /// What the README's recipes create (the cleanup recipe must remove all of it).
-const README_CONTAINERS: &[&str] = &["demo0", "demo1", "demo2", "demo3", "demo4", "plain1", "plain2", "plain3"];
+const README_CONTAINERS: &[&str] =
+    &["demo0", "demo1", "demo2", "demo3", "demo4", "demo5", "plain1", "plain2", "plain3"];
+/// The small file system the space recipes mount for demo5's data.
+const README_MOUNT: &str = "target/run-it/demo5-data";
 const README_VOLUMES: &[&str] = &[
     "demo0-data",
     "demo1-data",
@@ -144,6 +150,8 @@ struct Cleanup {
     containers: Vec<String>,
     volumes: Vec<String>,
     networks: Vec<String>,
+    /// Unmounted (when mounted) before `dirs` are removed.
+    mounts: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
 }
 
@@ -154,6 +162,7 @@ impl Cleanup {
             containers: nodes.iter().map(|s| s.to_string()).collect(),
             volumes: nodes.iter().map(|n| format!("{n}-data")).collect(),
             networks: vec![network.to_string()],
+            mounts: Vec::new(),
             dirs: Vec::new(),
         }
     }
@@ -167,6 +176,12 @@ impl Cleanup {
         }
         for n in &self.networks {
             let _ = podman(&["network", "rm", "-f", n]);
+        }
+        let mounted = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        for m in &self.mounts {
+            if mounted.lines().any(|l| l.split(' ').nth(1) == Some(&*m.to_string_lossy())) {
+                let _ = Command::new("umount").arg(m).output();
+            }
         }
         for d in &self.dirs {
             let _ = fs::remove_dir_all(d);
@@ -405,6 +420,7 @@ fn readme_cleanup() -> Cleanup {
         containers: README_CONTAINERS.iter().map(|s| s.to_string()).collect(),
         volumes: README_VOLUMES.iter().map(|s| s.to_string()).collect(),
         networks: vec![README_NETWORK.to_string()],
+        mounts: vec![root().join(README_MOUNT)],
         dirs: vec![root().join(README_DIR)],
     }
 }
@@ -629,6 +645,36 @@ fn readme_run_it_recipes_work_verbatim() {
         &cluster,
     );
 
+    // The space incidents on demo5: the NOSPACE alarm raised by the quota and cleared by the
+    // runbook, then its data disk filled and freed, its data kept.
+    let demo5 = ["demo5"];
+    let out = run_recipe(recipe("nospace"), &demo5);
+    assert!(out.contains("mvcc: database space exceeded"), "nospace recipe: no alarm:\n{out}");
+    let out = run_recipe(recipe("nospace-runbook"), &demo5);
+    assert!(out.contains("alarm:NOSPACE") && out.lines().any(|l| l.trim() == "yes"), "nospace-runbook:\n{out}");
+    let alarms = podman_ok(
+        &[
+            "exec",
+            "demo5",
+            "etcdctl",
+            "--endpoints",
+            "https://127.0.0.1:2379",
+            "--cacert",
+            "/etc/etcd/pki/ca.crt",
+            "--cert",
+            "/etc/etcd/pki/client.crt",
+            "--key",
+            "/etc/etcd/pki/client.key",
+            "alarm",
+            "list",
+        ],
+        &demo5,
+    );
+    assert_eq!(alarms.trim(), "", "alarms left after the runbook");
+    let out = run_recipe(recipe("disk-full"), &demo5);
+    assert!(out.contains("no space left on device"), "disk-full recipe: etcd did not fail on the full disk:\n{out}");
+    assert!(out.lines().any(|l| l.trim() == "yes"), "disk-full recipe: data after the restart:\n{out}");
+
     // A cluster born on plain http, switched to mutual TLS: the same members, https everywhere,
     // the key written on http still there, the data in the same volumes.
     let plain = ["plain1", "plain2", "plain3"];
@@ -657,6 +703,11 @@ fn readme_run_it_recipes_work_verbatim() {
     for c in README_CONTAINERS {
         assert!(!exists("container", c), "cleanup recipe left container {c}");
     }
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(&*root().join(README_MOUNT).to_string_lossy()),
+        "cleanup recipe left {README_MOUNT} mounted"
+    );
     for v in README_VOLUMES {
         assert!(!exists("volume", v), "cleanup recipe left volume {v}");
     }
@@ -896,6 +947,6 @@ fn every_tls_recipe_runs_etcd_with_the_tls_policy() {
             checked += 1;
         }
     }
-    // single-node, three-nodes, byo-pki, docker-node, upgrade, replace-member
-    assert_eq!(checked, 6, "the README should run etcd with client certificates in six recipes");
+    // single-node, three-nodes, byo-pki, docker-node, upgrade, replace-member, nospace
+    assert_eq!(checked, 7, "the README should run etcd with client certificates in seven recipes");
 }

@@ -24,9 +24,10 @@ use super::podman::podman;
 /// The drill cluster's quota: small enough to fill in seconds with 1 MiB values, large enough
 /// for the load's own writes over the whole scenario.
 pub(super) const QUOTA_BYTES: u64 = 48 * 1024 * 1024;
-/// The size of node 3's data disk (a tmpfs): etcd's first WAL segment takes 64 MiB of it, the
-/// NOSPACE drill's database up to twice the quota while it is defragmented.
-const DISK_BYTES: u64 = 256 * 1024 * 1024;
+/// The size of node 3's data disk (a tmpfs): etcd preallocates its WAL segment and the next one
+/// (64 MiB each), and the NOSPACE drill's database takes up to twice the quota while it is
+/// defragmented.
+const DISK_BYTES: u64 = 320 * 1024 * 1024;
 /// How long a fault lasts: several election timeouts (etcd's default is 1 s).
 const FAULT: Duration = Duration::from_secs(4);
 /// Bound of the waits for a new leader and for health after a heal.
