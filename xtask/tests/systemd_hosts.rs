@@ -129,7 +129,8 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
         assert!(reason("SIGKILL").contains("systemd restarted it"));
         assert!(reason("rebooted").contains("wanted by multi-user.target"));
         assert!(reason("backup").contains("read back"));
-        assert!(reason("client history").starts_with("linearizable: "), "{form}");
+        let history = reason("client history");
+        assert!(history.starts_with("linearizable: ") && history.contains("3 watchers"), "{form}: {history}");
         let exposure = reason("systemd-analyze security");
         assert_eq!(exposure.matches(" OK").count(), 3, "{exposure}");
         for key in ["boot_to_healthy", "sigkill_to_serving", "reboot_to_serving", "heal_after_boot", "total"] {

@@ -431,6 +431,7 @@ impl Hosts {
         let t = Instant::now();
         let judged = super::linearizable::judge(
             &report.history,
+            &report.watches,
             &self.out.join(format!("history-{}.json", self.scenario.replace('/', "-"))),
         );
         record_check(&mut self.checks, &self.scenario, super::linearizable::CHECK_NAME, t, judged);

@@ -336,20 +336,25 @@ pub fn revisions_never_go_back(history: &[Op]) -> Result<usize, String> {
 pub const MAX_STEPS: u64 = 20_000_000;
 
 /// The name of the check in the smoke report.
-pub const CHECK_NAME: &str = "client history: linearizable per key, revisions never go back";
+pub const CHECK_NAME: &str = "client history: linearizable per key, revisions never go back, watches complete";
 
 /// The smoke test's check of a load's history: linearizable per key, and no client shown a
 /// revision older than one it saw before. On a violation (or no verdict) the history is saved
 /// as `history_file` (JSON, one object per operation) and the error quotes the violating
 /// operations.
-pub fn judge(history: &[Op], history_file: &std::path::Path) -> anyhow::Result<String> {
+pub fn judge(
+    history: &[Op],
+    watches: &[super::watch::WatchLog],
+    history_file: &std::path::Path,
+) -> anyhow::Result<String> {
     use anyhow::Context;
     let verdict = check(history, MAX_STEPS);
     let revisions = revisions_never_go_back(history);
+    let watched = super::watch::judge(watches, history);
     if verdict.violation.is_none() && verdict.gave_up.is_none() {
-        if let Ok(compared) = revisions {
+        if let (Ok(compared), Ok(watched)) = (&revisions, &watched) {
             return Ok(format!(
-                "{}; revisions never went back ({compared} answers in client order)",
+                "{}; revisions never went back ({compared} answers in client order); {watched}",
                 verdict.summary()
             ));
         }
@@ -363,6 +368,9 @@ pub fn judge(history: &[Op], history_file: &std::path::Path) -> anyhow::Result<S
     }
     if let Err(e) = revisions {
         why.push_str(&format!("; {e}"));
+    }
+    if let Err(e) = watched {
+        why.push_str(&format!("; watch: {e}"));
     }
     anyhow::bail!("{why} (history: {})", history_file.display())
 }

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 pub use super::gateway::{Gateway, Identity};
 use super::linearizable::{Action, Op};
+use super::watch::WatchLog;
 
 /// Workers per endpoint: requests wait for their answer (a put waits for a quorum's fsync), so
 /// one worker alone cannot keep up the rate.
@@ -98,6 +99,8 @@ pub struct LoadReport {
     /// Every attempt, for the linearizability check (saved beside the report on a violation).
     #[serde(skip)]
     pub history: Vec<Op>,
+    /// One watcher per endpoint, for the watch check.
+    pub watches: Vec<WatchLog>,
     pub acknowledged_writes: usize,
 }
 
@@ -145,6 +148,8 @@ struct Shared {
     phase_started: Mutex<Instant>,
     stop: AtomicBool,
     started: Instant,
+    /// Per endpoint, what its watcher saw.
+    watches: Vec<Mutex<WatchLog>>,
 }
 
 impl Shared {
@@ -219,6 +224,7 @@ impl Load {
             phase_started: Mutex::new(Instant::now()),
             stop: AtomicBool::new(false),
             started: Instant::now(),
+            watches: (0..endpoints.len()).map(|member| Mutex::new(WatchLog { member, ..Default::default() })).collect(),
         });
         let count = endpoints.len() * WORKERS_PER_ENDPOINT;
         let per_worker = bounds.max_requests / count as u64;
@@ -236,6 +242,24 @@ impl Load {
                     return;
                 }
                 worker(w, &identity, &prefix, bounds, &shared)
+            }));
+        }
+        for member in 0..endpoints.len() {
+            let (shared, identity, prefix, netns) =
+                (shared.clone(), identity.clone(), prefix.to_string(), netns.clone());
+            workers.push(std::thread::spawn(move || {
+                if let Some(Err(e)) = netns.map(|ns| super::machines::Netns::enter(&ns)) {
+                    eprintln!("smoke: watcher {member}: {e:#}");
+                    return;
+                }
+                super::watch::watcher(
+                    member,
+                    &identity,
+                    &prefix,
+                    &shared.endpoints,
+                    &shared.stop,
+                    &shared.watches[member],
+                )
             }));
         }
         Ok(Load { shared, workers })
@@ -274,6 +298,7 @@ impl Load {
         report.seconds = shared.started.elapsed().as_secs_f64();
         report.rate_per_s = if report.seconds > 0.0 { report.requests as f64 / report.seconds } else { 0.0 };
         report.acknowledged_writes = report.acknowledged.len();
+        report.watches = shared.watches.iter().filter_map(|w| w.lock().ok().map(|w| w.clone())).collect();
         report
     }
 }

@@ -28,6 +28,7 @@ mod nspawn_host;
 mod podman;
 mod scenarios;
 mod systemd;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

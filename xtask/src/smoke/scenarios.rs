@@ -120,7 +120,7 @@ impl Cluster {
         }
         self.record("client load: every acknowledged write is there", t, r);
         let t = Instant::now();
-        let judged = super::linearizable::judge(&report.history, &self.out.join("history.json"));
+        let judged = super::linearizable::judge(&report.history, &report.watches, &self.out.join("history.json"));
         self.record(super::linearizable::CHECK_NAME, t, judged);
         self.load_report = Some(report);
         Ok(())
