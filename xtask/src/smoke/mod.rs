@@ -98,6 +98,10 @@ pub struct Smoke {
     /// The version the upgrade scenario moves the cluster to [default: upgrade.to of images/etcd.toml]
     #[arg(long, value_name = "V")]
     pub upgrade_to: Option<String>,
+    /// The etcd version the cluster runs [default: etcd.version of images/etcd.toml], e.g.
+    /// 3.5.16 to run the drills on the release the upgrade moves to
+    #[arg(long, value_name = "V")]
+    pub etcd_version: Option<String>,
     /// What runs the members: run (`podman run`) or kube (`podman kube play` of the static pods
     /// `cargo xtask k8s` renders; the basic scenario only)
     #[arg(long, value_enum, value_name = "ENGINE", default_value = "run")]
@@ -247,7 +251,7 @@ impl Smoke {
             source: self.source,
             etcd_dir: Vec::new(),
             force: false,
-            version: None,
+            version: self.etcd_version.clone(),
         };
         let built = image::build_images(&def, &args)?;
         let built = built.first().context("the image stage built nothing")?;

@@ -31,6 +31,9 @@ impl Smoke {
                 bail!("--engine systemd does not run {}: use --engine run for it", s.as_str());
             }
         }
+        if self.etcd_version.is_some() {
+            bail!("--etcd-version is for --engine run; --engine systemd runs etcd.version of images/etcd.toml");
+        }
         hosts::addressing(spec, cluster_path)?;
         preflight_systemd()?;
         let interrupt = Interrupt::install()?;
