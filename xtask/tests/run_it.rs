@@ -7,7 +7,8 @@
 //! (`common::dockerd`: Debian's docker.io, isolated from the host's), with Docker's image ID,
 //! user, data volume and the node's uid checked; then the day-2 runbooks on the three-node cluster (upgrade to
 //! 3.5, renew, CA rotation, replace a member), each followed by the data and membership it must
-//! leave. Not from the README, the same image also runs as a three-node
+//! leave, and the space runbooks on a member of their own (the NOSPACE alarm raised and cleared,
+//! a full data disk on a tmpfs filled and freed). Not from the README, the same image also runs as a three-node
 //! mutual-TLS cluster configured only by `ETCD_*` variables, and as one node configured by a
 //! mounted `--config-file`.
 //!
