@@ -114,14 +114,14 @@ impl Cluster {
         let mut writes = 0;
         // When node 3 leads, its failure costs an election: the write in flight may time out.
         let (lead, _) = self.leader()?;
-        let (failed, state) = loop {
+        let failed = loop {
             self.interrupt.check()?;
             let put = gw.put(&endpoint, "smoke/drill-disk", &big);
             writes += 1;
             let state = podman(&["inspect", "--format", "{{.State.Status}}", &self.nodes[2].container])?;
             let health = self.etcdctl(&[2], &["endpoint", "health", "--command-timeout=1s"])?;
             if state.trim() != "running" || !health.status.success() {
-                break (t.elapsed().as_secs_f64(), state.trim().to_string());
+                break t.elapsed().as_secs_f64();
             }
             put.context("a write through node 1 with node 3's disk full, node 3 still healthy")?;
             if t.elapsed() > SETTLE {
@@ -131,6 +131,16 @@ impl Cluster {
         if lead == 2 {
             notes.push("node 3 led".into());
         }
+        // Unhealthy may come first: give etcd time to exit (it does on ENOSPC), bounded.
+        let (state, _) = self.poll(
+            "node 3 neither exited nor recovered",
+            Duration::from_secs(15),
+            Duration::from_millis(200),
+            |c| {
+                let state = podman(&["inspect", "--format", "{{.State.Status}}", &c.nodes[2].container])?;
+                Ok(if state.trim() == "running" { Err("running".to_string()) } else { Ok(state.trim().to_string()) })
+            },
+        )?;
         let log = self.logs(2, &["--tail".into(), "40".into()]).unwrap_or_default();
         let why = log
             .lines()
@@ -145,12 +155,10 @@ impl Cluster {
         self.etcdctl_ok(&[0, 1], &["put", "smoke/drill-disk-majority", "ok"])
             .context("a write to the two other members with node 3's disk full")?;
         notes.push("the other two members accept writes".into());
-        // Space freed: node 3 back (started again if it exited), healthy, with all the data.
+        // Space freed: node 3 started again, healthy, with all the data.
         std::fs::remove_file(&filler).with_context(|| format!("cannot remove {}", filler.display()))?;
         let t = Instant::now();
-        if state != "running" {
-            self.start(2)?;
-        }
+        self.start(2)?;
         self.phase(&format!("{phase}: freed"));
         self.wait_healthy(&[0, 1, 2], Duration::from_secs(60))
             .context("node 3 did not come back after the space was freed")?;
