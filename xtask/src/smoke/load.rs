@@ -228,11 +228,16 @@ impl Load {
         });
         let count = endpoints.len() * WORKERS_PER_ENDPOINT;
         let per_worker = bounds.max_requests / count as u64;
+        // Keys of this load only: scenarios on the same machines (the systemd engine) run one
+        // load after another, and a key an earlier load wrote would start the history with a
+        // value this one never wrote.
+        let run = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let run_prefix = format!("{prefix}{run:x}/");
         let mut workers = Vec::new();
         for w in 0..count {
             let shared = shared.clone();
             let identity = identity.clone();
-            let prefix = prefix.to_string();
+            let prefix = run_prefix.clone();
             let bounds = Bounds { max_requests: per_worker, max_duration: bounds.max_duration };
             let netns = netns.clone();
             workers.push(std::thread::spawn(move || {
