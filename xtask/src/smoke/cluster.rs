@@ -383,9 +383,7 @@ impl Cluster {
             }
             last = text.trim().to_string();
             for i in nodes {
-                let state = podman(&["inspect", "--format", "{{.State.Status}}", &self.nodes[*i].container])
-                    .unwrap_or_default();
-                if state.trim() == "exited" {
+                if self.state(*i).unwrap_or_default() == "exited" {
                     let logs =
                         podman_output(&["logs".into(), "--tail".into(), "5".into(), self.nodes[*i].container.clone()])
                             .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
@@ -407,6 +405,16 @@ impl Cluster {
         args.push(self.nodes[node].container.clone());
         let out = podman_output(&args)?;
         Ok(String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Node `i`'s container state as podman says it ("running", "exited", ...).
+    pub(super) fn state(&self, i: usize) -> Result<String> {
+        Ok(podman(&["inspect", "--format", "{{.State.Status}}", &self.nodes[i].container])?.trim().to_string())
+    }
+
+    /// Node `i`'s client URL through its published loopback port, over TLS.
+    pub(super) fn client_url(&self, i: usize) -> String {
+        format!("https://127.0.0.1:{}", self.nodes[i].client_port)
     }
 
     pub(super) fn stop(&self, i: usize) -> Result<()> {

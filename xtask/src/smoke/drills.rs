@@ -12,14 +12,15 @@
 //! etcd and freed again.
 
 use std::collections::BTreeSet;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::cluster::Cluster;
 use super::podman::podman;
+use crate::util::stdout_of;
 
 /// The drill cluster's quota: small enough to fill in seconds with 1 MiB values, large enough
 /// for the load's own writes over the whole scenario.
@@ -32,6 +33,14 @@ const DISK_BYTES: u64 = 320 * 1024 * 1024;
 const FAULT: Duration = Duration::from_secs(4);
 /// Bound of the waits for a new leader and for health after a heal.
 const SETTLE: Duration = Duration::from_secs(30);
+
+/// The member that leads: its node index, the raft term, its member ID.
+#[derive(Debug, Clone, Copy)]
+struct Leader {
+    index: usize,
+    term: u64,
+    member: u64,
+}
 
 /// What `etcdctl endpoint status` says of one member.
 #[derive(Debug, Clone)]
@@ -71,17 +80,11 @@ impl Cluster {
     /// container, unlike a podman tmpfs volume), owned by the image's etcd user.
     fn small_disk(&mut self) -> Result<PathBuf> {
         let mnt = self.out.join("disk3");
-        // A killed run may have left it mounted.
-        let mounted = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        if mounted.lines().any(|l| l.split(' ').nth(1) == Some(&*mnt.to_string_lossy())) {
-            run("umount", &[mnt.as_os_str()])?;
-        }
+        // A killed run may have left it mounted (an error here: it was not).
+        let _ = Command::new("umount").arg(&mnt).output();
         std::fs::create_dir_all(&mnt).with_context(|| format!("cannot create {}", mnt.display()))?;
         let opts = format!("size={DISK_BYTES},mode=0700,uid={},gid={}", self.uid, self.gid);
-        run(
-            "mount",
-            &["-t".as_ref(), "tmpfs".as_ref(), "-o".as_ref(), opts.as_ref(), "tmpfs".as_ref(), mnt.as_os_str()],
-        )?;
+        stdout_of(Command::new("mount").args(["-t", "tmpfs", "-o", &opts, "tmpfs"]).arg(&mnt))?;
         self.res.mounts.push(mnt.clone());
         Ok(mnt)
     }
@@ -108,19 +111,18 @@ impl Cluster {
         let mut notes = vec![format!("{} MiB written beside etcd's data until ENOSPC", filled / (1024 * 1024))];
         // Large writes through node 1 until node 3 fails to store them.
         let gw = super::load::Gateway::new(&super::load::Identity::in_dir(&self.client), Duration::from_secs(10))?;
-        let endpoint = format!("https://127.0.0.1:{}", self.nodes[0].client_port);
+        let endpoint = self.client_url(0);
         let big = "d".repeat(512 * 1024);
         let t = Instant::now();
         let mut writes = 0;
         // When node 3 leads, its failure costs an election: the write in flight may time out.
-        let (lead, _) = self.leader()?;
+        let lead = self.leader()?.index;
         let failed = loop {
             self.interrupt.check()?;
             let put = gw.put(&endpoint, "smoke/drill-disk", &big);
             writes += 1;
-            let state = podman(&["inspect", "--format", "{{.State.Status}}", &self.nodes[2].container])?;
             let health = self.etcdctl(&[2], &["endpoint", "health", "--command-timeout=1s"])?;
-            if state.trim() != "running" || !health.status.success() {
+            if self.state(2)? != "running" || !health.status.success() {
                 break t.elapsed().as_secs_f64();
             }
             put.context("a write through node 1 with node 3's disk full, node 3 still healthy")?;
@@ -136,10 +138,7 @@ impl Cluster {
             "node 3 neither exited nor recovered",
             Duration::from_secs(15),
             Duration::from_millis(200),
-            |c| {
-                let state = podman(&["inspect", "--format", "{{.State.Status}}", &c.nodes[2].container])?;
-                Ok(if state.trim() == "running" { Err("running".to_string()) } else { Ok(state.trim().to_string()) })
-            },
+            |c| Ok(Some(c.state(2)?).filter(|s| s != "running").ok_or_else(|| "running".to_string())),
         )?;
         let log = self.logs(2, &["--tail".into(), "40".into()]).unwrap_or_default();
         let why = log
@@ -209,7 +208,7 @@ impl Cluster {
     }
 
     /// The node that leads now (all answering members agree), with the raft term.
-    fn leader(&self) -> Result<(usize, u64)> {
+    fn leader(&self) -> Result<Leader> {
         let (found, _) = self.poll("the members agreed on no leader", SETTLE, Duration::from_millis(100), |c| {
             let all = c.statuses(&[0, 1, 2]);
             let leaders: BTreeSet<u64> = all.iter().flatten().map(|s| s.leader).collect();
@@ -218,7 +217,9 @@ impl Cluster {
             };
             let index = all.iter().position(|s| s.as_ref().is_some_and(|s| s.member == leader));
             let term = all.iter().flatten().map(|s| s.term).max().unwrap_or(0);
-            Ok(index.map(|i| (i, term)).ok_or_else(|| "the leader is not one of the three".to_string()))
+            Ok(index
+                .map(|index| Leader { index, term, member: leader })
+                .ok_or_else(|| "the leader is not one of the three".to_string()))
         })?;
         Ok(found)
     }
@@ -253,19 +254,9 @@ impl Cluster {
     /// iptables in member `i`'s network namespace.
     fn iptables(&self, i: usize, rule: &[&str]) -> Result<()> {
         let pid = self.pid(i)?;
-        let out = std::process::Command::new("nsenter")
-            .args(["-t", &pid, "-n", "iptables", "-w", "5"])
-            .args(rule)
-            .output()
-            .context("cannot run nsenter (util-linux) with iptables")?;
-        if !out.status.success() {
-            bail!(
-                "iptables {} in {}'s network namespace failed: {}",
-                rule.join(" "),
-                self.nodes[i].container,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        stdout_of(Command::new("nsenter").args(["-t", &pid, "-n", "iptables", "-w", "5"]).args(rule)).with_context(
+            || format!("iptables {} in {}'s network namespace", rule.join(" "), self.nodes[i].container),
+        )?;
         Ok(())
     }
 
@@ -295,7 +286,7 @@ impl Cluster {
         let t = Instant::now();
         self.wait_healthy(&[0, 1, 2], SETTLE).context("the cluster did not heal")?;
         let healthy = t.elapsed().as_secs_f64();
-        let (_, term) = self.leader()?;
+        let term = self.leader()?.term;
         let stats = self.load.as_ref().map(|l| l.phase_stats(phase)).unwrap_or_default();
         Ok(format!(
             "3/3 healthy {healthy:.2} s after the heal (term {term}); during the fault {} requests, {} failed, worst \
@@ -305,9 +296,8 @@ impl Cluster {
     }
 
     fn isolate(&mut self, leader: bool) -> Result<String> {
-        let (lead, term) = self.leader()?;
+        let Leader { index: lead, term, member: old_id } = self.leader()?;
         let victim = if leader { lead } else { (lead + 1) % 3 };
-        let old_id = self.statuses(&[lead])[0].as_ref().map(|s| s.member).context("the leader answers no status")?;
         let phase = format!("drill: {} cut off", self.nodes[victim].spec.name);
         self.phase(&phase);
         let t = Instant::now();
@@ -346,13 +336,13 @@ impl Cluster {
         healed?;
         notes.push(format!("healed after {:.1} s", t.elapsed().as_secs_f64()));
         notes.push(self.settle(&phase)?);
-        let (_, after) = self.leader()?;
+        let after = self.leader()?.term;
         notes.push(format!("raft term {term} -> {after}"));
         Ok(notes.join("; "))
     }
 
     fn one_way_loss(&mut self) -> Result<String> {
-        let (lead, term) = self.leader()?;
+        let Leader { index: lead, term, .. } = self.leader()?;
         let follower = (lead + 1) % 3;
         let phase = format!("drill: 40% loss {} -> {}", self.nodes[lead].spec.name, self.nodes[follower].spec.name);
         self.phase(&phase);
@@ -365,7 +355,7 @@ impl Cluster {
         result?;
         healed?;
         let settled = self.settle(&phase)?;
-        let (now, after) = self.leader()?;
+        let Leader { index: now, term: after, .. } = self.leader()?;
         Ok(format!(
             "{:.1} s of 40% loss from leader {} to {}; leader after: {} (raft term {term} -> {after}, {} election(s)); \
              {settled}",
@@ -378,9 +368,8 @@ impl Cluster {
     }
 
     fn pause(&mut self, leader: bool) -> Result<String> {
-        let (lead, term) = self.leader()?;
+        let Leader { index: lead, term, member: old_id } = self.leader()?;
         let victim = if leader { lead } else { (lead + 2) % 3 };
-        let old_id = self.statuses(&[lead])[0].as_ref().map(|s| s.member).context("the leader answers no status")?;
         let phase = format!("drill: {} paused", self.nodes[victim].spec.name);
         self.phase(&phase);
         let t = Instant::now();
@@ -401,7 +390,7 @@ impl Cluster {
         resumed?;
         notes.push(format!("resumed after {:.1} s", t.elapsed().as_secs_f64()));
         notes.push(self.settle(&phase)?);
-        let (_, after) = self.leader()?;
+        let after = self.leader()?.term;
         notes.push(format!("raft term {term} -> {after}"));
         Ok(notes.join("; "))
     }
@@ -412,7 +401,7 @@ impl Cluster {
         let phase = "drill: NOSPACE alarm until disarmed";
         self.phase(phase);
         let gw = super::load::Gateway::new(&super::load::Identity::in_dir(&self.client), Duration::from_secs(10))?;
-        let endpoint = format!("https://127.0.0.1:{}", self.nodes[0].client_port);
+        let endpoint = self.client_url(0);
         let big = "x".repeat(1024 * 1024);
         let t = Instant::now();
         let mut writes = 0;
@@ -451,7 +440,7 @@ impl Cluster {
         let before = self.statuses(&[0, 1, 2]);
         let revision = before.iter().flatten().map(|s| s.revision).max().context("no member answered its status")?;
         self.etcdctl_ok(&[0, 1, 2], &["compact", &revision.to_string()])?;
-        let (lead, _) = self.leader()?;
+        let lead = self.leader()?.index;
         let order: Vec<usize> = (0..3).filter(|i| *i != lead).chain([lead]).collect();
         for i in &order {
             self.etcdctl_ok(&[*i], &["defrag", "--command-timeout=30s"])
@@ -487,16 +476,6 @@ impl Cluster {
         ));
         Ok(notes.join("; "))
     }
-}
-
-/// Runs a host command (mount, umount) and fails with its stderr.
-fn run(program: &str, args: &[&OsStr]) -> Result<()> {
-    let out =
-        std::process::Command::new(program).args(args).output().with_context(|| format!("cannot run {program}"))?;
-    if !out.status.success() {
-        bail!("{program} {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
 }
 
 fn role(leader: bool) -> &'static str {

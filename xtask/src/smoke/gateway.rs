@@ -148,10 +148,7 @@ impl Gateway {
 
     /// Every key under `prefix` with its value (linearizable).
     pub fn range_prefix(&self, endpoint: &str, prefix: &str) -> Result<BTreeMap<String, String>> {
-        let mut end = prefix.as_bytes().to_vec();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
+        let end = prefix_end(prefix);
         let v = self.call(
             endpoint,
             "/v3/kv/range",
@@ -167,11 +164,25 @@ impl Gateway {
 
 /// `header.revision` of an answer (the gateway writes 64-bit numbers as strings).
 fn revision(answer: &serde_json::Value) -> Option<i64> {
-    let r = answer.get("header")?.get("revision")?;
-    r.as_str().and_then(|s| s.parse().ok()).or_else(|| r.as_i64())
+    int64(&answer["header"]["revision"])
 }
 
-fn decode(v: Option<&serde_json::Value>) -> Result<String> {
+/// The end of the key range of `prefix` (its last byte plus one), as etcd's range_end wants it.
+pub(super) fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// A 64-bit number the gateway wrote as a string (or a number).
+pub(super) fn int64(v: &serde_json::Value) -> Option<i64> {
+    v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64())
+}
+
+/// A key or value the gateway sent as base64.
+pub(super) fn decode(v: Option<&serde_json::Value>) -> Result<String> {
     let s = v.and_then(|v| v.as_str()).unwrap_or_default();
     let bytes = B64.decode(s).with_context(|| format!("the gateway returned invalid base64 {s:?}"))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())

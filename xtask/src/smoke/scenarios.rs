@@ -133,13 +133,13 @@ impl Cluster {
             super::ScenarioName::Upgrade => 2,
             _ => 0,
         };
-        let endpoint = format!("https://127.0.0.1:{}", self.nodes[via].client_port);
+        let endpoint = self.client_url(via);
         let identity = Identity::in_dir(&self.client);
         let checked = match load::verify_acknowledged(report, &endpoint, &identity, LOAD_PREFIX) {
             Ok(n) => n,
             // After a failed step that member may be gone: the data still has to be there.
             Err(e) if self.checks.iter().any(|c| c.outcome == Outcome::Fail) => {
-                let first = format!("https://127.0.0.1:{}", self.nodes[0].client_port);
+                let first = self.client_url(0);
                 load::verify_acknowledged(report, &first, &identity, LOAD_PREFIX)
                     .with_context(|| format!("via {}: {e:#}", self.nodes[via].spec.name))?
             }
@@ -386,7 +386,7 @@ impl Cluster {
     }
 
     fn check_old_client_refused(&self, old: &Path) -> Result<String> {
-        let endpoint = format!("https://127.0.0.1:{}", self.nodes[0].client_port);
+        let endpoint = self.client_url(0);
         // The old certificate, trusting the current CA (the server is not the question here).
         let stale =
             Identity { ca: self.client.join("ca.crt"), cert: old.join("client.crt"), key: old.join("client.key") };

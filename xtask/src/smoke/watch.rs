@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::Serialize;
 
-use super::gateway::Identity;
+use super::gateway::{decode, int64 as int, prefix_end, Identity};
 use super::linearizable::{Action, Op};
 
 /// How long one watch stream lives before the watcher resumes on a new one (also the longest a
@@ -65,10 +65,7 @@ pub(super) fn watcher(
     stop: &AtomicBool,
     log: &Mutex<WatchLog>,
 ) {
-    let mut end = prefix.as_bytes().to_vec();
-    if let Some(last) = end.last_mut() {
-        *last += 1;
-    }
+    let end = prefix_end(prefix);
     while !stop.load(Ordering::SeqCst) {
         let Some(endpoint) = endpoints.lock().ok().and_then(|e| e.get(member).cloned()) else { return };
         let resume = log.lock().ok().and_then(|l| l.last());
@@ -134,14 +131,9 @@ fn stream(identity: &Identity, endpoint: &str, body: serde_json::Value) -> Resul
     Ok(resp.into_body().into_reader())
 }
 
-/// A 64-bit number the gateway wrote as a string (or a number).
-fn int(v: &serde_json::Value) -> Option<i64> {
-    v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64())
-}
-
 fn text(v: &serde_json::Value) -> Option<String> {
-    let bytes = B64.decode(v.as_str()?).ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+    v.as_str()?;
+    decode(Some(v)).ok()
 }
 
 /// Each watcher's events in revision order, each once; every acknowledged write of `history`
