@@ -269,11 +269,6 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Option<std::process::Exit
     }
 }
 
-fn mounts_under(path: &Path) -> Vec<String> {
-    let p = path.display().to_string();
-    fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&p)).map(str::to_string).collect()
-}
-
 #[test]
 fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     if !xtask::util::is_root() {
@@ -373,7 +368,8 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     let status_text = fs::read_to_string(result.join("status")).unwrap_or_default();
     let diag = format!("--- status\n{status_text}--- guest log\n{log}\n--- console\n{console}");
     assert!(status.is_some(), "the guest did not power off within {BOOT_TIMEOUT:?}\n{diag}");
-    assert!(mounts_under(&rootfs).is_empty(), "mounts left behind: {:?}", mounts_under(&rootfs));
+    let left = common::mount_points_under(&rootfs);
+    assert!(left.is_empty(), "mounts left behind: {left:?}");
 
     let get = |key: &str| {
         status_text

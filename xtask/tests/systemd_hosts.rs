@@ -29,10 +29,10 @@ fn leftovers(out: &Path, before_netns: &str) -> Vec<String> {
     for line in netns.lines().filter(|l| l.starts_with("xtask-sd-") && !before_netns.contains(*l)) {
         left.push(format!("network namespace {line}"));
     }
-    let out = out.display().to_string();
-    for line in std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&out)) {
-        left.push(format!("mount {line}"));
+    for mount in common::mount_points_under(out) {
+        left.push(format!("mount {mount}"));
     }
+    let out = out.display().to_string();
     if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup/systemd") {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -304,14 +304,7 @@ impl Dockerd {
 
     /// Mount points under this daemon's directory.
     pub fn mounts_left(&self) -> Vec<String> {
-        let dir = self.path.to_str().unwrap();
-        fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(dir))
-            .map(str::to_string)
-            .collect()
+        super::mount_points_under(&self.path)
     }
 }
 

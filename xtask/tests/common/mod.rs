@@ -234,3 +234,17 @@ pub fn files_under(dir: &Path) -> std::collections::BTreeMap<String, PathBuf> {
     }
     out
 }
+
+/// The mount points at or under `dir`, from this process's mount table. Only the mount point
+/// (the fifth field) counts: another test's overlay whose lower layer is `dir` is not a mount of
+/// `dir`'s, and tests run side by side.
+pub fn mount_points_under(dir: &Path) -> Vec<String> {
+    let dir = dir.display().to_string();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| *m == dir || m.starts_with(&format!("{dir}/")))
+        .map(str::to_string)
+        .collect()
+}
