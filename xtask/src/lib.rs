@@ -44,6 +44,9 @@ pub enum Cmd {
     Publish(release::publish::Publish),
     Keygen(release::sign::Keygen),
     Ci(ci::Ci),
+    /// Hold packets of a netfilter queue (the drills' network delay; not for direct use).
+    #[command(hide = true)]
+    DelayPackets(smoke::netdelay::DelayPackets),
 }
 
 impl Cli {
@@ -62,6 +65,7 @@ impl Cli {
             Cmd::Publish(cmd) => cmd.run(),
             Cmd::Keygen(cmd) => cmd.run(),
             Cmd::Ci(cmd) => cmd.run(),
+            Cmd::DelayPackets(cmd) => cmd.run(),
         }
     }
 }

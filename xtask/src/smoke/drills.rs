@@ -2,8 +2,9 @@
 //! injected and healed while the client load runs, each timed. Partitions and packet loss are
 //! made inside the members' own network namespaces (the host's iptables run with `nsenter -n`
 //! into a container's namespace: the image stays as it is, the host's firewall is not touched);
-//! pauses are SIGSTOP/SIGCONT of etcd; NOSPACE is a small `--quota-backend-bytes` filled by
-//! one key overwritten with large values, then etcd's runbook (compact, defragment one member
+//! delays hold the leader's peer packets in a netfilter queue (`xtask delay-packets`: the
+//! kernel may lack `sch_netem`); pauses are SIGSTOP/SIGCONT of etcd; NOSPACE is a small
+//! `--quota-backend-bytes` filled by one key overwritten with large values, then etcd's runbook (compact, defragment one member
 //! at a time with the leader last, disarm). Every drill ends with 3/3 healthy and one leader;
 //! the load's history (checked for linearizability at the end) and acknowledged writes cover
 //! what clients saw. Per drill the reason gives the time to a new leader, the leader changes
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::cluster::Cluster;
+use super::netdelay::Delayer;
 use super::podman::podman;
 use crate::util::stdout_of;
 
@@ -31,6 +33,8 @@ pub(super) const QUOTA_BYTES: u64 = 48 * 1024 * 1024;
 const DISK_BYTES: u64 = 320 * 1024 * 1024;
 /// How long a fault lasts: several election timeouts (etcd's default is 1 s).
 const FAULT: Duration = Duration::from_secs(4);
+/// The netfilter queue the delay drill uses (queues belong to a network namespace).
+const DELAY_QUEUE: &str = "7";
 /// Bound of the waits for a new leader and for health after a heal.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -67,6 +71,16 @@ impl Cluster {
         self.run_check("partition: the leader cut off from both followers, then healed", |c| c.isolate(true));
         self.run_check("partition: a follower cut off from both peers, then healed", |c| c.isolate(false));
         self.run_check("one-way loss: 40% of the leader's packets to a follower dropped", |c| c.one_way_loss());
+        let (heartbeat, election) = self.timing();
+        self.run_check(
+            &format!("delay: the leader's peer traffic held {heartbeat} ms (one heartbeat interval)"),
+            |c| c.delay(heartbeat),
+        );
+        let twice = 2 * election;
+        self.run_check(
+            &format!("delay: the leader's peer traffic held {twice} ms (twice the election timeout)"),
+            |c| c.delay(twice),
+        );
         self.run_check("pause: a follower SIGSTOPped past the election timeout", |c| c.pause(false));
         self.run_check("pause: the leader SIGSTOPped past the election timeout", |c| c.pause(true));
         self.run_check("NOSPACE: quota filled, writes refused, reads served; compact, defrag, disarm", |c| c.nospace());
@@ -116,7 +130,7 @@ impl Cluster {
         let t = Instant::now();
         let mut writes = 0;
         // When node 3 leads, its failure costs an election: the write in flight may time out.
-        let lead = self.leader()?.index;
+        let Leader { index: lead, member: lead_id, .. } = self.leader()?;
         let failed = loop {
             self.interrupt.check()?;
             let put = gw.put(&endpoint, "smoke/drill-disk", &big);
@@ -131,7 +145,9 @@ impl Cluster {
             }
         };
         if lead == 2 {
-            notes.push("node 3 led".into());
+            // The two others elect a leader of their own before they can take a write.
+            let (new, secs) = self.new_leader(&[0, 1], lead_id, Instant::now())?;
+            notes.push(format!("node 3 led: new leader {} after {secs:.2} s", self.nodes[new].spec.name));
         }
         // Unhealthy may come first: give etcd time to exit (it does on ENOSPC), bounded.
         let (state, _) = self.poll(
@@ -362,6 +378,49 @@ impl Cluster {
             t.elapsed().as_secs_f64(),
             self.nodes[lead].spec.name,
             self.nodes[follower].spec.name,
+            self.nodes[now].spec.name,
+            after - term
+        ))
+    }
+
+    /// The members' heartbeat interval and election timeout in ms (etcd's defaults unless set).
+    fn timing(&self) -> (u64, u64) {
+        let ms = |key: &str, default: u64| self.nodes[0].env.get(key).and_then(|v| v.parse().ok()).unwrap_or(default);
+        (ms("ETCD_HEARTBEAT_INTERVAL", 100), ms("ETCD_ELECTION_TIMEOUT", 1000))
+    }
+
+    /// Every packet the leader sends its peers held `ms` milliseconds (netem's delay, made with a
+    /// netfilter queue served by `xtask delay-packets` in the leader's namespace), for
+    /// [`FAULT`]; the leader changes it caused.
+    fn delay(&mut self, ms: u64) -> Result<String> {
+        let Leader { index: lead, term, .. } = self.leader()?;
+        let phase = format!("drill: {} delayed {ms} ms", self.nodes[lead].spec.name);
+        self.phase(&phase);
+        let serve = FAULT + Duration::from_millis(ms) + Duration::from_secs(1);
+        let delayer = Delayer::start(&self.pid(lead)?, DELAY_QUEUE, ms, serve)?;
+        let t = Instant::now();
+        let result = (|| -> Result<()> {
+            for other in (0..3).filter(|o| *o != lead) {
+                let ip = self.ip(other)?;
+                let queue = ["-j", "NFQUEUE", "--queue-num", DELAY_QUEUE, "--queue-bypass"];
+                self.iptables(lead, &[&["-A", "OUTPUT", "-d", &ip, "-p", "tcp"][..], &queue[..]].concat())?;
+            }
+            std::thread::sleep(FAULT.saturating_sub(t.elapsed()));
+            Ok(())
+        })();
+        let healed = self.heal_rules(lead);
+        let lasted = t.elapsed().as_secs_f64();
+        self.phase(&format!("{phase}: healed"));
+        let summary = delayer.finish();
+        result?;
+        healed?;
+        let summary = summary?;
+        let settled = self.settle(&phase)?;
+        let Leader { index: now, term: after, .. } = self.leader()?;
+        Ok(format!(
+            "{lasted:.1} s of {ms} ms delay on leader {}'s peer traffic ({summary}); leader after: {} (raft term \
+             {term} -> {after}, {} election(s)); {settled}",
+            self.nodes[lead].spec.name,
             self.nodes[now].spec.name,
             after - term
         ))

@@ -24,6 +24,7 @@ mod kube;
 pub mod linearizable;
 mod load;
 pub mod machines;
+pub mod netdelay;
 mod nspawn_host;
 mod podman;
 mod scenarios;
