@@ -5,10 +5,12 @@
 //! renamed into place (layout in [`Render`]).
 //!
 //! Modules: `config` (every etcd flag, as `ETCD_*` variables), `tuning` (the presets),
-//! `template` (reading and filling `systemd/`), `host` (the per-node trees and tarballs).
+//! `template` (reading and filling `systemd/`), `host` (the per-node trees and tarballs),
+//! `monitoring` (Prometheus rules).
 
 pub mod config;
 pub mod host;
+pub mod monitoring;
 pub mod template;
 pub mod tuning;
 
@@ -37,6 +39,7 @@ use tuning::Presets;
 ///   <node>.tar              that tree, owned by root, to unpack at / on the host
 ///   <node>.portable/, .tar  the host side of the portable service (`cargo xtask portable`)
 ///   <node>.INSTALL.md       the steps on the host
+///   monitoring/etcd-rules.yml  Prometheus alerting and recording rules (README: Monitoring)
 #[derive(Debug, clap::Args)]
 #[command(long_about, verbatim_doc_comment)]
 pub struct Render {
@@ -170,6 +173,13 @@ pub fn render(args: &Render) -> Result<PathBuf> {
         write_node(&bundle, staged.path(), epoch)?;
         println!("{}: {}", node.name, display_rel(&out.join(&node.name)));
     }
+    let rules = staged.path().join(monitoring::RULES_FILE);
+    if let Some(dir) = rules.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&rules, monitoring::rules_yaml(&spec.name)?)
+        .with_context(|| format!("cannot write {}", rules.display()))?;
+    println!("monitoring: {}", display_rel(&out.join(monitoring::RULES_FILE)));
     staged.commit(&out)?;
     Ok(out)
 }

@@ -1,0 +1,242 @@
+//! Prometheus alerting and recording rules for a cluster, generated (never hand-copied) so that
+//! the job name, the cluster label and the runbooks they point to cannot drift from the rest
+//! of what `render` writes. Each alert names the source of its threshold in its `source`
+//! annotation: most are the etcd project's own monitoring mixin (etcd-io/etcd,
+//! `contrib/mixin`); the NOSPACE alert reads etcd's gRPC status for "database space exceeded",
+//! and the certificate alert uses the warning window of `cargo xtask pki check`.
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+
+/// The scrape job of the members' metrics; every rule selects on it.
+pub const JOB: &str = "etcd";
+/// The scrape job that probes the members' TLS ports (the blackbox exporter's `tls_connect`):
+/// certificate expiry is not among etcd's metrics.
+pub const TLS_JOB: &str = "etcd-tls";
+/// Where `render` writes the rules, under its output directory.
+pub const RULES_FILE: &str = "monitoring/etcd-rules.yml";
+/// Days before expiry the certificate alert warns: `cargo xtask pki check --warn-days`' default.
+pub const CERT_WARN_DAYS: u32 = 30;
+
+const MIXIN: &str = "etcd monitoring mixin (etcd-io/etcd contrib/mixin/mixin.libsonnet)";
+
+/// One alert: its name, PromQL, `for:`, severity, what it means, and where its threshold is from.
+struct Alert {
+    name: &'static str,
+    expr: String,
+    for_: &'static str,
+    severity: &'static str,
+    summary: &'static str,
+    description: &'static str,
+    source: String,
+    runbook: &'static str,
+}
+
+/// The recording rules: the latency percentiles and ratios the alerts and a dashboard share.
+fn recording_rules(sel: &str) -> Vec<(String, String)> {
+    let p99 = |metric: &str| {
+        format!("histogram_quantile(0.99, sum by (cluster, instance, le) (rate({metric}_bucket{{{sel}}}[5m])))")
+    };
+    vec![
+        ("etcd:wal_fsync_duration_seconds:p99_5m".into(), p99("etcd_disk_wal_fsync_duration_seconds")),
+        ("etcd:backend_commit_duration_seconds:p99_5m".into(), p99("etcd_disk_backend_commit_duration_seconds")),
+        ("etcd:peer_round_trip_time_seconds:p99_5m".into(), p99("etcd_network_peer_round_trip_time_seconds")),
+        (
+            "etcd:db_quota_used:ratio".into(),
+            format!("etcd_mvcc_db_total_size_in_bytes{{{sel}}} / etcd_server_quota_backend_bytes{{{sel}}}"),
+        ),
+    ]
+}
+
+fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
+    let mixin = || MIXIN.to_string();
+    vec![
+        Alert {
+            name: "etcdMembersDown",
+            expr: format!(
+                "max without (source) (\n  label_replace(sum without (instance) (up{{{sel}}} == bool 0), \"source\", \
+                 \"scrape\", \"\", \"\")\nor\n  label_replace(count without (To) (sum without (instance) \
+                 (rate(etcd_network_peer_sent_failures_total{{{sel}}}[2m])) > 0.01), \"source\", \"peers\", \"\", \
+                 \"\")\n)\n> 0"
+            ),
+            for_: "10m",
+            severity: "critical",
+            summary: "etcd cluster members are down.",
+            description: "{{ $value }} member(s) of cluster {{ $labels.cluster }} do not answer the scrape or \
+                          their peers cannot send to them.",
+            // The mixin's `or` of the two counts keeps only the first when both carry the same
+            // labels (a member up but cut off from its peers was never counted): each is tagged.
+            source: format!("{MIXIN}, its two counts kept apart"),
+            runbook: "replace-a-lost-member",
+        },
+        Alert {
+            name: "etcdInsufficientMembers",
+            expr: format!(
+                "sum without (instance) (up{{{sel}}} == bool 1)\n< ((count without (instance) (up{{{sel}}}) + 1) / 2)"
+            ),
+            for_: "3m",
+            severity: "critical",
+            summary: "etcd cluster has lost its quorum.",
+            description: "Only {{ $value }} member(s) of cluster {{ $labels.cluster }} are up: fewer than a majority, \
+                          so no write and no linearizable read can succeed.",
+            source: mixin(),
+            runbook: "replace-a-lost-member",
+        },
+        Alert {
+            name: "etcdNoLeader",
+            expr: format!("etcd_server_has_leader{{{sel}}} == 0"),
+            for_: "1m",
+            severity: "critical",
+            summary: "etcd member has no leader.",
+            description: "Member {{ $labels.instance }} of cluster {{ $labels.cluster }} has no leader: it refuses \
+                          writes and linearizable reads.",
+            source: mixin(),
+            runbook: "replace-a-lost-member",
+        },
+        Alert {
+            name: "etcdHighNumberOfLeaderChanges",
+            expr: format!(
+                "increase((max without (instance) (etcd_server_leader_changes_seen_total{{{sel}}}) or \
+                 0*absent(etcd_server_leader_changes_seen_total{{{sel}}}))[15m:1m]) >= 4"
+            ),
+            for_: "5m",
+            severity: "warning",
+            summary: "etcd cluster has frequent leader changes.",
+            description:
+                "{{ printf \"%.0f\" $value }} leader changes in 15 minutes in cluster {{ $labels.cluster }}: look for \
+                          starved CPU, slow disks or a lossy network between members.",
+            source: mixin(),
+            runbook: "what-each-alert-means",
+        },
+        Alert {
+            name: "etcdHighNumberOfFailedProposals",
+            expr: format!("rate(etcd_server_proposals_failed_total{{{sel}}}[15m]) > 5"),
+            for_: "15m",
+            severity: "warning",
+            summary: "etcd proposals are failing.",
+            description: "{{ $value }} proposals per second fail on {{ $labels.instance }} (leader elections or a \
+                          lost quorum).",
+            source: mixin(),
+            runbook: "what-each-alert-means",
+        },
+        Alert {
+            name: "etcdHighFsyncDurations",
+            expr: "etcd:wal_fsync_duration_seconds:p99_5m > 0.5".into(),
+            for_: "10m",
+            severity: "warning",
+            summary: "etcd WAL fsync is slow.",
+            description: "99th percentile WAL fsync is {{ $value }}s on {{ $labels.instance }}; etcd wants a disk \
+                          that syncs in under 10 ms.",
+            source: mixin(),
+            runbook: "what-each-alert-means",
+        },
+        Alert {
+            name: "etcdHighFsyncDurations",
+            expr: "etcd:wal_fsync_duration_seconds:p99_5m > 1".into(),
+            for_: "10m",
+            severity: "critical",
+            summary: "etcd WAL fsync is very slow.",
+            description: "99th percentile WAL fsync is {{ $value }}s on {{ $labels.instance }}: heartbeats are \
+                          late and elections follow.",
+            source: mixin(),
+            runbook: "what-each-alert-means",
+        },
+        Alert {
+            name: "etcdHighCommitDurations",
+            expr: "etcd:backend_commit_duration_seconds:p99_5m > 0.25".into(),
+            for_: "10m",
+            severity: "warning",
+            summary: "etcd backend commits are slow.",
+            description: "99th percentile backend commit is {{ $value }}s on {{ $labels.instance }}.",
+            source: mixin(),
+            runbook: "what-each-alert-means",
+        },
+        Alert {
+            name: "etcdDatabaseQuotaLowSpace",
+            expr: "etcd:db_quota_used:ratio * 100 > 95".into(),
+            for_: "10m",
+            severity: "critical",
+            summary: "etcd database is close to its quota.",
+            description: "The database of {{ $labels.instance }} uses {{ $value }}% of --quota-backend-bytes: \
+                          compact and defragment before etcd refuses writes.",
+            source: mixin(),
+            runbook: "database-space-exceeded-and-a-full-data-disk",
+        },
+        Alert {
+            name: "etcdNoSpace",
+            expr: format!(
+                "sum without (grpc_method, grpc_service, grpc_type) (\n  \
+                 increase(grpc_server_handled_total{{{sel}, grpc_code=\"ResourceExhausted\"}}[1m])\n) > 0"
+            ),
+            for_: "0m",
+            severity: "critical",
+            summary: "etcd refuses writes: database space exceeded (NOSPACE alarm).",
+            description: "{{ $labels.instance }} answered {{ $value }} request(s) in the last minute with \
+                          ResourceExhausted, the code of \"mvcc: database space exceeded\": the NOSPACE alarm is \
+                          raised and stays until `etcdctl alarm disarm`.",
+            source: "etcd's gRPC errors (api/v3rpc/rpctypes: ErrGRPCNoSpace is codes.ResourceExhausted); any \
+                     refused write is an incident"
+                .into(),
+            runbook: "database-space-exceeded-and-a-full-data-disk",
+        },
+        Alert {
+            name: "etcdCertificateExpiresSoon",
+            expr: format!("probe_ssl_earliest_cert_expiry{{{tls_sel}}} - time() < {CERT_WARN_DAYS} * 86400"),
+            for_: "1h",
+            severity: "warning",
+            summary: "An etcd certificate expires soon.",
+            description: "A certificate served at {{ $labels.instance }} expires in less than the warning window \
+                          ({{ $value | humanizeDuration }} left): renew it (`cargo xtask pki renew`).",
+            source: format!("the warning window of `cargo xtask pki check` (--warn-days {CERT_WARN_DAYS})"),
+            runbook: "renew-the-certificates-no-restart",
+        },
+    ]
+}
+
+/// The rules file of cluster `cluster`: one group of recording rules and one of alerts, as
+/// `promtool check rules` wants it.
+pub fn rules_yaml(cluster: &str) -> Result<String> {
+    let sel = format!("job=\"{JOB}\"");
+    let tls_sel = format!("job=\"{TLS_JOB}\"");
+    let records: Vec<Value> =
+        recording_rules(&sel).into_iter().map(|(record, expr)| json!({ "record": record, "expr": expr })).collect();
+    let alerts: Vec<Value> = alerts(&sel, &tls_sel)
+        .into_iter()
+        .map(|a| {
+            json!({
+                "alert": a.name,
+                "expr": a.expr,
+                "for": a.for_,
+                "labels": { "severity": a.severity },
+                "annotations": {
+                    "summary": a.summary,
+                    "description": a.description,
+                    "source": a.source,
+                    "runbook": format!("README.md#{}", a.runbook),
+                },
+            })
+        })
+        .collect();
+    let doc = json!({
+        "groups": [
+            { "name": format!("etcd-{cluster}.records"), "rules": records },
+            { "name": format!("etcd-{cluster}.alerts"), "rules": alerts },
+        ]
+    });
+    let body = serde_yaml_ng::to_string(&doc).context("cannot write the rules as YAML")?;
+    Ok(format!(
+        "# Alerting and recording rules for etcd cluster {cluster}, written by `cargo xtask render`.\n# Generated: \
+         edit the generator (xtask/src/render/monitoring.rs), not this file.\n{body}"
+    ))
+}
+
+/// The names of the alerts, in file order, without repeats.
+pub fn alert_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = Vec::new();
+    for a in alerts("", "") {
+        if !names.contains(&a.name) {
+            names.push(a.name);
+        }
+    }
+    names
+}
