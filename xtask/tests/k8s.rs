@@ -121,7 +121,13 @@ fn static_pods_carry_the_host_bundles_flags_validate_and_reproduce() {
             assert_eq!((get["host"].as_str(), get["port"].as_u64()), (Some("127.0.0.1"), Some(2381)), "{probe}");
             assert_eq!(get["path"], "/health", "3.4's health path");
         }
-        assert!(want.contains(&"--listen-metrics-urls=http://127.0.0.1:2381".to_string()));
+        // Probes on loopback over http; Prometheus on the node's address over mutual TLS
+        // (the description's [monitoring]).
+        assert!(
+            want.iter().any(|f| f.starts_with("--listen-metrics-urls=http://127.0.0.1:2381,https://10.0.1.")
+                && f.ends_with(":2381")),
+            "{want:?}"
+        );
         // Requests and limits from the medium preset (4 CPUs, 4 GiB quota).
         assert_eq!(c["resources"]["requests"]["cpu"], "4");
         assert_eq!(c["resources"]["requests"]["memory"], "4Gi");

@@ -45,6 +45,25 @@ fn rendered_rules_pass_promtool_and_every_alert_is_tested() {
     assert!(checked.contains(&format!("SUCCESS: {} rules found", alerts + records)), "{checked}");
     println!("promtool check rules: {} alerts ({} names), {records} recording rules", alerts, names.len());
 
+    // The scrape configuration (clusters/tutorial.toml has [monitoring]) is valid for promtool,
+    // with the certificate it names beside it, and each member serves what it scrapes.
+    let monitoring = out.join("monitoring");
+    let config = ok(Command::new("promtool").args(["check", "config", "prometheus.yml"]).current_dir(&monitoring));
+    assert!(config.contains("SUCCESS: prometheus.yml is valid"), "{config}");
+    for file in ["ca.crt", "client.crt", "client.key"] {
+        let meta = fs::metadata(monitoring.join("etcd-tutorial").join(file)).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
+        assert_eq!(mode, if file == "client.key" { 0o600 } else { 0o644 }, "{file}");
+    }
+    let subject = ok(Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-in"])
+        .arg(monitoring.join("etcd-tutorial/client.crt")));
+    assert!(subject.contains("CN = prometheus") || subject.contains("CN=prometheus"), "{subject}");
+    let scrape = fs::read_to_string(monitoring.join("prometheus.yml")).unwrap();
+    let conf = fs::read_to_string(out.join("master1/etc/etcd/etcd.conf")).unwrap();
+    assert!(conf.contains("ETCD_LISTEN_METRICS_URLS=http://127.0.0.1:2381,https://10.0.1.204:2381"), "{conf}");
+    assert!(scrape.contains("- 10.0.1.204:2381") && scrape.contains("- 10.0.1.204:2379"), "{scrape}");
+
     let tests = root().join("xtask/tests/monitoring/etcd-rules.test.yml");
     let test_text = fs::read_to_string(&tests).unwrap();
     let dir = tmp.path().join("promtool");

@@ -194,6 +194,7 @@ pub fn statefulset_addressing(spec: &ClusterSpec, k: &KubeNames) -> Addressing {
         loopback: "127.0.0.1".into(),
         // The kubelet probes the pod's address, not its loopback.
         metrics: "$(POD_IP)".into(),
+        metrics_tls: None,
         initial_cluster: (0..spec.nodes.len()).map(|i| (k.pod(i), k.pod_fqdn(i))).collect(),
     }
 }

@@ -18,11 +18,17 @@
 //! namespace = "etcd"                # (`cargo xtask k8s`); node i's certificates then also
 //! # name = "tutorial"               # carry its pod's DNS names and the client Service's
 //! # cluster_domain = "cluster.local"
+//!
+//! [monitoring]                      # optional: metrics also on each node's first IP over
+//! scrape_client = "prometheus"      # mutual TLS, scraped with this client's certificate
 //! ```
 //!
 //! Every rule below is an error naming the field: unknown fields, no nodes, duplicate node
 //! names, IPs, DNS names or client names, invalid IPs, names that are not DNS labels. An even
 //! number of nodes is only a warning ([`ClusterSpec::warnings`]).
+//!
+//! Longer than 600 lines: one rule per field of one file format, and a test per rule (the
+//! tests are half of it); split, the checks would lose the single place that reads the file.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -49,6 +55,18 @@ pub struct ClusterSpec {
     /// `[kubernetes]` section.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubeNames>,
+    /// How Prometheus reaches the members, when the description has a `[monitoring]` section.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
+}
+
+/// The description's `[monitoring]` section: each member also serves `/metrics` on its first IP
+/// over mutual TLS (port 2381), and Prometheus scrapes it with the certificate of
+/// `scrape_client`, one of `clients`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringSpec {
+    pub scrape_client: String,
 }
 
 /// How a StatefulSet of the cluster is named in Kubernetes: member `i` of the description is
@@ -125,6 +143,7 @@ struct RawCluster {
     nodes: Vec<RawNode>,
     tuning: Option<String>,
     kubernetes: Option<RawKube>,
+    monitoring: Option<MonitoringSpec>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -305,7 +324,36 @@ impl ClusterSpec {
             }
             None => None,
         };
-        let spec = ClusterSpec { name: raw.name, token: raw.token, clients: raw.clients, nodes, kubernetes };
+        if let Some(m) = &raw.monitoring {
+            if !raw.clients.contains(&m.scrape_client) {
+                return Err(err(
+                    "monitoring.scrape_client",
+                    format!(
+                        "{:?} is not among clients {:?}: add it to clients (its certificate is issued then) or name one \
+                         of them",
+                        m.scrape_client, raw.clients
+                    ),
+                ));
+            }
+            if let Some(node) = nodes.iter().find(|n| n.ips.is_empty()) {
+                return Err(err(
+                    "monitoring",
+                    format!(
+                        "node {:?} has no IP to serve metrics on (they listen on a node's first IP); add its ips or \
+                         remove [monitoring]",
+                        node.name
+                    ),
+                ));
+            }
+        }
+        let spec = ClusterSpec {
+            name: raw.name,
+            token: raw.token,
+            clients: raw.clients,
+            nodes,
+            kubernetes,
+            monitoring: raw.monitoring,
+        };
         Ok(DescribedCluster { spec, tuning: raw.tuning })
     }
 
@@ -350,6 +398,8 @@ impl ClusterSpec {
             nodes: Vec<OutNode<'a>>,
             #[serde(skip_serializing_if = "Option::is_none")]
             kubernetes: Option<RawKube>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            monitoring: Option<&'a MonitoringSpec>,
         }
         #[derive(Serialize)]
         struct OutNode<'a> {
@@ -370,6 +420,7 @@ impl ClusterSpec {
                 name: Some(k.name.clone()),
                 cluster_domain: Some(k.cluster_domain.clone()),
             }),
+            monitoring: self.monitoring.as_ref(),
         };
         toml::to_string(&out).context("cannot serialize the cluster description")
     }
@@ -547,6 +598,21 @@ ips = ["10.0.0.3"]
             ClusterSpec::load_described(&crate::util::project_root().join("clusters/tutorial.toml")).unwrap();
         assert_eq!(described.tuning.as_deref(), Some("medium"));
         assert_eq!(described.spec, spec);
+    }
+
+    #[test]
+    fn a_monitoring_section_names_a_client_of_the_description() {
+        let text = format!("{GOOD}\n[monitoring]\nscrape_client = \"etcdctl\"\n");
+        let spec = parse(&text).unwrap();
+        assert_eq!(spec.monitoring.as_ref().unwrap().scrape_client, "etcdctl");
+        assert_eq!(parse(&spec.to_toml().unwrap()).unwrap(), spec, "kept through to_toml");
+        let err = err_of(&format!("{GOOD}\n[monitoring]\nscrape_client = \"prometheus\"\n"));
+        assert!(err.contains("monitoring.scrape_client") && err.contains("add it to clients"), "{err}");
+        let err = err_of(&format!("{GOOD}\n[monitoring]\nscrape = \"etcdctl\"\n"));
+        assert!(err.contains("unknown field"), "{err}");
+        let dns_only = GOOD.replace("ips = [\"10.0.0.3\"]", "dns = [\"c.example.org\"]");
+        let err = err_of(&format!("{dns_only}\n[monitoring]\nscrape_client = \"etcdctl\"\n"));
+        assert!(err.contains("monitoring: node \"c\" has no IP"), "{err}");
     }
 
     #[test]

@@ -113,12 +113,16 @@ pub struct Addressing {
     pub loopback: String,
     /// Where the plain-http metrics and `/health` listener binds.
     pub metrics: String,
+    /// Where metrics are also served over mutual TLS for a Prometheus on another host (the
+    /// description's `[monitoring]`), on the same port.
+    pub metrics_tls: Option<String>,
     /// Every member of the initial cluster: its name and its advertised peer host.
     pub initial_cluster: Vec<(String, String)>,
 }
 
 impl Addressing {
-    /// A node of the description, reached at its first IP; metrics on loopback only.
+    /// A node of the description, reached at its first IP; metrics on loopback, and on its first
+    /// IP over mutual TLS when the description has `[monitoring]`.
     pub fn of_node(spec: &ClusterSpec, node: &NodeSpec) -> Result<Addressing> {
         let ip = primary_ip(node)?;
         let loopback = if ip.is_ipv6() { "[::1]" } else { "127.0.0.1" }.to_string();
@@ -131,6 +135,7 @@ impl Addressing {
             listen: host_of(&ip),
             advertise: host_of(&ip),
             metrics: loopback.clone(),
+            metrics_tls: spec.monitoring.as_ref().map(|_| host_of(&ip)),
             loopback,
             initial_cluster,
         })
@@ -294,7 +299,13 @@ pub fn member_env(
     set("ETCD_INITIAL_CLUSTER_STATE", "new".to_string());
     set("ETCD_INITIAL_CLUSTER_TOKEN", pki.token.clone());
     // Metrics and health without TLS (on hosts: reachable from the node itself only).
-    set("ETCD_LISTEN_METRICS_URLS", at("http", &addr.metrics, METRICS_PORT));
+    // With [monitoring] also on the node's address over mutual TLS: etcd serves https metrics
+    // with the client port's TLS settings (the client CA, client-cert-auth).
+    let mut metrics = at("http", &addr.metrics, METRICS_PORT);
+    if let Some(host) = &addr.metrics_tls {
+        metrics = format!("{metrics},{}", at("https", host, METRICS_PORT));
+    }
+    set("ETCD_LISTEN_METRICS_URLS", metrics);
     set("ETCD_CLIENT_CERT_AUTH", "true".to_string());
     set("ETCD_PEER_CLIENT_CERT_AUTH", "true".to_string());
     for (key, file) in TLS_FILES {
@@ -363,6 +374,9 @@ pub fn staged_env(tls: &BTreeMap<String, String>, stage: TlsStage) -> BTreeMap<S
             ] {
                 set(&mut env, key, &plain);
             }
+            // No client TLS yet: metrics on loopback only, until the clients stage.
+            let http_only = |v: &str| v.split(',').filter(|u| !u.starts_with("https://")).collect::<Vec<_>>().join(",");
+            set(&mut env, "ETCD_LISTEN_METRICS_URLS", &http_only);
             for (key, _) in TLS_FILES {
                 env.remove(key);
             }

@@ -39,7 +39,10 @@ use tuning::Presets;
 ///   <node>.tar              that tree, owned by root, to unpack at / on the host
 ///   <node>.portable/, .tar  the host side of the portable service (`cargo xtask portable`)
 ///   <node>.INSTALL.md       the steps on the host
-///   monitoring/etcd-rules.yml  Prometheus alerting and recording rules (README: Monitoring)
+///   monitoring/             etcd-rules.yml: Prometheus alerting and recording rules; with the
+///                           description's [monitoring]: prometheus.yml (scrape jobs),
+///                           blackbox.yml (TLS probes) and etcd-<cluster>/ (the scrape client's
+///                           certificate) (README: Monitoring)
 #[derive(Debug, clap::Args)]
 #[command(long_about, verbatim_doc_comment)]
 pub struct Render {
@@ -173,13 +176,8 @@ pub fn render(args: &Render) -> Result<PathBuf> {
         write_node(&bundle, staged.path(), epoch)?;
         println!("{}: {}", node.name, display_rel(&out.join(&node.name)));
     }
-    let rules = staged.path().join(monitoring::RULES_FILE);
-    if let Some(dir) = rules.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    std::fs::write(&rules, monitoring::rules_yaml(&spec.name)?)
-        .with_context(|| format!("cannot write {}", rules.display()))?;
-    println!("monitoring: {}", display_rel(&out.join(monitoring::RULES_FILE)));
+    monitoring::write(staged.path(), spec, &inputs.pki.root)?;
+    println!("monitoring: {}", display_rel(&out.join("monitoring")));
     staged.commit(&out)?;
     Ok(out)
 }

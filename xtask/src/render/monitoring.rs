@@ -5,8 +5,14 @@
 //! `contrib/mixin`); the NOSPACE alert reads etcd's gRPC status for "database space exceeded",
 //! and the certificate alert uses the warning window of `cargo xtask pki check`.
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
+
+use crate::pki::cluster::ClusterSpec;
 
 /// The scrape job of the members' metrics; every rule selects on it.
 pub const JOB: &str = "etcd";
@@ -239,4 +245,116 @@ pub fn alert_names() -> Vec<&'static str> {
         }
     }
     names
+}
+
+/// Where the blackbox exporter that probes the members' TLS ports listens (its default).
+pub const BLACKBOX_ADDRESS: &str = "127.0.0.1:9115";
+
+/// The directory, beside `prometheus.yml`, that holds the scrape client's certificate: Prometheus
+/// and the blackbox exporter resolve relative file names against their configuration's directory.
+pub fn cert_dir(cluster: &str) -> String {
+    format!("etcd-{cluster}")
+}
+
+/// The files the scrape client's TLS takes, relative to the configuration.
+fn tls_files(cluster: &str) -> Value {
+    let dir = cert_dir(cluster);
+    json!({
+        "ca_file": format!("{dir}/ca.crt"),
+        "cert_file": format!("{dir}/client.crt"),
+        "key_file": format!("{dir}/client.key"),
+    })
+}
+
+/// `prometheus.yml` for the cluster: its rules, the members' metrics over mutual TLS (each
+/// member's first IP, port 2381, the scrape client's certificate) and the TLS probes of their
+/// client ports through the blackbox exporter. `targets` are (member, host) pairs.
+pub fn prometheus_yaml(cluster: &str, targets: &[(String, String)], scrape_interval: &str) -> Result<String> {
+    let statics = |port: u16| -> Vec<Value> {
+        targets
+            .iter()
+            .map(|(member, host)| {
+                json!({ "targets": [format!("{host}:{port}")], "labels": { "cluster": cluster, "member": member } })
+            })
+            .collect()
+    };
+    let doc = json!({
+        "global": { "scrape_interval": scrape_interval, "evaluation_interval": scrape_interval },
+        "rule_files": [RULES_FILE.rsplit('/').next().unwrap_or(RULES_FILE)],
+        "scrape_configs": [
+            {
+                "job_name": JOB,
+                "scheme": "https",
+                "tls_config": tls_files(cluster),
+                "static_configs": statics(super::config::METRICS_PORT),
+            },
+            {
+                "job_name": TLS_JOB,
+                "metrics_path": "/probe",
+                "params": { "module": ["etcd_tls"] },
+                "static_configs": statics(super::config::CLIENT_PORT),
+                "relabel_configs": [
+                    { "source_labels": ["__address__"], "target_label": "__param_target" },
+                    { "source_labels": ["__param_target"], "target_label": "instance" },
+                    { "target_label": "__address__", "replacement": BLACKBOX_ADDRESS },
+                ],
+            },
+        ],
+    });
+    let body = serde_yaml_ng::to_string(&doc).context("cannot write the scrape configuration as YAML")?;
+    Ok(format!(
+        "# Prometheus for etcd cluster {cluster}, written by `cargo xtask render`: merge into your\n# prometheus.yml \
+         or run with it; {dir}/ beside it holds the scrape client's certificate.\n{body}",
+        dir = cert_dir(cluster)
+    ))
+}
+
+/// The blackbox exporter's module `etcd_tls`: a TLS handshake with the scrape client's
+/// certificate, which yields `probe_ssl_earliest_cert_expiry` of the member's server certificate.
+pub fn blackbox_yaml(cluster: &str) -> Result<String> {
+    let doc = json!({
+        "modules": {
+            "etcd_tls": {
+                "prober": "tcp",
+                "timeout": "5s",
+                "tcp": { "tls": true, "tls_config": tls_files(cluster) },
+            }
+        }
+    });
+    let body = serde_yaml_ng::to_string(&doc).context("cannot write the blackbox configuration as YAML")?;
+    Ok(format!("# Blackbox exporter module for etcd cluster {cluster}, written by `cargo xtask render`.\n{body}"))
+}
+
+/// Writes `monitoring/` under `out`: the rules always; with the description's `[monitoring]`
+/// also the scrape configuration, the blackbox module and the scrape client's certificate
+/// (from the PKI at `pki`).
+pub fn write(out: &Path, spec: &ClusterSpec, pki: &Path) -> Result<()> {
+    let dir = out.join("monitoring");
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let put = |name: &str, text: String| {
+        fs::write(dir.join(name), text).with_context(|| format!("cannot write {}", dir.join(name).display()))
+    };
+    put("etcd-rules.yml", rules_yaml(&spec.name)?)?;
+    let Some(m) = &spec.monitoring else { return Ok(()) };
+    let mut targets = Vec::new();
+    for node in &spec.nodes {
+        targets.push((node.name.clone(), super::config::host_of(&super::config::primary_ip(node)?)));
+    }
+    put("prometheus.yml", prometheus_yaml(&spec.name, &targets, "15s")?)?;
+    put("blackbox.yml", blackbox_yaml(&spec.name)?)?;
+    let certs = dir.join(cert_dir(&spec.name));
+    fs::create_dir_all(&certs).with_context(|| format!("cannot create {}", certs.display()))?;
+    let from = crate::pki::issue::PkiLayout::new(pki).client_dir(&m.scrape_client);
+    for file in ["ca.crt", "client.crt", "client.key"] {
+        let src = from.join(file);
+        let bytes = fs::read(&src).with_context(|| {
+            format!("cannot read {}: the certificate of monitoring.scrape_client {:?}", src.display(), m.scrape_client)
+        })?;
+        let dst = certs.join(file);
+        fs::write(&dst, bytes).with_context(|| format!("cannot write {}", dst.display()))?;
+        let mode = if file.ends_with(".key") { 0o600 } else { 0o644 };
+        fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", dst.display()))?;
+    }
+    Ok(())
 }
