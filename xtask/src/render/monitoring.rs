@@ -26,11 +26,40 @@ pub const CERT_WARN_DAYS: u32 = 30;
 
 const MIXIN: &str = "etcd monitoring mixin (etcd-io/etcd contrib/mixin/mixin.libsonnet)";
 
+/// The rules' time: production (scale 1), or compressed `scale` times for the smoke test, which
+/// cannot wait ten minutes per fault. `for:` durations are divided by the scale; range windows
+/// too, but never below four scrapes of the compressed configuration.
+pub struct Clock {
+    pub scale: u64,
+}
+
+impl Clock {
+    pub const PRODUCTION: Clock = Clock { scale: 1 };
+
+    fn for_(&self, secs: u64) -> String {
+        duration(secs / self.scale)
+    }
+
+    fn window(&self, secs: u64) -> String {
+        duration(if self.scale == 1 { secs } else { (secs / self.scale).max(4) })
+    }
+}
+
+/// A Prometheus duration, in the largest unit that divides it.
+fn duration(secs: u64) -> String {
+    match secs {
+        0 => "0s".into(),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// One alert: its name, PromQL, `for:`, severity, what it means, and where its threshold is from.
 struct Alert {
     name: &'static str,
     expr: String,
-    for_: &'static str,
+    for_: String,
     severity: &'static str,
     summary: &'static str,
     description: &'static str,
@@ -39,9 +68,10 @@ struct Alert {
 }
 
 /// The recording rules: the latency percentiles and ratios the alerts and a dashboard share.
-fn recording_rules(sel: &str) -> Vec<(String, String)> {
+fn recording_rules(sel: &str, c: &Clock) -> Vec<(String, String)> {
+    let w5 = c.window(300);
     let p99 = |metric: &str| {
-        format!("histogram_quantile(0.99, sum by (cluster, instance, le) (rate({metric}_bucket{{{sel}}}[5m])))")
+        format!("histogram_quantile(0.99, sum by (cluster, instance, le) (rate({metric}_bucket{{{sel}}}[{w5}])))")
     };
     vec![
         ("etcd:wal_fsync_duration_seconds:p99_5m".into(), p99("etcd_disk_wal_fsync_duration_seconds")),
@@ -54,7 +84,7 @@ fn recording_rules(sel: &str) -> Vec<(String, String)> {
     ]
 }
 
-fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
+fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
     let mixin = || MIXIN.to_string();
     vec![
         Alert {
@@ -62,10 +92,11 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
             expr: format!(
                 "max without (source) (\n  label_replace(sum without (instance) (up{{{sel}}} == bool 0), \"source\", \
                  \"scrape\", \"\", \"\")\nor\n  label_replace(count without (To) (sum without (instance) \
-                 (rate(etcd_network_peer_sent_failures_total{{{sel}}}[2m])) > 0.01), \"source\", \"peers\", \"\", \
-                 \"\")\n)\n> 0"
+                 (rate(etcd_network_peer_sent_failures_total{{{sel}}}[{w2}])) > 0.01), \"source\", \"peers\", \"\", \
+                 \"\")\n)\n> 0",
+                w2 = c.window(120)
             ),
-            for_: "10m",
+            for_: c.for_(600),
             severity: "critical",
             summary: "etcd cluster members are down.",
             description: "{{ $value }} member(s) of cluster {{ $labels.cluster }} do not answer the scrape or \
@@ -80,7 +111,7 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
             expr: format!(
                 "sum without (instance) (up{{{sel}}} == bool 1)\n< ((count without (instance) (up{{{sel}}}) + 1) / 2)"
             ),
-            for_: "3m",
+            for_: c.for_(180),
             severity: "critical",
             summary: "etcd cluster has lost its quorum.",
             description: "Only {{ $value }} member(s) of cluster {{ $labels.cluster }} are up: fewer than a majority, \
@@ -91,7 +122,7 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
         Alert {
             name: "etcdNoLeader",
             expr: format!("etcd_server_has_leader{{{sel}}} == 0"),
-            for_: "1m",
+            for_: c.for_(60),
             severity: "critical",
             summary: "etcd member has no leader.",
             description: "Member {{ $labels.instance }} of cluster {{ $labels.cluster }} has no leader: it refuses \
@@ -103,9 +134,11 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
             name: "etcdHighNumberOfLeaderChanges",
             expr: format!(
                 "increase((max without (instance) (etcd_server_leader_changes_seen_total{{{sel}}}) or \
-                 0*absent(etcd_server_leader_changes_seen_total{{{sel}}}))[15m:1m]) >= 4"
+                 0*absent(etcd_server_leader_changes_seen_total{{{sel}}}))[{w15}:{step}]) >= 4",
+                w15 = c.window(900),
+                step = c.window(60)
             ),
-            for_: "5m",
+            for_: c.for_(300),
             severity: "warning",
             summary: "etcd cluster has frequent leader changes.",
             description:
@@ -116,8 +149,8 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
         },
         Alert {
             name: "etcdHighNumberOfFailedProposals",
-            expr: format!("rate(etcd_server_proposals_failed_total{{{sel}}}[15m]) > 5"),
-            for_: "15m",
+            expr: format!("rate(etcd_server_proposals_failed_total{{{sel}}}[{}]) > 5", c.window(900)),
+            for_: c.for_(900),
             severity: "warning",
             summary: "etcd proposals are failing.",
             description: "{{ $value }} proposals per second fail on {{ $labels.instance }} (leader elections or a \
@@ -128,7 +161,7 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
         Alert {
             name: "etcdHighFsyncDurations",
             expr: "etcd:wal_fsync_duration_seconds:p99_5m > 0.5".into(),
-            for_: "10m",
+            for_: c.for_(600),
             severity: "warning",
             summary: "etcd WAL fsync is slow.",
             description: "99th percentile WAL fsync is {{ $value }}s on {{ $labels.instance }}; etcd wants a disk \
@@ -139,7 +172,7 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
         Alert {
             name: "etcdHighFsyncDurations",
             expr: "etcd:wal_fsync_duration_seconds:p99_5m > 1".into(),
-            for_: "10m",
+            for_: c.for_(600),
             severity: "critical",
             summary: "etcd WAL fsync is very slow.",
             description: "99th percentile WAL fsync is {{ $value }}s on {{ $labels.instance }}: heartbeats are \
@@ -150,7 +183,7 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
         Alert {
             name: "etcdHighCommitDurations",
             expr: "etcd:backend_commit_duration_seconds:p99_5m > 0.25".into(),
-            for_: "10m",
+            for_: c.for_(600),
             severity: "warning",
             summary: "etcd backend commits are slow.",
             description: "99th percentile backend commit is {{ $value }}s on {{ $labels.instance }}.",
@@ -160,7 +193,7 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
         Alert {
             name: "etcdDatabaseQuotaLowSpace",
             expr: "etcd:db_quota_used:ratio * 100 > 95".into(),
-            for_: "10m",
+            for_: c.for_(600),
             severity: "critical",
             summary: "etcd database is close to its quota.",
             description: "The database of {{ $labels.instance }} uses {{ $value }}% of --quota-backend-bytes: \
@@ -172,9 +205,10 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
             name: "etcdNoSpace",
             expr: format!(
                 "sum without (grpc_method, grpc_service, grpc_type) (\n  \
-                 increase(grpc_server_handled_total{{{sel}, grpc_code=\"ResourceExhausted\"}}[1m])\n) > 0"
+                 increase(grpc_server_handled_total{{{sel}, grpc_code=\"ResourceExhausted\"}}[{w1}])\n) > 0",
+                w1 = c.window(60)
             ),
-            for_: "0m",
+            for_: c.for_(0),
             severity: "critical",
             summary: "etcd refuses writes: database space exceeded (NOSPACE alarm).",
             description: "{{ $labels.instance }} answered {{ $value }} request(s) in the last minute with \
@@ -188,7 +222,7 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
         Alert {
             name: "etcdCertificateExpiresSoon",
             expr: format!("probe_ssl_earliest_cert_expiry{{{tls_sel}}} - time() < {CERT_WARN_DAYS} * 86400"),
-            for_: "1h",
+            for_: c.for_(3600),
             severity: "warning",
             summary: "An etcd certificate expires soon.",
             description: "A certificate served at {{ $labels.instance }} expires in less than the warning window \
@@ -201,12 +235,12 @@ fn alerts(sel: &str, tls_sel: &str) -> Vec<Alert> {
 
 /// The rules file of cluster `cluster`: one group of recording rules and one of alerts, as
 /// `promtool check rules` wants it.
-pub fn rules_yaml(cluster: &str) -> Result<String> {
+pub fn rules_yaml(cluster: &str, c: &Clock) -> Result<String> {
     let sel = format!("job=\"{JOB}\"");
     let tls_sel = format!("job=\"{TLS_JOB}\"");
     let records: Vec<Value> =
-        recording_rules(&sel).into_iter().map(|(record, expr)| json!({ "record": record, "expr": expr })).collect();
-    let alerts: Vec<Value> = alerts(&sel, &tls_sel)
+        recording_rules(&sel, c).into_iter().map(|(record, expr)| json!({ "record": record, "expr": expr })).collect();
+    let alerts: Vec<Value> = alerts(&sel, &tls_sel, c)
         .into_iter()
         .map(|a| {
             json!({
@@ -230,16 +264,20 @@ pub fn rules_yaml(cluster: &str) -> Result<String> {
         ]
     });
     let body = serde_yaml_ng::to_string(&doc).context("cannot write the rules as YAML")?;
+    let compressed = match c.scale {
+        1 => String::new(),
+        n => format!("# Time compressed {n} times (for: and windows) for the smoke test: not for production.\n"),
+    };
     Ok(format!(
         "# Alerting and recording rules for etcd cluster {cluster}, written by `cargo xtask render`.\n# Generated: \
-         edit the generator (xtask/src/render/monitoring.rs), not this file.\n{body}"
+         edit the generator (xtask/src/render/monitoring.rs), not this file.\n{compressed}{body}"
     ))
 }
 
 /// The names of the alerts, in file order, without repeats.
 pub fn alert_names() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = Vec::new();
-    for a in alerts("", "") {
+    for a in alerts("", "", &Clock::PRODUCTION) {
         if !names.contains(&a.name) {
             names.push(a.name);
         }
@@ -329,18 +367,23 @@ pub fn blackbox_yaml(cluster: &str) -> Result<String> {
 /// also the scrape configuration, the blackbox module and the scrape client's certificate
 /// (from the PKI at `pki`).
 pub fn write(out: &Path, spec: &ClusterSpec, pki: &Path) -> Result<()> {
-    let dir = out.join("monitoring");
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_with(&out.join("monitoring"), spec, pki, &Clock::PRODUCTION, "15s")
+}
+
+/// [`write`] into `dir` itself, with the rules on `clock` and Prometheus scraping and evaluating
+/// every `interval` (the smoke test's compressed time).
+pub fn write_with(dir: &Path, spec: &ClusterSpec, pki: &Path, clock: &Clock, interval: &str) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let put = |name: &str, text: String| {
         fs::write(dir.join(name), text).with_context(|| format!("cannot write {}", dir.join(name).display()))
     };
-    put("etcd-rules.yml", rules_yaml(&spec.name)?)?;
+    put("etcd-rules.yml", rules_yaml(&spec.name, clock)?)?;
     let Some(m) = &spec.monitoring else { return Ok(()) };
     let mut targets = Vec::new();
     for node in &spec.nodes {
         targets.push((node.name.clone(), super::config::host_of(&super::config::primary_ip(node)?)));
     }
-    put("prometheus.yml", prometheus_yaml(&spec.name, &targets, "15s")?)?;
+    put("prometheus.yml", prometheus_yaml(&spec.name, &targets, interval)?)?;
     put("blackbox.yml", blackbox_yaml(&spec.name)?)?;
     let certs = dir.join(cert_dir(&spec.name));
     fs::create_dir_all(&certs).with_context(|| format!("cannot create {}", certs.display()))?;

@@ -235,10 +235,16 @@ impl Cluster {
         let mut notes = Vec::new();
         self.etcdctl_ok(&[0], &["put", "smoke/before-faults", "kept"])?;
         self.phase("one node down");
+        let one_down = Instant::now();
         self.stop(2)?;
         self.etcdctl_ok(&[0], &["put", "smoke/one-down", "ok"]).context("a write with one node down must succeed")?;
         notes.push("one down: write ok".to_string());
+        // With Prometheus watching, each step lasts until the alerts meant for it fire
+        // (bounded): a member down (while the quorum holds), then the quorum lost.
+        let mut alerts = Vec::new();
+        alerts.extend(self.alerts_fire(&["etcdMembersDown"], one_down));
         self.phase(NO_QUORUM);
+        let no_quorum = Instant::now();
         self.stop(1)?;
         let t = Instant::now();
         let out = self.etcdctl(&[0], &["put", "--command-timeout=3s", "smoke/two-down", "unknown"])?;
@@ -247,6 +253,7 @@ impl Cluster {
         }
         // Its outcome is unknown: it may still commit once the cluster heals. Never asserted absent.
         notes.push(format!("two down: write failed after {:.1} s (outcome unknown)", t.elapsed().as_secs_f64()));
+        alerts.extend(self.alerts_fire(&["etcdNoLeader", "etcdInsufficientMembers"], no_quorum));
         let since =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let t = Instant::now();
@@ -255,6 +262,15 @@ impl Cluster {
         self.wait_healthy(&[0, 1, 2], Duration::from_secs(60)).context("the cluster did not heal")?;
         self.phase("healed");
         let heal = t.elapsed().as_secs_f64();
+        alerts.extend(self.alerts_resolve(&["etcdNoLeader", "etcdInsufficientMembers", "etcdMembersDown"], t));
+        if !alerts.is_empty() {
+            let result = alerts.into_iter().collect::<Result<Vec<_>>>().map(|v| v.join("; "));
+            self.record(
+                "alerts: one down fires etcdMembersDown, no quorum etcdNoLeader and etcdInsufficientMembers; all resolve",
+                one_down,
+                result,
+            );
+        }
         self.timings.insert("heal_after_restart".into(), heal);
         notes.push(format!("healed in {heal:.2} s"));
         if heal > 3.0 {

@@ -71,6 +71,9 @@ pub(super) struct Cluster {
     pub(super) plain_clients: bool,
     /// The static pods `cargo xtask k8s` rendered for this run (kube engine), else none.
     pub(super) kube_manifests: Option<PathBuf>,
+    /// Debian's Prometheus scraping this cluster (descriptions with `[monitoring]`, podman
+    /// engine, basic and drills scenarios), started once the cluster is healthy.
+    pub(super) prometheus: Option<super::prometheus::Prometheus>,
 }
 
 impl Cluster {
@@ -162,6 +165,7 @@ impl Cluster {
             member_healthy: Vec::new(),
             plain_clients: false,
             kube_manifests: None,
+            prometheus: None,
         })
     }
 

@@ -478,6 +478,7 @@ impl Cluster {
             bail!("after {writes} writes of 1 MiB the write failed, but not with NOSPACE: {refusal}");
         }
         let filled = t.elapsed().as_secs_f64();
+        let refused = Instant::now();
         let alarms = self.etcdctl_ok(&[0, 1, 2], &["alarm", "list"])?;
         if !alarms.contains("NOSPACE") {
             bail!("writes are refused but `etcdctl alarm list` shows no NOSPACE: {alarms:?}");
@@ -493,6 +494,9 @@ impl Cluster {
             QUOTA_BYTES / (1024 * 1024),
             refusal.rsplit(": ").next().unwrap_or(&refusal)
         )];
+        // With Prometheus watching, the alarm stays until its alerts fire (bounded).
+        const ALERTS: [&str; 2] = ["etcdNoSpace", "etcdDatabaseQuotaLowSpace"];
+        let mut alerts: Vec<Result<String>> = self.alerts_fire(&ALERTS, refused).into_iter().collect();
         // The runbook: compact to the current revision, defragment each member with the leader
         // last, disarm.
         let rt = Instant::now();
@@ -514,6 +518,15 @@ impl Cluster {
         self.etcdctl_ok(&[0, 1, 2], &["put", "smoke/drill-after-nospace", "ok"])
             .context("a write after the runbook")?;
         self.phase("drill: after NOSPACE");
+        alerts.extend(self.alerts_resolve(&ALERTS, rt));
+        if !alerts.is_empty() {
+            let result = alerts.into_iter().collect::<Result<Vec<_>>>().map(|v| v.join("; "));
+            self.record(
+                "alerts: NOSPACE fires etcdNoSpace and etcdDatabaseQuotaLowSpace; both resolve",
+                refused,
+                result,
+            );
+        }
         let sizes = |s: &[Option<Status>]| -> String {
             s.iter()
                 .map(|s| s.as_ref().map_or("?".into(), |s| format!("{:.1}", mib(s.db_size))))

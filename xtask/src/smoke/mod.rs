@@ -27,6 +27,7 @@ pub mod machines;
 pub mod netdelay;
 mod nspawn_host;
 mod podman;
+mod prometheus;
 mod scenarios;
 mod systemd;
 mod watch;

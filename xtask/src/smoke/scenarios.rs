@@ -95,6 +95,16 @@ impl Cluster {
         if !ok {
             return Ok(false);
         }
+        let watched = matches!(self.scenario, super::ScenarioName::Basic | super::ScenarioName::Drills);
+        if watched && self.spec.monitoring.is_some() && self.kube_manifests.is_none() {
+            let t = Instant::now();
+            let started = self.start_prometheus();
+            let ok = started.is_ok();
+            self.record("monitoring: Prometheus scrapes the 3 members over mutual TLS", t, started);
+            if !ok {
+                return Ok(false);
+            }
+        }
         let scheme = if self.plain_clients { "http" } else { "https" };
         let endpoints = self.nodes.iter().map(|n| format!("{scheme}://127.0.0.1:{}", n.client_port)).collect();
         self.load = Some(Load::start(endpoints, Identity::in_dir(&self.client), LOAD_PREFIX, LOAD_BOUNDS, None)?);
