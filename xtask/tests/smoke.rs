@@ -106,6 +106,14 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
         // One watcher per member, resuming on new streams, saw every acknowledged write in order.
         assert!(why.contains("3 watchers") && why.contains("in order, none twice"), "{c:#}");
     }
+    // The alerts meant for each fault fired and resolved (each check fails otherwise).
+    for alerts in ["alerts: one down fires etcdMembersDown", "alerts: NOSPACE fires etcdNoSpace"] {
+        let why = reason(alerts);
+        assert!(why.contains("fired after the fault") && why.contains("resolved after the heal"), "{why}");
+    }
+    // report.html as a person sees it: headless Chromium's screenshot shows the pictures, and
+    // the page it rendered names every scenario and step.
+    common::report_page::looks_right(&out_dir.join("report.html"), &names, &tmp.path().join("shot.png"));
     // testssl.sh found nothing against the TLS policy on either port, and its findings are kept.
     let tls = reason("TLS policy");
     assert!(tls.contains("client port") && tls.contains("peer port") && tls.contains("GCM"), "{tls}");

@@ -25,6 +25,7 @@ use serde::Serialize;
 
 pub use super::gateway::{Gateway, Identity};
 use super::linearizable::{Action, Op};
+use super::timeline::{per_second, Mark, Sample, Second};
 use super::watch::WatchLog;
 
 /// Workers per endpoint: requests wait for their answer (a put waits for a quorum's fsync), so
@@ -84,7 +85,7 @@ pub struct LoadReport {
     pub retries: u64,
     pub worst_latency_ms: f64,
     pub rate_per_s: f64,
-    /// Failed requests, per phase of the scenario.
+    /// Failed requests, per phase of the scenario they gave up in.
     pub failed_by_phase: BTreeMap<String, u64>,
     /// Per phase of the scenario: its length and the requests started in it.
     pub phases: BTreeMap<String, PhaseStats>,
@@ -102,6 +103,13 @@ pub struct LoadReport {
     /// One watcher per endpoint, for the watch check.
     pub watches: Vec<WatchLog>,
     pub acknowledged_writes: usize,
+    /// Every finished request, for the timeline.
+    #[serde(skip)]
+    pub samples: Vec<Sample>,
+    /// Second by second (report.html's pictures).
+    pub timeline: Vec<Second>,
+    /// When each phase began.
+    pub marks: Vec<Mark>,
 }
 
 /// One phase's length (summed over its occurrences) and the requests started in it.
@@ -109,6 +117,7 @@ pub struct LoadReport {
 pub struct PhaseStats {
     pub seconds: f64,
     pub requests: u64,
+    /// Requests that gave up in the phase (wherever they started).
     pub failed: u64,
     /// The longest a request started in the phase took, retries included: what a client with
     /// failover waited at worst.
@@ -286,6 +295,9 @@ impl Load {
     /// Names the scenario's current step; failures are reported per phase.
     pub fn phase(&self, name: &str) {
         self.shared.close_phase();
+        if let Ok(mut r) = self.shared.report.lock() {
+            r.marks.push(Mark { at_s: self.shared.started.elapsed().as_secs_f64(), phase: name.to_string() });
+        }
         if let Ok(mut p) = self.shared.phase.lock() {
             *p = name.to_string();
         }
@@ -303,6 +315,7 @@ impl Load {
         report.seconds = shared.started.elapsed().as_secs_f64();
         report.rate_per_s = if report.seconds > 0.0 { report.requests as f64 / report.seconds } else { 0.0 };
         report.acknowledged_writes = report.acknowledged.len();
+        report.timeline = per_second(&report.samples);
         report.watches = shared.watches.iter().filter_map(|w| w.lock().ok().map(|w| w.clone())).collect();
         report
     }
@@ -361,7 +374,8 @@ fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Sh
         };
         let value = format!("w{w}-{seq}");
         let t = Instant::now();
-        // A failure is charged to the phase its request started in.
+        // A request counts in the phase it started in; a failure is charged to the phase it
+        // gave up in (a request in flight when a quorum was lost fails because of that step).
         let phase = shared.phase();
         let deadline = t + REQUEST_DEADLINE;
         let mut attempt = 0usize;
@@ -460,12 +474,19 @@ fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Sh
             }
         };
         let latency = t.elapsed().as_secs_f64() * 1000.0;
+        let end_s = shared.started.elapsed().as_secs_f64();
+        // Before the report's lock: `Load::phase` takes the phase's lock first.
+        let end_phase = shared.phase();
         let Ok(mut r) = shared.report.lock() else { break };
+        let retries = u32::try_from(attempt).unwrap_or(u32::MAX);
+        r.samples.push(Sample { end_s, latency_ms: latency, failed: outcome.is_err(), retries });
         r.requests += 1;
         let stats = r.phases.entry(phase.clone()).or_default();
         stats.requests += 1;
         stats.worst_latency_ms = stats.worst_latency_ms.max(latency);
-        stats.failed += u64::from(outcome.is_err());
+        if outcome.is_err() {
+            r.phases.entry(end_phase.clone()).or_default().failed += 1;
+        }
         if read {
             r.reads += 1;
         } else {
@@ -481,11 +502,11 @@ fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Sh
             }
             Err(e) => {
                 r.failed += 1;
-                *r.failed_by_phase.entry(phase.clone()).or_default() += 1;
+                *r.failed_by_phase.entry(end_phase.clone()).or_default() += 1;
                 if r.failures.len() < QUOTED {
                     r.failures.push(Incident {
                         at_s: shared.started.elapsed().as_secs_f64(),
-                        phase,
+                        phase: end_phase,
                         what: if read { "read".into() } else { format!("write {key} (outcome unknown)") },
                         reason: format!("{e:#}"),
                     });

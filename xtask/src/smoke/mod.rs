@@ -28,8 +28,10 @@ pub mod netdelay;
 mod nspawn_host;
 mod podman;
 mod prometheus;
+mod report_html;
 mod scenarios;
 mod systemd;
+mod timeline;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -358,6 +360,7 @@ impl Smoke {
 fn finish_report(report: &Report, out: &Path, result: Result<()>) -> Result<()> {
     let json = serde_json::to_string_pretty(report).context("cannot serialise the report")?;
     write_atomic(&out.join("report.json"), format!("{json}\n").as_bytes(), 0o644)?;
+    report_html::write(report, &out.join("report.html"))?;
     print_summary(report, out);
     result?;
     if report.failed > 0 {
