@@ -62,6 +62,14 @@ fn cause(reason: &str) -> String {
     }
 }
 
+/// Whether a failed write certainly did not take effect: the connection was refused (nothing
+/// was sent), or etcd refused it for its quota (NOSPACE: rejected before the proposal, or at
+/// apply time while the alarm is raised). Any other failure leaves its outcome unknown.
+fn refused_before_effect(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}").to_lowercase();
+    text.contains("connection refused") || text.contains("database space exceeded")
+}
+
 /// One failed request or retried attempt, with when it happened and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Incident {
@@ -439,7 +447,10 @@ fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Sh
                         Ok(())
                     }
                     Err(e) => {
-                        record(Action::Write(value.clone()), false, None);
+                        // Refused before it could take effect: not an unknown outcome.
+                        if !refused_before_effect(&e) {
+                            record(Action::Write(value.clone()), false, None);
+                        }
                         Err((e, true))
                     }
                 }
@@ -542,4 +553,19 @@ pub fn verify_acknowledged(report: &LoadReport, endpoint: &str, identity: &Ident
         );
     }
     Ok(report.acknowledged.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_before_effect_leave_a_write_out_of_the_history() {
+        let nospace = anyhow::anyhow!("HTTP 429: etcdserver: mvcc: database space exceeded");
+        let refused = anyhow::anyhow!("io: Connection refused (os error 111)").context("PUT https://127.0.0.1:1");
+        assert!(refused_before_effect(&nospace) && refused_before_effect(&refused));
+        for unknown in ["timeout: global", "HTTP 503: etcdserver: leader changed", "connection reset by peer"] {
+            assert!(!refused_before_effect(&anyhow::anyhow!(unknown)), "{unknown}");
+        }
+    }
 }

@@ -152,11 +152,12 @@ fn charts(name: &str, load: &LoadReport) -> Result<String> {
     let top = secs.iter().map(|s| s.p99_ms).fold(1.0, f64::max) * 1.15;
     out.push_str(
         &chart(name, "latency ms", end, top, load, |chart| {
-            let line = |f: fn(&Second) -> f64| {
-                secs.iter().filter(|s| s.requests > 0).map(move |s| (s.t as f64 + 0.5, f(s))).collect::<Vec<_>>()
-            };
-            chart.draw_series(LineSeries::new(line(|s| s.p50_ms), P50.stroke_width(2))).map_err(draw_err)?;
-            chart.draw_series(LineSeries::new(line(|s| s.p99_ms), P99.stroke_width(2))).map_err(draw_err)?;
+            // Seconds without a finished request have no latency: the lines break there.
+            for run in secs.split(|s| s.requests == 0).filter(|r| !r.is_empty()) {
+                let line = |f: fn(&Second) -> f64| run.iter().map(move |s| (s.t as f64 + 0.5, f(s)));
+                chart.draw_series(LineSeries::new(line(|s| s.p50_ms), P50.stroke_width(2))).map_err(draw_err)?;
+                chart.draw_series(LineSeries::new(line(|s| s.p99_ms), P99.stroke_width(2))).map_err(draw_err)?;
+            }
             Ok(())
         })
         .with_context(|| context("latency"))?,
