@@ -306,8 +306,13 @@ fn tls_files(cluster: &str) -> Value {
 
 /// `prometheus.yml` for the cluster: its rules, the members' metrics over mutual TLS (each
 /// member's first IP, port 2381, the scrape client's certificate) and the TLS probes of their
-/// client ports through the blackbox exporter. `targets` are (member, host) pairs.
-pub fn prometheus_yaml(cluster: &str, targets: &[(String, String)], scrape_interval: &str) -> Result<String> {
+/// client ports through the blackbox exporter at `blackbox`. `targets` are (member, host) pairs.
+pub fn prometheus_yaml(
+    cluster: &str,
+    targets: &[(String, String)],
+    scrape_interval: &str,
+    blackbox: &str,
+) -> Result<String> {
     let statics = |port: u16| -> Vec<Value> {
         targets
             .iter()
@@ -334,7 +339,7 @@ pub fn prometheus_yaml(cluster: &str, targets: &[(String, String)], scrape_inter
                 "relabel_configs": [
                     { "source_labels": ["__address__"], "target_label": "__param_target" },
                     { "source_labels": ["__param_target"], "target_label": "instance" },
-                    { "target_label": "__address__", "replacement": BLACKBOX_ADDRESS },
+                    { "target_label": "__address__", "replacement": blackbox },
                 ],
             },
         ],
@@ -367,12 +372,20 @@ pub fn blackbox_yaml(cluster: &str) -> Result<String> {
 /// also the scrape configuration, the blackbox module and the scrape client's certificate
 /// (from the PKI at `pki`).
 pub fn write(out: &Path, spec: &ClusterSpec, pki: &Path) -> Result<()> {
-    write_with(&out.join("monitoring"), spec, pki, &Clock::PRODUCTION, "15s")
+    write_with(&out.join("monitoring"), spec, pki, &Clock::PRODUCTION, "15s", BLACKBOX_ADDRESS)
 }
 
 /// [`write`] into `dir` itself, with the rules on `clock` and Prometheus scraping and evaluating
-/// every `interval` (the smoke test's compressed time).
-pub fn write_with(dir: &Path, spec: &ClusterSpec, pki: &Path, clock: &Clock, interval: &str) -> Result<()> {
+/// every `interval` (the smoke test's compressed time), probing through the blackbox exporter at
+/// `blackbox`.
+pub fn write_with(
+    dir: &Path,
+    spec: &ClusterSpec,
+    pki: &Path,
+    clock: &Clock,
+    interval: &str,
+    blackbox: &str,
+) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let put = |name: &str, text: String| {
         fs::write(dir.join(name), text).with_context(|| format!("cannot write {}", dir.join(name).display()))
@@ -383,7 +396,7 @@ pub fn write_with(dir: &Path, spec: &ClusterSpec, pki: &Path, clock: &Clock, int
     for node in &spec.nodes {
         targets.push((node.name.clone(), super::config::host_of(&super::config::primary_ip(node)?)));
     }
-    put("prometheus.yml", prometheus_yaml(&spec.name, &targets, interval)?)?;
+    put("prometheus.yml", prometheus_yaml(&spec.name, &targets, interval, blackbox)?)?;
     put("blackbox.yml", blackbox_yaml(&spec.name)?)?;
     let certs = dir.join(cert_dir(&spec.name));
     fs::create_dir_all(&certs).with_context(|| format!("cannot create {}", certs.display()))?;

@@ -19,6 +19,16 @@ use crate::render::monitoring::{self, Clock};
 
 /// How many times faster than production the smoke test's rules run.
 pub const SCALE: u64 = 60;
+/// PromQL: whether each member's TLS probe succeeded, and the expiry it saw (unix seconds).
+const PROBED: &str = "probe_success{job=\"etcd-tls\"}";
+const EXPIRY: &str = "probe_ssl_earliest_cert_expiry{job=\"etcd-tls\"}";
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Debian's blackbox exporter.
+const BLACKBOX: &str = "prometheus-blackbox-exporter";
 /// Scrape and evaluation interval of the smoke test's Prometheus.
 const INTERVAL: &str = "1s";
 /// Bound of the waits for an alert to fire or resolve: its `for:` (at most 10 s compressed),
@@ -35,9 +45,11 @@ pub struct Alert {
     pub state: String,
 }
 
-/// A Prometheus process of ours, stopped when dropped.
+/// A Prometheus process of ours and the blackbox exporter it probes TLS ports through, both
+/// stopped when dropped.
 pub struct Prometheus {
     child: Child,
+    blackbox: Child,
     url: String,
     agent: ureq::Agent,
 }
@@ -46,34 +58,67 @@ impl Prometheus {
     /// Writes the monitoring directory into `dir` (from the cluster's PKI at `pki`) and starts
     /// Prometheus on it, on a loopback port of its own; waits (bounded) until it is ready.
     pub fn start(dir: &Path, spec: &ClusterSpec, pki: &Path) -> Result<Prometheus> {
-        if !crate::util::on_path("prometheus") {
-            bail!(
-                "the cluster description has [monitoring], and its alerts are proven live with Debian's Prometheus, \
-                 which is not installed: apt-get install prometheus"
-            );
+        for (tool, package) in [("prometheus", "prometheus"), (BLACKBOX, "prometheus-blackbox-exporter")] {
+            if !crate::util::on_path(tool) {
+                bail!(
+                    "the cluster description has [monitoring], and its alerts are proven live with Debian's \
+                     Prometheus and blackbox exporter; {tool} is not installed: apt-get install {package}"
+                );
+            }
         }
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        monitoring::write_with(dir, spec, pki, &Clock { scale: SCALE }, INTERVAL)?;
-        let port = super::cluster::free_port()?;
-        let log = fs::File::create(dir.join("prometheus.log"))
-            .with_context(|| format!("cannot create {}", dir.join("prometheus.log").display()))?;
-        let child = Command::new("prometheus")
-            .arg("--config.file=prometheus.yml")
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--storage.tsdb.retention.time=1d")
+        let bport = super::cluster::free_port()?;
+        let blackbox_at = format!("127.0.0.1:{bport}");
+        monitoring::write_with(dir, spec, pki, &Clock { scale: SCALE }, INTERVAL, &blackbox_at)?;
+        let blog = fs::File::create(dir.join("blackbox.log"))
+            .with_context(|| format!("cannot create {}", dir.join("blackbox.log").display()))?;
+        let mut blackbox = Command::new(BLACKBOX)
+            .arg("--config.file=blackbox.yml")
+            .arg(format!("--web.listen-address={blackbox_at}"))
             .current_dir(dir)
             .stdin(Stdio::null())
-            .stdout(log.try_clone().context("cannot share the Prometheus log")?)
-            .stderr(log)
+            .stdout(blog.try_clone().context("cannot share the blackbox exporter's log")?)
+            .stderr(blog)
             .spawn()
-            .context("cannot start prometheus")?;
+            .with_context(|| format!("cannot start {BLACKBOX}"))?;
+        let port = match super::cluster::free_port() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = blackbox.kill();
+                let _ = blackbox.wait();
+                return Err(e);
+            }
+        };
+        let started = fs::File::create(dir.join("prometheus.log"))
+            .with_context(|| format!("cannot create {}", dir.join("prometheus.log").display()))
+            .and_then(|log| {
+                let out = log.try_clone().context("cannot share the Prometheus log")?;
+                Command::new("prometheus")
+                    .arg("--config.file=prometheus.yml")
+                    .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                    .arg("--storage.tsdb.retention.time=1d")
+                    .current_dir(dir)
+                    .stdin(Stdio::null())
+                    .stdout(out)
+                    .stderr(log)
+                    .spawn()
+                    .context("cannot start prometheus")
+            });
+        let child = match started {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = blackbox.kill();
+                let _ = blackbox.wait();
+                return Err(e);
+            }
+        };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(5)))
             .http_status_as_error(false)
             .build()
             .into();
-        let p = Prometheus { child, url: format!("http://127.0.0.1:{port}"), agent };
+        let p = Prometheus { child, blackbox, url: format!("http://127.0.0.1:{port}"), agent };
         let t = Instant::now();
         loop {
             let ready = p.agent.get(&format!("{}/-/ready", p.url)).call().map(|r| r.status() == 200).unwrap_or(false);
@@ -92,6 +137,20 @@ impl Prometheus {
         let mut resp = self.agent.get(&url).call().with_context(|| format!("GET {url}"))?;
         let text = resp.body_mut().read_to_string().with_context(|| format!("GET {url}: the body"))?;
         serde_json::from_str(&text).with_context(|| format!("GET {url}: not JSON: {text}"))
+    }
+
+    /// An instant query: each series' `instance` label and value.
+    pub fn query(&self, promql: &str) -> Result<BTreeMap<String, f64>> {
+        let mut url = url_encode(promql);
+        url.insert_str(0, "/api/v1/query?query=");
+        let v = self.get_json(&url)?;
+        let mut out = BTreeMap::new();
+        for r in v["data"]["result"].as_array().with_context(|| format!("{promql}: no data.result: {v}"))? {
+            let instance = r["metric"]["instance"].as_str().unwrap_or_default().to_string();
+            let value = r["value"][1].as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(f64::NAN);
+            out.insert(instance, value);
+        }
+        Ok(out)
     }
 
     /// The alerts pending or firing now.
@@ -160,6 +219,16 @@ impl Prometheus {
     }
 }
 
+/// Percent-encoding of a query parameter (PromQL has braces, quotes and spaces).
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 impl Cluster {
     /// Starts Prometheus on this cluster (the rendered configuration, time compressed) and
     /// waits (bounded) until it has scraped all three members with the scrape client.
@@ -173,17 +242,26 @@ impl Cluster {
             |_| {
                 let up = p.targets_up()?;
                 let members = up.get(crate::render::monitoring::JOB).copied().unwrap_or_default();
-                Ok(if members == (3, 3) { Ok(members) } else { Err(format!("{members:?} of the members' targets up")) })
+                let probes = p.query(PROBED)?;
+                Ok(if members == (3, 3) && probes.len() == 3 && probes.values().all(|v| *v == 1.0) {
+                    Ok(members)
+                } else {
+                    Err(format!("{members:?} of the members' targets up, TLS probes {probes:?}"))
+                })
             },
         )?;
+        let expiry = p.query(EXPIRY)?;
+        let days = expiry.values().fold(f64::INFINITY, |a, b| a.min(*b)) - unix_now();
         let quiet = p.alerts()?;
         let note = format!(
-            "{}/{} members scraped over https with the scrape client's certificate after {:.1} s (rules {}x time \
-             compressed); alerts on a healthy cluster: {}",
+            "{}/{} members scraped over https with the scrape client's certificate and their client ports probed by \
+             the blackbox exporter after {:.1} s (rules {}x time compressed); earliest certificate expiry the probes \
+             see: in {:.0} days; alerts on a healthy cluster: {}",
             up.0,
             up.1,
             t.elapsed().as_secs_f64(),
             SCALE,
+            days / 86400.0,
             if quiet.is_empty() {
                 "none".to_string()
             } else {
@@ -192,6 +270,45 @@ impl Cluster {
         );
         self.prometheus = Some(p);
         Ok(note)
+    }
+
+    /// With Prometheus watching: each member's certificate expiry as its TLS probe sees it.
+    pub(super) fn probed_expiry(&self) -> Option<Result<BTreeMap<String, f64>>> {
+        self.prometheus.as_ref().map(|p| p.query(EXPIRY))
+    }
+
+    /// With Prometheus watching: waits (bounded) until every member's probed expiry is later than
+    /// in `before` (renewed certificates served), and checks the expiry alert stays quiet.
+    pub(super) fn probed_expiry_moved(&self, before: &BTreeMap<String, f64>) -> Option<Result<String>> {
+        let p = self.prometheus.as_ref()?;
+        let t = Instant::now();
+        Some((|| {
+            let (after, _) = self.poll(
+                "the TLS probes did not see the renewed certificates",
+                ALERT_BOUND,
+                Duration::from_millis(250),
+                |_| {
+                    let now = p.query(EXPIRY)?;
+                    let moved =
+                        before.len() == 3 && before.iter().all(|(i, old)| now.get(i).is_some_and(|new| new > old));
+                    Ok(if moved { Ok(now) } else { Err(format!("before {before:?}, now {now:?}")) })
+                },
+            )?;
+            let expiring: Vec<String> =
+                p.alerts()?.into_iter().filter(|a| a.name == "etcdCertificateExpiresSoon").map(|a| a.state).collect();
+            if !expiring.is_empty() {
+                bail!("etcdCertificateExpiresSoon is {} after the renewal", expiring.join(", "));
+            }
+            let gained: Vec<String> = after
+                .iter()
+                .map(|(i, new)| format!("{i} +{:.0} s", new - before.get(i).copied().unwrap_or(0.0)))
+                .collect();
+            Ok(format!(
+                "the TLS probes saw the new dates {:.1} s after the renewal ({}); etcdCertificateExpiresSoon quiet",
+                t.elapsed().as_secs_f64(),
+                gained.join(", ")
+            ))
+        })())
     }
 
     /// With Prometheus watching: waits (bounded) for `names` to fire, counting from `since`
@@ -218,7 +335,9 @@ impl Cluster {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in [&mut self.child, &mut self.blackbox] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -95,7 +95,10 @@ impl Cluster {
         if !ok {
             return Ok(false);
         }
-        let watched = matches!(self.scenario, super::ScenarioName::Basic | super::ScenarioName::Drills);
+        let watched = matches!(
+            self.scenario,
+            super::ScenarioName::Basic | super::ScenarioName::Drills | super::ScenarioName::RotateCerts
+        );
         if watched && self.spec.monitoring.is_some() && self.kube_manifests.is_none() {
             let t = Instant::now();
             let started = self.start_prometheus();
@@ -347,6 +350,7 @@ impl Cluster {
         let t = Instant::now();
         let r = (|| {
             self.phase("pki renew");
+            let dates = self.probed_expiry().transpose()?;
             let before = self.leaf_serials()?;
             let report = crate::pki::renew(&self.pki.root, &profiles, None)?;
             self.restage()?;
@@ -358,12 +362,19 @@ impl Cluster {
             }
             self.phase("after pki renew");
             let served = self.check_served()?;
+            let probed = match dates.and_then(|d| self.probed_expiry_moved(&d)) {
+                Some(seen) => format!("; {}", seen?),
+                None => String::new(),
+            };
             Ok(format!(
-                "{} certificates reissued, no restart; new serials served on both ports: {served}",
+                "{} certificates reissued, no restart; new serials served on both ports: {served}{probed}",
                 report.issued().count()
             ))
         })();
         self.record("renew: every leaf reissued and served on new connections, no restart", t, r);
+        // The CA rotation replaces the CA Prometheus trusts and its own certificate's issuer:
+        // copying those to the Prometheus host is the operator's step, not run here.
+        self.prometheus = None;
 
         let t = Instant::now();
         let r = (|| {
