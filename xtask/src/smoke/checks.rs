@@ -263,14 +263,11 @@ impl Cluster {
         self.phase("healed");
         let heal = t.elapsed().as_secs_f64();
         alerts.extend(self.alerts_resolve(&["etcdNoLeader", "etcdInsufficientMembers", "etcdMembersDown"], t));
-        if !alerts.is_empty() {
-            let result = alerts.into_iter().collect::<Result<Vec<_>>>().map(|v| v.join("; "));
-            self.record(
-                "alerts: one down fires etcdMembersDown, no quorum etcdNoLeader and etcdInsufficientMembers; all resolve",
-                one_down,
-                result,
-            );
-        }
+        self.record_alerts(
+            "alerts: one down fires etcdMembersDown, no quorum etcdNoLeader and etcdInsufficientMembers; all resolve",
+            one_down,
+            alerts,
+        );
         self.timings.insert("heal_after_restart".into(), heal);
         notes.push(format!("healed in {heal:.2} s"));
         if heal > 3.0 {

@@ -519,14 +519,11 @@ impl Cluster {
             .context("a write after the runbook")?;
         self.phase("drill: after NOSPACE");
         alerts.extend(self.alerts_resolve(&ALERTS, rt));
-        if !alerts.is_empty() {
-            let result = alerts.into_iter().collect::<Result<Vec<_>>>().map(|v| v.join("; "));
-            self.record(
-                "alerts: NOSPACE fires etcdNoSpace and etcdDatabaseQuotaLowSpace; both resolve",
-                refused,
-                result,
-            );
-        }
+        self.record_alerts(
+            "alerts: NOSPACE fires etcdNoSpace and etcdDatabaseQuotaLowSpace; both resolve",
+            refused,
+            alerts,
+        );
         let sizes = |s: &[Option<Status>]| -> String {
             s.iter()
                 .map(|s| s.as_ref().map_or("?".into(), |s| format!("{:.1}", mib(s.db_size))))

@@ -314,22 +314,30 @@ impl Cluster {
     /// With Prometheus watching: waits (bounded) for `names` to fire, counting from `since`
     /// (when the fault was injected); a note with each one's time, or why not.
     pub(super) fn alerts_fire(&self, names: &[&str], since: Instant) -> Option<Result<String>> {
-        let p = self.prometheus.as_ref()?;
-        let before = since.elapsed().as_secs_f64();
-        Some(p.wait(names, true, ALERT_BOUND).map(|took| {
-            let each: Vec<String> = names.iter().zip(took).map(|(n, s)| format!("{n} {:.1} s", before + s)).collect();
-            format!("fired after the fault: {}", each.join(", "))
-        }))
+        self.alerts_wait(names, true, since)
     }
 
     /// With Prometheus watching: waits (bounded) for `names` to resolve, counting from `since`.
     pub(super) fn alerts_resolve(&self, names: &[&str], since: Instant) -> Option<Result<String>> {
+        self.alerts_wait(names, false, since)
+    }
+
+    fn alerts_wait(&self, names: &[&str], firing: bool, since: Instant) -> Option<Result<String>> {
         let p = self.prometheus.as_ref()?;
         let before = since.elapsed().as_secs_f64();
-        Some(p.wait(names, false, ALERT_BOUND).map(|took| {
+        Some(p.wait(names, firing, ALERT_BOUND).map(|took| {
             let each: Vec<String> = names.iter().zip(took).map(|(n, s)| format!("{n} {:.1} s", before + s)).collect();
-            format!("resolved after the heal: {}", each.join(", "))
+            let what = if firing { "fired after the fault" } else { "resolved after the heal" };
+            format!("{what}: {}", each.join(", "))
         }))
+    }
+
+    /// Records the check `name` from the alert waits' notes (none without Prometheus).
+    pub(super) fn record_alerts(&mut self, name: &str, since: Instant, alerts: Vec<Result<String>>) {
+        if !alerts.is_empty() {
+            let result = alerts.into_iter().collect::<Result<Vec<_>>>().map(|v| v.join("; "));
+            self.record(name, since, result);
+        }
     }
 }
 
