@@ -177,7 +177,7 @@ pub fn render(args: &Render) -> Result<PathBuf> {
         println!("{}: {}", node.name, display_rel(&out.join(&node.name)));
     }
     monitoring::write(staged.path(), spec, &inputs.pki.root)?;
-    println!("monitoring: {}", display_rel(&out.join("monitoring")));
+    println!("monitoring: {}", display_rel(&out.join(monitoring::DIR)));
     staged.commit(&out)?;
     Ok(out)
 }

@@ -6,21 +6,22 @@
 //! and the certificate alert uses the warning window of `cargo xtask pki check`.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::pki::cluster::ClusterSpec;
+use crate::util::write_atomic;
 
 /// The scrape job of the members' metrics; every rule selects on it.
 pub const JOB: &str = "etcd";
 /// The scrape job that probes the members' TLS ports (the blackbox exporter's `tls_connect`):
 /// certificate expiry is not among etcd's metrics.
 pub const TLS_JOB: &str = "etcd-tls";
-/// Where `render` writes the rules, under its output directory.
-pub const RULES_FILE: &str = "monitoring/etcd-rules.yml";
+/// The directory `render` writes under its output, and the rules file's name in it.
+pub const DIR: &str = "monitoring";
+pub const RULES_FILE: &str = "etcd-rules.yml";
 /// Days before expiry the certificate alert warns: `cargo xtask pki check --warn-days`' default.
 pub const CERT_WARN_DAYS: u32 = 30;
 
@@ -323,7 +324,7 @@ pub fn prometheus_yaml(
     };
     let doc = json!({
         "global": { "scrape_interval": scrape_interval, "evaluation_interval": scrape_interval },
-        "rule_files": [RULES_FILE.rsplit('/').next().unwrap_or(RULES_FILE)],
+        "rule_files": [RULES_FILE],
         "scrape_configs": [
             {
                 "job_name": JOB,
@@ -372,7 +373,7 @@ pub fn blackbox_yaml(cluster: &str) -> Result<String> {
 /// also the scrape configuration, the blackbox module and the scrape client's certificate
 /// (from the PKI at `pki`).
 pub fn write(out: &Path, spec: &ClusterSpec, pki: &Path) -> Result<()> {
-    write_with(&out.join("monitoring"), spec, pki, &Clock::PRODUCTION, "15s", BLACKBOX_ADDRESS)
+    write_with(&out.join(DIR), spec, pki, &Clock::PRODUCTION, "15s", BLACKBOX_ADDRESS)
 }
 
 /// [`write`] into `dir` itself, with the rules on `clock` and Prometheus scraping and evaluating
@@ -386,11 +387,8 @@ pub fn write_with(
     interval: &str,
     blackbox: &str,
 ) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let put = |name: &str, text: String| {
-        fs::write(dir.join(name), text).with_context(|| format!("cannot write {}", dir.join(name).display()))
-    };
-    put("etcd-rules.yml", rules_yaml(&spec.name, clock)?)?;
+    let put = |name: &str, text: String| write_atomic(&dir.join(name), text.as_bytes(), 0o644);
+    put(RULES_FILE, rules_yaml(&spec.name, clock)?)?;
     let Some(m) = &spec.monitoring else { return Ok(()) };
     let mut targets = Vec::new();
     for node in &spec.nodes {
@@ -399,18 +397,13 @@ pub fn write_with(
     put("prometheus.yml", prometheus_yaml(&spec.name, &targets, interval, blackbox)?)?;
     put("blackbox.yml", blackbox_yaml(&spec.name)?)?;
     let certs = dir.join(cert_dir(&spec.name));
-    fs::create_dir_all(&certs).with_context(|| format!("cannot create {}", certs.display()))?;
     let from = crate::pki::issue::PkiLayout::new(pki).client_dir(&m.scrape_client);
     for file in ["ca.crt", "client.crt", "client.key"] {
         let src = from.join(file);
         let bytes = fs::read(&src).with_context(|| {
             format!("cannot read {}: the certificate of monitoring.scrape_client {:?}", src.display(), m.scrape_client)
         })?;
-        let dst = certs.join(file);
-        fs::write(&dst, bytes).with_context(|| format!("cannot write {}", dst.display()))?;
-        let mode = if file.ends_with(".key") { 0o600 } else { 0o644 };
-        fs::set_permissions(&dst, fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set the mode of {}", dst.display()))?;
+        write_atomic(&certs.join(file), &bytes, if file.ends_with(".key") { 0o600 } else { 0o644 })?;
     }
     Ok(())
 }
