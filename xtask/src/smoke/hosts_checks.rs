@@ -6,7 +6,7 @@
 //! by itself), and the backup timer's service run and its snapshot restored.
 
 use std::fs;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +16,7 @@ use crate::acquire::Acquired;
 use super::checks::{server_reason, Refusal, REFUSALS};
 use super::cluster::stdout_or_stderr;
 use super::hosts::{curl_in, Form, Hosts, HEALTHY_TIMEOUT};
-use super::NO_QUORUM;
+use super::{KillOnDrop, NO_QUORUM};
 
 /// Worst `systemd-analyze security` exposure accepted for etcd.service (lower is better; the
 /// tutorial's unit rates 9.2 UNSAFE).
@@ -458,15 +458,5 @@ fn restore_and_read(acquired: &Acquired, snap: &std::path::Path, data: &std::pat
             bail!("the restored etcd did not answer within 30 s: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Our own child process, killed and reaped when dropped.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }

@@ -57,6 +57,16 @@ const CLIENT_MOUNT: &str = "/etc/etcd/client";
 /// second node until the restarted ones are healthy again. Requests may fail in it, and it does
 /// not count towards the load's rate.
 pub(crate) const NO_QUORUM: &str = "no quorum: two nodes down until restarted and healthy";
+
+/// Our own child process, killed and reaped when dropped.
+pub(crate) struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 /// Goals printed by every run.
 const GOAL_HEALTHY_S: f64 = 3.0;
 const GOAL_TOTAL_S: f64 = 45.0;

@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::cluster::Cluster;
+use super::KillOnDrop;
 use crate::pki::cluster::ClusterSpec;
 use crate::render::monitoring::{self, Clock};
 
@@ -48,10 +49,10 @@ pub struct Alert {
 /// A Prometheus process of ours and the blackbox exporter it probes TLS ports through, both
 /// stopped when dropped.
 pub struct Prometheus {
-    child: Child,
-    blackbox: Child,
     url: String,
     agent: ureq::Agent,
+    _prometheus: KillOnDrop,
+    _blackbox: KillOnDrop,
 }
 
 impl Prometheus {
@@ -72,7 +73,7 @@ impl Prometheus {
         monitoring::write_with(dir, spec, pki, &Clock { scale: SCALE }, INTERVAL, &blackbox_at)?;
         let blog = fs::File::create(dir.join("blackbox.log"))
             .with_context(|| format!("cannot create {}", dir.join("blackbox.log").display()))?;
-        let mut blackbox = Command::new(BLACKBOX)
+        let blackbox = Command::new(BLACKBOX)
             .arg("--config.file=blackbox.yml")
             .arg(format!("--web.listen-address={blackbox_at}"))
             .current_dir(dir)
@@ -80,48 +81,33 @@ impl Prometheus {
             .stdout(blog.try_clone().context("cannot share the blackbox exporter's log")?)
             .stderr(blog)
             .spawn()
+            .map(KillOnDrop)
             .with_context(|| format!("cannot start {BLACKBOX}"))?;
-        let port = match super::cluster::free_port() {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = blackbox.kill();
-                let _ = blackbox.wait();
-                return Err(e);
-            }
-        };
-        let started = fs::File::create(dir.join("prometheus.log"))
-            .with_context(|| format!("cannot create {}", dir.join("prometheus.log").display()))
-            .and_then(|log| {
-                let out = log.try_clone().context("cannot share the Prometheus log")?;
-                Command::new("prometheus")
-                    .arg("--config.file=prometheus.yml")
-                    .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-                    .arg("--storage.tsdb.retention.time=1d")
-                    .current_dir(dir)
-                    .stdin(Stdio::null())
-                    .stdout(out)
-                    .stderr(log)
-                    .spawn()
-                    .context("cannot start prometheus")
-            });
-        let child = match started {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = blackbox.kill();
-                let _ = blackbox.wait();
-                return Err(e);
-            }
-        };
+        let port = super::cluster::free_port()?;
+        let log = fs::File::create(dir.join("prometheus.log"))
+            .with_context(|| format!("cannot create {}", dir.join("prometheus.log").display()))?;
+        let prometheus = Command::new("prometheus")
+            .arg("--config.file=prometheus.yml")
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--storage.tsdb.retention.time=1d")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("cannot share the Prometheus log")?)
+            .stderr(log)
+            .spawn()
+            .map(KillOnDrop)
+            .context("cannot start prometheus")?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(5)))
             .http_status_as_error(false)
             .build()
             .into();
-        let p = Prometheus { child, blackbox, url: format!("http://127.0.0.1:{port}"), agent };
+        let p =
+            Prometheus { url: format!("http://127.0.0.1:{port}"), agent, _prometheus: prometheus, _blackbox: blackbox };
         let t = Instant::now();
         loop {
-            let ready = p.agent.get(&format!("{}/-/ready", p.url)).call().map(|r| r.status() == 200).unwrap_or(false);
+            let ready = p.agent.get(format!("{}/-/ready", p.url)).call().map(|r| r.status() == 200).unwrap_or(false);
             if ready {
                 return Ok(p);
             }
@@ -132,18 +118,22 @@ impl Prometheus {
         }
     }
 
-    fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+    /// GET `path` with the `query` parameters (percent-encoded by ureq), as JSON.
+    fn get_json(&self, path: &str, query: &[(&str, &str)]) -> Result<serde_json::Value> {
         let url = format!("{}{path}", self.url);
-        let mut resp = self.agent.get(&url).call().with_context(|| format!("GET {url}"))?;
+        let mut resp = self
+            .agent
+            .get(&url)
+            .query_pairs(query.iter().copied())
+            .call()
+            .with_context(|| format!("GET {url} {query:?}"))?;
         let text = resp.body_mut().read_to_string().with_context(|| format!("GET {url}: the body"))?;
         serde_json::from_str(&text).with_context(|| format!("GET {url}: not JSON: {text}"))
     }
 
     /// An instant query: each series' `instance` label and value.
     pub fn query(&self, promql: &str) -> Result<BTreeMap<String, f64>> {
-        let mut url = url_encode(promql);
-        url.insert_str(0, "/api/v1/query?query=");
-        let v = self.get_json(&url)?;
+        let v = self.get_json("/api/v1/query", &[("query", promql)])?;
         let mut out = BTreeMap::new();
         for r in v["data"]["result"].as_array().with_context(|| format!("{promql}: no data.result: {v}"))? {
             let instance = r["metric"]["instance"].as_str().unwrap_or_default().to_string();
@@ -155,26 +145,20 @@ impl Prometheus {
 
     /// The alerts pending or firing now.
     pub fn alerts(&self) -> Result<Vec<Alert>> {
-        let v = self.get_json("/api/v1/alerts")?;
+        let v = self.get_json("/api/v1/alerts", &[])?;
         let list = v["data"]["alerts"].as_array().context("/api/v1/alerts: no data.alerts")?;
         Ok(list
             .iter()
-            .map(|a| {
-                let labels: BTreeMap<String, String> = a["labels"]
-                    .as_object()
-                    .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
-                    .unwrap_or_default();
-                Alert {
-                    name: labels.get("alertname").cloned().unwrap_or_default(),
-                    state: a["state"].as_str().unwrap_or_default().to_string(),
-                }
+            .map(|a| Alert {
+                name: a["labels"]["alertname"].as_str().unwrap_or_default().to_string(),
+                state: a["state"].as_str().unwrap_or_default().to_string(),
             })
             .collect())
     }
 
     /// How many members each target health says are scraped successfully (`up`), by job.
     pub fn targets_up(&self) -> Result<BTreeMap<String, (usize, usize)>> {
-        let v = self.get_json("/api/v1/targets?state=active")?;
+        let v = self.get_json("/api/v1/targets", &[("state", "active")])?;
         let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for t in v["data"]["activeTargets"].as_array().context("/api/v1/targets: no activeTargets")? {
             let job = t["labels"]["job"].as_str().unwrap_or_default().to_string();
@@ -217,16 +201,6 @@ impl Prometheus {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
-}
-
-/// Percent-encoding of a query parameter (PromQL has braces, quotes and spaces).
-fn url_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 impl Cluster {
@@ -337,15 +311,6 @@ impl Cluster {
         if !alerts.is_empty() {
             let result = alerts.into_iter().collect::<Result<Vec<_>>>().map(|v| v.join("; "));
             self.record(name, since, result);
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        for child in [&mut self.child, &mut self.blackbox] {
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }
