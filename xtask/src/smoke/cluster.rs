@@ -72,7 +72,7 @@ pub(super) struct Cluster {
     /// The static pods `cargo xtask k8s` rendered for this run (kube engine), else none.
     pub(super) kube_manifests: Option<PathBuf>,
     /// Debian's Prometheus scraping this cluster (descriptions with `[monitoring]`, podman
-    /// engine, basic and drills scenarios), started once the cluster is healthy.
+    /// engine, basic, rotate-certs and drills scenarios), started once the cluster is healthy.
     pub(super) prometheus: Option<super::prometheus::Prometheus>,
 }
 

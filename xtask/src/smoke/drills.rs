@@ -4,8 +4,8 @@
 //! into a container's namespace: the image stays as it is, the host's firewall is not touched);
 //! delays hold the leader's peer packets in a netfilter queue (`xtask delay-packets`: the
 //! kernel may lack `sch_netem`); pauses are SIGSTOP/SIGCONT of etcd; NOSPACE is a small
-//! `--quota-backend-bytes` filled by one key overwritten with large values, then etcd's runbook (compact, defragment one member
-//! at a time with the leader last, disarm). Every drill ends with 3/3 healthy and one leader;
+//! `--quota-backend-bytes` filled by one key overwritten with large values, then etcd's runbook
+//! (compact, defragment one member at a time with the leader last, disarm). Every drill ends with 3/3 healthy and one leader;
 //! the load's history (checked for linearizability at the end) and acknowledged writes cover
 //! what clients saw. Per drill the reason gives the time to a new leader, the leader changes
 //! (raft terms), and the phase's requests, failures and worst latency (final figures per phase

@@ -516,7 +516,7 @@ fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Sh
                 *r.failed_by_phase.entry(end_phase.clone()).or_default() += 1;
                 if r.failures.len() < QUOTED {
                     r.failures.push(Incident {
-                        at_s: shared.started.elapsed().as_secs_f64(),
+                        at_s: end_s,
                         phase: end_phase,
                         what: if read { "read".into() } else { format!("write {key} (outcome unknown)") },
                         reason: format!("{e:#}"),

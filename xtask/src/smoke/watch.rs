@@ -141,7 +141,9 @@ fn text(v: &serde_json::Value) -> Option<String> {
 /// A watcher that never opened a stream (its member away or a learner, which serves no watch,
 /// for the whole load) is named, not failed; at least one watcher must have watched.
 pub fn judge(all: &[WatchLog], history: &[Op]) -> Result<String, String> {
-    let (watches, idle): (Vec<WatchLog>, Vec<WatchLog>) = all.iter().cloned().partition(|w| w.base.is_some());
+    // Each watcher that opened a stream, with the revision it started from.
+    let watches: Vec<(&WatchLog, i64)> = all.iter().filter_map(|w| Some((w, w.base?))).collect();
+    let idle: Vec<&WatchLog> = all.iter().filter(|w| w.base.is_none()).collect();
     if watches.is_empty() {
         let why: Vec<String> = idle.iter().filter_map(|w| w.last_error.clone()).collect();
         return Err(format!("no watcher opened a stream: {}", why.join("; ")));
@@ -156,12 +158,11 @@ pub fn judge(all: &[WatchLog], history: &[Op]) -> Result<String, String> {
         })
         .collect();
     let mut checked = 0usize;
-    for w in &watches {
+    for &(w, base) in &watches {
         let who = format!("the watcher of member {}", w.member + 1);
         if let Some(rev) = w.compacted {
             return Err(format!("{who}: etcd canceled its watch (compacted at {rev}: {:?})", w.last_error));
         }
-        let Some(base) = w.base else { continue };
         if let Some(pair) = w.events.windows(2).find(|p| p[1].revision <= p[0].revision) {
             return Err(format!(
                 "{who}: revision {} ({}) after {} ({}): out of order or twice",
@@ -185,8 +186,8 @@ pub fn judge(all: &[WatchLog], history: &[Op]) -> Result<String, String> {
         checked += acked.iter().filter(|e| e.revision > base && e.revision <= last).count();
     }
     // Every watcher saw the same events where their ranges overlap.
-    let from = watches.iter().filter_map(|w| w.base).max().unwrap_or(0);
-    let to = watches.iter().filter_map(|w| w.last()).min().unwrap_or(0);
+    let from = watches.iter().map(|(_, base)| *base).max().unwrap_or(0);
+    let to = watches.iter().filter_map(|(w, _)| w.last()).min().unwrap_or(0);
     let range = |w: &WatchLog| -> BTreeMap<i64, (String, String)> {
         w.events
             .iter()
@@ -194,19 +195,21 @@ pub fn judge(all: &[WatchLog], history: &[Op]) -> Result<String, String> {
             .map(|e| (e.revision, (e.key.clone(), e.value.clone())))
             .collect()
     };
-    let first = range(&watches[0]);
-    for w in &watches[1..] {
+    let (one, _) = watches[0];
+    let first = range(one);
+    for (w, _) in &watches[1..] {
         let other = range(w);
         if other != first {
             let differ = first.keys().chain(other.keys()).find(|r| first.get(r) != other.get(r)).copied();
             return Err(format!(
-                "the watchers of members 1 and {} disagree between revisions {from} and {to}, first at {differ:?}",
+                "the watchers of members {} and {} disagree between revisions {from} and {to}, first at {differ:?}",
+                one.member + 1,
                 w.member + 1
             ));
         }
     }
-    let streams: u64 = watches.iter().map(|w| w.streams).sum();
-    let events: Vec<String> = watches.iter().map(|w| w.events.len().to_string()).collect();
+    let streams: u64 = watches.iter().map(|(w, _)| w.streams).sum();
+    let events: Vec<String> = watches.iter().map(|(w, _)| w.events.len().to_string()).collect();
     let mut summary = format!(
         "{} watchers ({} events each, {streams} streams: each resumed from its last revision), in order, none twice, \
          {checked} acknowledged writes found, the same events between revisions {from} and {to}",
