@@ -201,7 +201,7 @@ fn the_statefulsets_names_agree_with_its_certificates_and_each_other() {
     let (out, _) = render_k8s(tmp.path(), "a", false);
     let docs = docs(&out.join("statefulset/etcd.yaml"));
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["Service", "Service", "PodDisruptionBudget", "StatefulSet"]);
+    assert_eq!(kinds, ["Service", "Service", "PodDisruptionBudget", "NetworkPolicy", "StatefulSet"]);
     let sts = of_kind(&docs, "StatefulSet");
     assert_eq!(sts["metadata"]["namespace"], "etcd");
     assert_eq!(sts["spec"]["serviceName"], "tutorial-peer");
@@ -274,6 +274,39 @@ fn the_statefulsets_names_agree_with_its_certificates_and_each_other() {
     let env = pod["containers"][0]["env"].as_array().unwrap();
     assert_eq!(env[0]["name"], "POD_NAME", "defined before the flags that expand it");
     assert_eq!(env[1]["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+
+    // Metrics: plain http on the pod's address for the kubelet's probes, which the
+    // NetworkPolicy leaves to the pod's node (every port but that one is listed); mutual TLS on
+    // a port of its own for Prometheus ([monitoring] of the tutorial's file), whose scrape
+    // configuration names each pod by the DNS name its certificate carries.
+    assert_eq!(flag("listen-metrics-urls"), "http://$(POD_IP):2381,https://$(POD_IP):2382");
+    let ports: Vec<(String, u64)> = pod["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_u64().unwrap()))
+        .collect();
+    assert!(ports.contains(&("metrics".into(), 2381)) && ports.contains(&("metrics-tls".into(), 2382)), "{ports:?}");
+    for probe in ["livenessProbe", "startupProbe"] {
+        assert_eq!(pod["containers"][0][probe]["httpGet"]["port"], 2381, "{probe}");
+    }
+    let policy = &of_kind(&docs, "NetworkPolicy")["spec"];
+    assert_eq!(policy["podSelector"], sts["spec"]["selector"]);
+    assert_eq!(strings(&policy["policyTypes"]), ["Ingress"]);
+    assert_eq!(policy["ingress"].as_array().unwrap().len(), 1);
+    assert!(policy["ingress"][0].get("from").is_none(), "the TLS ports are open to every source");
+    let open: Vec<String> =
+        policy["ingress"][0]["ports"].as_array().unwrap().iter().map(|p| p["port"].to_string()).collect();
+    assert_eq!(open, ["\"client\"", "\"peer\"", "\"metrics-tls\""]);
+    let scrape = fs::read_to_string(out.join("statefulset/monitoring/prometheus.yml")).unwrap();
+    for i in 0..3 {
+        let host = format!("tutorial-{i}.tutorial-peer.etcd.svc.cluster.local");
+        assert!(scrape.contains(&format!("- {host}:2382")) && scrape.contains(&format!("- {host}:2379")), "{scrape}");
+    }
+    assert!(out.join("statefulset/monitoring/etcd-tutorial/client.key").is_file());
+    // The static pods run with the host bundles' flags: the same scrape configuration as render's.
+    let hosts = fs::read_to_string(out.join("monitoring/prometheus.yml")).unwrap();
+    assert!(hosts.contains("- 10.0.1.204:2381"), "{hosts}");
 }
 
 fn docs_secret(out: &Path) -> serde_json::Value {

@@ -50,6 +50,23 @@ fn rendered_rules_pass_promtool_and_every_alert_is_tested() {
     let monitoring = out.join("monitoring");
     let config = ok(Command::new("promtool").args(["check", "config", "prometheus.yml"]).current_dir(&monitoring));
     assert!(config.contains("SUCCESS: prometheus.yml is valid"), "{config}");
+    // So is the one `k8s` writes for the StatefulSet (pods by DNS name, their TLS metrics port).
+    let k8s = tmp.path().join("k8s");
+    xtask_ok(&[
+        "k8s",
+        "--cluster",
+        "clusters/tutorial.toml",
+        "--pki",
+        pki.to_str().unwrap(),
+        "--out",
+        k8s.to_str().unwrap(),
+    ]);
+    let sts = k8s.join("statefulset/monitoring");
+    let config = ok(Command::new("promtool").args(["check", "config", "prometheus.yml"]).current_dir(&sts));
+    assert!(
+        config.contains("SUCCESS: prometheus.yml is valid") && config.contains("SUCCESS: 1 rule files found"),
+        "{config}"
+    );
     for file in ["ca.crt", "client.crt", "client.key"] {
         let meta = fs::metadata(monitoring.join("etcd-tutorial").join(file)).unwrap();
         let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;

@@ -111,7 +111,7 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
     for form in ["portable", "host"] {
         let scenario = format!("{form}/basic");
         let mine: Vec<&serde_json::Value> = checks.iter().filter(|c| c["scenario"] == scenario.as_str()).collect();
-        assert_eq!(mine.len(), 17, "{form}: {report:#}");
+        assert_eq!(mine.len(), 18, "{form}: {report:#}");
         let reason = |name: &str| -> String {
             mine.iter()
                 .find(|c| c["name"].as_str().unwrap().contains(name))

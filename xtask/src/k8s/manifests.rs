@@ -1,7 +1,7 @@
 //! The Kubernetes objects of a cluster, as JSON values (serialised to YAML by the caller).
 //! In: the cluster description, its PKI facts, the tuning preset, the image. Out: a static pod
 //! per node (kubeadm's stacked etcd, but non-root with a separate peer CA) and a StatefulSet
-//! with its Services, PodDisruptionBudget and certificate Secret.
+//! with its Services, PodDisruptionBudget, NetworkPolicy and certificate Secret.
 //!
 //! Every etcd flag comes from [`config::member_env`] (the code behind host bundles) plus the
 //! tuning preset; nothing here decides how etcd runs, only how Kubernetes runs it.
@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use crate::pki::cluster::{ClusterSpec, KubeNames, NodeSpec};
 use crate::pki::issue::PkiLayout;
-use crate::render::config::{self, Addressing, PkiFacts, TargetPaths, CLIENT_PORT, METRICS_PORT, PEER_PORT, TLS_FILES};
+use crate::render::config::{
+    self, Addressing, PkiFacts, TargetPaths, CLIENT_PORT, METRICS_PORT, METRICS_TLS_PORT_POD, PEER_PORT, TLS_FILES,
+};
 use crate::render::tuning::Preset;
 
 /// etcd's default backend quota (2 GiB), used when no tuning preset is chosen.
@@ -192,9 +194,10 @@ pub fn statefulset_addressing(spec: &ClusterSpec, k: &KubeNames) -> Addressing {
         listen: "$(POD_IP)".into(),
         advertise: format!("$(POD_NAME).{}.{}.svc.{}", k.peer_service(), k.namespace, k.cluster_domain),
         loopback: "127.0.0.1".into(),
-        // The kubelet probes the pod's address, not its loopback.
+        // The kubelet probes the pod's address, not its loopback (the NetworkPolicy keeps
+        // everyone but the pod's node out); Prometheus scrapes another port over mutual TLS.
         metrics: "$(POD_IP)".into(),
-        metrics_tls: None,
+        metrics_tls: spec.monitoring.as_ref().map(|_| ("$(POD_IP)".to_string(), METRICS_TLS_PORT_POD)),
         initial_cluster: (0..spec.nodes.len()).map(|i| (k.pod(i), k.pod_fqdn(i))).collect(),
     }
 }
@@ -210,7 +213,8 @@ fn secret_key(k: &KubeNames, i: usize, file: &str) -> String {
     format!("{}.{file}", k.pod(i))
 }
 
-/// The headless and client Services, the PodDisruptionBudget and the StatefulSet.
+/// The headless and client Services, the PodDisruptionBudget, the NetworkPolicy and the
+/// StatefulSet.
 pub fn statefulset(inputs: &Inputs<'_>, k: &KubeNames) -> Result<Vec<Value>> {
     let spec = inputs.spec;
     let labels = labels(spec);
@@ -230,6 +234,22 @@ pub fn statefulset(inputs: &Inputs<'_>, k: &KubeNames) -> Result<Vec<Value>> {
                 .map(move |(_, file)| json!({ "key": secret_key(k, i, file), "path": format!("{}/{file}", k.pod(i)) }))
         })
         .collect();
+    let mut ports = vec![
+        json!({ "name": "client", "containerPort": CLIENT_PORT }),
+        json!({ "name": "peer", "containerPort": PEER_PORT }),
+        json!({ "name": "metrics", "containerPort": METRICS_PORT }),
+    ];
+    if spec.monitoring.is_some() {
+        ports.push(json!({ "name": "metrics-tls", "containerPort": METRICS_TLS_PORT_POD }));
+    }
+    // Open to all: the ports that want a certificate of the cluster's CAs. The plain-http
+    // metrics port is not listed, so only the pod's own node (its kubelet's probes) reaches it:
+    // Kubernetes always lets a node's traffic into its pods.
+    let open: Vec<Value> = ports
+        .iter()
+        .filter(|p| p["name"] != "metrics")
+        .map(|p| json!({ "protocol": "TCP", "port": p["name"] }))
+        .collect();
     let container = json!({
         "name": "etcd",
         "image": inputs.image,
@@ -237,11 +257,7 @@ pub fn statefulset(inputs: &Inputs<'_>, k: &KubeNames) -> Result<Vec<Value>> {
         "command": ["/usr/local/bin/etcd"],
         "args": args,
         "env": vars,
-        "ports": [
-            { "name": "client", "containerPort": CLIENT_PORT },
-            { "name": "peer", "containerPort": PEER_PORT },
-            { "name": "metrics", "containerPort": METRICS_PORT },
-        ],
+        "ports": ports,
         "resources": resources(inputs.tuning),
         "securityContext": container_security(),
         "livenessProbe": liveness,
@@ -280,6 +296,16 @@ pub fn statefulset(inputs: &Inputs<'_>, k: &KubeNames) -> Result<Vec<Value>> {
         "kind": "PodDisruptionBudget",
         "metadata": meta(k.name.clone()),
         "spec": { "maxUnavailable": 1, "selector": { "matchLabels": labels } },
+    });
+    let policy = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": meta(k.name.clone()),
+        "spec": {
+            "podSelector": { "matchLabels": labels },
+            "policyTypes": ["Ingress"],
+            "ingress": [{ "ports": open }],
+        },
     });
     let statefulset = json!({
         "apiVersion": "apps/v1",
@@ -325,7 +351,7 @@ pub fn statefulset(inputs: &Inputs<'_>, k: &KubeNames) -> Result<Vec<Value>> {
             }],
         },
     });
-    Ok(vec![peer_service, client_service, pdb, statefulset])
+    Ok(vec![peer_service, client_service, pdb, policy, statefulset])
 }
 
 /// The Secret with every member's certificates and keys (`<pod>.<file>`), from the PKI.

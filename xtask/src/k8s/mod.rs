@@ -153,6 +153,8 @@ pub fn render(args: &K8s) -> Result<PathBuf> {
         write_atomic(&staged.path().join(format!("{}.tar", node.name)), &tree.tar(epoch)?, 0o600)?;
         println!("{}: {}", node.name, display_rel(&out.join(&node.name).join(STATIC_POD_PATH)));
     }
+    // The static pods run with the host bundles' flags: the same monitoring as `render`'s.
+    crate::render::monitoring::write(staged.path(), spec, &pki.root)?;
     match &spec.kubernetes {
         Some(k) => {
             let dir = staged.path().join("statefulset");
@@ -171,6 +173,8 @@ pub fn render(args: &K8s) -> Result<PathBuf> {
                 display_rel(&pki.root)
             );
             write_atomic(&dir.join("secret.yaml"), manifests::to_yaml(&header, &[secret])?.as_bytes(), 0o600)?;
+            let scrape = crate::render::monitoring::Scrape::statefulset(spec, k);
+            crate::render::monitoring::write_for(&dir.join(crate::render::monitoring::DIR), spec, &pki.root, &scrape)?;
             println!("statefulset: {}", display_rel(&out.join("statefulset")));
         }
         None => eprintln!(

@@ -17,6 +17,9 @@ use crate::pki::cluster::{ClusterSpec, NodeSpec};
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 pub const METRICS_PORT: u16 = 2381;
+/// Where a Kubernetes StatefulSet pod serves metrics over mutual TLS: its plain-http listener
+/// already holds 2381 on the pod's address, for the kubelet's probes.
+pub const METRICS_TLS_PORT_POD: u16 = 2382;
 
 /// The TLS file variables and the file of the node's PKI directory each names (the
 /// `nodes/<node>/` layout of `cargo xtask pki`). The portable service passes exactly these as
@@ -113,9 +116,9 @@ pub struct Addressing {
     pub loopback: String,
     /// Where the plain-http metrics and `/health` listener binds.
     pub metrics: String,
-    /// Where metrics are also served over mutual TLS for a Prometheus on another host (the
-    /// description's `[monitoring]`), on the same port.
-    pub metrics_tls: Option<String>,
+    /// Where (host, port) metrics are also served over mutual TLS for a Prometheus on another
+    /// host (the description's `[monitoring]`).
+    pub metrics_tls: Option<(String, u16)>,
     /// Every member of the initial cluster: its name and its advertised peer host.
     pub initial_cluster: Vec<(String, String)>,
 }
@@ -135,7 +138,7 @@ impl Addressing {
             listen: host_of(&ip),
             advertise: host_of(&ip),
             metrics: loopback.clone(),
-            metrics_tls: spec.monitoring.as_ref().map(|_| host_of(&ip)),
+            metrics_tls: spec.monitoring.as_ref().map(|_| (host_of(&ip), METRICS_PORT)),
             loopback,
             initial_cluster,
         })
@@ -302,8 +305,8 @@ pub fn member_env(
     // With [monitoring] also on the node's address over mutual TLS: etcd serves https metrics
     // with the client port's TLS settings (the client CA, client-cert-auth).
     let mut metrics = at("http", &addr.metrics, METRICS_PORT);
-    if let Some(host) = &addr.metrics_tls {
-        metrics = format!("{metrics},{}", at("https", host, METRICS_PORT));
+    if let Some((host, port)) = &addr.metrics_tls {
+        metrics = format!("{metrics},{}", at("https", host, *port));
     }
     set("ETCD_LISTEN_METRICS_URLS", metrics);
     set("ETCD_CLIENT_CERT_AUTH", "true".to_string());

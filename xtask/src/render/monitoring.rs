@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::pki::cluster::ClusterSpec;
+use crate::pki::cluster::{ClusterSpec, KubeNames};
 use crate::util::write_atomic;
 
 /// The scrape job of the members' metrics; every rule selects on it.
@@ -270,7 +270,7 @@ pub fn rules_yaml(cluster: &str, c: &Clock) -> Result<String> {
         n => format!("# Time compressed {n} times (for: and windows) for the smoke test: not for production.\n"),
     };
     Ok(format!(
-        "# Alerting and recording rules for etcd cluster {cluster}, written by `cargo xtask render`.\n# Generated: \
+        "# Alerting and recording rules for etcd cluster {cluster}, written by `cargo xtask render` or `k8s`.\n# Generated: \
          edit the generator (xtask/src/render/monitoring.rs), not this file.\n{compressed}{body}"
     ))
 }
@@ -305,17 +305,38 @@ fn tls_files(cluster: &str) -> Value {
     })
 }
 
-/// `prometheus.yml` for the cluster: its rules, the members' metrics over mutual TLS (each
-/// member's first IP, port 2381, the scrape client's certificate) and the TLS probes of their
-/// client ports through the blackbox exporter at `blackbox`. `targets` are (member, host) pairs.
-pub fn prometheus_yaml(
-    cluster: &str,
-    targets: &[(String, String)],
-    scrape_interval: &str,
-    blackbox: &str,
-) -> Result<String> {
+/// Where Prometheus reaches the members: each member's name and host, and the port of its
+/// mutual-TLS metrics listener.
+pub struct Scrape {
+    pub targets: Vec<(String, String)>,
+    pub metrics_port: u16,
+}
+
+impl Scrape {
+    /// Hosts (bundles, the portable service, static pods): each node's first IP, port 2381.
+    pub fn nodes(spec: &ClusterSpec) -> Result<Scrape> {
+        let mut targets = Vec::new();
+        for node in &spec.nodes {
+            targets.push((node.name.clone(), super::config::host_of(&super::config::primary_ip(node)?)));
+        }
+        Ok(Scrape { targets, metrics_port: super::config::METRICS_PORT })
+    }
+
+    /// The StatefulSet: each pod by the DNS name its certificates carry (a pod's IP changes and
+    /// is in no certificate), its mutual-TLS metrics port; member `i` is pod `<name>-<i>`.
+    pub fn statefulset(spec: &ClusterSpec, k: &KubeNames) -> Scrape {
+        let targets = (0..spec.nodes.len()).map(|i| (k.pod(i), k.pod_fqdn(i))).collect();
+        Scrape { targets, metrics_port: super::config::METRICS_TLS_PORT_POD }
+    }
+}
+
+/// `prometheus.yml` for the cluster: its rules, the members' metrics over mutual TLS (the
+/// scrape client's certificate) and the TLS probes of their client ports through the blackbox
+/// exporter at `blackbox`.
+pub fn prometheus_yaml(cluster: &str, scrape: &Scrape, scrape_interval: &str, blackbox: &str) -> Result<String> {
     let statics = |port: u16| -> Vec<Value> {
-        targets
+        scrape
+            .targets
             .iter()
             .map(|(member, host)| {
                 json!({ "targets": [format!("{host}:{port}")], "labels": { "cluster": cluster, "member": member } })
@@ -330,7 +351,7 @@ pub fn prometheus_yaml(
                 "job_name": JOB,
                 "scheme": "https",
                 "tls_config": tls_files(cluster),
-                "static_configs": statics(super::config::METRICS_PORT),
+                "static_configs": statics(scrape.metrics_port),
             },
             {
                 "job_name": TLS_JOB,
@@ -347,7 +368,7 @@ pub fn prometheus_yaml(
     });
     let body = serde_yaml_ng::to_string(&doc).context("cannot write the scrape configuration as YAML")?;
     Ok(format!(
-        "# Prometheus for etcd cluster {cluster}, written by `cargo xtask render`: merge into your\n# prometheus.yml \
+        "# Prometheus for etcd cluster {cluster}, written by `cargo xtask render` or `k8s`: merge into your\n# prometheus.yml \
          or run with it; {dir}/ beside it holds the scrape client's certificate.\n{body}",
         dir = cert_dir(cluster)
     ))
@@ -366,23 +387,31 @@ pub fn blackbox_yaml(cluster: &str) -> Result<String> {
         }
     });
     let body = serde_yaml_ng::to_string(&doc).context("cannot write the blackbox configuration as YAML")?;
-    Ok(format!("# Blackbox exporter module for etcd cluster {cluster}, written by `cargo xtask render`.\n{body}"))
+    Ok(format!(
+        "# Blackbox exporter module for etcd cluster {cluster}, written by `cargo xtask render` or `k8s`.\n{body}"
+    ))
 }
 
 /// Writes `monitoring/` under `out`: the rules always; with the description's `[monitoring]`
 /// also the scrape configuration, the blackbox module and the scrape client's certificate
 /// (from the PKI at `pki`).
 pub fn write(out: &Path, spec: &ClusterSpec, pki: &Path) -> Result<()> {
-    write_with(&out.join(DIR), spec, pki, &Clock::PRODUCTION, "15s", BLACKBOX_ADDRESS)
+    write_for(&out.join(DIR), spec, pki, &Scrape::nodes(spec)?)
 }
 
-/// [`write`] into `dir` itself, with the rules on `clock` and Prometheus scraping and evaluating
+/// [`write`] into `dir` itself, for members reached as `scrape` says.
+pub fn write_for(dir: &Path, spec: &ClusterSpec, pki: &Path, scrape: &Scrape) -> Result<()> {
+    write_with(dir, spec, pki, scrape, &Clock::PRODUCTION, "15s", BLACKBOX_ADDRESS)
+}
+
+/// [`write_for`], with the rules on `clock` and Prometheus scraping and evaluating
 /// every `interval` (the smoke test's compressed time), probing through the blackbox exporter at
 /// `blackbox`.
 pub fn write_with(
     dir: &Path,
     spec: &ClusterSpec,
     pki: &Path,
+    scrape: &Scrape,
     clock: &Clock,
     interval: &str,
     blackbox: &str,
@@ -390,11 +419,7 @@ pub fn write_with(
     let put = |name: &str, text: String| write_atomic(&dir.join(name), text.as_bytes(), 0o644);
     put(RULES_FILE, rules_yaml(&spec.name, clock)?)?;
     let Some(m) = &spec.monitoring else { return Ok(()) };
-    let mut targets = Vec::new();
-    for node in &spec.nodes {
-        targets.push((node.name.clone(), super::config::host_of(&super::config::primary_ip(node)?)));
-    }
-    put("prometheus.yml", prometheus_yaml(&spec.name, &targets, interval, blackbox)?)?;
+    put("prometheus.yml", prometheus_yaml(&spec.name, scrape, interval, blackbox)?)?;
     put("blackbox.yml", blackbox_yaml(&spec.name)?)?;
     let certs = dir.join(cert_dir(&spec.name));
     let from = crate::pki::issue::PkiLayout::new(pki).client_dir(&m.scrape_client);

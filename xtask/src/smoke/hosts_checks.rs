@@ -71,6 +71,9 @@ impl Hosts {
             h.check_identity()
         });
         self.run_check("systemd-analyze security etcd.service in each machine", |h| h.check_exposure());
+        if let Some(m) = self.spec.monitoring.clone() {
+            self.run_check("metrics on each machine's address: mutual TLS only", |h| h.check_metrics(&m.scrape_client));
+        }
         self.interrupt.check()?;
         self.run_check("one machine off: writes go on; two off: refused; booted again: healed", |h| h.check_power());
         self.interrupt.check()?;
@@ -127,6 +130,42 @@ impl Hosts {
             bail!("node 3 returned {:?}", got.trim());
         }
         Ok("put via node 1, linearizable get via node 3 returned it".into())
+    }
+
+    /// The description's `[monitoring]`: each machine serves `/metrics` on its address to the
+    /// scrape client's certificate, and to nothing else (no certificate, plain http).
+    fn check_metrics(&self, scrape_client: &str) -> Result<String> {
+        let dir = self.pki.client_dir(scrape_client);
+        let file = |f: &str| dir.join(f).display().to_string();
+        let (mut seen, mut refusal) = (Vec::new(), String::new());
+        for m in &self.machines {
+            let url = format!("https://{}:{}/metrics", m.ip, crate::render::config::METRICS_PORT);
+            let ca = vec!["--cacert".to_string(), file("ca.crt")];
+            let pair = vec!["--cert".to_string(), file("client.crt"), "--key".to_string(), file("client.key")];
+            let out = curl_in(&self.netns, &[ca.clone(), pair, vec![url.clone()]].concat())?;
+            let body = String::from_utf8_lossy(&out.stdout);
+            let Some(line) = body.lines().find(|l| l.starts_with("etcd_server_has_leader ")) else {
+                bail!(
+                    "{url} with {scrape_client}'s certificate: no etcd_server_has_leader ({})",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            };
+            seen.push(format!("{}: {line}", m.name));
+            let bare = curl_in(&self.netns, &[ca, vec![url.clone()]].concat())?;
+            if bare.status.success() || String::from_utf8_lossy(&bare.stdout).contains("etcd_server") {
+                bail!("{url} answered a client without a certificate");
+            }
+            refusal = String::from_utf8_lossy(&bare.stderr).trim().to_string();
+            let plain = format!("http://{}:{}/metrics", m.ip, crate::render::config::METRICS_PORT);
+            let out = curl_in(&self.netns, std::slice::from_ref(&plain))?;
+            if String::from_utf8_lossy(&out.stdout).contains("etcd_server") {
+                bail!("{plain} served metrics over plain http");
+            }
+        }
+        Ok(format!(
+            "with {scrape_client}'s certificate: {}; without a certificate: {refusal}; plain http: no metrics",
+            seen.join(", ")
+        ))
     }
 
     /// etcd's own lines about refused connections in machine 0's journal.

@@ -70,7 +70,15 @@ impl Prometheus {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let bport = super::cluster::free_port()?;
         let blackbox_at = format!("127.0.0.1:{bport}");
-        monitoring::write_with(dir, spec, pki, &Clock { scale: SCALE }, INTERVAL, &blackbox_at)?;
+        monitoring::write_with(
+            dir,
+            spec,
+            pki,
+            &monitoring::Scrape::nodes(spec)?,
+            &Clock { scale: SCALE },
+            INTERVAL,
+            &blackbox_at,
+        )?;
         let blog = fs::File::create(dir.join("blackbox.log"))
             .with_context(|| format!("cannot create {}", dir.join("blackbox.log").display()))?;
         let blackbox = Command::new(BLACKBOX)
