@@ -63,7 +63,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     }
     // Every scenario ran, in `all`'s order, each with its checks.
     let per_scenario = |name: &str| checks.iter().filter(|c| c["scenario"] == name).count();
-    for (name, count) in [("basic", 16), ("rotate-certs", 7), ("replace-member", 4), ("upgrade", 6), ("drills", 14)] {
+    for (name, count) in [("basic", 16), ("rotate-certs", 8), ("replace-member", 4), ("upgrade", 6), ("drills", 14)] {
         assert_eq!(per_scenario(name), count, "{name}: {report:#}");
     }
     let scenarios = report["scenarios"].as_array().unwrap();

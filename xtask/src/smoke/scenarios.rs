@@ -373,23 +373,25 @@ impl Cluster {
         })();
         self.record("renew: every leaf reissued and served on new connections, no restart", t, r);
         // The CA rotation replaces the CA Prometheus trusts and its own certificate's issuer:
-        // copying those to the Prometheus host is the operator's step, not run here.
-        self.prometheus = None;
-
+        // at each step the operator copies them to the Prometheus host, as the members get theirs.
         let t = Instant::now();
+        let dates = self.probed_expiry().transpose();
         let r = (|| {
             self.phase("rotate-ca add");
             crate::pki::rotate_ca(&self.pki.root, &profiles, crate::pki::RotateStep::Add)?;
             self.restage()?;
+            self.prometheus_restage()?;
             let first = self.rolling_restart()?;
             self.phase("rotate-ca reissue");
             crate::pki::rotate_ca(&self.pki.root, &profiles, crate::pki::RotateStep::Reissue)?;
             self.restage()?;
+            self.prometheus_restage()?;
             self.phase("after rotate-ca reissue");
             let served = self.check_served()?;
             self.phase("rotate-ca drop");
             crate::pki::rotate_ca(&self.pki.root, &profiles, crate::pki::RotateStep::Drop)?;
             self.restage()?;
+            self.prometheus_restage()?;
             let second = self.rolling_restart()?;
             self.phase("after the CA rotation");
             let served_after = self.check_served()?;
@@ -399,6 +401,15 @@ impl Cluster {
             ))
         })();
         self.record("CA rotation: bundles, rolling restart, new leaves, old CA dropped, rolling restart", t, r);
+        match dates {
+            Ok(Some(d)) => {
+                if let Some(seen) = self.monitoring_after_rotation(&d, t) {
+                    self.record("monitoring through the CA rotation: scrapes and probes under the new CA", t, seen);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.record("monitoring through the CA rotation: scrapes and probes under the new CA", t, Err(e)),
+        }
 
         self.run_check("a client certificate of the old CA is refused; the new one works", |c| {
             c.check_old_client_refused(&old_client)
