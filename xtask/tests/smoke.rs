@@ -107,7 +107,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
         assert!(why.contains("3 watchers") && why.contains("in order, none twice"), "{c:#}");
     }
     // The alerts meant for each fault fired and resolved (each check fails otherwise).
-    for alerts in ["alerts: one down fires etcdMembersDown", "alerts: NOSPACE fires etcdNoSpace"] {
+    for alerts in ["alerts: a SIGKILLed member fires etcdMembersDown", "alerts: NOSPACE fires etcdNoSpace"] {
         let why = reason(alerts);
         assert!(why.contains("fired after the fault") && why.contains("resolved after the heal"), "{why}");
     }
