@@ -1,7 +1,8 @@
-//! `cargo xtask smoke` for real: three etcd containers with mutual TLS in podman. One test
-//! function, because two smoke runs on one host would share names and the network. The full run
-//! proves the real etcd v3.4.9 (built from source, `--source build`); the interrupted run uses
-//! Debian's package, the offline fallback, so that it stays covered too.
+//! `cargo xtask smoke` for real: three etcd containers with mutual TLS in podman. The tests run
+//! side by side, each on a cluster of its own (name and /24: a copy of `clusters/smoke.toml`), as
+//! a user may: a run's containers, volumes and network carry its cluster's name and label. The
+//! full run proves the real etcd v3.4.9 (built from source, `--source build`); the interrupted
+//! run uses Debian's package, the offline fallback, so that it stays covered too.
 
 mod common;
 
@@ -14,22 +15,36 @@ fn xtask() -> Command {
     cmd
 }
 
-fn labelled(kind: &[&str]) -> String {
+/// The podman resources of `kind` labelled as cluster `cluster`'s.
+fn labelled(kind: &[&str], cluster: &str) -> String {
     let mut args: Vec<&str> = kind.to_vec();
-    args.extend(["-q", "--filter", "label=xtask.smoke=1"]);
+    let filter = format!("label=xtask.smoke={cluster}");
+    args.extend(["-q", "--filter", &filter]);
     let out = Command::new("podman").args(&args).output().expect("podman runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn nothing_left() {
-    assert_eq!(labelled(&["pod", "ps"]), "", "pods left behind");
-    assert_eq!(labelled(&["ps", "-a"]), "", "containers left behind");
-    assert_eq!(labelled(&["volume", "ls"]), "", "volumes left behind");
-    assert_eq!(labelled(&["network", "ls"]), "", "networks left behind");
+fn nothing_left(cluster: &str) {
+    assert_eq!(labelled(&["pod", "ps"], cluster), "", "pods left behind");
+    assert_eq!(labelled(&["ps", "-a"], cluster), "", "containers left behind");
+    assert_eq!(labelled(&["volume", "ls"], cluster), "", "volumes left behind");
+    assert_eq!(labelled(&["network", "ls"], cluster), "", "networks left behind");
+}
+
+/// `clusters/smoke.toml` as cluster `name` on 10.89.`octet`.0/24, written into `dir`.
+fn cluster_of_its_own(dir: &std::path::Path, name: &str, octet: u8) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(common::root().join("clusters/smoke.toml")).unwrap();
+    assert!(text.contains("name = \"smoke\"") && text.contains("10.89.77."), "{text}");
+    let text = text
+        .replace("name = \"smoke\"", &format!("name = \"{name}\""))
+        .replace("10.89.77.", &format!("10.89.{octet}."));
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, text).unwrap();
+    file
 }
 
 #[test]
-fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
+fn smoke_passes_every_check_of_every_scenario_and_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("smoke");
 
@@ -166,7 +181,14 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
         .collect();
     assert_eq!(logged, adapted, "the host adaptation in the log:\n{stderr}");
     assert!(stdout.contains("start to 3/3 healthy"), "{stdout}");
-    nothing_left();
+    nothing_left("smoke");
+}
+
+#[test]
+fn the_kube_engine_plays_the_rendered_static_pods() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::build_etcd_349(&[common::host_arch()]);
+    let cluster = cluster_of_its_own(tmp.path(), "smoke-kube", 74);
 
     // The static pods of `cargo xtask k8s`, run by podman's Kubernetes engine: the basic checks
     // pass against them, and the played copies differ from the rendered manifests only where the
@@ -174,6 +196,8 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     let kube_dir = tmp.path().join("kube");
     let out = xtask()
         .args(["smoke", "--engine", "kube", "--source", "build", "--out", kube_dir.to_str().unwrap()])
+        .arg("--cluster")
+        .arg(&cluster)
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -199,17 +223,25 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
         assert!(r["image"].as_str().unwrap().starts_with("localhost/etcd:3.4.9@sha256:"), "by digest");
         assert_eq!(rendered["spec"]["securityContext"], played["spec"]["securityContext"], "{node}");
     }
-    nothing_left();
+    nothing_left("smoke-kube");
+}
 
+#[test]
+fn an_interrupted_run_removes_all_it_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = cluster_of_its_own(tmp.path(), "smoke-int", 75);
+    let out_dir = tmp.path().join("smoke");
     // Interrupted once its containers are up: it still removes all it created.
     let mut child = xtask()
         .args(["smoke", "--source", "debian", "--out", out_dir.to_str().unwrap()])
+        .arg("--cluster")
+        .arg(&cluster)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while labelled(&["ps", "-a"]).lines().count() < 3 {
+    while labelled(&["ps", "-a"], "smoke-int").lines().count() < 3 {
         assert!(Instant::now() < deadline, "the smoke containers never appeared");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -217,7 +249,7 @@ fn smoke_passes_every_check_and_cleans_up_even_when_interrupted() {
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let status = child.wait().unwrap();
     assert!(!status.success(), "an interrupted run must fail");
-    nothing_left();
+    nothing_left("smoke-int");
 }
 
 #[test]
@@ -249,6 +281,6 @@ fn a_forbidden_upgrade_is_refused_before_anything_starts() {
             assert!(err.contains(w), "refusal of {target} lacks {w:?}:\n{err}");
         }
         assert!(!err.contains("smoke: scenario"), "a cluster was started before the refusal:\n{err}");
-        nothing_left();
+        nothing_left("smoke");
     }
 }

@@ -374,7 +374,7 @@ impl Cluster {
         chown_tree(&data, self.uid, self.gid)?;
         fs::set_permissions(&data, fs::Permissions::from_mode(0o700))?;
         // Node 1's certificates serve it: clients reach it on loopback, which they cover.
-        let container = "xtask-smoke-restored".to_string();
+        let container = super::podman::resource_name(&self.spec.name, "restored");
         let port = free_port()?;
         let extra = vec![
             "-v".into(),

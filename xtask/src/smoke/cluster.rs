@@ -21,7 +21,7 @@ use crate::pki::profiles::Profiles;
 use crate::render::config::{node_env, PkiFacts, TargetPaths};
 use crate::util::{display_rel, each_in_thread, target_dir, write_atomic, Arch};
 
-use super::podman::{podman, podman_checked, podman_output, Interrupt, Resources, LABEL};
+use super::podman::{label, podman, podman_checked, podman_output, resource_name, Interrupt, Resources};
 use super::{load, Check, ScenarioName, CLIENT_MOUNT, PKI_MOUNT};
 
 /// One node as started.
@@ -118,7 +118,7 @@ impl Cluster {
         };
         let network = format!("xtask-smoke-{}", spec.name);
         let mut res = Resources::new(keep);
-        podman(&["network", "create", "--label", LABEL, "--subnet", &subnet, &network])
+        podman(&["network", "create", "--label", &label(&spec.name), "--subnet", &subnet, &network])
             .with_context(|| format!("cannot create the podman network {network} ({subnet})"))?;
         res.networks.push(network.clone());
 
@@ -132,8 +132,8 @@ impl Cluster {
                 plain: false,
                 host_data: None,
                 spec: n.clone(),
-                container: format!("xtask-smoke-{}", n.name),
-                volume: format!("xtask-smoke-{}-data", n.name),
+                container: resource_name(&spec.name, &n.name),
+                volume: resource_name(&spec.name, &format!("{}-data", n.name)),
                 client_port: free_port()?,
                 peer_port: free_port()?,
                 env,
@@ -197,8 +197,9 @@ impl Cluster {
     /// a few hundred milliseconds; in sequence they would dominate the time to healthy).
     pub(super) fn start_all(&mut self) -> Result<()> {
         if self.kube_manifests.is_some() {
+            let cluster = self.spec.name.clone();
             for n in &mut self.nodes {
-                n.container = super::kube::container_name(&n.spec.name);
+                n.container = super::kube::container_name(&cluster, &n.spec.name);
             }
             return self.play_all();
         }
@@ -206,7 +207,7 @@ impl Cluster {
         for n in self.nodes.clone() {
             // A path is a host directory (the drills' small disk), not a podman volume.
             if !n.volume.starts_with('/') {
-                podman(&["volume", "create", "--label", LABEL, &n.volume])?;
+                podman(&["volume", "create", "--label", &label(&self.spec.name), &n.volume])?;
                 self.res.volumes.push(n.volume.clone());
             }
             runs.push((n.container.clone(), self.container_args(&n)?));
@@ -255,8 +256,9 @@ impl Cluster {
         env: &BTreeMap<String, String>,
         image: &str,
     ) -> Vec<String> {
+        let label = label(&self.spec.name);
         let mut args: Vec<String> =
-            ["run", "-d", "--name", name, "--label", LABEL, "--network", &self.network, "--ip", ip]
+            ["run", "-d", "--name", name, "--label", &label, "--network", &self.network, "--ip", ip]
                 .into_iter()
                 .map(String::from)
                 .collect();
@@ -457,7 +459,12 @@ impl Cluster {
             display_rel(&self.client.join("client.crt")),
             display_rel(&self.client.join("client.key"))
         );
-        println!("Remove it with: podman rm -f -t 0 $(podman ps -aq --filter label={LABEL}); podman volume prune -f --filter label={LABEL}; podman network rm {}", self.network);
+        let label = label(&self.spec.name);
+        println!(
+            "Remove it with: podman rm -f -t 0 $(podman ps -aq --filter label={label}); podman volume prune -f --filter \
+             label={label}; podman network rm {}",
+            self.network
+        );
     }
 }
 /// A free TCP port on loopback for a published container port.

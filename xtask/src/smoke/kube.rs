@@ -34,7 +34,8 @@ pub enum Engine {
 
 /// How the played copy differs from the rendered static pod, and why.
 pub const ADAPTATIONS: [&str; 6] = [
-    "metadata.name etcd -> xtask-smoke-<node>: the kubelet suffixes the node name; three pods share one podman",
+    "metadata.name etcd -> xtask-smoke-<cluster>-<node>: the kubelet suffixes the node name; three pods share one \
+     podman",
     "hostNetwork dropped: each pod gets its node's address on the test's podman network instead \
      (kube play --network --ip, and --mac-address so a restarted pod keeps its MAC)",
     "hostPath paths -> this run's directories (data dir 0700 and certificates owned by the etcd uid)",
@@ -45,18 +46,20 @@ pub const ADAPTATIONS: [&str; 6] = [
     "podman's host adaptation (OCI runtime, ulimits) through CONTAINERS_CONF: kube play takes no --runtime or --ulimit",
 ];
 
-/// The pod name of a node, and the name podman gives its etcd container.
-pub fn pod_name(node: &str) -> String {
-    format!("xtask-smoke-{node}")
+/// The pod name of a node of `cluster`, and the name podman gives its etcd container.
+pub fn pod_name(cluster: &str, node: &str) -> String {
+    super::podman::resource_name(cluster, node)
 }
 
-pub fn container_name(node: &str) -> String {
-    format!("{}-etcd", pod_name(node))
+pub fn container_name(cluster: &str, node: &str) -> String {
+    format!("{}-etcd", pod_name(cluster, node))
 }
 
 /// Where a node's volumes are on this machine, and where the checks reach it.
 pub struct Played<'a> {
     pub pod: &'a str,
+    /// The cluster's name: the value of the resources' label.
+    pub cluster: &'a str,
     pub data: &'a Path,
     pub pki: &'a Path,
     pub client: &'a Path,
@@ -67,7 +70,7 @@ pub struct Played<'a> {
 /// The rendered static pod `pod`, adapted for `podman kube play` ([`ADAPTATIONS`]).
 pub fn adapt(mut pod: Value, to: &Played<'_>) -> Result<Value> {
     pod["metadata"]["name"] = json!(to.pod);
-    pod["metadata"]["labels"]["xtask.smoke"] = json!("1");
+    pod["metadata"]["labels"][super::podman::LABEL_KEY] = json!(to.cluster);
     let spec = pod["spec"].as_object_mut().context("the static pod has no spec")?;
     spec.remove("hostNetwork");
     let path_of = |name: &str| match name {
@@ -152,11 +155,12 @@ impl Cluster {
             let text = fs::read_to_string(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
             let pod: Value = serde_yaml_ng::from_str(&text)
                 .with_context(|| format!("{}: not a YAML manifest", manifest.display()))?;
-            let pod_name = pod_name(&n.spec.name);
+            let pod_name = pod_name(&self.spec.name, &n.spec.name);
             let played = adapt(
                 pod,
                 &Played {
                     pod: &pod_name,
+                    cluster: &self.spec.name,
                     data: &data,
                     pki: &self.mounts.join(&n.spec.name),
                     client: &self.client,
@@ -223,6 +227,7 @@ mod tests {
             pod.clone(),
             &Played {
                 pod: "xtask-smoke-a",
+                cluster: "c",
                 data: Path::new("/d"),
                 pki: Path::new("/p"),
                 client: Path::new("/c"),
@@ -232,6 +237,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(played["metadata"]["name"], "xtask-smoke-a");
+        assert_eq!(played["metadata"]["labels"]["xtask.smoke"], "c");
         assert!(played["spec"].get("hostNetwork").is_none());
         let c = &played["spec"]["containers"][0];
         assert!(c.get("livenessProbe").is_none() && c.get("startupProbe").is_none());
@@ -245,6 +251,7 @@ mod tests {
             unknown,
             &Played {
                 pod: "p",
+                cluster: "c",
                 data: Path::new("/d"),
                 pki: Path::new("/p"),
                 client: Path::new("/c"),

@@ -252,7 +252,7 @@ impl Smoke {
             );
         }
         let interrupt = Interrupt::install()?;
-        Resources::remove_leftovers()?;
+        Resources::remove_leftovers(&spec.name)?;
 
         // The image, built (or found up to date) and loaded.
         let def = Definition::load_default()?;

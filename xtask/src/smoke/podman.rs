@@ -8,8 +8,20 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-/// Every resource of a smoke run carries this label, so leftovers of a killed run are found.
-pub const LABEL: &str = "xtask.smoke=1";
+/// Every resource of a smoke run carries this label, its value the cluster's name, so that the
+/// leftovers of a killed run of that cluster are found, and runs of other clusters side by side
+/// are left alone.
+pub const LABEL_KEY: &str = "xtask.smoke";
+
+/// The label of the resources of cluster `cluster`'s runs.
+pub fn label(cluster: &str) -> String {
+    format!("{LABEL_KEY}={cluster}")
+}
+
+/// The name of a resource of cluster `cluster`'s runs: `xtask-smoke-<cluster>-<what>`.
+pub fn resource_name(cluster: &str, what: &str) -> String {
+    format!("xtask-smoke-{cluster}-{what}")
+}
 
 /// Runs `podman ARGS`; returns the output whether or not it succeeded.
 pub fn podman_output(args: &[String]) -> Result<Output> {
@@ -51,9 +63,10 @@ impl Resources {
         }
     }
 
-    /// Removes everything labelled by an earlier run that could not clean up (killed with SIGKILL).
-    pub fn remove_leftovers() -> Result<()> {
-        let filter = format!("label={LABEL}");
+    /// Removes everything an earlier run of cluster `cluster` could not clean up (killed with
+    /// SIGKILL).
+    pub fn remove_leftovers(cluster: &str) -> Result<()> {
+        let filter = format!("label={}", label(cluster));
         let pods = podman(&["pod", "ps", "-q", "--filter", &filter])?;
         for id in pods.split_whitespace() {
             eprintln!("smoke: removing pod {id} left by an earlier run");

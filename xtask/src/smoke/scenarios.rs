@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::load::{self, Bounds, Identity, Load};
-use super::podman::{podman, podman_checked, LABEL};
+use super::podman::{label, podman, podman_checked};
 use super::{stdout_or_stderr, Cluster, Outcome};
 use crate::definition::Definition;
 use crate::image::{self, BuildArgs};
@@ -502,7 +502,7 @@ impl Cluster {
         env.insert("ETCD_INITIAL_CLUSTER".into(), initial);
         env.insert("ETCD_INITIAL_CLUSTER_STATE".into(), "existing".into());
         self.nodes[i].env = env;
-        podman(&["volume", "create", "--label", LABEL, &volume])?;
+        podman(&["volume", "create", "--label", &label(&self.spec.name), &volume])?;
         let args = self.container_args(&self.nodes[i])?;
         podman_checked(&args).with_context(|| format!("cannot start the new {name}"))?;
         // Promote once the learner has caught up ("can only promote a learner member which is in
