@@ -297,9 +297,46 @@ pub fn stdout_of(cmd: &mut std::process::Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Whether cargo sets the variable `name` for a program it runs or tests: it describes the crate
+/// being built (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...). A user's shell has none of them. A
+/// cargo started with them sees build scripts' `rerun-if-env-changed` inputs differ from a plain
+/// shell's (ring watches `CARGO_MANIFEST_DIR`), so it rebuilds half the dependency tree, and does
+/// again on the user's next ordinary build.
+pub fn set_by_cargo_for_a_crate(name: &str) -> bool {
+    name == "CARGO"
+        || name == "OUT_DIR"
+        || name == "CARGO_TARGET_TMPDIR"
+        || name == "CARGO_PRIMARY_PACKAGE"
+        || ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_RUSTC_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
+/// `cmd` without the variables [`set_by_cargo_for_a_crate`] names, as a user's shell runs it.
+pub fn as_from_a_shell(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_a_crate) {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_cargo_sets_for_a_crate_is_told_from_the_users_settings() {
+        for set in
+            ["CARGO", "CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_PKG_NAME", "CARGO_CRATE_NAME", "OUT_DIR"]
+        {
+            assert!(set_by_cargo_for_a_crate(set), "{set}");
+        }
+        for user in ["CARGO_HOME", "CARGO_TARGET_DIR", "CARGO_TERM_COLOR", "CARGO_BUILD_JOBS", "PATH"] {
+            assert!(!set_by_cargo_for_a_crate(user), "{user}");
+        }
+    }
 
     #[test]
     fn each_in_thread_keeps_the_order_and_turns_a_panic_into_an_error() {

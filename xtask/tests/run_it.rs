@@ -17,7 +17,7 @@
 //! `xtask::image::podman::run_args()` works out for `cargo xtask smoke` (runc on a cgroup v1
 //! host, rlimits at or below the hard limits). The recipes otherwise get the environment of the
 //! shell that ran `cargo test`, without the variables cargo sets for test processes (see
-//! [`set_by_cargo_for_tests`]).
+//! `xtask::util::set_by_cargo_for_a_crate`).
 //!
 //! Needs root, podman, bash, cargo, cfssl, curl, tar and docker.io (dockerd, docker,
 //! containerd); a missing one fails the test.
@@ -373,20 +373,6 @@ fn recipes(readme: &str) -> Vec<Recipe> {
     found
 }
 
-/// Whether cargo set `name` for this test process (it describes the crate under test). A user's
-/// shell has none of them, and the recipes' `cargo xtask` must not see them either: build scripts
-/// watch some (ring's `rerun-if-env-changed=CARGO_MANIFEST_DIR`, ...), so with them cargo would
-/// rebuild half the dependency tree, and again on the next ordinary build.
-fn set_by_cargo_for_tests(name: &str) -> bool {
-    name == "CARGO"
-        || name == "OUT_DIR"
-        || name == "CARGO_TARGET_TMPDIR"
-        || name == "CARGO_PRIMARY_PACKAGE"
-        || ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_RUSTC_"]
-            .iter()
-            .any(|p| name.starts_with(p))
-}
-
 /// Runs a recipe verbatim with `bash -euo pipefail` from the repository root, in the environment
 /// of the shell that ran `cargo test` plus CONTAINERS_CONF; returns all it printed. On failure:
 /// its output and the logs of `nodes`.
@@ -399,11 +385,7 @@ fn run_recipe_env(r: &Recipe, nodes: &[&str], env: &[(String, String)]) -> Strin
     let t = Instant::now();
     let mut cmd = Command::new("bash");
     cmd.args(["-euo", "pipefail", "-c", &r.text]).current_dir(root()).env("CONTAINERS_CONF", containers_conf());
-    for (name, _) in std::env::vars_os() {
-        if name.to_str().is_some_and(set_by_cargo_for_tests) {
-            cmd.env_remove(&name);
-        }
-    }
+    xtask::util::as_from_a_shell(&mut cmd);
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let out = run(&mut cmd);
     let all = text(&out);

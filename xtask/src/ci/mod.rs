@@ -176,7 +176,7 @@ impl Clippy {
     fn start(cargo: &str, root: &Path, logs: &Path) -> Result<Self> {
         let log = logs.join("clippy.log");
         let child = suite::spawn_logged(
-            Command::new("nice")
+            crate::util::as_from_a_shell(&mut Command::new("nice"))
                 .args(["-n", "19", cargo, "clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"])
                 .env("CARGO_TARGET_DIR", target_dir().join("clippy"))
                 .current_dir(root),

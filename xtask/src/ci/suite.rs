@@ -28,7 +28,10 @@ pub struct TestBinary {
 /// Builds every test target of the workspace (`cargo test --no-run`) and returns the
 /// executables. Cargo's progress and diagnostics go to stderr as usual.
 pub fn build(cargo: &str, root: &Path) -> Result<Vec<TestBinary>> {
-    let out = Command::new(cargo)
+    // Not with the variables `cargo xtask` itself was started with: the build would differ from
+    // the user's `cargo xtask` (a rebuild of ring and all above it, and again at the README
+    // recipes' first `cargo xtask`).
+    let out = crate::util::as_from_a_shell(&mut Command::new(cargo))
         .args(["test", "--workspace", "--no-run", "--message-format=json-render-diagnostics"])
         .current_dir(root)
         .stderr(Stdio::inherit())
