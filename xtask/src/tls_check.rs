@@ -72,6 +72,8 @@ pub struct Scan {
     pub severities: BTreeMap<String, usize>,
     /// What breaks the policy, each quoting testssl.sh.
     pub violations: Vec<String>,
+    /// testssl.sh's WARN findings (a timeout, a missing engine), quoted when the scan is incomplete.
+    pub warnings: Vec<String>,
 }
 
 impl Scan {
@@ -109,8 +111,10 @@ pub fn scan(target: &str, cacert: Option<&Path>, json: Option<&Path>) -> Result<
     let _ = std::fs::remove_file(&out);
     let started = Instant::now();
     let mut cmd = Command::new("testssl");
-    cmd.args(["--quiet", "--warnings", "off", "--color", "0", "--nodns", "none", "--connect-timeout", "5"])
-        .args(["--openssl-timeout", "5", "-p", "-s", "-f", "-E", "-S", "--jsonfile"])
+    // Generous timeouts: an answering server never waits for them, and on a loaded host a
+    // handshake that takes 5 s would leave whole sections (the suites, the key) unscanned.
+    cmd.args(["--quiet", "--warnings", "off", "--color", "0", "--nodns", "none", "--connect-timeout", "15"])
+        .args(["--openssl-timeout", "20", "-p", "-s", "-f", "-E", "-S", "--jsonfile"])
         .arg(&out);
     if let Some(ca) = cacert {
         cmd.arg("--add-ca").arg(ca);
@@ -140,6 +144,9 @@ pub fn judge(target: &str, findings: &[serde_json::Value]) -> Scan {
     for f in findings {
         let (id, finding) = (f["id"].as_str().unwrap_or_default(), f["finding"].as_str().unwrap_or_default().trim());
         *scan.severities.entry(f["severity"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        if f["severity"] == "WARN" {
+            scan.warnings.push(format!("{id}: {finding}"));
+        }
         match id {
             "SSLv2" | "SSLv3" | "TLS1" | "TLS1_1" | "TLS1_2" | "TLS1_3" => {
                 let name = id.replace("TLS1_", "TLS 1.").replace("TLS1", "TLS 1.0");
@@ -200,9 +207,22 @@ pub fn judge(target: &str, findings: &[serde_json::Value]) -> Scan {
             scan.violations.push(format!("testssl.sh reported nothing about {wanted}"));
         }
     }
+    let incomplete = |what: &str| {
+        format!(
+            "testssl.sh reported {what}: an incomplete scan, judged as failed (its warnings: {}); on a loaded host, \
+             scan again",
+            if scan.warnings.is_empty() { "none".to_string() } else { scan.warnings.join("; ") }
+        )
+    };
+    let mut missing = Vec::new();
     if scan.key.is_empty() {
-        scan.violations.push("testssl.sh reported no server key size".into());
+        missing.push(incomplete("no server key size"));
     }
+    let tls12 = scan.protocols.get("TLS 1.2").is_some_and(|f| f.starts_with("offered"));
+    if tls12 && !scan.suites.contains_key("TLS 1.2") {
+        missing.push(incomplete("TLS 1.2 offered but not one of its suites"));
+    }
+    scan.violations.extend(missing);
     scan
 }
 
@@ -269,5 +289,18 @@ mod tests {
     fn an_empty_scan_is_not_a_pass() {
         let v = judge("x:1", &[]).violations.join("\n");
         assert!(v.contains("nothing about TLS 1.2") && v.contains("no server key"), "{v}");
+    }
+
+    #[test]
+    fn a_scan_cut_short_by_timeouts_is_not_a_pass() {
+        // What a starved host gave once: protocols and curves, no suite, no key, a timeout warning.
+        let mut cut: Vec<serde_json::Value> = good()
+            .into_iter()
+            .filter(|f| !f["id"].as_str().unwrap().starts_with("cipher-") && f["id"] != "cert_keySize")
+            .collect();
+        cut.push(finding("scanProblem", "WARN", "openssl s_client connect problem (timeout)"));
+        let v = judge("x:1", &cut).violations.join("\n");
+        assert!(v.contains("TLS 1.2 offered but not one of its suites") && v.contains("no server key size"), "{v}");
+        assert!(v.contains("incomplete scan") && v.contains("scanProblem: openssl s_client connect problem"), "{v}");
     }
 }

@@ -1,8 +1,11 @@
-//! `cargo xtask smoke` for real: three etcd containers with mutual TLS in podman. The tests run
-//! side by side, each on a cluster of its own (name and /24: a copy of `clusters/smoke.toml`), as
-//! a user may: a run's containers, volumes and network carry its cluster's name and label. The
-//! full run proves the real etcd v3.4.9 (built from source, `--source build`); the interrupted
-//! run uses Debian's package, the offline fallback, so that it stays covered too.
+//! `cargo xtask smoke` for real: three etcd containers with mutual TLS in podman. Each test runs
+//! a cluster of its own (name and /24: a copy of `clusters/smoke.toml`): a run's containers,
+//! volumes and network carry its cluster's name and label. The two loaded runs (every scenario,
+//! and the kube engine) take turns ([`LOADED`]): side by side on two cores they starve each
+//! other and the rest of the suite. The interrupted run goes beside whichever is running, which
+//! proves that a run, and the sweep of its leftovers, leaves another cluster's alone. The full
+//! run proves the real etcd v3.4.9 (built from source, `--source build`); the interrupted run
+//! uses Debian's package, the offline fallback, so that it stays covered too.
 
 mod common;
 
@@ -13,6 +16,13 @@ fn xtask() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.env("XTASK_NO_OFFICIAL", "1");
     cmd
+}
+
+/// Held by the tests that run a cluster under client load, one at a time.
+static LOADED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn loaded_turn() -> std::sync::MutexGuard<'static, ()> {
+    LOADED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The podman resources of `kind` labelled as cluster `cluster`'s.
@@ -45,6 +55,7 @@ fn cluster_of_its_own(dir: &std::path::Path, name: &str, octet: u8) -> std::path
 
 #[test]
 fn smoke_passes_every_check_of_every_scenario_and_cleans_up() {
+    let _turn = loaded_turn();
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("smoke");
 
@@ -186,6 +197,7 @@ fn smoke_passes_every_check_of_every_scenario_and_cleans_up() {
 
 #[test]
 fn the_kube_engine_plays_the_rendered_static_pods() {
+    let _turn = loaded_turn();
     let tmp = tempfile::tempdir().unwrap();
     common::build_etcd_349(&[common::host_arch()]);
     let cluster = cluster_of_its_own(tmp.path(), "smoke-kube", 74);
@@ -231,25 +243,55 @@ fn an_interrupted_run_removes_all_it_created() {
     let tmp = tempfile::tempdir().unwrap();
     let cluster = cluster_of_its_own(tmp.path(), "smoke-int", 75);
     let out_dir = tmp.path().join("smoke");
+    let log = tmp.path().join("smoke-int.log");
     // Interrupted once its containers are up: it still removes all it created.
-    let mut child = xtask()
-        .args(["smoke", "--source", "debian", "--out", out_dir.to_str().unwrap()])
-        .arg("--cluster")
-        .arg(&cluster)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut run = Background(
+        xtask()
+            .args(["smoke", "--source", "debian", "--out", out_dir.to_str().unwrap()])
+            .arg("--cluster")
+            .arg(&cluster)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // Its image may wait for other tests' builds first (the image lock) on a busy machine.
+    let deadline = Instant::now() + Duration::from_secs(600);
     while labelled(&["ps", "-a"], "smoke-int").lines().count() < 3 {
-        assert!(Instant::now() < deadline, "the smoke containers never appeared");
+        let ended = run.0.try_wait().unwrap();
+        let why = || std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(ended.is_none(), "the run ended ({ended:?}) before its containers were up:\n{}", why());
+        assert!(Instant::now() < deadline, "the smoke containers never appeared:\n{}", why());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let pid = child.id().to_string();
+    let pid = run.0.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    let status = child.wait().unwrap();
+    let status = run.0.wait().unwrap();
     assert!(!status.success(), "an interrupted run must fail");
     nothing_left("smoke-int");
+}
+
+/// A smoke run in the background. Dropped while it runs (the test failed), it is interrupted as
+/// Ctrl-C would (it removes what it created), and killed if it has not ended a minute later: a
+/// failing test leaves no run behind.
+struct Background(std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
