@@ -2,8 +2,8 @@
 //! a cluster of its own (name and /24: a copy of `clusters/smoke.toml`): a run's containers,
 //! volumes and network carry its cluster's name and label. The two loaded runs (every scenario,
 //! and the kube engine) take turns ([`LOADED`]): side by side on two cores they starve each
-//! other and the rest of the suite. The interrupted run goes beside whichever is running, which
-//! proves that a run, and the sweep of its leftovers, leaves another cluster's alone. The full
+//! other and the rest of the suite. The interrupted run (light) goes beside them: a run, and the
+//! sweep of its leftovers at its start, must leave another cluster's resources alone. The full
 //! run proves the real etcd v3.4.9 (built from source, `--source build`); the interrupted run
 //! uses Debian's package, the offline fallback, so that it stays covered too.
 
