@@ -85,14 +85,17 @@ fn recording_rules(sel: &str, c: &Clock) -> Vec<(String, String)> {
     ]
 }
 
+/// The alerts. Where the mixin sums over the members `without (instance)`, these also leave out
+/// `member`, the label our scrape configuration puts on each target: kept, it would split every
+/// sum into one group per member, and one member down would read as a lost quorum.
 fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
     let mixin = || MIXIN.to_string();
     vec![
         Alert {
             name: "etcdMembersDown",
             expr: format!(
-                "max without (source) (\n  label_replace(sum without (instance) (up{{{sel}}} == bool 0), \"source\", \
-                 \"scrape\", \"\", \"\")\nor\n  label_replace(count without (To) (sum without (instance) \
+                "max without (source) (\n  label_replace(sum without (instance, member) (up{{{sel}}} == bool 0), \"source\", \
+                 \"scrape\", \"\", \"\")\nor\n  label_replace(count without (To) (sum without (instance, member) \
                  (rate(etcd_network_peer_sent_failures_total{{{sel}}}[{w2}])) > 0.01), \"source\", \"peers\", \"\", \
                  \"\")\n)\n> 0",
                 w2 = c.window(120)
@@ -110,7 +113,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
         Alert {
             name: "etcdInsufficientMembers",
             expr: format!(
-                "sum without (instance) (up{{{sel}}} == bool 1)\n< ((count without (instance) (up{{{sel}}}) + 1) / 2)"
+                "sum without (instance, member) (up{{{sel}}} == bool 1)\n< ((count without (instance, member) (up{{{sel}}}) + 1) / 2)"
             ),
             for_: c.for_(180),
             severity: "critical",
@@ -134,7 +137,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
         Alert {
             name: "etcdHighNumberOfLeaderChanges",
             expr: format!(
-                "increase((max without (instance) (etcd_server_leader_changes_seen_total{{{sel}}}) or \
+                "increase((max without (instance, member) (etcd_server_leader_changes_seen_total{{{sel}}}) or \
                  0*absent(etcd_server_leader_changes_seen_total{{{sel}}}))[{w15}:{step}]) >= 4",
                 w15 = c.window(900),
                 step = c.window(60)

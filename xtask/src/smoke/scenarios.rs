@@ -376,22 +376,29 @@ impl Cluster {
         // at each step the operator copies them to the Prometheus host, as the members get theirs.
         let t = Instant::now();
         let dates = self.probed_expiry().transpose();
+        let mut scraped = Vec::new();
         let r = (|| {
+            let mut to_prometheus = |c: &Cluster, step: &str| -> Result<()> {
+                if let Some(s) = c.prometheus_restage().with_context(|| format!("Prometheus after {step}"))? {
+                    scraped.push(format!("{step} {s:.1} s"));
+                }
+                Ok(())
+            };
             self.phase("rotate-ca add");
             crate::pki::rotate_ca(&self.pki.root, &profiles, crate::pki::RotateStep::Add)?;
             self.restage()?;
-            self.prometheus_restage()?;
+            to_prometheus(self, "add")?;
             let first = self.rolling_restart()?;
             self.phase("rotate-ca reissue");
             crate::pki::rotate_ca(&self.pki.root, &profiles, crate::pki::RotateStep::Reissue)?;
             self.restage()?;
-            self.prometheus_restage()?;
+            to_prometheus(self, "reissue")?;
             self.phase("after rotate-ca reissue");
             let served = self.check_served()?;
             self.phase("rotate-ca drop");
             crate::pki::rotate_ca(&self.pki.root, &profiles, crate::pki::RotateStep::Drop)?;
             self.restage()?;
-            self.prometheus_restage()?;
+            to_prometheus(self, "drop")?;
             let second = self.rolling_restart()?;
             self.phase("after the CA rotation");
             let served_after = self.check_served()?;
@@ -403,7 +410,7 @@ impl Cluster {
         self.record("CA rotation: bundles, rolling restart, new leaves, old CA dropped, rolling restart", t, r);
         match dates {
             Ok(Some(d)) => {
-                if let Some(seen) = self.monitoring_after_rotation(&d, t) {
+                if let Some(seen) = self.monitoring_after_rotation(&d, t, &scraped) {
                     self.record("monitoring through the CA rotation: scrapes and probes under the new CA", t, seen);
                 }
             }
