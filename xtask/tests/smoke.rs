@@ -1,8 +1,9 @@
 //! `cargo xtask smoke` for real: three etcd containers with mutual TLS in podman. Each test runs
 //! a cluster of its own (name and /24: a copy of `clusters/smoke.toml`): a run's containers,
 //! volumes and network carry its cluster's name and label. The runs take turns ([`TURN`]): side
-//! by side on two cores they starve each other and the rest of the suite (measured: a fresh-clone
-//! `cargo xtask ci` took 18:47 with them side by side, 13:35 to 15:42 one after another). The full
+//! by side on two cores they starve each other and the rest of the suite (a fresh-clone
+//! `cargo xtask ci` with them side by side: load average 77, testssl.sh scans cut short by their
+//! timeouts). The full
 //! run proves the real etcd v3.4.9 (built from source, `--source build`); the interrupted run
 //! uses Debian's package, the offline fallback, so that it stays covered too.
 
