@@ -1,9 +1,9 @@
 //! `cargo xtask smoke` for real: three etcd containers with mutual TLS in podman. Each test runs
 //! a cluster of its own (name and /24: a copy of `clusters/smoke.toml`): a run's containers,
 //! volumes and network carry its cluster's name and label. The runs take turns ([`TURN`]): side
-//! by side on two cores they starve each other and the rest of the suite (a fresh-clone
-//! `cargo xtask ci` with them side by side: load average 77, testssl.sh scans cut short by their
-//! timeouts). The full
+//! by side on two cores they compete with each other and the rest of the suite (the one
+//! fresh-clone `cargo xtask ci` tried that way reached a load average of 77 and had a testssl.sh
+//! scan cut short, though a run that a failing test left behind added to that). The full
 //! run proves the real etcd v3.4.9 (built from source, `--source build`); the interrupted run
 //! uses Debian's package, the offline fallback, so that it stays covered too.
 
