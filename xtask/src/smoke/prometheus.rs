@@ -28,6 +28,18 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// Whether every one of the three members' probed expiry is later in `now` than in `before`.
+fn expiry_moved(before: &BTreeMap<String, f64>, now: &BTreeMap<String, f64>) -> bool {
+    before.len() == 3 && before.iter().all(|(i, old)| now.get(i).is_some_and(|new| new > old))
+}
+
+/// How much later each member's probed expiry is in `after`: "10.0.0.1:2379 +8 s, ...".
+fn expiry_gained(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> String {
+    let each: Vec<String> =
+        after.iter().map(|(i, new)| format!("{i} +{:.0} s", new - before.get(i).copied().unwrap_or(0.0))).collect();
+    each.join(", ")
+}
+
 /// Debian's blackbox exporter.
 const BLACKBOX: &str = "prometheus-blackbox-exporter";
 /// Scrape and evaluation interval of the smoke test's Prometheus.
@@ -299,8 +311,7 @@ impl Cluster {
                 Duration::from_millis(250),
                 |_| {
                     let now = p.query(EXPIRY)?;
-                    let moved =
-                        before.len() == 3 && before.iter().all(|(i, old)| now.get(i).is_some_and(|new| new > old));
+                    let moved = expiry_moved(before, &now);
                     Ok(if moved { Ok(now) } else { Err(format!("before {before:?}, now {now:?}")) })
                 },
             )?;
@@ -309,14 +320,10 @@ impl Cluster {
             if !expiring.is_empty() {
                 bail!("etcdCertificateExpiresSoon is {} after the renewal", expiring.join(", "));
             }
-            let gained: Vec<String> = after
-                .iter()
-                .map(|(i, new)| format!("{i} +{:.0} s", new - before.get(i).copied().unwrap_or(0.0)))
-                .collect();
             Ok(format!(
                 "the TLS probes saw the new dates {:.1} s after the renewal ({}); etcdCertificateExpiresSoon quiet",
                 t.elapsed().as_secs_f64(),
-                gained.join(", ")
+                expiry_gained(before, &after)
             ))
         })())
     }
@@ -368,8 +375,7 @@ impl Cluster {
                     let up = p.targets_up()?.get(monitoring::JOB).copied().unwrap_or_default();
                     let probes = p.query(PROBED)?;
                     let now = p.query(EXPIRY)?;
-                    let moved =
-                        before.len() == 3 && before.iter().all(|(i, old)| now.get(i).is_some_and(|new| new > old));
+                    let moved = expiry_moved(before, &now);
                     Ok(if up == (3, 3) && probes.values().filter(|v| **v == 1.0).count() == 3 && moved {
                         Ok(now)
                     } else {
@@ -393,17 +399,13 @@ impl Cluster {
                     fired.keys().cloned().collect::<Vec<_>>().join(", ")
                 )
             };
-            let gained: Vec<String> = after
-                .iter()
-                .map(|(i, new)| format!("{i} +{:.0} s", new - before.get(i).copied().unwrap_or(0.0)))
-                .collect();
             Ok(format!(
                 "its files copied to Prometheus at each step, no reload: all three scraped with them after {}; \
                  scraped and probed under the new CA {:.1} s after the last restart ({}); fired during the \
                  {window} s of the rotation: {others}; never {}",
                 steps.join(", "),
                 t.elapsed().as_secs_f64(),
-                gained.join(", "),
+                expiry_gained(before, &after),
                 forbidden.join(", ")
             ))
         })())
