@@ -467,10 +467,30 @@ impl Cluster {
         );
     }
 }
-/// A free TCP port on loopback for a published container port.
+/// A free TCP port on loopback for a published container port (and our helpers' listeners),
+/// picked at random below the kernel's ephemeral range. A port of that range, released for
+/// podman to bind, can meanwhile become the local end of any outgoing connection on the
+/// machine (a CI run lost a member's port that way), and so can the port of a container being
+/// restarted; below the range only an explicit bind takes a port.
 pub(super) fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-    Ok(l.local_addr().context("no local address")?.port())
+    use std::hash::{BuildHasher, Hasher};
+    const FLOOR: u16 = 10000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    if low <= FLOOR + 1000 {
+        let l = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+        return Ok(l.local_addr().context("no local address")?.port());
+    }
+    for _ in 0..500 {
+        let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let port = FLOOR + (r % u64::from(low - FLOOR)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port between {FLOOR} and {low} after 500 tries")
 }
 
 /// A locally administered unicast MAC derived from a node's address (`02:00:` + its IPv4
