@@ -129,10 +129,7 @@ impl Addressing {
     pub fn of_node(spec: &ClusterSpec, node: &NodeSpec) -> Result<Addressing> {
         let ip = primary_ip(node)?;
         let loopback = if ip.is_ipv6() { "[::1]" } else { "127.0.0.1" }.to_string();
-        let mut initial_cluster = Vec::new();
-        for n in &spec.nodes {
-            initial_cluster.push((n.name.clone(), host_of(&primary_ip(n)?)));
-        }
+        let initial_cluster = node_hosts(spec)?;
         Ok(Addressing {
             name: node.name.clone(),
             listen: host_of(&ip),
@@ -143,6 +140,12 @@ impl Addressing {
             initial_cluster,
         })
     }
+}
+
+/// Each node of the description by name, with the host it is reached at (its first IP): the
+/// members of the initial cluster, and Prometheus's targets.
+pub fn node_hosts(spec: &ClusterSpec) -> Result<Vec<(String, String)>> {
+    spec.nodes.iter().map(|n| Ok((n.name.clone(), host_of(&primary_ip(n)?)))).collect()
 }
 
 /// The address a node is reached at: its first IP.

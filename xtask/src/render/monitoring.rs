@@ -318,11 +318,7 @@ pub struct Scrape {
 impl Scrape {
     /// Hosts (bundles, the portable service, static pods): each node's first IP, port 2381.
     pub fn nodes(spec: &ClusterSpec) -> Result<Scrape> {
-        let mut targets = Vec::new();
-        for node in &spec.nodes {
-            targets.push((node.name.clone(), super::config::host_of(&super::config::primary_ip(node)?)));
-        }
-        Ok(Scrape { targets, metrics_port: super::config::METRICS_PORT })
+        Ok(Scrape { targets: super::config::node_hosts(spec)?, metrics_port: super::config::METRICS_PORT })
     }
 
     /// The StatefulSet: each pod by the DNS name its certificates carry (a pod's IP changes and
