@@ -150,16 +150,68 @@ Max locked memory         unlimited            unlimited            bytes     \n
         assert!(hard_limit(LIMITS, "Max cpu").is_err());
     }
 
+    /// The host's hard limit as bash's `ulimit -H` reports it (`flag`: `-n` open files, `-u`
+    /// processes), read apart from `run_args` and its parser; `None` = unlimited.
+    fn shell_hard_limit(flag: &str) -> Option<u64> {
+        let out = std::process::Command::new("bash").args(["-c", &format!("ulimit -H {flag}")]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(out.status.success(), "bash -c 'ulimit -H {flag}' failed: {}", String::from_utf8_lossy(&out.stderr));
+        match text.as_str() {
+            "unlimited" => None,
+            n => Some(n.parse().unwrap_or_else(|_| panic!("ulimit -H {flag} printed {n:?}"))),
+        }
+    }
+
+    /// The values of every `--ulimit NAME=SOFT:HARD` in `args`.
+    fn ulimits_for(args: &[String], name: &str) -> Vec<(u64, u64)> {
+        args.windows(2)
+            .filter(|w| w[0] == "--ulimit")
+            .filter_map(|w| w[1].strip_prefix(&format!("{name}=")))
+            .map(|v| {
+                let (soft, hard) = v.split_once(':').unwrap_or_else(|| panic!("--ulimit {name}={v}: not SOFT:HARD"));
+                (soft.parse().unwrap(), hard.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// Where podman's default would ask for more than this host allows, `run_args` lowers it to
+    /// what the host allows (the hard limit as the shell reads it, and for processes
+    /// `kernel.pid_max` too); where the default fits, it leaves it alone.
     #[test]
     fn run_args_never_exceed_host_limits() {
         let args = run_args().unwrap();
-        let limits = fs::read_to_string("/proc/self/limits").unwrap();
-        for (name, row) in [("nofile", "Max open files"), ("nproc", "Max processes")] {
-            if let Some(hard) = hard_limit(&limits, row).unwrap() {
-                if let Some(a) = args.iter().find(|a| a.starts_with(&format!("{name}="))) {
-                    let n: u64 = a.split(['=', ':']).nth(1).unwrap().parse().unwrap();
-                    assert!(n <= hard);
+        let pid_max: u64 = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+        for (name, flag, podman_default, kernel_cap) in
+            [("nofile", "-n", PODMAN_NOFILE, None), ("nproc", "-u", PODMAN_NPROC, Some(pid_max))]
+        {
+            let hard = shell_hard_limit(flag);
+            let allowed = [hard, kernel_cap].into_iter().flatten().min();
+            let given = ulimits_for(&args, name);
+            match allowed {
+                Some(allowed) if allowed < podman_default => {
+                    assert_eq!(
+                        given.len(),
+                        1,
+                        "podman's default {name} {podman_default} is above what this host allows ({allowed}: hard \
+                         limit {hard:?}, kernel cap {kernel_cap:?}), so exactly one --ulimit {name} must lower it; \
+                         run_args gave {args:?}"
+                    );
+                    let (soft, hard_given) = given[0];
+                    assert!(
+                        soft <= allowed && hard_given <= allowed,
+                        "--ulimit {name}={soft}:{hard_given} exceeds what this host allows ({allowed}); run_args gave {args:?}"
+                    );
+                    assert_eq!(
+                        (soft, hard_given),
+                        (allowed, allowed),
+                        "--ulimit {name} should give the container all the host allows"
+                    );
                 }
+                _ => assert!(
+                    given.is_empty(),
+                    "podman's default {name} {podman_default} fits under this host's limit ({allowed:?}): no \
+                     --ulimit {name} is needed, run_args gave {args:?}"
+                ),
             }
         }
     }
