@@ -180,8 +180,15 @@ pub fn host_codename() -> Option<String> {
 /// The Debian mirror the host's apt sources use (the first `deb` source whose URI ends in
 /// `/debian`, deb822 or one-line style), else [`DEFAULT_DEBIAN_MIRROR`].
 pub fn host_debian_mirror() -> String {
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+    debian_mirror_in(Path::new("/etc/apt"))
+}
+
+/// The Debian mirror of the apt configuration directory `etc_apt`: its `sources.list`, then
+/// `sources.list.d/*.list` and `*.sources` in name order; [`DEFAULT_DEBIAN_MIRROR`] when none
+/// names one.
+fn debian_mirror_in(etc_apt: &Path) -> String {
+    let mut files = vec![etc_apt.join("sources.list")];
+    if let Ok(rd) = fs::read_dir(etc_apt.join("sources.list.d")) {
         let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         more.sort();
         files.extend(more);
@@ -546,7 +553,28 @@ mod tests {
         let list = "# deb http://old.example/debian bookworm main\ndeb [signed-by=/k.gpg] https://m.example/debian bookworm main\n";
         assert_eq!(debian_mirror_one_line(list).as_deref(), Some("https://m.example/debian"));
         assert_eq!(debian_mirror_one_line("deb http://archive.ubuntu.com/ubuntu noble main\n"), None);
-        assert!(host_debian_mirror().starts_with("http"));
+    }
+
+    /// The mirror comes from the files of an apt configuration directory, in apt's order, and
+    /// only when none of them names a Debian archive is it Debian's default.
+    #[test]
+    fn the_mirror_is_the_first_one_apts_files_name_else_the_default() {
+        let etc_apt = tempfile::tempdir().unwrap();
+        let d = etc_apt.path().join("sources.list.d");
+        // Nothing configured at all, then files naming no Debian archive: the default.
+        assert_eq!(debian_mirror_in(etc_apt.path()), DEFAULT_DEBIAN_MIRROR, "no sources at all");
+        fs::create_dir(&d).unwrap();
+        fs::write(d.join("cloud.list"), "deb https://packages.cloud.example/apt cloud-sdk main\n").unwrap();
+        fs::write(d.join("old.list.disabled"), "deb http://disabled.example/debian bookworm main\n").unwrap();
+        fs::write(etc_apt.path().join("sources.list"), "").unwrap();
+        assert_eq!(debian_mirror_in(etc_apt.path()), DEFAULT_DEBIAN_MIRROR, "no source names a Debian archive");
+        // A deb822 file naming one: that one, whatever the default is.
+        fs::write(d.join("debian.sources"), "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n")
+            .unwrap();
+        assert_eq!(debian_mirror_in(etc_apt.path()), "http://mirror.example/debian", "the mirror of debian.sources");
+        // sources.list comes before sources.list.d, and a one-line file counts as much.
+        fs::write(etc_apt.path().join("sources.list"), "deb https://first.example/debian bookworm main\n").unwrap();
+        assert_eq!(debian_mirror_in(etc_apt.path()), "https://first.example/debian", "sources.list's mirror");
     }
 
     #[test]
