@@ -827,17 +827,41 @@ fn a_real_etcd_accepts_the_client_cert_refuses_none_and_answers_the_json_gateway
     }
 }
 
+/// Whether `dir` is on a tmpfs (statfs's f_type).
+fn is_tmpfs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a statfs buffer of the right type.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    rc == 0 && st.f_type == libc::TMPFS_MAGIC
+}
+
 #[test]
 fn bench_times_the_tutorial_set_and_compares_with_cfssl() {
     // golang-cfssl is in ci/debian-packages.txt: the ratio is part of the result.
     common::require("cfssl");
     common::require("cfssljson");
-    let tmp = tempfile::tempdir().unwrap();
-    let out = ok(&["pki", "bench", "--runs", "1", "--dir", tmp.path().to_str().unwrap()]);
+    // On a tmpfs, as the bench's documentation advises: ours makes every file durable, cfssljson
+    // does not, and a disk's flush (5 to 100 ms here, with others' I/O) would be judged instead of
+    // issuing. The median of 5 runs, so that one descheduled run decides nothing.
+    let shm = Path::new("/dev/shm");
+    assert!(is_tmpfs(shm), "{} is not a tmpfs here: the bench needs one to compare issuing alone", shm.display());
+    let tmp = tempfile::tempdir_in(shm).unwrap();
+    let out = ok(&["pki", "bench", "--runs", "5", "--dir", tmp.path().to_str().unwrap()]);
     assert!(out.contains("pki bench: cluster tutorial: 3 node(s), 4 client identity(ies)"), "{out}");
     assert!(out.contains("ours  (cargo xtask pki, 12 certificates): median "), "{out}");
     assert!(out.contains("cfssl (the tutorial's procedure, 11 certificates): median "), "{out}");
-    assert!(out.contains("ratio ours/cfssl: ") && out.contains("x (goal: at most 0.1x): "), "{out}");
+    // The verdict is the end of the ratio line: "...: met" or "...: NOT met". Issuing must stay
+    // within the goal, not merely be measured.
+    let verdict = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ratio ours/cfssl: "))
+        .unwrap_or_else(|| panic!("the bench printed no ratio line:\n{out}"));
+    let (ratio, judged) = verdict
+        .split_once("x (goal: at most 0.1x): ")
+        .unwrap_or_else(|| panic!("the ratio line does not give the goal of 0.1x: {verdict:?}\n{out}"));
+    assert_eq!(judged, "met", "issuing took {ratio} times cfssl's time, over the goal of 0.1:\n{out}");
     // Nothing is left behind.
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "the bench left files in {}", tmp.path().display());
 }
