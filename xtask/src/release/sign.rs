@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn an_attachment_has_cosigns_shape_and_a_signature_that_verifies() {
         let tmp = tempfile::tempdir().unwrap();
-        let (private, _) = generate(b"pw").unwrap();
+        let (private, public) = generate(b"pw").unwrap();
         let path = tmp.path().join("cosign.key");
         fs::write(&path, &private).unwrap();
         let der = decrypt(path.to_str().unwrap(), b"pw").unwrap();
@@ -313,11 +313,33 @@ mod tests {
                 layer["digest"].as_str().unwrap()
             )
         );
-        // The annotation holds a DER ECDSA signature (a SEQUENCE of two INTEGERs); cosign itself
-        // checks it against the public key in the publish tests.
+        // The annotation holds a DER ECDSA P-256/SHA-256 signature of the payload blob that
+        // verifies with the public key keygen wrote, and with nothing else: not over a payload
+        // with one byte flipped, not flipped itself, not with another key. (cosign itself checks
+        // it in the publish tests.)
         let signature = base64::engine::general_purpose::STANDARD
             .decode(layer["annotations"][SIGNATURE_ANNOTATION].as_str().unwrap())
             .unwrap();
-        assert_eq!((signature[0], signature[2]), (0x30, 0x02), "{signature:?}");
+        assert_eq!((signature[0], signature[2]), (0x30, 0x02), "not a DER SEQUENCE of INTEGERs: {signature:?}");
+        assert_eq!(verify(&public, &payload, &signature), Ok(()), "the signature does not verify with {public}");
+        let mut flipped_payload = payload.clone();
+        flipped_payload[payload.len() / 2] ^= 1;
+        assert!(verify(&public, &flipped_payload, &signature).is_err(), "a changed payload verifies");
+        let mut flipped_signature = signature.clone();
+        *flipped_signature.last_mut().unwrap() ^= 1;
+        assert!(verify(&public, &payload, &flipped_signature).is_err(), "a changed signature verifies");
+        let (_, other_public) = generate(b"pw").unwrap();
+        assert!(verify(&other_public, &payload, &signature).is_err(), "another key's public half verifies");
+    }
+
+    /// Checks the ECDSA P-256 SHA-256 `signature` (DER) of `message` against the public key PEM
+    /// `public`, with x509-parser's verifier (ring's), not with the code that signed.
+    fn verify(public: &str, message: &[u8], signature: &[u8]) -> Result<(), String> {
+        use x509_parser::prelude::{AlgorithmIdentifier, FromDer, SubjectPublicKeyInfo};
+        let block = pem::parse(public).map_err(|e| format!("public key PEM: {e}"))?;
+        let (_, spki) = SubjectPublicKeyInfo::from_der(block.contents()).map_err(|e| format!("public key: {e}"))?;
+        let algorithm = AlgorithmIdentifier::new(x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256, None);
+        let bits = x509_parser::asn1_rs::BitString::new(0, signature);
+        x509_parser::verify::verify_signature(&spki, &algorithm, &bits, message).map_err(|e| e.to_string())
     }
 }
