@@ -253,10 +253,21 @@ fn downloads_verifies_records_provenance_and_then_uses_the_cache() {
     assert!(dir.join("etcd").exists());
 
     // A binary tampered with after verification is noticed and replaced from the cache.
+    let etcdctl_before = fs::read(dir.join("etcdctl")).unwrap();
     fs::write(dir.join("etcdctl"), b"tampered").unwrap();
     let out = xtask(&args, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_ne!(fs::read(dir.join("etcdctl")).unwrap(), b"tampered");
+    // Replaced by the verified binary itself: its sum is the one provenance.json records.
+    let prov: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
+    let recorded = prov["files"]["etcdctl"].as_str().expect("provenance.json records etcdctl's sum");
+    assert_eq!(
+        sha256_hex(&fs::read(dir.join("etcdctl")).unwrap()),
+        recorded,
+        "the tampered etcdctl was replaced by something else than the verified binary:\n{}",
+        stderr(&out)
+    );
+    assert_eq!(recorded, sha256_hex(&etcdctl_before), "provenance.json records another etcdctl than the verified one");
     assert_eq!(server.hits("good"), 1);
 }
 
@@ -517,11 +528,19 @@ fn concurrent_fetches_of_a_foreign_architecture_share_one_apt_update() {
             .unwrap()
     };
     let (a, b) = (spawn(), spawn());
+    let mut logs = Vec::new();
     for child in [a, b] {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
+        logs.push(format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out)));
     }
     assert!(root.join(version()).join(foreign()).join("etcd").exists());
+    // Exactly one of them ran `apt-get update`: the line xtask prints before each update.
+    let updates: usize = logs
+        .iter()
+        .map(|log| log.lines().filter(|l| l.starts_with("apt-get update (private package lists")).count())
+        .sum();
+    assert_eq!(updates, 1, "the two fetches ran {updates} apt-get update(s), not one:\n{}", logs.join("\n---\n"));
 }
 
 #[test]
