@@ -484,8 +484,26 @@ mod tests {
         for p in ["podman", "runc", "umoci", "squashfs-tools", "golang-go", "openssl"] {
             assert!(pkgs.iter().any(|c| c == p), "{p} missing");
         }
-        // On this machine the suite has run its install step: nothing may be missing.
-        assert_eq!(not_installed(&["dpkg".to_string()]), Vec::<String>::new());
+    }
+
+    /// The tests run after `cargo xtask ci`'s install step: every package and PyPI tool the
+    /// lists name is there (and a package that is not installed would be seen).
+    #[test]
+    fn after_the_install_step_nothing_is_missing() {
+        let absent = "xtask-no-such-package".to_string();
+        assert_eq!(not_installed(std::slice::from_ref(&absent)), [absent], "dpkg-query cannot tell what is missing");
+        let list = project_root().join("ci/debian-packages.txt");
+        let missing = not_installed(&read_packages(&list).unwrap());
+        assert!(missing.is_empty(), "not installed: {} (`cargo xtask ci --deps-only`, as root)", missing.join(" "));
+        let tools = read_pypi_tools(&project_root().join("ci/pypi-packages.txt")).unwrap();
+        let missing: Vec<&str> =
+            tools.iter().filter(|(cmd, _)| pypi_tool(cmd).is_none()).map(|(_, req)| req.as_str()).collect();
+        assert!(
+            missing.is_empty(),
+            "not installed in {}: {} (`cargo xtask ci --deps-only`)",
+            pypi_dir().display(),
+            missing.join(" ")
+        );
     }
 
     #[test]
