@@ -87,6 +87,16 @@ fn version() -> String {
     p.version
 }
 
+/// Where glibc's ELF interpreter of `arch` is (its PT_INTERP), relative to the image's root.
+fn expected_loader(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Amd64 => "lib64/ld-linux-x86-64.so.2",
+        Arch::Arm64 => "lib/ld-linux-aarch64.so.1",
+        Arch::Ppc64le => "lib64/ld64.so.2",
+        Arch::S390x => "lib/ld64.so.1",
+    }
+}
+
 /// `xtask image` with the Debian binaries into `out`.
 fn bake(out: &Path, epoch: &str) -> String {
     ok(Command::new(XTASK)
@@ -292,8 +302,14 @@ fn layer_tree_and_config_are_hardened_and_complete() {
     for bin in ["usr/local/bin/etcd", "usr/local/bin/etcdctl"] {
         assert_eq!((get(bin).0, get(bin).1, get(bin).2), (0o755, 0, 0), "{bin}");
     }
-    // Debian's etcd is dynamic: its interpreter and libc are in the image, as regular files.
-    assert!(get("lib64/ld-linux-x86-64.so.2").3.is_file());
+    // Debian's etcd is dynamic: its interpreter and libc are in the image, as regular files,
+    // where the loader of the image's architecture is (whatever this machine is).
+    let arch: Arch = config["architecture"].as_str().unwrap().parse().unwrap();
+    let loader = expected_loader(arch);
+    let etcd = xtask::image::elf::read(&debian_etcd().join("etcd")).unwrap();
+    assert_eq!(etcd.machine, arch.elf_machine(), "the image says {arch}, its etcd is ELF machine {}", etcd.machine);
+    assert_eq!(etcd.interp.as_deref(), Some(format!("/{loader}").as_str()), "etcd's PT_INTERP ({arch})");
+    assert!(get(loader).3.is_file(), "{loader} is not a regular file");
     assert!(entries.keys().any(|k| k.ends_with("/libc.so.6")), "{:?}", entries.keys());
     for f in ["etc/group", "etc/nsswitch.conf", "etc/passwd"] {
         assert_eq!(get(f).0, 0o644, "{f}");
@@ -323,7 +339,7 @@ fn layer_tree_and_config_are_hardened_and_complete() {
     assert!(env.iter().any(|e| e.starts_with("PATH=")), "{env:?}");
     let def = xtask::definition::Definition::load_default().unwrap();
     let needed: Vec<String> =
-        def.runtime_env(&version(), Arch::host().unwrap()).unwrap().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        def.runtime_env(&version(), arch).unwrap().iter().map(|(k, v)| format!("{k}={v}")).collect();
     let etcd_vars: Vec<String> = env.iter().filter(|e| e.starts_with("ETCD_")).map(|e| e.to_string()).collect();
     assert_eq!(etcd_vars, needed, "{env:?}");
     assert_eq!(config["history"].as_array().unwrap().len(), manifest["layers"].as_array().unwrap().len());
