@@ -41,6 +41,9 @@ pub const OMISSIONS: &[(&str, &str)] = &[
 /// allowed (names separated by commas).
 pub const ALLOW_OMISSIONS_ENV: &str = "XTASK_ALLOW_OMISSIONS";
 
+/// The variable under which the golden-file comparisons of the tests rewrite their files.
+pub const UPDATE_GOLDEN_ENV: &str = "UPDATE_GOLDEN";
+
 /// Where the tests record the omissions they made (one line each): `target/ci-omissions.txt`.
 pub fn omissions_file() -> PathBuf {
     target_dir().join("ci-omissions.txt")
@@ -78,6 +81,9 @@ pub struct Ci {
 
 impl Ci {
     pub fn run(self) -> Result<()> {
+        if !self.deps_only {
+            suite::refuse_environment(|name| std::env::var_os(name))?;
+        }
         let root = project_root();
         let record = omissions_file();
         match fs::remove_file(&record) {

@@ -8,6 +8,9 @@
 //! cores idle. The tests use names, networks, ports and directories of their own, so binaries
 //! share nothing but the host; what several need once (the real etcd 3.4.9 built from source)
 //! is built once under a lock (`xtask/tests/common/mod.rs`).
+//!
+//! The binaries inherit `cargo xtask ci`'s environment, so a variable under which a check would
+//! pass without checking ([`REFUSED_ENV`], e.g. `UPDATE_GOLDEN`) stops the run before anything.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -125,6 +128,37 @@ pub fn count_results(log: &str) -> (u64, u64, u64) {
         }
     }
     (passed, failed, ignored)
+}
+
+/// The variables `cargo xtask ci` refuses to run under, with what each would do to the tests
+/// (which inherit its environment): each would let a check pass without checking what it names.
+pub const REFUSED_ENV: &[(&str, &str)] = &[
+    (
+        super::UPDATE_GOLDEN_ENV,
+        "every golden-file comparison would rewrite its file and pass, so they would check nothing. \
+         To refresh the golden files: `UPDATE_GOLDEN=1 cargo test -p xtask --test render --test portable`, \
+         review `git diff xtask/tests/golden`, then run `cargo xtask ci` without it",
+    ),
+    ("XTASK_DEFINITION", "the tests would check that definition rather than images/etcd.toml"),
+    (
+        "XTASK_ETCD_MIRRORS",
+        "every fetch of the tests would also try those mirrors, off loopback: a download a test breaks on \
+         purpose could be served from there",
+    ),
+];
+
+/// An error naming every variable of [`REFUSED_ENV`] that `get` finds set, and why it is refused.
+pub fn refuse_environment(get: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<()> {
+    let set: Vec<&(&str, &str)> = REFUSED_ENV.iter().filter(|(name, _)| get(name).is_some()).collect();
+    if !set.is_empty() {
+        let why: Vec<String> = set.iter().map(|(name, why)| format!("  {name} is set: {why}\n")).collect();
+        let unset: String = set.iter().map(|(name, _)| format!("-u {name} ")).collect();
+        bail!(
+            "cargo xtask ci will not run: the tests inherit its environment, and\n{}Run `env {unset}cargo xtask ci`.",
+            why.concat()
+        );
+    }
+    Ok(())
 }
 
 /// What every binary of a run gets.
@@ -338,5 +372,25 @@ mod tests {
         assert!(out[1..].iter().all(|o| o.cpu_seconds < 0.5), "{out:?}");
         let b_log = fs::read_to_string(logs.join("b.log")).unwrap();
         assert!(b_log.contains(&format!("hello from {}", dir.path().display())), "{b_log}");
+    }
+
+    /// A variable that would let the tests pass without checking stops `cargo xtask ci`, named
+    /// with its reason; none set, it runs.
+    #[test]
+    fn ci_refuses_variables_that_would_make_checks_pass_unchecked() {
+        refuse_environment(|_| None).unwrap();
+        let err = format!(
+            "{:#}",
+            refuse_environment(|n| (n == "UPDATE_GOLDEN").then(|| "1".into()))
+                .expect_err("UPDATE_GOLDEN=1 must stop cargo xtask ci")
+        );
+        assert!(err.contains("UPDATE_GOLDEN is set: every golden-file comparison would rewrite"), "{err}");
+        assert!(err.contains("`env -u UPDATE_GOLDEN cargo xtask ci`") && !err.contains("XTASK_DEFINITION"), "{err}");
+        for (name, _) in REFUSED_ENV {
+            let err = refuse_environment(|n| (n == *name).then(|| "".into()))
+                .expect_err(&format!("{name}, set even empty, must stop cargo xtask ci"))
+                .to_string();
+            assert!(err.contains(&format!("{name} is set")), "{err}");
+        }
     }
 }

@@ -76,20 +76,30 @@ pub fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-/// Compares `actual` with `xtask/tests/golden/<name>`, or rewrites it with UPDATE_GOLDEN=1.
+/// Compares `actual` with `xtask/tests/golden/<name>`, or rewrites it with UPDATE_GOLDEN=1
+/// (`xtask::ci::UPDATE_GOLDEN_ENV`). Rewriting is a developer's act: on a CI machine (`CI` set,
+/// as GitHub Actions sets it) UPDATE_GOLDEN fails the test, and `cargo xtask ci` refuses to run
+/// under it, so that no stray variable turns the comparisons into rewrites that pass.
 pub fn golden(name: &str, actual: &str) {
     let path = golden_dir().join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        fs::create_dir_all(path.parent().unwrap()).unwrap();
-        fs::write(&path, actual).unwrap();
+    let update = xtask::ci::UPDATE_GOLDEN_ENV;
+    if std::env::var_os(update).is_some() {
+        let ci = std::env::var("CI").unwrap_or_default();
+        assert!(
+            ci.is_empty() || ci == "false" || ci == "0",
+            "{update} is set on a CI machine (CI={ci}): golden files are refreshed by a developer, who \
+             reviews the diff; here they are compared. Unset {update}."
+        );
+        if fs::read_to_string(&path).ok().as_deref() != Some(actual) {
+            eprintln!("{update}: rewrote {} (review the diff)", path.display());
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, actual).unwrap();
+        }
         return;
     }
     let want = fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("golden file {} is missing: run UPDATE_GOLDEN=1 cargo test", path.display()));
-    assert_eq!(
-        actual, want,
-        "{name} differs from its golden file; if the change is intended: UPDATE_GOLDEN=1 cargo test"
-    );
+        .unwrap_or_else(|_| panic!("golden file {} is missing: run {update}=1 cargo test", path.display()));
+    assert_eq!(actual, want, "{name} differs from its golden file; if the change is intended: {update}=1 cargo test");
 }
 
 /// The commit of etcd's tag v3.4.9, and the Git SHA its binaries report.
