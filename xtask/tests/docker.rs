@@ -20,7 +20,10 @@
 //! for more than the host's hard limits (podman fails because it asks for its own defaults).
 //!
 //! Needs root, dockerd, docker, containerd (`apt-get install docker.io`), and builds etcd v3.4.9
-//! from source (`$XTASK_TEST_ETCD_GIT`, see `common`); a missing piece fails the test.
+//! from source (`$XTASK_TEST_ETCD_GIT`, see `common`); a missing piece fails the test, and so
+//! does a dockerd that is not Docker 20.10 (its `--version` and the running daemon's version are
+//! both checked): a Docker 25 or later reads `index.json` and would load an archive without
+//! `manifest.json`.
 
 mod common;
 use common::dockerd::{programs, Dockerd};
@@ -119,6 +122,22 @@ fn etcdctl_ok(d: &Dockerd, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Fails unless `version` (as `what` reports it) is a Docker 20.10.
+fn assert_docker_20_10(version: &str, what: &str) {
+    let mut parts = version.split(['.', '+', '-']).map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().flatten(), parts.next().flatten());
+    assert!(
+        major.is_some_and(|m| m < 25),
+        "{what} says Docker {version:?}: this test needs a Docker before 25, which reads only \
+         manifest.json of an archive (Debian 12's docker.io 20.10 first on PATH)"
+    );
+    assert_eq!(
+        (major, minor),
+        (Some(20), Some(10)),
+        "{what} says Docker {version:?}, not the 20.10 this test is about (Debian 12's docker.io first on PATH)"
+    );
+}
+
 #[test]
 fn docker_20_10_loads_our_archive_and_runs_etcd_from_it() {
     assert!(
@@ -126,10 +145,17 @@ fn docker_20_10_loads_our_archive_and_runs_etcd_from_it() {
         "this test starts its own dockerd (a root daemon, with its own data root and socket): run it as root"
     );
     let (dockerd_bin, client) = programs();
+    // The Docker this test is about: 20.10, which reads only Docker's manifest.json of an
+    // archive (Docker 25 and later read index.json, and would pass without manifest.json).
+    let program = common::dockerd::docker_version(&dockerd_bin).unwrap_or_default();
+    assert_docker_20_10(&program, &format!("{} --version", dockerd_bin.display()));
     let archive = bake();
     let (config_digest, config) = oci_config(&archive);
 
     let mut d = Dockerd::start(&dockerd_bin, client);
+    // And the daemon that answers is that Docker (it does the load).
+    let server = d.ok(&["version", "--format", "{{.Server.Version}}"]);
+    assert_docker_20_10(server.trim(), "the daemon's `docker version` (Server.Version)");
     let info = d.ok(&["info", "--format", "{{.DefaultRuntime}} cgroup v{{.CgroupVersion}} {{.Driver}}"]);
     eprintln!("docker: daemon: runtime {}", info.trim());
     assert!(info.starts_with("runc "), "Docker's default runtime is not runc here: {info}");
