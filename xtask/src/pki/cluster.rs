@@ -21,6 +21,7 @@
 //!
 //! [monitoring]                      # optional: metrics also on each node's first IP over
 //! scrape_client = "prometheus"      # mutual TLS, scraped with this client's certificate
+//! # config_dir = "/etc/prometheus"  # where the Prometheus host keeps the rendered files
 //! ```
 //!
 //! Every rule below is an error naming the field: unknown fields, no nodes, duplicate node
@@ -62,11 +63,42 @@ pub struct ClusterSpec {
 
 /// The description's `[monitoring]` section: each member also serves `/metrics` on its first IP
 /// over mutual TLS (port 2381), and Prometheus scrapes it with the certificate of
-/// `scrape_client`, one of `clients`.
+/// `scrape_client`, one of `clients`. `config_dir` is where the Prometheus host keeps the files
+/// `render` writes for it (default [`MonitoringSpec::DEFAULT_CONFIG_DIR`]): every file they name
+/// is named by its absolute path there, since Prometheus resolves a relative name against its
+/// configuration's directory but the blackbox exporter against its working directory (`/` under
+/// Debian's unit).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MonitoringSpec {
     pub scrape_client: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_dir: Option<String>,
+}
+
+impl MonitoringSpec {
+    /// Where Debian's `prometheus` and `prometheus-blackbox-exporter` read their configuration.
+    pub const DEFAULT_CONFIG_DIR: &'static str = "/etc/prometheus";
+
+    /// The Prometheus host's configuration directory, without a trailing `/`.
+    pub fn config_dir(&self) -> &str {
+        self.config_dir.as_deref().map(|d| d.trim_end_matches('/')).unwrap_or(Self::DEFAULT_CONFIG_DIR)
+    }
+}
+
+/// Why `dir` cannot be the Prometheus host's configuration directory, if it cannot.
+pub fn config_dir_problem(dir: &str) -> Option<&'static str> {
+    if !dir.starts_with('/') {
+        Some("is not an absolute path: the blackbox exporter would resolve it against its working directory")
+    } else if dir.split('/').any(|c| c == "..") {
+        Some("has a `..` component")
+    } else if dir.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\') {
+        Some("has white space, a quote, a backslash or a control character")
+    } else if dir.trim_end_matches('/').is_empty() {
+        Some("is the root directory")
+    } else {
+        None
+    }
 }
 
 /// How a StatefulSet of the cluster is named in Kubernetes: member `i` of the description is
@@ -332,6 +364,17 @@ impl ClusterSpec {
                         "{:?} is not among clients {:?}: add it to clients (its certificate is issued then) or name one \
                          of them",
                         m.scrape_client, raw.clients
+                    ),
+                ));
+            }
+            if let Some(problem) = m.config_dir.as_deref().and_then(config_dir_problem) {
+                return Err(err(
+                    "monitoring.config_dir",
+                    format!(
+                        "{:?} {problem}; name the Prometheus host's configuration directory by its absolute path, \
+                         such as {:?} (the default)",
+                        m.config_dir.as_deref().unwrap_or_default(),
+                        MonitoringSpec::DEFAULT_CONFIG_DIR
                     ),
                 ));
             }
@@ -613,6 +656,26 @@ ips = ["10.0.0.3"]
         let dns_only = GOOD.replace("ips = [\"10.0.0.3\"]", "dns = [\"c.example.org\"]");
         let err = err_of(&format!("{dns_only}\n[monitoring]\nscrape_client = \"etcdctl\"\n"));
         assert!(err.contains("monitoring: node \"c\" has no IP"), "{err}");
+    }
+
+    #[test]
+    fn the_prometheus_config_dir_is_absolute_and_defaults_to_debians() {
+        let text = format!("{GOOD}\n[monitoring]\nscrape_client = \"etcdctl\"\n");
+        assert_eq!(parse(&text).unwrap().monitoring.unwrap().config_dir(), "/etc/prometheus");
+        let text = format!("{GOOD}\n[monitoring]\nscrape_client = \"etcdctl\"\nconfig_dir = \"/srv/prom/\"\n");
+        let spec = parse(&text).unwrap();
+        assert_eq!(spec.monitoring.as_ref().unwrap().config_dir(), "/srv/prom");
+        assert_eq!(parse(&spec.to_toml().unwrap()).unwrap(), spec, "kept through to_toml");
+        for (bad, why) in [
+            ("etc/prometheus", "is not an absolute path"),
+            ("/etc/../prometheus", "`..`"),
+            ("/etc/prom etheus", "white space"),
+            ("/", "the root directory"),
+        ] {
+            let err = err_of(&format!("{GOOD}\n[monitoring]\nscrape_client = \"etcdctl\"\nconfig_dir = {bad:?}\n"));
+            assert!(err.contains("monitoring.config_dir") && err.contains(why), "{bad}: {err}");
+            assert!(err.contains("absolute path, such as \"/etc/prometheus\""), "the fix is named: {err}");
+        }
     }
 
     #[test]

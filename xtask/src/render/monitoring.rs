@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::pki::cluster::{ClusterSpec, KubeNames};
+use crate::pki::cluster::{ClusterSpec, KubeNames, MonitoringSpec};
 use crate::util::write_atomic;
 
 /// The scrape job of the members' metrics; every rule selects on it.
@@ -234,6 +234,25 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             source: format!("the warning window of `cargo xtask pki check` (--warn-days {CERT_WARN_DAYS})"),
             runbook: "renew-the-certificates-no-restart",
         },
+        Alert {
+            name: "etcdCertificateExpiryUnknown",
+            // Without a probe there is no expiry series, and the alert above can never fire: a
+            // probe that fails, or a member whose metrics are scraped but whose TLS port has no
+            // probe series at all (the exporter down, its module or certificate unreadable, the
+            // `etcd-tls` job missing), fires this one instead of leaving it quiet.
+            expr: format!(
+                "(max by (cluster, member) (probe_success{{{tls_sel}}}) == 0)\nor\n(0 * max by (cluster, member) \
+                 (up{{{sel}}}) unless on (cluster, member) probe_success{{{tls_sel}}})"
+            ),
+            for_: c.for_(600),
+            severity: "warning",
+            summary: "An etcd member's certificate expiry is not watched: its TLS probe fails or is missing.",
+            description: "The TLS probe of member {{ $labels.member }} of cluster {{ $labels.cluster }} has failed, or \
+                          has not run, for 10 minutes: etcdCertificateExpiresSoon cannot fire for it. Ask the blackbox \
+                          exporter why (/probe?module=etcd_tls&target=...&debug=true).",
+            source: "ours: an alert whose input is missing must not stay quiet".into(),
+            runbook: "what-each-alert-means",
+        },
     ]
 }
 
@@ -292,15 +311,17 @@ pub fn alert_names() -> Vec<&'static str> {
 /// Where the blackbox exporter that probes the members' TLS ports listens (its default).
 pub const BLACKBOX_ADDRESS: &str = "127.0.0.1:9115";
 
-/// The directory, beside `prometheus.yml`, that holds the scrape client's certificate: Prometheus
-/// and the blackbox exporter resolve relative file names against their configuration's directory.
+/// The directory, beside `prometheus.yml`, that holds the scrape client's certificate.
 pub fn cert_dir(cluster: &str) -> String {
     format!("etcd-{cluster}")
 }
 
-/// The files the scrape client's TLS takes, relative to the configuration.
-fn tls_files(cluster: &str) -> Value {
-    let dir = cert_dir(cluster);
+/// The files the scrape client's TLS takes, by their absolute path under `config_dir` (the
+/// Prometheus host's configuration directory): Prometheus would resolve a relative name against
+/// its configuration's directory, but the blackbox exporter resolves it against its working
+/// directory, which is `/` under Debian's unit.
+fn tls_files(config_dir: &str, cluster: &str) -> Value {
+    let dir = format!("{config_dir}/{}", cert_dir(cluster));
     json!({
         "ca_file": format!("{dir}/ca.crt"),
         "cert_file": format!("{dir}/client.crt"),
@@ -331,8 +352,14 @@ impl Scrape {
 
 /// `prometheus.yml` for the cluster: its rules, the members' metrics over mutual TLS (the
 /// scrape client's certificate) and the TLS probes of their client ports through the blackbox
-/// exporter at `blackbox`.
-pub fn prometheus_yaml(cluster: &str, scrape: &Scrape, scrape_interval: &str, blackbox: &str) -> Result<String> {
+/// exporter at `blackbox`; every file named by its absolute path under `config_dir`.
+pub fn prometheus_yaml(
+    cluster: &str,
+    config_dir: &str,
+    scrape: &Scrape,
+    scrape_interval: &str,
+    blackbox: &str,
+) -> Result<String> {
     let statics = |port: u16| -> Vec<Value> {
         scrape
             .targets
@@ -344,12 +371,12 @@ pub fn prometheus_yaml(cluster: &str, scrape: &Scrape, scrape_interval: &str, bl
     };
     let doc = json!({
         "global": { "scrape_interval": scrape_interval, "evaluation_interval": scrape_interval },
-        "rule_files": [RULES_FILE],
+        "rule_files": [format!("{config_dir}/{RULES_FILE}")],
         "scrape_configs": [
             {
                 "job_name": JOB,
                 "scheme": "https",
-                "tls_config": tls_files(cluster),
+                "tls_config": tls_files(config_dir, cluster),
                 "static_configs": statics(scrape.metrics_port),
             },
             {
@@ -367,59 +394,72 @@ pub fn prometheus_yaml(cluster: &str, scrape: &Scrape, scrape_interval: &str, bl
     });
     let body = serde_yaml_ng::to_string(&doc).context("cannot write the scrape configuration as YAML")?;
     Ok(format!(
-        "# Prometheus for etcd cluster {cluster}, written by `cargo xtask render` or `k8s`: merge into your\n# prometheus.yml \
-         or run with it; {dir}/ beside it holds the scrape client's certificate.\n{body}",
-        dir = cert_dir(cluster)
+        "# Prometheus for etcd cluster {cluster}, written by `cargo xtask render` or `k8s` for a Prometheus host\n# whose \
+         configuration lives in {config_dir} (the cluster file's monitoring.config_dir): install this\n# directory's files \
+         there, or merge them into the configuration you have; files are named by absolute path.\n{body}"
     ))
 }
 
 /// The blackbox exporter's module `etcd_tls`: a TLS handshake with the scrape client's
-/// certificate, which yields `probe_ssl_earliest_cert_expiry` of the member's server certificate.
-pub fn blackbox_yaml(cluster: &str) -> Result<String> {
+/// certificate, which yields `probe_ssl_earliest_cert_expiry` of the member's server certificate;
+/// the files named by their absolute path under `config_dir`.
+pub fn blackbox_yaml(cluster: &str, config_dir: &str) -> Result<String> {
     let doc = json!({
         "modules": {
             "etcd_tls": {
                 "prober": "tcp",
                 "timeout": "5s",
-                "tcp": { "tls": true, "tls_config": tls_files(cluster) },
+                "tcp": { "tls": true, "tls_config": tls_files(config_dir, cluster) },
             }
         }
     });
     let body = serde_yaml_ng::to_string(&doc).context("cannot write the blackbox configuration as YAML")?;
     Ok(format!(
-        "# Blackbox exporter module for etcd cluster {cluster}, written by `cargo xtask render` or `k8s`.\n{body}"
+        "# Blackbox exporter module for etcd cluster {cluster}, written by `cargo xtask render` or `k8s` for\n# {config_dir}/blackbox.yml \
+         (files are named by absolute path: the exporter resolves a relative one against\n# its working directory).\n{body}"
     ))
 }
 
 /// Writes `monitoring/` under `out`: the rules always; with the description's `[monitoring]`
 /// also the scrape configuration, the blackbox module and the scrape client's certificate
-/// (from the PKI at `pki`).
+/// (from the PKI at `pki`), laid out as the Prometheus host's configuration directory
+/// (`monitoring.config_dir`) holds them and naming each other there.
 pub fn write(out: &Path, spec: &ClusterSpec, pki: &Path) -> Result<()> {
     write_for(&out.join(DIR), spec, pki, &Scrape::nodes(spec)?)
 }
 
 /// [`write`] into `dir` itself, for members reached as `scrape` says.
 pub fn write_for(dir: &Path, spec: &ClusterSpec, pki: &Path, scrape: &Scrape) -> Result<()> {
-    write_with(dir, spec, pki, scrape, &Clock::PRODUCTION, "15s", BLACKBOX_ADDRESS)
+    write_with(dir, spec, pki, scrape, &Host::production(spec))
 }
 
-/// [`write_for`], with the rules on `clock` and Prometheus scraping and evaluating
-/// every `interval` (the smoke test's compressed time), probing through the blackbox exporter at
-/// `blackbox`.
-pub fn write_with(
-    dir: &Path,
-    spec: &ClusterSpec,
-    pki: &Path,
-    scrape: &Scrape,
-    clock: &Clock,
-    interval: &str,
-    blackbox: &str,
-) -> Result<()> {
+/// How a Prometheus host is set up for the cluster: where its configuration lives, how often it
+/// scrapes and evaluates, where the blackbox exporter listens, and the rules' clock.
+pub struct Host<'a> {
+    /// The absolute directory the files are installed in (the cluster file's
+    /// `monitoring.config_dir`, or the smoke test's copy of that layout).
+    pub config_dir: &'a str,
+    pub interval: &'a str,
+    pub blackbox: &'a str,
+    pub clock: Clock,
+}
+
+impl<'a> Host<'a> {
+    /// Production: the cluster file's configuration directory, 15 s, the exporter's default.
+    pub fn production(spec: &'a ClusterSpec) -> Host<'a> {
+        let config_dir = spec.monitoring.as_ref().map_or(MonitoringSpec::DEFAULT_CONFIG_DIR, |m| m.config_dir());
+        Host { config_dir, interval: "15s", blackbox: BLACKBOX_ADDRESS, clock: Clock::PRODUCTION }
+    }
+}
+
+/// [`write_for`] for the Prometheus host `host` (the smoke test's compressed time, its own
+/// directory and ports).
+pub fn write_with(dir: &Path, spec: &ClusterSpec, pki: &Path, scrape: &Scrape, host: &Host) -> Result<()> {
     let put = |name: &str, text: String| write_atomic(&dir.join(name), text.as_bytes(), 0o644);
-    put(RULES_FILE, rules_yaml(&spec.name, clock)?)?;
+    put(RULES_FILE, rules_yaml(&spec.name, &host.clock)?)?;
     let Some(m) = &spec.monitoring else { return Ok(()) };
-    put("prometheus.yml", prometheus_yaml(&spec.name, scrape, interval, blackbox)?)?;
-    put("blackbox.yml", blackbox_yaml(&spec.name)?)?;
+    put("prometheus.yml", prometheus_yaml(&spec.name, host.config_dir, scrape, host.interval, host.blackbox)?)?;
+    put("blackbox.yml", blackbox_yaml(&spec.name, host.config_dir)?)?;
     let certs = dir.join(cert_dir(&spec.name));
     let from = crate::pki::issue::PkiLayout::new(pki).client_dir(&m.scrape_client);
     for file in ["ca.crt", "client.crt", "client.key"] {

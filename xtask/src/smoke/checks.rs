@@ -256,7 +256,9 @@ impl Cluster {
         // With Prometheus watching, each step lasts until the alerts meant for it fire
         // (bounded): a member down (while the quorum holds), then the quorum lost.
         let mut alerts = Vec::new();
-        alerts.extend(self.alerts_fire(&["etcdMembersDown"], one_down));
+        // Its TLS port stops answering too: the probe fails, and the alert that says its
+        // certificate expiry is no longer watched fires (etcdCertificateExpiresSoon cannot).
+        alerts.extend(self.alerts_fire(&["etcdMembersDown", "etcdCertificateExpiryUnknown"], one_down));
         // ... and only that: two of three up is a quorum (a rule that split its sums per member
         // once said otherwise).
         alerts.extend(self.alerts_quiet(&["etcdInsufficientMembers", "etcdNoLeader"]));
@@ -279,10 +281,13 @@ impl Cluster {
         self.wait_healthy(&[0, 1, 2], Duration::from_secs(60)).context("the cluster did not heal")?;
         self.phase("healed");
         let heal = t.elapsed().as_secs_f64();
-        alerts.extend(self.alerts_resolve(&["etcdNoLeader", "etcdInsufficientMembers", "etcdMembersDown"], t));
+        alerts.extend(self.alerts_resolve(
+            &["etcdNoLeader", "etcdInsufficientMembers", "etcdMembersDown", "etcdCertificateExpiryUnknown"],
+            t,
+        ));
         self.record_alerts(
-            "alerts: a SIGKILLed member fires etcdMembersDown, no quorum etcdNoLeader and etcdInsufficientMembers; \
-             all resolve",
+            "alerts: a SIGKILLed member fires etcdMembersDown and etcdCertificateExpiryUnknown, no quorum etcdNoLeader \
+             and etcdInsufficientMembers; all resolve",
             one_down,
             alerts,
         );

@@ -81,24 +81,27 @@ impl Prometheus {
                 );
             }
         }
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // The files where the README's recipe installs them, under a root of the run's own
+        // (`<dir>/etc/prometheus` stands for `/etc/prometheus`), and both daemons started as
+        // Debian's units start them: working directory `/`, configuration by absolute path.
+        let dir = std::path::absolute(dir).with_context(|| format!("cannot make {} absolute", dir.display()))?;
+        let etc = dir.join("etc/prometheus");
+        fs::create_dir_all(&etc).with_context(|| format!("cannot create {}", etc.display()))?;
+        let config_dir = etc.to_str().with_context(|| format!("{} is not UTF-8", etc.display()))?;
+        if let Some(problem) = crate::pki::cluster::config_dir_problem(config_dir) {
+            bail!("the smoke test's Prometheus directory {config_dir:?} {problem}: run it from another directory");
+        }
         let bport = super::cluster::free_port()?;
         let blackbox_at = format!("127.0.0.1:{bport}");
-        monitoring::write_with(
-            dir,
-            spec,
-            pki,
-            &monitoring::Scrape::nodes(spec)?,
-            &Clock { scale: SCALE },
-            INTERVAL,
-            &blackbox_at,
-        )?;
+        let host =
+            monitoring::Host { config_dir, interval: INTERVAL, blackbox: &blackbox_at, clock: Clock { scale: SCALE } };
+        monitoring::write_with(&etc, spec, pki, &monitoring::Scrape::nodes(spec)?, &host)?;
         let blog = fs::File::create(dir.join("blackbox.log"))
             .with_context(|| format!("cannot create {}", dir.join("blackbox.log").display()))?;
         let blackbox = Command::new(BLACKBOX)
-            .arg("--config.file=blackbox.yml")
+            .arg(format!("--config.file={}", etc.join("blackbox.yml").display()))
             .arg(format!("--web.listen-address={blackbox_at}"))
-            .current_dir(dir)
+            .current_dir("/")
             .stdin(Stdio::null())
             .stdout(blog.try_clone().context("cannot share the blackbox exporter's log")?)
             .stderr(blog)
@@ -109,11 +112,11 @@ impl Prometheus {
         let log = fs::File::create(dir.join("prometheus.log"))
             .with_context(|| format!("cannot create {}", dir.join("prometheus.log").display()))?;
         let prometheus = Command::new("prometheus")
-            .arg("--config.file=prometheus.yml")
+            .arg(format!("--config.file={}", etc.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--storage.tsdb.retention.time=1d")
-            .current_dir(dir)
+            .current_dir("/")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("cannot share the Prometheus log")?)
             .stderr(log)
@@ -127,7 +130,7 @@ impl Prometheus {
             .into();
         let p = Prometheus {
             url: format!("http://127.0.0.1:{port}"),
-            certs: dir.join(monitoring::cert_dir(&spec.name)),
+            certs: etc.join(monitoring::cert_dir(&spec.name)),
             agent,
             _prometheus: prometheus,
             _blackbox: blackbox,
