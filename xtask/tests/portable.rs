@@ -3,17 +3,22 @@
 //! 1. The units and os-release of the image match their golden files (refresh with
 //!    `UPDATE_GOLDEN=1 cargo test --test portable`).
 //! 2. The real binary builds the image twice from Debian's etcd (`--source distro`): the
-//!    directory image has every mount point, the libraries of the dynamic etcd and no file
-//!    owned by anyone but root in the `.raw`; the two `.raw` files are byte-identical.
+//!    directory image has every mount point, the libraries of the dynamic etcd (its ELF
+//!    interpreter, libc and every other `DT_NEEDED`, read from the ELF; a static etcd must have
+//!    no PT_INTERP and need nothing) and no file owned by anyone but root in the `.raw`; the two
+//!    `.raw` files are byte-identical.
 //! 3. A minimal Debian (mmdebstrap, cached under `target/nspawn/`) boots in systemd-nspawn
 //!    with its own loopback network only, on a throw-away overlay of the cached root. A oneshot
 //!    unit inside first attaches the squashfs `.raw` of the real etcd v3.4.9 (built from source,
 //!    `portable --source build`) with `portablectl attach --now`, gives it the host side
 //!    rendered by `cargo xtask render` for a one-node cluster on 127.0.0.2, and checks that
 //!    etcd.service is active, runs as a non-root uid and answers `etcdctl endpoint health` over
-//!    TLS with a client certificate, as etcd 3.4.9. Then the same with the directory image of
-//!    Debian's etcd, plus a backup snapshot; it detaches, installs the host bundle of the same
-//!    node with Debian's binaries (sysusers, tmpfiles, the unit) and checks the same. It writes
+//!    TLS with a client certificate, as etcd 3.4.9 (that etcd, built from source, is static).
+//!    Then the same with the directory image of Debian's etcd, plus a backup snapshot; it
+//!    detaches, installs the host bundle of the same node with Debian's binaries (sysusers,
+//!    tmpfiles, the unit) and checks the same. A backup is judged by etcd's own tools, never by
+//!    its size: `etcdctl snapshot status` must read it (at least the revision of a key put just
+//!    before) and `snapshot restore` must accept it (its integrity hash). It writes
 //!    `key=value` results into a bound directory and powers off. The boot is bounded (180 s); on
 //!    timeout only the nspawn process this test started is stopped.
 //!
@@ -46,6 +51,53 @@ fn image_dir(out: &Path) -> PathBuf {
         .collect();
     assert_eq!(dirs.len(), 1, "one image directory expected in {}: {dirs:?}", out.display());
     dirs[0].clone()
+}
+
+/// Checks that the image directory `dir` holds what its binary `bin` needs at run time, read from
+/// the ELF: for a dynamic binary (PT_INTERP) the interpreter, libc and every `DT_NEEDED` library
+/// (and theirs), each where the loader of the binary's architecture looks; a binary without
+/// PT_INTERP must name no library at all, i.e. be static indeed. Returns whether it is dynamic.
+fn runtime_in_image(dir: &Path, bin: &str) -> bool {
+    use xtask::image::elf;
+    use xtask::util::Arch;
+    let info = elf::read(&dir.join(bin)).unwrap();
+    let arch = [Arch::Amd64, Arch::Arm64, Arch::Ppc64le, Arch::S390x]
+        .into_iter()
+        .find(|a| a.elf_machine() == info.machine)
+        .unwrap_or_else(|| panic!("{bin} is for ELF machine {}, no architecture of ours", info.machine));
+    let Some(interp) = &info.interp else {
+        assert!(
+            info.needed.is_empty(),
+            "{bin} has no ELF interpreter (PT_INTERP) yet needs {:?}: it is not static and cannot start",
+            info.needed
+        );
+        return false;
+    };
+    assert!(
+        dir.join(interp.trim_start_matches('/')).is_file(),
+        "the interpreter {interp} of {bin} is not in the image"
+    );
+    assert!(info.needed.iter().any(|l| l == "libc.so.6"), "{bin} is dynamic but needs no libc.so.6: {:?}", info.needed);
+    let provided = Path::new(interp).file_name().unwrap().to_string_lossy().into_owned();
+    let mut seen = std::collections::BTreeSet::from([provided]);
+    let mut queue = vec![(bin.to_string(), info)];
+    while let Some((who, info)) = queue.pop() {
+        for lib in &info.needed {
+            if !seen.insert(lib.clone()) {
+                continue;
+            }
+            let dirs: Vec<String> = info.runpath.iter().cloned().chain(elf::default_search_dirs(arch)).collect();
+            let found = dirs
+                .iter()
+                .map(|d| dir.join(d.trim_start_matches('/')).join(lib))
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| panic!("{lib} (DT_NEEDED of {who}) is not in the image; searched {dirs:?}"));
+            let li = elf::read(&found).unwrap();
+            assert_eq!(li.machine, info.machine, "{} is for another machine than {who}", found.display());
+            queue.push((lib.clone(), li));
+        }
+    }
+    true
 }
 
 fn build(out: &Path) -> PathBuf {
@@ -99,11 +151,10 @@ fn builds_a_complete_image_and_a_reproducible_raw() {
         assert!(os_release.lines().any(|l| l == line), "{line} missing from os-release:\n{os_release}");
     }
     assert!(os_release.contains("PORTABLE_PRETTY_NAME="));
-    // Debian's etcd is dynamic: its interpreter and libc come along.
-    let interp = xtask::image::elf::read(&dir.join("usr/bin/etcd")).unwrap().interp;
-    if let Some(interp) = interp {
-        assert!(dir.join(interp.trim_start_matches('/')).is_file(), "interpreter {interp} missing");
-    }
+    // Debian's etcd is dynamic: its interpreter, libc and every other library it needs come
+    // along (a static etcd would need none, and must then be static indeed).
+    let dynamic = runtime_in_image(&dir, "usr/bin/etcd");
+    println!("Debian's etcd is {}", if dynamic { "dynamic" } else { "static" });
     assert_eq!(fs::metadata(dir.join("usr/bin/etcd")).unwrap().permissions().mode() & 0o777, 0o755);
 
     // Everything in the squashfs is root's, and it holds what the directory holds.
@@ -155,6 +206,14 @@ health() {
     echo no
 }
 uid_of() { awk '/^Uid:/ {print $2}' "/proc/$(systemctl show -P MainPID "$1")/status"; }
+# A backup is judged by etcd's own tools, not by its size: `snapshot status` (hash, revision,
+# keys; JSON on one line) and a restore, which checks the hash `snapshot save` appended.
+judge_snapshot() {  # NAME ETCDCTL FILE
+    st="$("$2" snapshot status "$3" -w json 2>&1)" || st="exit $?: $(printf '%s\n' "$st" | head -n 2)"
+    step "$1-snapshot-status" "$(printf '%s' "$st" | tr '\n' ' ')"
+    rm -rf "/tmp/restore-$1"
+    "$2" snapshot restore "$3" --data-dir "/tmp/restore-$1"; step "$1-snapshot-restore" $?
+}
 IMG="/xtask-image/$IMAGE"
 CLIENT="--endpoints=https://127.0.0.1:2379 --cacert=/etc/etcd/etcdctl/ca.crt --cert=/etc/etcd/etcdctl/client.crt --key=/etc/etcd/etcdctl/client.key"
 
@@ -178,8 +237,11 @@ portablectl attach --now --runtime "$IMG"; step portable-attach $?
 step portable-active "$(systemctl is-active etcd.service)"
 step portable-uid "$(uid_of etcd.service)"
 step portable-health "$(health "$IMG/usr/bin/etcdctl" $CLIENT)"
+step portable-probe "$("$IMG/usr/bin/etcdctl" $CLIENT put xtask-backup-probe yes -w json | tr -d '\n')"
 systemctl start etcd-backup.service; step portable-backup $?
-step portable-snapshot "$(test -s /var/lib/private/etcd-backup/snapshot.db && echo yes || echo no)"
+SNAP=/var/lib/private/etcd-backup/snapshot.db
+step portable-snapshot "$(test -s "$SNAP" && echo yes || echo no)"
+judge_snapshot portable "$IMG/usr/bin/etcdctl" "$SNAP"
 journalctl -u etcd.service -u etcd-backup.service --no-pager | tail -30
 portablectl detach --now --runtime "$IMAGE"; step portable-detach $?
 step portable-gone "$(systemctl is-active etcd.service)"
@@ -197,8 +259,10 @@ step host-uid "$(uid_of etcd.service)"
 step host-user "$(id -u etcd)"
 step host-data-mode "$(stat -c '%a %U' /var/lib/etcd)"
 step host-health "$(set -a; . /etc/etcd/etcdctl.env; set +a; health etcdctl)"
+step host-probe "$(set -a; . /etc/etcd/etcdctl.env; set +a; etcdctl put xtask-backup-probe yes -w json | tr -d '\n')"
 systemctl start etcd-backup.service; step host-backup $?
 step host-snapshot "$(ls /var/backups/etcd/snapshot-*.db >/dev/null 2>&1 && echo yes || echo no)"
+judge_snapshot host /usr/local/bin/etcdctl "$(ls /var/backups/etcd/snapshot-*.db | head -n 1)"
 journalctl -u etcd.service -u etcd-backup.service --no-pager | tail -30
 step done yes
 systemctl poweroff --no-block
@@ -293,6 +357,8 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     ok(&["portable", "--source", "build", "--out", raw_out.to_str().unwrap()]);
     let raw_image = image_dir(&raw_out).file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(raw_image, "etcd_3.4.9");
+    // Built from source with CGO_ENABLED=0: static indeed, nothing to carry.
+    assert!(!runtime_in_image(&raw_out.join(&raw_image), "usr/bin/etcd"), "etcd 3.4.9 built from source is dynamic");
     let raw_path = raw_out.join(format!("{raw_image}.raw"));
     assert!(raw_path.is_file(), "{} missing", raw_path.display());
     let image_out = t.join("image");
@@ -401,6 +467,7 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     assert_eq!(get("portable-health"), "yes", "{diag}");
     assert_eq!(get("portable-backup"), "0", "{diag}");
     assert_eq!(get("portable-snapshot"), "yes", "{diag}");
+    judge_snapshot(&get, "portable", &diag);
     assert_eq!(get("portable-detach"), "0", "{diag}");
     assert_ne!(get("portable-gone"), "active", "{diag}");
     // (2) host bundle
@@ -414,4 +481,28 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     assert_eq!(get("host-health"), "yes", "{diag}");
     assert_eq!(get("host-backup"), "0", "{diag}");
     assert_eq!(get("host-snapshot"), "yes", "{diag}");
+    judge_snapshot(&get, "host", &diag);
+}
+
+/// The backup of `form` holds the cluster: `etcdctl snapshot status` reads it (a hash, at least
+/// the revision of the key put just before the backup, keys), and `snapshot restore` accepted it
+/// (its integrity hash matched).
+fn judge_snapshot(get: &dyn Fn(&str) -> String, form: &str, diag: &str) {
+    let json = |key: &str| -> serde_json::Value {
+        let raw = get(key);
+        serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{key}: not etcdctl's JSON ({e}): {raw}\n{diag}"))
+    };
+    let probe = json(&format!("{form}-probe"))["header"]["revision"].as_u64().unwrap_or(0);
+    assert!(probe > 0, "{form}: the key put before the backup has no revision\n{diag}");
+    let status = json(&format!("{form}-snapshot-status"));
+    let field = |name: &str| status[name].as_u64().unwrap_or(0);
+    assert!(
+        field("revision") >= probe && field("totalKey") > 0 && field("hash") != 0,
+        "{form}: the snapshot is not the cluster's (status {status}; the key put before it is at revision {probe})\n{diag}"
+    );
+    assert_eq!(
+        get(&format!("{form}-snapshot-restore")),
+        "0",
+        "{form}: etcdctl snapshot restore refused the backup\n{diag}"
+    );
 }
