@@ -4,6 +4,8 @@
 //! portablectl and the host bundle installed as INSTALL.md says. Every check of the report must
 //! pass, with the figures the closing notes quote; nothing may be left behind: no namespace, no
 //! mount, no cgroup, no nspawn process; not after a failure of input either, nor after Ctrl-C.
+//! Cgroups are looked for in every hierarchy the run makes them in: systemd's named v1 one and
+//! the unified one (hybrid or v2-only host); a host with neither fails the test.
 //!
 //! One test function: two runs at once would compete for the same loop devices and cache.
 //! Without root, systemd-nspawn, mmdebstrap or loop devices the test fails with the reason
@@ -21,6 +23,53 @@ fn xtask() -> Command {
     cmd
 }
 
+/// The cgroup hierarchies a run makes the machines' cgroups in (`smoke::nspawn_host::Cgroups`):
+/// systemd's named v1 hierarchy (hybrid hosts) and the unified one (`/sys/fs/cgroup/unified` on a
+/// hybrid host, `/sys/fs/cgroup` itself on a v2-only one), as this host mounts them. None
+/// mounted fails the test: the check would look nowhere. A unified hierarchy in use but not
+/// mounted (the run then mounts it beside its machines) is mounted here too, on a directory of
+/// the test's own, unmounted when the returned guard drops.
+fn cgroup_hierarchies() -> (Vec<(&'static str, std::path::PathBuf)>, Option<OwnCgroup2>) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("/proc/self/mountinfo");
+    let mut found = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((pre, post)) = line.split_once(" - ") else { continue };
+        let point = std::path::PathBuf::from(pre.split_whitespace().nth(4).unwrap_or_default());
+        let mut post = post.split_whitespace();
+        let (fstype, options) = (post.next().unwrap_or_default(), post.nth(1).unwrap_or_default());
+        if fstype == "cgroup" && options.split(',').any(|o| o == "name=systemd") {
+            found.push(("v1 name=systemd", point));
+        } else if fstype == "cgroup2" && !found.iter().any(|(h, _)| *h == "unified") {
+            found.push(("unified", point));
+        }
+    }
+    let mut own = None;
+    let in_unified =
+        std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default().lines().any(|l| l.starts_with("0::"));
+    if in_unified && !found.iter().any(|(h, _)| *h == "unified") {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount").args(["-t", "cgroup2", "none"]).arg(dir.path()).status().unwrap();
+        assert!(status.success(), "cannot mount the unified cgroup hierarchy to look for leftovers in it");
+        found.push(("unified", dir.path().to_path_buf()));
+        own = Some(OwnCgroup2(dir));
+    }
+    assert!(
+        !found.is_empty(),
+        "no cgroup hierarchy of systemd's is mounted here (neither a cgroup v1 name=systemd nor a cgroup2 \
+         in /proc/self/mountinfo): the machines' cgroups cannot be checked for leftovers"
+    );
+    (found, own)
+}
+
+/// The unified cgroup hierarchy mounted by [`cgroup_hierarchies`]; unmounted on drop.
+struct OwnCgroup2(tempfile::TempDir);
+
+impl Drop for OwnCgroup2 {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
 /// What a run may leave on the host, by kind; all empty when it cleaned up.
 fn leftovers(out: &Path, before_netns: &str) -> Vec<String> {
     let mut left = Vec::new();
@@ -33,11 +82,14 @@ fn leftovers(out: &Path, before_netns: &str) -> Vec<String> {
         left.push(format!("mount {mount}"));
     }
     let out = out.display().to_string();
-    if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup/systemd") {
+    let (hierarchies, _own_mount) = cgroup_hierarchies();
+    for (hierarchy, root) in hierarchies {
+        let rd = std::fs::read_dir(&root)
+            .unwrap_or_else(|e| panic!("cannot read the {hierarchy} cgroup hierarchy at {}: {e}", root.display()));
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with("xtask-machine-xtask-sd-") {
-                left.push(format!("cgroup {name}"));
+                left.push(format!("cgroup {name} ({hierarchy}, {})", root.display()));
             }
         }
     }
