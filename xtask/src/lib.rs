@@ -6,6 +6,7 @@ pub mod advisories;
 pub mod build_etcd;
 pub mod ci;
 pub mod definition;
+pub mod docs;
 pub mod files;
 pub mod image;
 pub mod k8s;
@@ -19,11 +20,11 @@ pub mod upgrade;
 pub mod util;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Build, verify and prove hardened etcd artifacts.
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", version, about, long_about = None)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -44,6 +45,7 @@ pub enum Cmd {
     Publish(release::publish::Publish),
     Keygen(release::sign::Keygen),
     Ci(ci::Ci),
+    Docs(docs::Docs),
     /// Hold packets of a netfilter queue (the drills' network delay; not for direct use).
     #[command(hide = true)]
     DelayPackets(smoke::netdelay::DelayPackets),
@@ -65,6 +67,7 @@ impl Cli {
             Cmd::Publish(cmd) => cmd.run(),
             Cmd::Keygen(cmd) => cmd.run(),
             Cmd::Ci(cmd) => cmd.run(),
+            Cmd::Docs(cmd) => cmd.run(Cli::command()),
             Cmd::DelayPackets(cmd) => cmd.run(),
         }
     }

@@ -1,6 +1,6 @@
 //! The Prometheus rules `render` writes: valid for Debian's promtool, every alert proven by
 //! `promtool test rules` on hand-made series (xtask/tests/monitoring/etcd-rules.test.yml), and
-//! every runbook an alert points to a heading of the README.
+//! every runbook an alert points to a heading of the page of docs/ it names.
 
 mod common;
 
@@ -28,7 +28,7 @@ fn rendered_rules_pass_promtool_and_every_alert_is_tested() {
     let pki = tmp.path().join("pki");
     let k8s = tmp.path().join("k8s");
     // The tutorial cluster, with its Prometheus host's configuration directory where this test
-    // renders it, so that promtool finds every file the configuration names (the README's
+    // renders it, so that promtool finds every file the configuration names (the docs'
     // recipe test installs the default layout in /etc/prometheus).
     let tutorial = fs::read_to_string(root().join("clusters/tutorial.toml")).unwrap();
     let at = |name: &str, dir: &std::path::Path| {
@@ -101,17 +101,22 @@ fn rendered_rules_pass_promtool_and_every_alert_is_tested() {
         );
     }
 
-    // Every runbook is a heading of the README, and the README explains every alert.
-    let readme = fs::read_to_string(root().join("README.md")).unwrap();
-    let anchors: Vec<String> =
-        readme.lines().filter_map(|l| l.strip_prefix('#')).map(|h| slug(h.trim_start_matches('#'))).collect();
-    for line in text.lines().filter_map(|l| l.trim().strip_prefix("runbook: README.md#")) {
-        assert!(anchors.iter().any(|a| a == line), "runbook README.md#{line} is no heading of the README");
+    // Every runbook is a heading of the page it names (xtask/tests/docs.rs checks every link
+    // this way too), and "What each alert means" explains every alert.
+    for line in text.lines().filter_map(|l| l.trim().strip_prefix("runbook: ")) {
+        let (page, anchor) = line.split_once('#').unwrap_or_else(|| panic!("runbook {line} has no #heading"));
+        let headings: Vec<String> = common::doc(page)
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .map(|h| slug(h.trim_start_matches('#')))
+            .collect();
+        assert!(headings.iter().any(|a| a == anchor), "runbook {line} is no heading of {page}");
     }
-    let section = readme.split("### What each alert means").nth(1).expect("README: ### What each alert means");
+    let page = common::doc("docs/monitoring.md");
+    let section = page.split("## What each alert means").nth(1).expect("docs/monitoring.md: ## What each alert means");
     let section = section.split("\n## ").next().unwrap();
     for name in &names {
-        assert!(section.contains(&format!("`{name}`")), "README's \"What each alert means\" does not explain {name}");
+        assert!(section.contains(&format!("`{name}`")), "\"What each alert means\" does not explain {name}");
     }
 }
 
@@ -267,7 +272,7 @@ fn as_debians_unit_runs(unit: &str) -> (String, String) {
     (user, format!("cd / && set -a && . {env} && set +a && exec {exec}"))
 }
 
-/// README "Monitoring": the Prometheus-host recipe, verbatim, in a mount namespace of the test's
+/// docs/monitoring.md: the Prometheus-host recipe, verbatim, in a mount namespace of the test's
 /// own (a fresh `/etc/prometheus` and `/var/lib/prometheus`, nothing of the host's changed), then
 /// Debian's Prometheus and blackbox exporter started as their units start them (their user,
 /// environment file and ExecStart, working directory `/`), against three etcd v3.4.9 members at
@@ -284,9 +289,10 @@ fn readme_prometheus_host_recipe_works_verbatim_under_debians_units() {
     let arch = common::host_arch();
     common::build_etcd_349(&[arch]);
     let etcd = common::etcd_349_dir(arch).join("etcd");
-    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    let readme = common::doc("docs/monitoring.md");
     let marker = "<!-- recipe: prometheus-host -->\n```sh\n";
-    let start = readme.find(marker).expect("README.md has no <!-- recipe: prometheus-host --> block") + marker.len();
+    let start =
+        readme.find(marker).expect("docs/monitoring.md has no <!-- recipe: prometheus-host --> block") + marker.len();
     let recipe = &readme[start..start + readme[start..].find("```").expect("the recipe's closing fence")];
 
     let tmp = tempfile::tempdir().unwrap();

@@ -323,10 +323,8 @@ fn bad_choices_name_the_field() {
 #[test]
 fn the_readme_host_steps_are_the_install_md_steps_the_smoke_engine_runs() {
     let root = common::root();
-    let readme = fs::read_to_string(root.join("README.md")).unwrap();
-    let start = readme.find("\n## Three systemd hosts").expect("README section \"Three systemd hosts\"");
-    let end = start + 1 + readme[start + 1..].find("\n## ").unwrap();
-    let section = xtask::render::host::sh_blocks(&readme[start..end]);
+    let page = common::doc("docs/systemd-hosts.md");
+    let section = xtask::render::host::sh_blocks(&page);
     let template = |version: &str| {
         fs::read_to_string(root.join("systemd/host/INSTALL.md.in"))
             .unwrap()

@@ -413,14 +413,17 @@ fn readme_cleanup() -> Cleanup {
 fn readme_run_it_recipes_work_verbatim() {
     image();
     let started = Instant::now();
-    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    let readme = common::docs_text();
     let found = recipes(&readme);
     let names: Vec<&str> =
         found.iter().map(|r| r.name.as_str()).filter(|n| !RUN_ELSEWHERE.iter().any(|(o, _)| o == n)).collect();
-    assert_eq!(names, RECIPES, "README.md's recipes (<!-- recipe: NAME --> blocks) are not the ones this test checks");
+    assert_eq!(
+        names, RECIPES,
+        "the recipes of the README and docs/ (<!-- recipe: NAME --> blocks) are not the ones this test checks"
+    );
     let recipe = |name: &str| found.iter().find(|r| r.name == name).unwrap();
     for quote in [KEY_ERROR, DIR_ERROR] {
-        assert!(readme.contains(quote), "README.md does not quote etcd's error {quote:?}");
+        assert!(readme.contains(quote), "the docs do not quote etcd's error {quote:?}");
     }
     let guard = readme_cleanup();
     guard.run();
@@ -881,7 +884,7 @@ client-cert-auth: true\n  trusted-ca-file: /etc/etcd/pki/peer-ca.crt\n";
 /// image's release has it. (The recipes themselves run in the test above, and a scan checks one.)
 #[test]
 fn every_tls_recipe_runs_etcd_with_the_tls_policy() {
-    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    let readme = common::docs_text();
     let mut checked = 0;
     for r in recipes(&readme) {
         let lines: Vec<&str> = r.text.lines().collect();

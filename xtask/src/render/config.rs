@@ -329,7 +329,7 @@ pub fn member_env(
 }
 
 /// Where a member stands in the switch of a running plain-http cluster to mutual TLS (see the
-/// README's runbook): each stage is the configuration of one step, derived from the final one
+/// runbook in docs/day-2.md): each stage is the configuration of one step, derived from the final one
 /// ([`node_env`]) so that it never drifts from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TlsStage {
@@ -341,7 +341,7 @@ pub enum TlsStage {
     Clients,
     /// As `Clients`, with this member's peer listener on https (after `member update`).
     Peers,
-    /// Mutual TLS only: [`node_env`] as it is.
+    /// Mutual TLS only: the final configuration as it is.
     Tls,
 }
 

@@ -158,7 +158,7 @@ pub fn etcd_conf(inputs: &ClusterInputs<'_>, node: &NodeSpec, portable: bool) ->
     );
     if inputs.tls_stage != config::TlsStage::Tls {
         header.push_str(&format!(
-            "\nStep `{}` of switching a running plain-http cluster to mutual TLS (README: \"Switch a\n\
+            "\nStep `{}` of switching a running plain-http cluster to mutual TLS (docs/day-2.md: \"Switch a\n\
              plain-http cluster to mutual TLS\"); render with --tls-stage tls for the last one.",
             inputs.tls_stage.as_str()
         ));

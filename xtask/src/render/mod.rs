@@ -42,7 +42,7 @@ use tuning::Presets;
 ///   monitoring/             etcd-rules.yml: Prometheus alerting and recording rules; with the
 ///                           description's [monitoring]: prometheus.yml (scrape jobs),
 ///                           blackbox.yml (TLS probes) and etcd-<cluster>/ (the scrape client's
-///                           certificate) (README: Monitoring)
+///                           certificate) (docs/monitoring.md)
 #[derive(Debug, clap::Args)]
 #[command(long_about, verbatim_doc_comment)]
 pub struct Render {
@@ -56,7 +56,7 @@ pub struct Render {
     #[arg(long, value_name = "ID")]
     pub client: Option<String>,
     /// The step of switching a running plain-http cluster to mutual TLS whose etcd.conf to write
-    /// (README: "Switch a plain-http cluster to mutual TLS"): plain (http only, no
+    /// (docs/day-2.md: "Switch a plain-http cluster to mutual TLS"): plain (http only, no
     /// certificates), clients (clients on http and https, peers on http with their
     /// certificates), peers (as clients, this node's peers on https), tls (mutual TLS only)
     #[arg(long, value_enum, value_name = "STAGE", default_value = "tls")]

@@ -65,6 +65,7 @@ struct Alert {
     summary: &'static str,
     description: &'static str,
     source: String,
+    /// What to do: a page of `docs/` and a heading on it, relative to the repository root.
     runbook: &'static str,
 }
 
@@ -108,7 +109,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             // The mixin's `or` of the two counts keeps only the first when both carry the same
             // labels (a member up but cut off from its peers was never counted): each is tagged.
             source: format!("{MIXIN}, its two counts kept apart"),
-            runbook: "replace-a-lost-member",
+            runbook: "docs/day-2.md#replace-a-lost-member",
         },
         Alert {
             name: "etcdInsufficientMembers",
@@ -121,7 +122,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             description: "Only {{ $value }} member(s) of cluster {{ $labels.cluster }} are up: fewer than a majority, \
                           so no write and no linearizable read can succeed.",
             source: mixin(),
-            runbook: "replace-a-lost-member",
+            runbook: "docs/day-2.md#replace-a-lost-member",
         },
         Alert {
             name: "etcdNoLeader",
@@ -132,7 +133,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             description: "Member {{ $labels.instance }} of cluster {{ $labels.cluster }} has no leader: it refuses \
                           writes and linearizable reads.",
             source: mixin(),
-            runbook: "replace-a-lost-member",
+            runbook: "docs/day-2.md#replace-a-lost-member",
         },
         Alert {
             name: "etcdHighNumberOfLeaderChanges",
@@ -149,7 +150,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
                 "{{ printf \"%.0f\" $value }} leader changes in 15 minutes in cluster {{ $labels.cluster }}: look for \
                           starved CPU, slow disks or a lossy network between members.",
             source: mixin(),
-            runbook: "what-each-alert-means",
+            runbook: "docs/monitoring.md#what-each-alert-means",
         },
         Alert {
             name: "etcdHighNumberOfFailedProposals",
@@ -160,7 +161,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             description: "{{ $value }} proposals per second fail on {{ $labels.instance }} (leader elections or a \
                           lost quorum).",
             source: mixin(),
-            runbook: "what-each-alert-means",
+            runbook: "docs/monitoring.md#what-each-alert-means",
         },
         Alert {
             name: "etcdHighFsyncDurations",
@@ -171,7 +172,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             description: "99th percentile WAL fsync is {{ $value }}s on {{ $labels.instance }}; etcd wants a disk \
                           that syncs in under 10 ms.",
             source: mixin(),
-            runbook: "what-each-alert-means",
+            runbook: "docs/monitoring.md#what-each-alert-means",
         },
         Alert {
             name: "etcdHighFsyncDurations",
@@ -182,7 +183,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             description: "99th percentile WAL fsync is {{ $value }}s on {{ $labels.instance }}: heartbeats are \
                           late and elections follow.",
             source: mixin(),
-            runbook: "what-each-alert-means",
+            runbook: "docs/monitoring.md#what-each-alert-means",
         },
         Alert {
             name: "etcdHighCommitDurations",
@@ -192,7 +193,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             summary: "etcd backend commits are slow.",
             description: "99th percentile backend commit is {{ $value }}s on {{ $labels.instance }}.",
             source: mixin(),
-            runbook: "what-each-alert-means",
+            runbook: "docs/monitoring.md#what-each-alert-means",
         },
         Alert {
             name: "etcdDatabaseQuotaLowSpace",
@@ -203,7 +204,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             description: "The database of {{ $labels.instance }} uses {{ $value }}% of --quota-backend-bytes: \
                           compact and defragment before etcd refuses writes.",
             source: mixin(),
-            runbook: "database-space-exceeded-and-a-full-data-disk",
+            runbook: "docs/day-2.md#database-space-exceeded-and-a-full-data-disk",
         },
         Alert {
             name: "etcdNoSpace",
@@ -221,7 +222,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             source: "etcd's gRPC errors (api/v3rpc/rpctypes: ErrGRPCNoSpace is codes.ResourceExhausted); any \
                      refused write is an incident"
                 .into(),
-            runbook: "database-space-exceeded-and-a-full-data-disk",
+            runbook: "docs/day-2.md#database-space-exceeded-and-a-full-data-disk",
         },
         Alert {
             name: "etcdCertificateExpiresSoon",
@@ -232,7 +233,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             description: "A certificate served at {{ $labels.instance }} expires in less than the warning window \
                           ({{ $value | humanizeDuration }} left): renew it (`cargo xtask pki renew`).",
             source: format!("the warning window of `cargo xtask pki check` (--warn-days {CERT_WARN_DAYS})"),
-            runbook: "renew-the-certificates-no-restart",
+            runbook: "docs/day-2.md#renew-the-certificates-no-restart",
         },
         Alert {
             name: "etcdCertificateExpiryUnknown",
@@ -251,7 +252,7 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
                           has not run, for 10 minutes: etcdCertificateExpiresSoon cannot fire for it. Ask the blackbox \
                           exporter why (/probe?module=etcd_tls&target=...&debug=true).",
             source: "ours: an alert whose input is missing must not stay quiet".into(),
-            runbook: "what-each-alert-means",
+            runbook: "docs/monitoring.md#what-each-alert-means",
         },
     ]
 }
@@ -275,7 +276,7 @@ pub fn rules_yaml(cluster: &str, c: &Clock) -> Result<String> {
                     "summary": a.summary,
                     "description": a.description,
                     "source": a.source,
-                    "runbook": format!("README.md#{}", a.runbook),
+                    "runbook": a.runbook,
                 },
             })
         })
@@ -306,6 +307,17 @@ pub fn alert_names() -> Vec<&'static str> {
         }
     }
     names
+}
+
+/// Every alert's runbook link (`docs/PAGE.md#heading`), in file order, without repeats.
+pub fn runbooks() -> Vec<&'static str> {
+    let mut links: Vec<&'static str> = Vec::new();
+    for a in alerts("", "", &Clock::PRODUCTION) {
+        if !links.contains(&a.runbook) {
+            links.push(a.runbook);
+        }
+    }
+    links
 }
 
 /// Where the blackbox exporter that probes the members' TLS ports listens (its default).

@@ -30,7 +30,9 @@ use super::{record_check, Check};
 /// How the machines run etcd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Form {
-    /// The portable service: `portablectl attach --now --enable etcd_<version>.raw`
+    /// The portable service: etcd_<version>.raw installed in /var/lib/portables, attached by name
+    /// with `portablectl attach --enable --profile=etcd`, then started (not `--now`: that would
+    /// also run a backup at once)
     Portable,
     /// The host bundle: the binaries in /usr/local/bin and the node's INSTALL.md
     Host,

@@ -28,7 +28,7 @@ pub enum Engine {
     /// `podman kube play` of the static pods `cargo xtask k8s` renders (the basic scenario)
     Kube,
     /// three Debian 12 machines booted with systemd-nspawn, set up from `render`'s bundles
-    /// (`--form portable|host|both`; every scenario but http-to-tls)
+    /// (`--form portable|host|both`; every scenario but http-to-tls and drills)
     Systemd,
 }
 

@@ -17,6 +17,35 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// The pages of `docs/`, in the order of the README's contents list (the recipes run in it).
+pub const DOC_PAGES: &[&str] = &[
+    "docs/run-the-image.md",
+    "docs/day-2.md",
+    "docs/systemd-hosts.md",
+    "docs/kubernetes.md",
+    "docs/monitoring.md",
+    "docs/artifacts.md",
+    "docs/proving-ground.md",
+    "docs/releases.md",
+    "docs/commands.md",
+];
+
+/// One page of the docs (`README.md` or `docs/PAGE.md`), read from the repository.
+pub fn doc(page: &str) -> String {
+    fs::read_to_string(root().join(page)).unwrap_or_else(|e| panic!("cannot read {page}: {e}"))
+}
+
+/// The README and every page of `docs/`, in reading order, as one text: what the recipe tests
+/// search, wherever a recipe lives.
+pub fn docs_text() -> String {
+    let mut all = doc("README.md");
+    for page in DOC_PAGES {
+        all.push('\n');
+        all.push_str(&doc(page));
+    }
+    all
+}
+
 /// Runs a command to its end; panics only when it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
@@ -130,7 +159,7 @@ pub fn build_etcd_349(arches: &[&str]) -> String {
         lock.lock().expect("lock target/.build-etcd-349.lock");
         let args = ["build-etcd", "--git", &etcd_git(), "--ref", "v3.4.9", "--arch", arch].map(String::from);
         let t = std::time::Instant::now();
-        // Five test binaries wait for this build under the lock while the rest of the suite runs
+        // Nine test binaries wait for this build under the lock while the rest of the suite runs
         // beside them: as root (CI), it runs ahead of them (nice -10).
         let mut cmd = Command::new(XTASK);
         if xtask::util::is_root() {
