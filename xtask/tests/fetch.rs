@@ -502,15 +502,22 @@ fn a_foreign_architecture_comes_from_debian_with_its_c_library() {
     let dir = root.join(version()).join(foreign());
     let head = fs::read(dir.join("etcd")).unwrap();
     assert_eq!(&head[..4], b"\x7fELF");
-    assert_eq!(u16::from_le_bytes([head[18], head[19]]), 183, "an aarch64 binary");
+    // The foreign architecture's ELF machine, C library and loader (arm64 on an amd64 host, amd64
+    // on an arm64 one).
+    let (machine, triplet, loader) = match foreign() {
+        "arm64" => (183, "aarch64-linux-gnu", "lib/ld-linux-aarch64.so.1"),
+        "amd64" => (62, "x86_64-linux-gnu", "lib64/ld-linux-x86-64.so.2"),
+        other => panic!("no ELF facts for {other}: add them"),
+    };
+    assert_eq!(u16::from_le_bytes([head[18], head[19]]), machine, "an {} binary", foreign());
     let prov: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(dir.join("provenance.json")).unwrap()).unwrap();
     assert_eq!(prov["source"], "distro");
     assert_eq!(prov["reported_version"], serde_json::Value::Null, "the foreign architecture does not run here");
     assert!(prov["origin"].as_str().unwrap().contains(&format!("debian:libc6:{}=", foreign())));
-    let libc = "sysroot/lib/aarch64-linux-gnu/libc.so.6";
-    assert_eq!(prov["files"][libc].as_str().unwrap(), sha256_hex(&fs::read(dir.join(libc)).unwrap()));
-    assert!(dir.join("sysroot/lib/ld-linux-aarch64.so.1").exists(), "the ELF interpreter's path");
+    let libc = format!("sysroot/lib/{triplet}/libc.so.6");
+    assert_eq!(prov["files"][&libc].as_str().unwrap(), sha256_hex(&fs::read(dir.join(&libc)).unwrap()));
+    assert!(dir.join("sysroot").join(loader).exists(), "the ELF interpreter's path: sysroot/{loader}");
 }
 
 #[test]
