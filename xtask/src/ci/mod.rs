@@ -81,6 +81,8 @@ pub struct Ci {
 
 impl Ci {
     pub fn run(self) -> Result<()> {
+        // First, what this host is, and how it differs from the one the suite is proven on.
+        suite::preflight();
         if !self.deps_only {
             suite::refuse_environment(|name| std::env::var_os(name))?;
         }
