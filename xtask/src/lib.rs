@@ -17,6 +17,7 @@ pub mod smoke;
 pub mod tls_check;
 pub mod upgrade;
 pub mod util;
+pub mod version;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

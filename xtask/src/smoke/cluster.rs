@@ -16,7 +16,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::image;
 use crate::pki::cluster::{ClusterSpec, NodeSpec};
-use crate::pki::issue::{issue, PkiLayout};
+use crate::pki::issue::issue;
+use crate::pki::layout::PkiLayout;
 use crate::pki::profiles::Profiles;
 use crate::render::config::{node_env, PkiFacts, TargetPaths};
 use crate::util::{display_rel, each_in_thread, target_dir, write_atomic, Arch};

@@ -18,7 +18,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::acquire::Acquired;
 use crate::pki::cluster::ClusterSpec;
-use crate::pki::issue::{issue, PkiLayout};
+use crate::pki::issue::issue;
+use crate::pki::layout::PkiLayout;
 use crate::pki::profiles::Profiles;
 use crate::util::{display_rel, each_in_thread, tail};
 
