@@ -14,7 +14,8 @@ use anyhow::{bail, Context, Result};
 use crate::pki::cluster::{ClusterSpec, NodeSpec};
 use crate::render::config::{node_env, PkiFacts, TargetPaths};
 
-use super::cluster::{chown_tree, free_port, stdout_or_stderr, Cluster};
+use super::cluster::{chown_tree, stdout_or_stderr, Cluster};
+use super::local::free_port;
 use super::podman::{podman, podman_checked};
 use super::{NO_QUORUM, PKI_MOUNT};
 

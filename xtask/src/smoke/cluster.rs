@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::{IpAddr, TcpListener};
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,6 +22,7 @@ use crate::pki::profiles::Profiles;
 use crate::render::config::{node_env, PkiFacts, TargetPaths};
 use crate::util::{display_rel, each_in_thread, target_dir, write_atomic, Arch};
 
+use super::local::free_port;
 use super::podman::{label, podman, podman_checked, podman_output, resource_name, Interrupt, Resources};
 use super::{load, Check, ScenarioName, CLIENT_MOUNT, PKI_MOUNT};
 
@@ -200,7 +201,7 @@ impl Cluster {
         if self.kube_manifests.is_some() {
             let cluster = self.spec.name.clone();
             for n in &mut self.nodes {
-                n.container = super::kube::container_name(&cluster, &n.spec.name);
+                n.container = super::podman::pod_container_name(&cluster, &n.spec.name);
             }
             return self.play_all();
         }
@@ -468,32 +469,6 @@ impl Cluster {
         );
     }
 }
-/// A free TCP port on loopback for a published container port (and our helpers' listeners),
-/// picked at random below the kernel's ephemeral range. A port of that range, released for
-/// podman to bind, can meanwhile become the local end of any outgoing connection on the
-/// machine (a CI run lost a member's port that way), and so can the port of a container being
-/// restarted; below the range only an explicit bind takes a port.
-pub(super) fn free_port() -> Result<u16> {
-    use std::hash::{BuildHasher, Hasher};
-    const FLOOR: u16 = 10000;
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
-        .unwrap_or(32768);
-    if low <= FLOOR + 1000 {
-        let l = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-        return Ok(l.local_addr().context("no local address")?.port());
-    }
-    for _ in 0..500 {
-        let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
-        let port = FLOOR + (r % u64::from(low - FLOOR)) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free loopback port between {FLOOR} and {low} after 500 tries")
-}
-
 /// A locally administered unicast MAC derived from a node's address (`02:00:` + its IPv4
 /// octets), the same on every start of the container.
 pub(super) fn stable_mac(ip: &IpAddr) -> String {

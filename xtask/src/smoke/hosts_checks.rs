@@ -16,7 +16,8 @@ use crate::acquire::Acquired;
 use super::checks::{server_reason, Refusal, REFUSALS};
 use super::cluster::stdout_or_stderr;
 use super::hosts::{curl_in, Form, Hosts, HEALTHY_TIMEOUT};
-use super::{KillOnDrop, NO_QUORUM};
+use super::local::{free_port, KillOnDrop};
+use super::NO_QUORUM;
 
 /// Worst `systemd-analyze security` exposure accepted for etcd.service (lower is better; the
 /// tutorial's unit rates 9.2 UNSAFE).
@@ -444,7 +445,7 @@ impl Hosts {
 /// `etcdctl snapshot restore` of `snap` into `data`, an etcd started on it on loopback (plain
 /// http, ports of its own), and `key` read from it; the etcd is stopped again.
 fn restore_and_read(acquired: &Acquired, snap: &std::path::Path, data: &std::path::Path, key: &str) -> Result<String> {
-    let (client, peer) = (super::cluster::free_port()?, super::cluster::free_port()?);
+    let (client, peer) = (free_port()?, free_port()?);
     let peer_url = format!("http://127.0.0.1:{peer}");
     let client_url = format!("http://127.0.0.1:{client}");
     let cluster = format!("restored={peer_url}");

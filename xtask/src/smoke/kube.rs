@@ -46,15 +46,6 @@ pub const ADAPTATIONS: [&str; 6] = [
     "podman's host adaptation (OCI runtime, ulimits) through CONTAINERS_CONF: kube play takes no --runtime or --ulimit",
 ];
 
-/// The pod name of a node of `cluster`, and the name podman gives its etcd container.
-pub fn pod_name(cluster: &str, node: &str) -> String {
-    super::podman::resource_name(cluster, node)
-}
-
-pub fn container_name(cluster: &str, node: &str) -> String {
-    format!("{}-etcd", pod_name(cluster, node))
-}
-
 /// Where a node's volumes are on this machine, and where the checks reach it.
 pub struct Played<'a> {
     pub pod: &'a str,
@@ -155,7 +146,7 @@ impl Cluster {
             let text = fs::read_to_string(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
             let pod: Value = serde_yaml_ng::from_str(&text)
                 .with_context(|| format!("{}: not a YAML manifest", manifest.display()))?;
-            let pod_name = pod_name(&self.spec.name, &n.spec.name);
+            let pod_name = super::podman::pod_name(&self.spec.name, &n.spec.name);
             let played = adapt(
                 pod,
                 &Played {

@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 pub use super::gateway::{Gateway, Identity};
-use super::linearizable::{Action, Op};
+use super::history::{Action, Op};
 use super::timeline::{per_second, Mark, Sample, Second};
 use super::watch::WatchLog;
 

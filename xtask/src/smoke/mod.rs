@@ -14,8 +14,10 @@
 
 mod checks;
 mod cluster;
+mod cluster_alerts;
 mod drills;
 mod gateway;
+mod history;
 mod hosts;
 mod hosts_checks;
 mod hosts_day2;
@@ -23,6 +25,7 @@ mod http_tls;
 mod kube;
 pub mod linearizable;
 mod load;
+mod local;
 pub mod machines;
 pub mod netdelay;
 mod nspawn_host;
@@ -58,15 +61,6 @@ const CLIENT_MOUNT: &str = "/etc/etcd/client";
 /// not count towards the load's rate.
 pub(crate) const NO_QUORUM: &str = "no quorum: two nodes down until restarted and healthy";
 
-/// Our own child process, killed and reaped when dropped.
-pub(crate) struct KillOnDrop(pub std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 /// Goals printed by every run.
 const GOAL_HEALTHY_S: f64 = 3.0;
 const GOAL_TOTAL_S: f64 = 45.0;

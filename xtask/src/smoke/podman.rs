@@ -23,6 +23,16 @@ pub fn resource_name(cluster: &str, what: &str) -> String {
     format!("xtask-smoke-{cluster}-{what}")
 }
 
+/// The name of the pod `podman kube play` makes for a node of `cluster`.
+pub fn pod_name(cluster: &str, node: &str) -> String {
+    resource_name(cluster, node)
+}
+
+/// The name podman gives the etcd container of that pod.
+pub fn pod_container_name(cluster: &str, node: &str) -> String {
+    format!("{}-etcd", pod_name(cluster, node))
+}
+
 /// Runs `podman ARGS`; returns the output whether or not it succeeded.
 pub fn podman_output(args: &[String]) -> Result<Output> {
     Command::new("podman").args(args).output().context("cannot run podman (install it: apt-get install podman)")

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use serde::Serialize;
 
 use super::gateway::{decode, int64 as int, prefix_end, Identity};
-use super::linearizable::{Action, Op};
+use super::history::{Action, Op};
 
 /// How long one watch stream lives before the watcher resumes on a new one (also the longest a
 /// watcher takes to notice the load stopped).
