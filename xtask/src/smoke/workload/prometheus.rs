@@ -13,27 +13,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::local::{free_port, KillOnDrop};
 use crate::pki::cluster::ClusterSpec;
 use crate::render::monitoring::{self, Clock};
+use crate::smoke::local::{free_port, KillOnDrop};
 
 /// How many times faster than production the smoke test's rules run.
 pub const SCALE: u64 = 60;
 /// PromQL: whether each member's TLS probe succeeded, and the expiry it saw (unix seconds).
-pub(super) const PROBED: &str = "probe_success{job=\"etcd-tls\"}";
-pub(super) const EXPIRY: &str = "probe_ssl_earliest_cert_expiry{job=\"etcd-tls\"}";
+pub(crate) const PROBED: &str = "probe_success{job=\"etcd-tls\"}";
+pub(crate) const EXPIRY: &str = "probe_ssl_earliest_cert_expiry{job=\"etcd-tls\"}";
 
-pub(super) fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// Whether every one of the three members' probed expiry is later in `now` than in `before`.
-pub(super) fn expiry_moved(before: &BTreeMap<String, f64>, now: &BTreeMap<String, f64>) -> bool {
+pub(crate) fn expiry_moved(before: &BTreeMap<String, f64>, now: &BTreeMap<String, f64>) -> bool {
     before.len() == 3 && before.iter().all(|(i, old)| now.get(i).is_some_and(|new| new > old))
 }
 
 /// How much later each member's probed expiry is in `after`: "10.0.0.1:2379 +8 s, ...".
-pub(super) fn expiry_gained(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> String {
+pub(crate) fn expiry_gained(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> String {
     let each: Vec<String> =
         after.iter().map(|(i, new)| format!("{i} +{:.0} s", new - before.get(i).copied().unwrap_or(0.0))).collect();
     each.join(", ")
@@ -45,7 +45,7 @@ const BLACKBOX: &str = "prometheus-blackbox-exporter";
 const INTERVAL: &str = "1s";
 /// Bound of the waits for an alert to fire or resolve: its `for:` (at most 10 s compressed),
 /// a scrape and an evaluation, with room for a loaded machine.
-pub(super) const ALERT_BOUND: Duration = Duration::from_secs(45);
+pub(crate) const ALERT_BOUND: Duration = Duration::from_secs(45);
 /// Bound of the wait for Prometheus to be ready.
 const READY: Duration = Duration::from_secs(30);
 

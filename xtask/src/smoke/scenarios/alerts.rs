@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::cluster::Cluster;
-use super::prometheus::{expiry_gained, expiry_moved, unix_now, Prometheus, ALERT_BOUND, EXPIRY, PROBED, SCALE};
 use crate::render::monitoring;
+use crate::smoke::engine::cluster::Cluster;
+use crate::smoke::workload::prometheus::{
+    expiry_gained, expiry_moved, unix_now, Prometheus, ALERT_BOUND, EXPIRY, PROBED, SCALE,
+};
 
 impl Cluster {
     /// Starts Prometheus on this cluster (the rendered configuration, time compressed) and
