@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::util::{project_root, Arch};
+pub use crate::version::{check_version, release_line, version_triple, ForbiddenRange};
 
 /// The default definition file, relative to the project root.
 pub const DEFAULT_DEFINITION: &str = "images/etcd.toml";
@@ -76,25 +77,6 @@ pub struct UpgradeSpec {
     /// Releases no cluster may be upgraded to, as inclusive ranges.
     #[serde(default)]
     pub forbidden: Vec<ForbiddenRange>,
-}
-
-/// `[[upgrade.forbidden]]`: the releases `from` to `to` (inclusive, one release line) and why.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ForbiddenRange {
-    pub from: String,
-    pub to: String,
-    pub reason: String,
-}
-
-impl ForbiddenRange {
-    /// Whether `version` lies in this range (suffixes such as `-rc.0` count as their release).
-    pub fn contains(&self, version: &str) -> bool {
-        match (version_triple(version), version_triple(&self.from), version_triple(&self.to)) {
-            (Some(v), Some(from), Some(to)) => from <= v && v <= to,
-            _ => false,
-        }
-    }
 }
 
 impl Definition {
@@ -169,9 +151,13 @@ impl Definition {
             }
         }
         // The shipped target must itself be an allowed upgrade of the shipped release.
-        crate::upgrade::check_upgrade(self, &self.etcd.version, &upgrade.to).with_context(|| {
-            format!("field upgrade.to ({}) is no allowed upgrade of etcd.version ({})", upgrade.to, self.etcd.version)
-        })?;
+        crate::version::check_upgrade_step(&self.etcd.version, &upgrade.to, &upgrade.forbidden, &self.path)
+            .with_context(|| {
+                format!(
+                    "field upgrade.to ({}) is no allowed upgrade of etcd.version ({})",
+                    upgrade.to, self.etcd.version
+                )
+            })?;
         Ok(())
     }
 
@@ -216,36 +202,6 @@ impl Definition {
         let base = self.path.parent().unwrap_or(Path::new("."));
         base.join(&self.etcd.checksums)
     }
-}
-
-/// An etcd version as released: `MAJOR.MINOR.PATCH` with an optional `-suffix`, no leading `v`.
-pub fn check_version(v: &str) -> Result<()> {
-    let core = v.split('-').next().unwrap_or("");
-    let parts: Vec<&str> = core.split('.').collect();
-    if let Some(rest) = v.strip_prefix('v') {
-        bail!("version {v:?} must not start with 'v': write {rest:?}");
-    }
-    if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-        bail!("version {v:?} is not of the form MAJOR.MINOR.PATCH (e.g. 3.4.9)");
-    }
-    if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
-        bail!("version {v:?} contains characters other than letters, digits, '.' and '-'");
-    }
-    Ok(())
-}
-
-/// The release line of a version: `3.5.16` -> `3.5` (MAJOR.MINOR).
-pub fn release_line(version: &str) -> String {
-    let core = version.split('-').next().unwrap_or(version);
-    core.split('.').take(2).collect::<Vec<_>>().join(".")
-}
-
-/// `3.5.16` -> (3, 5, 16); `3.5.0-rc.1` -> (3, 5, 0). None when it is not MAJOR.MINOR.PATCH.
-pub fn version_triple(version: &str) -> Option<(u64, u64, u64)> {
-    let core = version.split('-').next()?;
-    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    let triple = (parts.next()??, parts.next()??, parts.next()??);
-    parts.next().is_none().then_some(triple)
 }
 
 /// A release line as the definition's tables key them: `MAJOR.MINOR` ("3.5").

@@ -18,6 +18,7 @@ pub mod smoke;
 pub mod tls_check;
 pub mod upgrade;
 pub mod util;
+pub mod version;
 
 use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand};

@@ -1,67 +1,22 @@
-//! The upgrade policy: which etcd release a running cluster may move to.
+//! The upgrade policy of a definition: which etcd release a running cluster may move to.
 //! In: the image definition (`[upgrade]`, its forbidden releases) and two versions.
 //! Out: Ok, or an error naming both versions and what to do instead.
 //!
-//! etcd supports upgrading a cluster one minor version at a time (3.4 -> 3.5, never 3.4 -> 3.6),
-//! within one major version, and never downgrading; patch upgrades within a release line are
-//! always possible. Releases the definition forbids (e.g. 3.5.0-3.5.2) are refused as targets.
+//! The rule itself (one minor version at a time, within one major version, never down, never
+//! to a forbidden release) is [`crate::version::check_upgrade_step`]; here it is applied to a
+//! definition's `[upgrade]` section.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-pub use crate::definition::release_line;
-use crate::definition::{check_version, version_triple, Definition};
+use crate::definition::Definition;
+pub use crate::version::release_line;
 
 /// Checks that a running cluster of etcd `from` may be upgraded to etcd `to`: the same major
 /// version, later than `from`, at most one minor version ahead, and not a release the
 /// definition's `[[upgrade.forbidden]]` lists.
 pub fn check_upgrade(def: &Definition, from: &str, to: &str) -> Result<()> {
-    check_version(from).with_context(|| format!("the running version {from:?}"))?;
-    check_version(to).with_context(|| format!("the target version {to:?}"))?;
-    let (Some(f), Some(t)) = (version_triple(from), version_triple(to)) else {
-        bail!("cannot compare etcd {from} with {to}: give versions as MAJOR.MINOR.PATCH");
-    };
-    if f == t {
-        bail!(
-            "etcd {from} -> {to} is no upgrade: the cluster already runs that release; \
-             pick a later one (upgrade.to in {})",
-            def.path.display()
-        );
-    }
-    if f.0 != t.0 {
-        bail!(
-            "etcd {from} -> {to} crosses major versions ({} -> {}), which etcd does not support: \
-             stay within etcd {}.x",
-            f.0,
-            t.0,
-            f.0
-        );
-    }
-    if t < f {
-        bail!(
-            "etcd {from} -> {to} is a downgrade, which this product does not perform: \
-             a cluster only moves to later releases (restore a snapshot taken before the upgrade to go back)"
-        );
-    }
-    if t.1 > f.1 + 1 {
-        bail!(
-            "etcd {from} -> {to} skips a minor version: etcd upgrades one minor version at a time; \
-             upgrade the cluster to {}.{}.x first, then to {to}",
-            f.0,
-            f.1 + 1
-        );
-    }
-    if let Some(upgrade) = &def.upgrade {
-        if let Some(range) = upgrade.forbidden.iter().find(|r| r.contains(to)) {
-            bail!(
-                "etcd {to} is a forbidden upgrade target ({}..{} in upgrade.forbidden of {}): {}",
-                range.from,
-                range.to,
-                def.path.display(),
-                range.reason
-            );
-        }
-    }
-    Ok(())
+    let forbidden = def.upgrade.as_ref().map(|u| u.forbidden.as_slice()).unwrap_or_default();
+    crate::version::check_upgrade_step(from, to, forbidden, &def.path)
 }
 
 /// The version a running cluster of the definition's release is upgraded to: `upgrade.to`.

@@ -19,6 +19,7 @@ use xshell::{cmd, Shell};
 use crate::util::{is_root, project_root, target_dir};
 
 pub mod host;
+pub mod module_graph;
 pub mod suite;
 
 /// The checks of the suite that `--allow-omission NAME` may leave out, with what each needs.

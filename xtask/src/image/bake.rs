@@ -33,10 +33,7 @@ use crate::image::oci::{self, Descriptor, Digest, ImageIndex, ImageManifest, Med
 use crate::image::verify;
 use crate::util::{each_in_thread, temp_sibling, write_atomic, Arch, HashingWriter, Sha256Hex, StagingDir};
 
-/// Bumped whenever the engine would write different bytes for the same plan.
-pub const FORMAT: &str = "xtask-image/2";
-
-pub use super::plan::{plan, repo_stem, LayerPlan, Plan};
+pub use super::plan::{plan, repo_stem, LayerPlan, Plan, FORMAT};
 
 /// What a build produced (or found up to date); recorded as `<stem>.inputs.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

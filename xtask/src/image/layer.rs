@@ -293,7 +293,7 @@ mod tests {
     /// The bytes of one layer for a fixed input, pinned: a dependency update that changes the tar
     /// framing or the gzip stream (flate2, its backend, the tar crate) changes every image digest
     /// and release sum, and must be noticed here, not shipped. If this fails after an update,
-    /// decide knowingly: keep the old dependency, or bump `bake::FORMAT` and these pins.
+    /// decide knowingly: keep the old dependency, or bump `plan::FORMAT` and these pins.
     #[test]
     fn one_layer_digest_is_pinned() {
         const DIFF_ID: &str = "aef1a74e7591bfbb12312625d5c56649f181d178570661e23186432765c55d5c";

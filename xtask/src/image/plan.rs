@@ -19,7 +19,9 @@ use crate::image::oci::{self, ImageConfiguration};
 use crate::image::spec::{EntryKind, ImageSpec};
 use crate::util::{Arch, Sha256Hex};
 
-use super::bake::FORMAT;
+/// Bumped whenever the engine would write different bytes for the same plan (part of the
+/// plan's hash, so a bump rebuilds every image).
+pub const FORMAT: &str = "xtask-image/2";
 
 /// One layer to write: its entries, sorted, parents first.
 #[derive(Debug, Clone, Serialize)]

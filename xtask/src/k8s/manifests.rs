@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::pki::cluster::{ClusterSpec, KubeNames, NodeSpec};
-use crate::pki::issue::PkiLayout;
+use crate::pki::layout::PkiLayout;
 use crate::render::config::{
     self, Addressing, PkiFacts, TargetPaths, CLIENT_PORT, METRICS_PORT, METRICS_TLS_PORT_POD, PEER_PORT, TLS_FILES,
 };

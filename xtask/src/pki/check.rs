@@ -32,9 +32,9 @@ use anyhow::{Context, Result};
 
 use super::cert::{self, CertInfo};
 use super::cluster::{ClusterSpec, San};
-use super::issue::{peer_common_name, PkiLayout, CA_CERT, PEER_CA_CERT};
+use super::layout::{PkiLayout, CA_CERT, PEER_CA_CERT};
 use super::profiles::Profiles;
-use super::rotate::{rotation_state, RotatePhase};
+use super::rotation::{rotation_state, RotatePhase};
 use crate::util::Sha256Hex;
 
 /// What `check` compares against.
@@ -482,7 +482,7 @@ fn drift(spec: &ClusterSpec, profiles: &Profiles, layout: &PkiLayout, rows: &[Ro
     let fix = "run `cargo xtask pki --cluster FILE --out DIR` to reconcile";
     for node in &spec.nodes {
         let want_sans: BTreeSet<San> = node.sans();
-        for (file, cn) in [("server.crt", node.name.as_str()), ("peer.crt", peer_common_name(node, profiles))] {
+        for (file, cn) in [("server.crt", node.name.as_str()), ("peer.crt", profiles.peer_common_name(&node.name))] {
             let rel = format!("nodes/{}/{file}", node.name);
             match row_at(&rel) {
                 None => {

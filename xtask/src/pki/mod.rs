@@ -19,17 +19,21 @@ pub mod cert;
 pub mod check;
 pub mod cluster;
 pub mod issue;
+pub mod layout;
 pub mod profiles;
 pub mod rotate;
+pub mod rotation;
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
 pub use cluster::{ClusterSpec, NodeSpec, San};
-pub use issue::{issue, renew, Action, IssueReport, PkiLayout};
+pub use issue::{issue, renew};
+pub use layout::{Action, IssueReport, PkiLayout};
 pub use profiles::Profiles;
-pub use rotate::{rotate_ca, rotation_state, RotatePhase, RotateStep, RotationState};
+pub use rotate::{rotate_ca, RotateStep};
+pub use rotation::{rotation_state, RotatePhase, RotationState};
 
 /// Issue or inspect the certificates of an etcd cluster.
 ///

@@ -189,6 +189,16 @@ struct RawLeaf {
 }
 
 impl Profiles {
+    /// The CN of the peer certificate of the node `node`: its name when peers have a CA of
+    /// their own, else the one CN every peer certificate carries (`ca.peer_common_name`).
+    pub fn peer_common_name<'a>(&'a self, node: &'a str) -> &'a str {
+        if self.ca.separate_peer_ca {
+            node
+        } else {
+            &self.ca.peer_common_name
+        }
+    }
+
     /// `<project>/pki/profiles.toml`.
     pub fn default_path() -> PathBuf {
         crate::util::project_root().join("pki").join("profiles.toml")

@@ -24,7 +24,7 @@ use super::template;
 use super::tuning::Preset;
 use crate::image::layer::{self, Entry};
 use crate::pki::cluster::{ClusterSpec, NodeSpec};
-use crate::pki::issue::{PkiLayout, CA_CERT, CLIENT_CERT, CLIENT_KEY};
+use crate::pki::layout::{PkiLayout, CA_CERT, CLIENT_CERT, CLIENT_KEY};
 use crate::util::write_atomic;
 
 /// Where the host bundle puts the operator's client certificate.

@@ -20,7 +20,8 @@ use anyhow::{Context, Result};
 
 use crate::definition::Definition;
 use crate::pki::cluster::ClusterSpec;
-use crate::pki::issue::{issue, PkiLayout};
+use crate::pki::issue::issue;
+use crate::pki::layout::PkiLayout;
 use crate::pki::Profiles;
 use crate::util::{display_rel, source_date_epoch, target_dir, Arch, StagingDir};
 use config::PkiFacts;

@@ -473,7 +473,7 @@ pub fn write_with(dir: &Path, spec: &ClusterSpec, pki: &Path, scrape: &Scrape, h
     put("prometheus.yml", prometheus_yaml(&spec.name, host.config_dir, scrape, host.interval, host.blackbox)?)?;
     put("blackbox.yml", blackbox_yaml(&spec.name, host.config_dir)?)?;
     let certs = dir.join(cert_dir(&spec.name));
-    let from = crate::pki::issue::PkiLayout::new(pki).client_dir(&m.scrape_client);
+    let from = crate::pki::layout::PkiLayout::new(pki).client_dir(&m.scrape_client);
     for file in ["ca.crt", "client.crt", "client.key"] {
         let src = from.join(file);
         let bytes = fs::read(&src).with_context(|| {

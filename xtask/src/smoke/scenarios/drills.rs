@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::cluster::Cluster;
-use super::netdelay::Delayer;
-use super::podman::podman;
+use crate::smoke::engine::cluster::Cluster;
+use crate::smoke::engine::podman::podman;
+use crate::smoke::faults::netdelay::Delayer;
+use crate::smoke::workload::load::{Gateway, Identity};
 use crate::util::stdout_of;
 
 /// The drill cluster's quota: small enough to fill in seconds with 1 MiB values, large enough
@@ -124,7 +125,7 @@ impl Cluster {
         drop(file);
         let mut notes = vec![format!("{} MiB written beside etcd's data until ENOSPC", filled / (1024 * 1024))];
         // Large writes through node 1 until node 3 fails to store them.
-        let gw = super::load::Gateway::new(&super::load::Identity::in_dir(&self.client), Duration::from_secs(10))?;
+        let gw = Gateway::new(&Identity::in_dir(&self.client), Duration::from_secs(10))?;
         let endpoint = self.client_url(0);
         let big = "d".repeat(512 * 1024);
         let t = Instant::now();
@@ -459,7 +460,7 @@ impl Cluster {
     fn nospace(&mut self) -> Result<String> {
         let phase = "drill: NOSPACE alarm until disarmed";
         self.phase(phase);
-        let gw = super::load::Gateway::new(&super::load::Identity::in_dir(&self.client), Duration::from_secs(10))?;
+        let gw = Gateway::new(&Identity::in_dir(&self.client), Duration::from_secs(10))?;
         let endpoint = self.client_url(0);
         let big = "x".repeat(1024 * 1024);
         let t = Instant::now();

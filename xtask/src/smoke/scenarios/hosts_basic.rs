@@ -13,10 +13,18 @@ use anyhow::{bail, Context, Result};
 
 use crate::acquire::Acquired;
 
-use super::checks::{server_reason, Refusal, REFUSALS};
-use super::cluster::stdout_or_stderr;
-use super::hosts::{curl_in, Form, Hosts, HEALTHY_TIMEOUT};
-use super::{KillOnDrop, NO_QUORUM};
+use super::basic::{server_reason, Refusal, REFUSALS};
+use super::NO_QUORUM;
+use crate::smoke::engine::hosts::{curl_in, Form, Hosts, HEALTHY_TIMEOUT};
+use crate::smoke::engine::machines::Machine;
+use crate::smoke::local::{free_port, stdout_or_stderr, KillOnDrop};
+use crate::smoke::report::{record_check, Outcome};
+use crate::smoke::workload::load::{self, Identity, Load};
+
+/// Where the load's keys go on the machines, and its bounds (every scenario of a form runs on
+/// the same machines, one load after another).
+const LOAD_PREFIX: &str = "load/";
+const LOAD_BOUNDS: load::Bounds = load::Bounds { max_requests: 200_000, max_duration: Duration::from_secs(1200) };
 
 /// Worst `systemd-analyze security` exposure accepted for etcd.service (lower is better; the
 /// tutorial's unit rates 9.2 UNSAFE).
@@ -83,7 +91,7 @@ impl Hosts {
         self.interrupt.check()?;
         self.run_check("backup timer's service: snapshot taken, restored, data read back", |h| h.check_backup());
         self.finish_load(&[NO_QUORUM]);
-        if self.checks.iter().any(|c| c.outcome == super::Outcome::Fail) {
+        if self.checks.iter().any(|c| c.outcome == Outcome::Fail) {
             self.record_logs();
         }
         Ok(())
@@ -356,7 +364,7 @@ impl Hosts {
     fn check_sigkill(&mut self) -> Result<String> {
         self.phase("etcd SIGKILLed on node 1");
         let m = &self.machines[0];
-        let restarts = |m: &super::machines::Machine| -> Result<u32> {
+        let restarts = |m: &Machine| -> Result<u32> {
             Ok(m.sh_ok("systemctl show -P NRestarts etcd.service")?.trim().parse().unwrap_or(0))
         };
         let before = restarts(m)?;
@@ -444,7 +452,7 @@ impl Hosts {
 /// `etcdctl snapshot restore` of `snap` into `data`, an etcd started on it on loopback (plain
 /// http, ports of its own), and `key` read from it; the etcd is stopped again.
 fn restore_and_read(acquired: &Acquired, snap: &std::path::Path, data: &std::path::Path, key: &str) -> Result<String> {
-    let (client, peer) = (super::cluster::free_port()?, super::cluster::free_port()?);
+    let (client, peer) = (free_port()?, free_port()?);
     let peer_url = format!("http://127.0.0.1:{peer}");
     let client_url = format!("http://127.0.0.1:{client}");
     let cluster = format!("restored={peer_url}");
@@ -497,5 +505,79 @@ fn restore_and_read(acquired: &Acquired, snap: &std::path::Path, data: &std::pat
             bail!("the restored etcd did not answer within 30 s: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The client load and the checks' bookkeeping on the machines.
+impl Hosts {
+    /// Starts the client load against the three members, from inside the namespace.
+    pub(crate) fn start_load(&mut self) -> Result<()> {
+        let endpoints = (0..self.machines.len()).map(|i| self.endpoint(i)).collect();
+        let identity = Identity::in_dir(&self.pki.client_dir("etcdctl"));
+        self.load = Some(Load::start(endpoints, identity, LOAD_PREFIX, LOAD_BOUNDS, Some(self.netns.path()))?);
+        Ok(())
+    }
+
+    pub(crate) fn phase(&self, name: &str) {
+        if let Some(l) = &self.load {
+            l.phase(name);
+        }
+        eprintln!("smoke: {}: {name}", self.scenario);
+    }
+
+    pub(crate) fn run_check(&mut self, name: &str, check: impl FnOnce(&mut Self) -> Result<String>) -> bool {
+        let started = Instant::now();
+        let result = check(self);
+        let passed = result.is_ok();
+        record_check(&mut self.checks, &self.scenario, name, started, result);
+        passed
+    }
+
+    /// Stops the load, reads every acknowledged write back (inside the namespace) and records it.
+    /// Requests may fail only in the phases `allowed`.
+    pub(crate) fn finish_load(&mut self, allowed: &[&str]) {
+        let Some(l) = self.load.take() else { return };
+        let report = l.finish();
+        let t = Instant::now();
+        let endpoint = self.endpoint(0);
+        let identity = Identity::in_dir(&self.pki.client_dir("etcdctl"));
+        let r = self
+            .netns
+            .run_inside(|| load::verify_acknowledged(&report, &endpoint, &identity, LOAD_PREFIX))
+            .and_then(|checked| {
+                let unexpected: Vec<String> = report
+                    .failed_by_phase
+                    .iter()
+                    .filter(|(p, _)| !allowed.contains(&"*") && !allowed.contains(&p.as_str()))
+                    .map(|(p, n)| format!("{n} during {p:?}"))
+                    .collect();
+                let summary = format!(
+                    "{} requests ({} writes, {} linearizable reads) in {:.1} s = {:.0}/s; {} failed, {} retried; worst \
+                     latency {:.0} ms; all {checked} acknowledged writes read back",
+                    report.requests,
+                    report.writes,
+                    report.reads,
+                    report.seconds,
+                    report.rate_per_s,
+                    report.failed,
+                    report.retries,
+                    report.worst_latency_ms
+                );
+                if !unexpected.is_empty() {
+                    let first =
+                        report.failures.first().map(|f| format!("{}: {}", f.what, f.reason)).unwrap_or_default();
+                    bail!("{summary}; failed requests {} (first: {first})", unexpected.join(", "));
+                }
+                if report.requests == 0 || report.reads == 0 {
+                    bail!("{summary}: the load made no progress");
+                }
+                Ok(summary)
+            });
+        record_check(&mut self.checks, &self.scenario, "client load: every acknowledged write is there", t, r);
+        let t = Instant::now();
+        let file = self.out.join(format!("history-{}.json", self.scenario.replace('/', "-")));
+        let judged = crate::smoke::scenarios::judge_history(&report, &file);
+        record_check(&mut self.checks, &self.scenario, crate::smoke::verify::CHECK_NAME, t, judged);
+        self.load_report = Some(report);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::{IpAddr, TcpListener};
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -16,69 +16,77 @@ use anyhow::{bail, Context, Result};
 
 use crate::image;
 use crate::pki::cluster::{ClusterSpec, NodeSpec};
-use crate::pki::issue::{issue, PkiLayout};
+use crate::pki::issue::issue;
+use crate::pki::layout::PkiLayout;
 use crate::pki::profiles::Profiles;
 use crate::render::config::{node_env, PkiFacts, TargetPaths};
 use crate::util::{display_rel, each_in_thread, target_dir, write_atomic, Arch};
 
-use super::podman::{label, podman, podman_checked, podman_output, resource_name, Interrupt, Resources};
-use super::{load, Check, ScenarioName, CLIENT_MOUNT, PKI_MOUNT};
+use super::podman::{label, podman, podman_checked, podman_output, resource_name, Resources};
+use crate::smoke::local::{free_port, Interrupt};
+use crate::smoke::report::Check;
+use crate::smoke::scenarios::ScenarioName;
+use crate::smoke::workload::load;
+
+/// Where the node's PKI directory and the operator's client identity are mounted.
+pub const PKI_MOUNT: &str = "/etc/etcd/pki";
+pub const CLIENT_MOUNT: &str = "/etc/etcd/client";
 
 /// One node as started.
 #[derive(Debug, Clone)]
-pub(super) struct Node {
-    pub(super) spec: NodeSpec,
-    pub(super) container: String,
-    pub(super) volume: String,
+pub(crate) struct Node {
+    pub(crate) spec: NodeSpec,
+    pub(crate) container: String,
+    pub(crate) volume: String,
     /// Published loopback ports of the client and peer ports.
-    pub(super) client_port: u16,
-    pub(super) peer_port: u16,
-    pub(super) env: BTreeMap<String, String>,
+    pub(crate) client_port: u16,
+    pub(crate) peer_port: u16,
+    pub(crate) env: BTreeMap<String, String>,
     /// The image the node runs (the upgrade swaps it).
-    pub(super) image: String,
+    pub(crate) image: String,
     /// Its client port speaks plain http only (http-to-tls): etcdctl reaches it without TLS.
-    pub(super) plain: bool,
+    pub(crate) plain: bool,
     /// The data directory on this machine when it is a hostPath (kube engine), not `volume`.
-    pub(super) host_data: Option<PathBuf>,
+    pub(crate) host_data: Option<PathBuf>,
 }
 
-pub(super) struct Cluster {
-    pub(super) scenario: ScenarioName,
-    pub(super) spec: ClusterSpec,
-    pub(super) etcd_version: String,
-    pub(super) out: PathBuf,
-    pub(super) tag: String,
-    pub(super) network: String,
-    pub(super) nodes: Vec<Node>,
-    pub(super) pki: PkiLayout,
-    pub(super) rogue: PkiLayout,
+pub(crate) struct Cluster {
+    pub(crate) scenario: ScenarioName,
+    pub(crate) spec: ClusterSpec,
+    pub(crate) etcd_version: String,
+    pub(crate) out: PathBuf,
+    pub(crate) tag: String,
+    pub(crate) network: String,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) pki: PkiLayout,
+    pub(crate) rogue: PkiLayout,
     /// The operator identity, staged for the host's etcdctl and curl.
-    pub(super) client: PathBuf,
-    pub(super) etcdctl: PathBuf,
-    pub(super) mounts: PathBuf,
-    pub(super) uid: u32,
-    pub(super) gid: u32,
-    pub(super) run_args: Vec<String>,
-    pub(super) res: Resources,
-    pub(super) interrupt: Interrupt,
-    pub(super) checks: Vec<Check>,
-    pub(super) timings: BTreeMap<String, f64>,
-    pub(super) load: Option<load::Load>,
-    pub(super) load_report: Option<load::LoadReport>,
-    pub(super) member_healthy: Vec<(String, f64)>,
+    pub(crate) client: PathBuf,
+    pub(crate) etcdctl: PathBuf,
+    pub(crate) mounts: PathBuf,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) run_args: Vec<String>,
+    pub(crate) res: Resources,
+    pub(crate) interrupt: Interrupt,
+    pub(crate) checks: Vec<Check>,
+    pub(crate) timings: BTreeMap<String, f64>,
+    pub(crate) load: Option<load::Load>,
+    pub(crate) load_report: Option<load::LoadReport>,
+    pub(crate) member_healthy: Vec<(String, f64)>,
     /// Clients (the load, and etcdctl for nodes without TLS) talk plain http: the http-to-tls
     /// scenario's first steps.
-    pub(super) plain_clients: bool,
+    pub(crate) plain_clients: bool,
     /// The static pods `cargo xtask k8s` rendered for this run (kube engine), else none.
-    pub(super) kube_manifests: Option<PathBuf>,
+    pub(crate) kube_manifests: Option<PathBuf>,
     /// Debian's Prometheus scraping this cluster (descriptions with `[monitoring]`, podman
     /// engine, basic, rotate-certs and drills scenarios), started once the cluster is healthy.
-    pub(super) prometheus: Option<super::prometheus::Prometheus>,
+    pub(crate) prometheus: Option<crate::smoke::workload::prometheus::Prometheus>,
 }
 
 impl Cluster {
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn prepare(
+    pub(crate) fn prepare(
         spec: &ClusterSpec,
         scenario: ScenarioName,
         out: &Path,
@@ -170,7 +178,7 @@ impl Cluster {
     }
 
     /// Runs one check, timed, and records it; true when it passed.
-    pub(super) fn run_check(&mut self, name: &str, check: impl FnOnce(&mut Self) -> Result<String>) -> bool {
+    pub(crate) fn run_check(&mut self, name: &str, check: impl FnOnce(&mut Self) -> Result<String>) -> bool {
         let started = Instant::now();
         let result = check(self);
         let passed = result.is_ok();
@@ -178,12 +186,12 @@ impl Cluster {
         passed
     }
 
-    pub(super) fn record(&mut self, name: &str, started: Instant, result: Result<String>) {
-        super::record_check(&mut self.checks, self.scenario.as_str(), name, started, result);
+    pub(crate) fn record(&mut self, name: &str, started: Instant, result: Result<String>) {
+        crate::smoke::report::record_check(&mut self.checks, self.scenario.as_str(), name, started, result);
     }
 
     /// Keeps the nodes' logs beside the report when something failed.
-    pub(super) fn record_logs(&self) {
+    pub(crate) fn record_logs(&self) {
         for n in &self.nodes {
             if let Ok(out) = podman_output(&["logs".into(), n.container.clone()]) {
                 let mut text = out.stdout;
@@ -195,11 +203,11 @@ impl Cluster {
 
     /// Creates the nodes' volumes, then starts all containers at once (each `podman run` takes
     /// a few hundred milliseconds; in sequence they would dominate the time to healthy).
-    pub(super) fn start_all(&mut self) -> Result<()> {
+    pub(crate) fn start_all(&mut self) -> Result<()> {
         if self.kube_manifests.is_some() {
             let cluster = self.spec.name.clone();
             for n in &mut self.nodes {
-                n.container = super::kube::container_name(&cluster, &n.spec.name);
+                n.container = super::podman::pod_container_name(&cluster, &n.spec.name);
             }
             return self.play_all();
         }
@@ -221,7 +229,7 @@ impl Cluster {
         Ok(())
     }
 
-    pub(super) fn container_args(&self, n: &Node) -> Result<Vec<String>> {
+    pub(crate) fn container_args(&self, n: &Node) -> Result<Vec<String>> {
         let ip = crate::render::config::primary_ip(&n.spec)?;
         let extra = vec![
             "--hostname".into(),
@@ -248,7 +256,7 @@ impl Cluster {
     /// `podman run` for any container of this run: name, label, network and IP, the hardening,
     /// `extra` (hostname, mounts, published ports), the etcd environment, the host adaptation
     /// and the image.
-    pub(super) fn run_command(
+    pub(crate) fn run_command(
         &self,
         name: &str,
         ip: &str,
@@ -274,7 +282,7 @@ impl Cluster {
 
     /// The host's etcdctl with the operator identity, against published loopback ports.
     /// Over mutual TLS through the nodes that have it, else plain http (http-to-tls).
-    pub(super) fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
+    pub(crate) fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
         let tls: Vec<usize> = nodes.iter().copied().filter(|i| !self.nodes[*i].plain).collect();
         let (chosen, plain) = if tls.is_empty() { (nodes.to_vec(), true) } else { (tls, false) };
         let ports: Vec<u16> = chosen.iter().map(|i| self.nodes[*i].client_port).collect();
@@ -282,12 +290,12 @@ impl Cluster {
     }
 
     /// The host's etcdctl with the operator identity, against the given loopback ports.
-    pub(super) fn etcdctl_at(&self, ports: &[u16], args: &[&str]) -> Result<Output> {
+    pub(crate) fn etcdctl_at(&self, ports: &[u16], args: &[&str]) -> Result<Output> {
         self.etcdctl_scheme(ports, false, args)
     }
 
     /// The host's etcdctl against loopback ports, with the operator identity unless `plain`.
-    pub(super) fn etcdctl_scheme(&self, ports: &[u16], plain: bool, args: &[&str]) -> Result<Output> {
+    pub(crate) fn etcdctl_scheme(&self, ports: &[u16], plain: bool, args: &[&str]) -> Result<Output> {
         let scheme = if plain { "http" } else { "https" };
         let endpoints: Vec<String> = ports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect();
         let mut cmd = Command::new(&self.etcdctl);
@@ -303,7 +311,7 @@ impl Cluster {
             .with_context(|| format!("cannot run {}", self.etcdctl.display()))
     }
 
-    pub(super) fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
+    pub(crate) fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
         let out = self.etcdctl(nodes, args)?;
         if !out.status.success() {
             bail!("etcdctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -313,12 +321,12 @@ impl Cluster {
 
     /// etcdctl inside a node's container, as the image's user: exercises the image's etcdctl
     /// and the cluster's own addresses.
-    pub(super) fn exec_etcdctl(&self, node: usize, args: &[&str]) -> Result<String> {
+    pub(crate) fn exec_etcdctl(&self, node: usize, args: &[&str]) -> Result<String> {
         self.exec_etcdctl_full(node, args).map(|(out, _)| out)
     }
 
     /// Like `exec_etcdctl`, with stderr too (etcdctl 3.4 prints `endpoint health` there).
-    pub(super) fn exec_etcdctl_full(&self, node: usize, args: &[&str]) -> Result<(String, String)> {
+    pub(crate) fn exec_etcdctl_full(&self, node: usize, args: &[&str]) -> Result<(String, String)> {
         let mut a: Vec<String> = vec!["exec".into(), self.nodes[node].container.clone(), "etcdctl".into()];
         a.push("--endpoints=https://127.0.0.1:2379".to_string());
         a.push(format!("--cacert={CLIENT_MOUNT}/ca.crt"));
@@ -342,7 +350,7 @@ impl Cluster {
     /// Repeats `attempt` every `every` until it gives `Ok(value)` or `timeout` passes; an
     /// `Err(reason)` means "not yet", an error of the attempt itself ends the polling. The error
     /// after the timeout says `what` and the last reason. Returns the value and the attempts made.
-    pub(super) fn poll<T>(
+    pub(crate) fn poll<T>(
         &self,
         what: &str,
         timeout: Duration,
@@ -362,7 +370,7 @@ impl Cluster {
         }
     }
 
-    pub(super) fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
+    pub(crate) fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last;
         loop {
@@ -405,7 +413,7 @@ impl Cluster {
     }
 
     /// Node `node`'s log (etcd writes to stderr), with `podman logs` options such as `--since`.
-    pub(super) fn logs(&self, node: usize, options: &[String]) -> Result<String> {
+    pub(crate) fn logs(&self, node: usize, options: &[String]) -> Result<String> {
         let mut args = vec!["logs".to_string()];
         args.extend(options.iter().cloned());
         args.push(self.nodes[node].container.clone());
@@ -414,25 +422,25 @@ impl Cluster {
     }
 
     /// Node `i`'s container state as podman says it ("running", "exited", ...).
-    pub(super) fn state(&self, i: usize) -> Result<String> {
+    pub(crate) fn state(&self, i: usize) -> Result<String> {
         Ok(podman(&["inspect", "--format", "{{.State.Status}}", &self.nodes[i].container])?.trim().to_string())
     }
 
     /// Node `i`'s client URL through its published loopback port, over TLS.
-    pub(super) fn client_url(&self, i: usize) -> String {
+    pub(crate) fn client_url(&self, i: usize) -> String {
         format!("https://127.0.0.1:{}", self.nodes[i].client_port)
     }
 
-    pub(super) fn stop(&self, i: usize) -> Result<()> {
+    pub(crate) fn stop(&self, i: usize) -> Result<()> {
         podman(&["stop", "-t", "5", &self.nodes[i].container]).map(|_| ())
     }
 
-    pub(super) fn start(&self, i: usize) -> Result<()> {
+    pub(crate) fn start(&self, i: usize) -> Result<()> {
         podman(&["start", &self.nodes[i].container]).map(|_| ())
     }
 
     /// The lines of node `i`'s log since `since` (Unix seconds) that tell how it came back.
-    pub(super) fn restart_log(&self, i: usize, since: u64) -> String {
+    pub(crate) fn restart_log(&self, i: usize, since: u64) -> String {
         let text = self.logs(i, &["--since".into(), since.to_string()]).unwrap_or_default();
         let keys = [
             "publish",
@@ -447,7 +455,7 @@ impl Cluster {
         text.lines().filter(|l| keys.iter().any(|k| l.contains(k))).take(20).collect::<Vec<_>>().join(" | ")
     }
 
-    pub(super) fn print_how_to_reach(&self) {
+    pub(crate) fn print_how_to_reach(&self) {
         println!("\nThe cluster is still running (--keep). Reach it with:");
         let endpoints: Vec<String> =
             self.nodes.iter().map(|n| format!("https://127.0.0.1:{}", n.client_port)).collect();
@@ -467,35 +475,9 @@ impl Cluster {
         );
     }
 }
-/// A free TCP port on loopback for a published container port (and our helpers' listeners),
-/// picked at random below the kernel's ephemeral range. A port of that range, released for
-/// podman to bind, can meanwhile become the local end of any outgoing connection on the
-/// machine (a CI run lost a member's port that way), and so can the port of a container being
-/// restarted; below the range only an explicit bind takes a port.
-pub(super) fn free_port() -> Result<u16> {
-    use std::hash::{BuildHasher, Hasher};
-    const FLOOR: u16 = 10000;
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next().and_then(|p| p.parse::<u16>().ok()))
-        .unwrap_or(32768);
-    if low <= FLOOR + 1000 {
-        let l = TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-        return Ok(l.local_addr().context("no local address")?.port());
-    }
-    for _ in 0..500 {
-        let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
-        let port = FLOOR + (r % u64::from(low - FLOOR)) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free loopback port between {FLOOR} and {low} after 500 tries")
-}
-
 /// A locally administered unicast MAC derived from a node's address (`02:00:` + its IPv4
 /// octets), the same on every start of the container.
-pub(super) fn stable_mac(ip: &IpAddr) -> String {
+pub(crate) fn stable_mac(ip: &IpAddr) -> String {
     let o = match ip {
         IpAddr::V4(v4) => v4.octets(),
         IpAddr::V6(v6) => {
@@ -506,21 +488,13 @@ pub(super) fn stable_mac(ip: &IpAddr) -> String {
     format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
 }
 
-/// A command's trimmed stdout when it succeeded, else its trimmed stderr as the reason.
-pub(super) fn stdout_or_stderr(out: Output) -> std::result::Result<String, String> {
-    match out.status.success() {
-        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
-        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-    }
-}
-
 /// The run-time hardening every container gets.
-pub(super) fn hardening_args() -> Vec<String> {
+pub(crate) fn hardening_args() -> Vec<String> {
     ["--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges"].iter().map(|s| s.to_string()).collect()
 }
 
 /// Copies a PKI directory for a container: owned by the etcd uid, keys 0400, dir 0500.
-pub(super) fn stage_dir(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<()> {
+pub(crate) fn stage_dir(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<()> {
     fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     restage_dir(from, to, uid, gid)?;
     std::os::unix::fs::chown(to, Some(uid), Some(gid)).with_context(|| format!("cannot chown {}", to.display()))?;
@@ -547,7 +521,7 @@ pub(crate) fn restage_dir(from: &Path, to: &Path, uid: u32, gid: u32) -> Result<
     Ok(())
 }
 
-pub(super) fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
+pub(crate) fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
     std::os::unix::fs::chown(dir, Some(uid), Some(gid)).with_context(|| format!("cannot chown {}", dir.display()))?;
     if dir.is_dir() {
         for e in fs::read_dir(dir)? {
@@ -558,7 +532,7 @@ pub(super) fn chown_tree(dir: &Path, uid: u32, gid: u32) -> Result<()> {
 }
 
 /// The host-side etcdctl: the one acquired with the image's etcd (same version).
-pub(super) fn find_etcdctl(tag: &str) -> Result<PathBuf> {
+pub(crate) fn find_etcdctl(tag: &str) -> Result<PathBuf> {
     let version = tag.rsplit(':').next().unwrap_or_default();
     let host = Arch::host().context("unsupported host architecture")?;
     let p = target_dir().join("etcd").join(version).join(host.as_str()).join("etcdctl");

@@ -21,13 +21,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::load::{self, Bounds, Identity, Load};
-use super::podman::{label, podman, podman_checked};
-use super::{stdout_or_stderr, Cluster, Outcome};
+use super::{ScenarioName, NO_QUORUM};
 use crate::definition::Definition;
 use crate::image::{self, BuildArgs};
 use crate::pki::profiles::Profiles;
 use crate::render::config::{node_env, TargetPaths};
+use crate::smoke::engine::cluster::{restage_dir, Cluster};
+use crate::smoke::engine::podman::{label, podman, podman_checked};
+use crate::smoke::local::stdout_or_stderr;
+use crate::smoke::report::Outcome;
+use crate::smoke::workload::load::{self, Bounds, Identity, Load};
 
 /// Where the load's keys go.
 const LOAD_PREFIX: &str = "load/";
@@ -83,7 +86,7 @@ impl Cluster {
         let t = Instant::now();
         self.start_all()?;
         let healthy = self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT);
-        if self.scenario == super::ScenarioName::Basic {
+        if self.scenario == ScenarioName::Basic {
             self.timings.insert("start_to_healthy".into(), t.elapsed().as_secs_f64());
         }
         let ok = healthy.is_ok();
@@ -95,10 +98,7 @@ impl Cluster {
         if !ok {
             return Ok(false);
         }
-        let watched = matches!(
-            self.scenario,
-            super::ScenarioName::Basic | super::ScenarioName::Drills | super::ScenarioName::RotateCerts
-        );
+        let watched = matches!(self.scenario, ScenarioName::Basic | ScenarioName::Drills | ScenarioName::RotateCerts);
         if watched && self.spec.monitoring.is_some() && self.kube_manifests.is_none() {
             let t = Instant::now();
             let started = self.start_prometheus();
@@ -133,8 +133,8 @@ impl Cluster {
         }
         self.record("client load: every acknowledged write is there", t, r);
         let t = Instant::now();
-        let judged = super::linearizable::judge(&report.history, &report.watches, &self.out.join("history.json"));
-        self.record(super::linearizable::CHECK_NAME, t, judged);
+        let judged = super::judge_history(&report, &self.out.join("history.json"));
+        self.record(crate::smoke::verify::CHECK_NAME, t, judged);
         self.load_report = Some(report);
         Ok(())
     }
@@ -142,8 +142,8 @@ impl Cluster {
     fn check_load(&self, report: &load::LoadReport) -> Result<String> {
         // Read back through the member that changed most (the replaced or last upgraded one).
         let via = match self.scenario {
-            super::ScenarioName::ReplaceMember => 1,
-            super::ScenarioName::Upgrade => 2,
+            ScenarioName::ReplaceMember => 1,
+            ScenarioName::Upgrade => 2,
             _ => 0,
         };
         let endpoint = self.client_url(via);
@@ -186,15 +186,15 @@ impl Cluster {
         // Without quorum requests stall or fail; that is what the fault check proves, and that
         // phase neither counts towards the rate nor may its failures fail the load.
         let allowed: &[&str] = match self.scenario {
-            super::ScenarioName::RotateCerts | super::ScenarioName::HttpToTls => &[],
-            super::ScenarioName::Basic => &[super::NO_QUORUM],
+            ScenarioName::RotateCerts | ScenarioName::HttpToTls => &[],
+            ScenarioName::Basic => &[NO_QUORUM],
             _ => &["*"],
         };
         let rate = report.rate_except(allowed);
         if rate < GOAL_RATE {
             bail!("the load reached {rate:.0} requests/s, below the goal of {GOAL_RATE}: {summary}");
         }
-        if self.scenario == super::ScenarioName::Basic {
+        if self.scenario == ScenarioName::Basic {
             summary.push_str(&format!("; {rate:.0}/s outside the phase without quorum"));
         }
         let unexplained: Vec<&String> = report
@@ -259,9 +259,9 @@ impl Cluster {
     /// (written beside, renamed over), owned by the etcd uid, 0400.
     fn restage(&self) -> Result<()> {
         for n in &self.nodes {
-            super::restage_dir(&self.pki.node_dir(&n.spec.name), &self.mounts.join(&n.spec.name), self.uid, self.gid)?;
+            restage_dir(&self.pki.node_dir(&n.spec.name), &self.mounts.join(&n.spec.name), self.uid, self.gid)?;
         }
-        super::restage_dir(&self.pki.client_dir("etcdctl"), &self.client, self.uid, self.gid)
+        restage_dir(&self.pki.client_dir("etcdctl"), &self.client, self.uid, self.gid)
     }
 
     /// The serial and issuer of the certificate node `i` serves on its client port (`peer`:
@@ -435,7 +435,7 @@ impl Cluster {
         }
         let fresh = load::Gateway::new(&Identity::in_dir(&self.client), Duration::from_secs(5))?;
         fresh.put(&endpoint, "smoke/after-rotation", "ok").context("the new client certificate is refused")?;
-        let reason = self.rejections(0)?.last().map(|l| super::checks::server_reason(l)).unwrap_or_default();
+        let reason = self.rejections(0)?.last().map(|l| super::basic::server_reason(l)).unwrap_or_default();
         Ok(format!("old certificate refused (server: {reason}); new one writes"))
     }
 

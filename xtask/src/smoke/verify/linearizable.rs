@@ -18,32 +18,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// What one operation did to its key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    /// A put of this value.
-    Write(String),
-    /// A linearizable read that returned this value (`None`: the key was absent).
-    Read(Option<String>),
-}
-
-/// One client operation on one key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Op {
-    /// Which client (load worker) made it; a client makes one operation at a time.
-    pub client: usize,
-    pub key: String,
-    pub action: Action,
-    /// Microseconds since the load started.
-    pub invoke_us: u64,
-    /// `None`: a write whose outcome is unknown (it may have taken effect at any later time).
-    pub return_us: Option<u64>,
-    /// The store's revision in the answer's header.
-    pub revision: Option<i64>,
-}
+use super::history::{Action, Op};
 
 /// A key's operations that no sequential order explains.
 #[derive(Debug, Clone, Serialize)]
@@ -334,46 +311,6 @@ pub fn revisions_never_go_back(history: &[Op]) -> Result<usize, String> {
 /// (thousands of operations per key check in well under a million), low enough to end in
 /// seconds on a pathological one.
 pub const MAX_STEPS: u64 = 20_000_000;
-
-/// The name of the check in the smoke report.
-pub const CHECK_NAME: &str = "client history: linearizable per key, revisions never go back, watches complete";
-
-/// The smoke test's check of a load's history: linearizable per key, and no client shown a
-/// revision older than one it saw before. On a violation (or no verdict) the history is saved
-/// as `history_file` (JSON, one object per operation) and the error quotes the violating
-/// operations.
-pub fn judge(
-    history: &[Op],
-    watches: &[super::watch::WatchLog],
-    history_file: &std::path::Path,
-) -> anyhow::Result<String> {
-    use anyhow::Context;
-    let verdict = check(history, MAX_STEPS);
-    let revisions = revisions_never_go_back(history);
-    let watched = super::watch::judge(watches, history);
-    if verdict.violation.is_none() && verdict.gave_up.is_none() {
-        if let (Ok(compared), Ok(watched)) = (&revisions, &watched) {
-            return Ok(format!(
-                "{}; revisions never went back ({compared} answers in client order); {watched}",
-                verdict.summary()
-            ));
-        }
-    }
-    let json = serde_json::to_vec_pretty(history).context("cannot write the history as JSON")?;
-    crate::util::write_atomic(history_file, &json, 0o644)?;
-    let mut why = verdict.summary();
-    if let Some(v) = &verdict.violation {
-        let around: Vec<String> = v.around.iter().map(describe).collect();
-        why.push_str(&format!("; concurrent with it: {}", around.join("; ")));
-    }
-    if let Err(e) = revisions {
-        why.push_str(&format!("; {e}"));
-    }
-    if let Err(e) = watched {
-        why.push_str(&format!("; watch: {e}"));
-    }
-    anyhow::bail!("{why} (history: {})", history_file.display())
-}
 
 #[cfg(test)]
 mod tests {

@@ -18,14 +18,15 @@ use anyhow::{bail, Context, Result};
 
 use crate::acquire::Acquired;
 use crate::pki::cluster::ClusterSpec;
-use crate::pki::issue::{issue, PkiLayout};
+use crate::pki::issue::issue;
+use crate::pki::layout::PkiLayout;
 use crate::pki::profiles::Profiles;
 use crate::util::{display_rel, each_in_thread, tail};
 
-use super::load::{self, Identity, Load};
 use super::machines::{cached_rootfs, LoopNodes, Machine, Netns};
-use super::podman::Interrupt;
-use super::{record_check, Check};
+use crate::smoke::local::Interrupt;
+use crate::smoke::report::Check;
+use crate::smoke::workload::load::{self, Load};
 
 /// How the machines run etcd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -60,14 +61,12 @@ impl Form {
 /// Where the machines keep what the run copies in, and where the INSTALL.md steps run.
 const INSTALL_DIR: &str = "/root/etcd-install";
 /// From the last machine's boot to 3/3 healthy.
-pub(super) const HEALTHY_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const HEALTHY_TIMEOUT: Duration = Duration::from_secs(90);
 /// One install block in a machine (it blocks until etcd is ready, which needs a quorum).
 const INSTALL_TIMEOUT_S: u32 = 150;
-pub(super) const LOAD_PREFIX: &str = "load/";
-const LOAD_BOUNDS: load::Bounds = load::Bounds { max_requests: 200_000, max_duration: Duration::from_secs(1200) };
 
 /// What the machines of one form are made from.
-pub(super) struct Inputs<'a> {
+pub(crate) struct Inputs<'a> {
     pub spec: &'a ClusterSpec,
     pub cluster_file: &'a Path,
     pub acquired: &'a Acquired,
@@ -78,7 +77,7 @@ pub(super) struct Inputs<'a> {
 
 /// Three machines of one form, their PKI and rendered bundles, the clients' view of them.
 /// Field order is drop order: the load first, then the machines, then their namespace.
-pub(super) struct Hosts {
+pub(crate) struct Hosts {
     pub form: Form,
     pub scenario: String,
     pub spec: ClusterSpec,
@@ -106,7 +105,7 @@ pub(super) struct Hosts {
 /// The IPv4 address and prefix (/24) of every node, and a free one in the same /24 for the
 /// bridge (the clients' address); an error naming the node when they cannot be given to
 /// machines on one bridge.
-pub(super) fn addressing(spec: &ClusterSpec, file: &Path) -> Result<(Vec<Ipv4Addr>, Ipv4Addr)> {
+pub(crate) fn addressing(spec: &ClusterSpec, file: &Path) -> Result<(Vec<Ipv4Addr>, Ipv4Addr)> {
     let mut ips = Vec::new();
     for n in &spec.nodes {
         match crate::render::config::primary_ip(n)? {
@@ -143,7 +142,7 @@ pub(super) fn addressing(spec: &ClusterSpec, file: &Path) -> Result<(Vec<Ipv4Add
 impl Hosts {
     /// Renders the cluster for `form` (PKI issued into `out/pki`), makes the run's network
     /// namespace and three machines, copies each its bundle, and boots them (not yet etcd).
-    pub(super) fn prepare(inputs: &Inputs<'_>, form: Form, out: &Path, interrupt: Interrupt) -> Result<Hosts> {
+    pub(crate) fn prepare(inputs: &Inputs<'_>, form: Form, out: &Path, interrupt: Interrupt) -> Result<Hosts> {
         let (ips, bridge_ip) = addressing(inputs.spec, inputs.cluster_file)?;
         if out.exists() {
             fs::remove_dir_all(out).with_context(|| format!("cannot clear {}", out.display()))?;
@@ -211,7 +210,7 @@ impl Hosts {
     }
 
     /// Copies machine `i` what its form's INSTALL.md block needs into [`INSTALL_DIR`].
-    pub(super) fn provision(&mut self, i: usize) -> Result<()> {
+    pub(crate) fn provision(&mut self, i: usize) -> Result<()> {
         let node = self.spec.nodes[i].name.clone();
         let m = &self.machines[i];
         m.copy_in(&self.render.join(format!("{node}.INSTALL.md")), &format!("{INSTALL_DIR}/{node}.INSTALL.md"), 0o644)?;
@@ -240,7 +239,7 @@ impl Hosts {
     }
 
     /// Boots machines `which` side by side; the seconds each took.
-    pub(super) fn boot(&mut self, which: &[usize]) -> Result<Vec<f64>> {
+    pub(crate) fn boot(&mut self, which: &[usize]) -> Result<Vec<f64>> {
         if let Some(loops) = &self.loops {
             loops.restore();
         }
@@ -255,7 +254,7 @@ impl Hosts {
 
     /// The node's INSTALL.md block of this form (`systemctl enable --now` for host, `portablectl
     /// attach` for portable), as written.
-    pub(super) fn install_block(&self, i: usize) -> Result<String> {
+    pub(crate) fn install_block(&self, i: usize) -> Result<String> {
         let marker = match self.form {
             Form::Portable => "portablectl attach",
             _ => "systemctl enable --now",
@@ -264,7 +263,7 @@ impl Hosts {
     }
 
     /// The ```sh block of node `i`'s INSTALL.md that contains `marker`, as written.
-    pub(super) fn block(&self, i: usize, marker: &str) -> Result<String> {
+    pub(crate) fn block(&self, i: usize, marker: &str) -> Result<String> {
         let path = self.render.join(format!("{}.INSTALL.md", self.spec.nodes[i].name));
         let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
         crate::render::host::sh_blocks(&text)
@@ -274,7 +273,7 @@ impl Hosts {
     }
 
     /// Runs every machine's install block at once (the first member waits for a quorum).
-    pub(super) fn install_all(&self) -> Result<()> {
+    pub(crate) fn install_all(&self) -> Result<()> {
         let blocks: Vec<String> = (0..self.machines.len()).map(|i| self.install_block(i)).collect::<Result<_>>()?;
         let results = each_in_thread(&self.machines, "an install", |i, m| {
             let script = format!("cd {INSTALL_DIR} && set -ex\n{}", blocks[i]);
@@ -295,7 +294,7 @@ impl Hosts {
 
     /// The host's etcdctl, inside the run's namespace, with the operator's client certificate,
     /// against the members `nodes`.
-    pub(super) fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
+    pub(crate) fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
         let endpoints: Vec<String> = nodes.iter().map(|i| self.endpoint(*i)).collect();
         let client = self.pki.client_dir("etcdctl");
         self.netns
@@ -312,7 +311,7 @@ impl Hosts {
             .with_context(|| format!("cannot run {}", self.etcdctl.display()))
     }
 
-    pub(super) fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
+    pub(crate) fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
         let out = self.etcdctl(nodes, args)?;
         if !out.status.success() {
             bail!("etcdctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -320,13 +319,13 @@ impl Hosts {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    pub(super) fn endpoint(&self, i: usize) -> String {
+    pub(crate) fn endpoint(&self, i: usize) -> String {
         format!("https://{}:2379", self.machines[i].ip)
     }
 
     /// Waits until `nodes` answer `endpoint health`; the error quotes etcdctl and the journal of
     /// each node that is not healthy.
-    pub(super) fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<f64> {
+    pub(crate) fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<f64> {
         let t = Instant::now();
         let deadline = t + timeout;
         loop {
@@ -355,31 +354,8 @@ impl Hosts {
         }
     }
 
-    /// Starts the client load against the three members, from inside the namespace.
-    pub(super) fn start_load(&mut self) -> Result<()> {
-        let endpoints = (0..self.machines.len()).map(|i| self.endpoint(i)).collect();
-        let identity = Identity::in_dir(&self.pki.client_dir("etcdctl"));
-        self.load = Some(Load::start(endpoints, identity, LOAD_PREFIX, LOAD_BOUNDS, Some(self.netns.path()))?);
-        Ok(())
-    }
-
-    pub(super) fn phase(&self, name: &str) {
-        if let Some(l) = &self.load {
-            l.phase(name);
-        }
-        eprintln!("smoke: {}: {name}", self.scenario);
-    }
-
-    pub(super) fn run_check(&mut self, name: &str, check: impl FnOnce(&mut Self) -> Result<String>) -> bool {
-        let started = Instant::now();
-        let result = check(self);
-        let passed = result.is_ok();
-        record_check(&mut self.checks, &self.scenario, name, started, result);
-        passed
-    }
-
     /// Keeps each machine's etcd journal and console beside the report.
-    pub(super) fn record_logs(&self) {
+    pub(crate) fn record_logs(&self) {
         for m in &self.machines {
             let journal = m
                 .sh("journalctl --no-pager -o short-precise -u etcd.service -u etcd-backup.service")
@@ -389,58 +365,7 @@ impl Hosts {
         }
     }
 
-    /// Stops the load, reads every acknowledged write back (inside the namespace) and records it.
-    /// Requests may fail only in the phases `allowed`.
-    pub(super) fn finish_load(&mut self, allowed: &[&str]) {
-        let Some(l) = self.load.take() else { return };
-        let report = l.finish();
-        let t = Instant::now();
-        let endpoint = self.endpoint(0);
-        let identity = Identity::in_dir(&self.pki.client_dir("etcdctl"));
-        let r = self
-            .netns
-            .run_inside(|| load::verify_acknowledged(&report, &endpoint, &identity, LOAD_PREFIX))
-            .and_then(|checked| {
-                let unexpected: Vec<String> = report
-                    .failed_by_phase
-                    .iter()
-                    .filter(|(p, _)| !allowed.contains(&"*") && !allowed.contains(&p.as_str()))
-                    .map(|(p, n)| format!("{n} during {p:?}"))
-                    .collect();
-                let summary = format!(
-                    "{} requests ({} writes, {} linearizable reads) in {:.1} s = {:.0}/s; {} failed, {} retried; worst \
-                     latency {:.0} ms; all {checked} acknowledged writes read back",
-                    report.requests,
-                    report.writes,
-                    report.reads,
-                    report.seconds,
-                    report.rate_per_s,
-                    report.failed,
-                    report.retries,
-                    report.worst_latency_ms
-                );
-                if !unexpected.is_empty() {
-                    let first =
-                        report.failures.first().map(|f| format!("{}: {}", f.what, f.reason)).unwrap_or_default();
-                    bail!("{summary}; failed requests {} (first: {first})", unexpected.join(", "));
-                }
-                if report.requests == 0 || report.reads == 0 {
-                    bail!("{summary}: the load made no progress");
-                }
-                Ok(summary)
-            });
-        record_check(&mut self.checks, &self.scenario, "client load: every acknowledged write is there", t, r);
-        let t = Instant::now();
-        let judged = super::linearizable::judge(
-            &report.history,
-            &report.watches,
-            &self.out.join(format!("history-{}.json", self.scenario.replace('/', "-"))),
-        );
-        record_check(&mut self.checks, &self.scenario, super::linearizable::CHECK_NAME, t, judged);
-        self.load_report = Some(report);
-    }
-
-    pub(super) fn print_how_to_reach(&self) {
+    pub(crate) fn print_how_to_reach(&self) {
         let client = self.pki.client_dir("etcdctl");
         let endpoints: Vec<String> = (0..self.machines.len()).map(|i| self.endpoint(i)).collect();
         println!(
@@ -479,7 +404,7 @@ impl Hosts {
         println!("  ip netns delete {}", self.netns.name);
     }
 
-    pub(super) fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         for m in &mut self.machines {
             m.keep();
         }
@@ -488,7 +413,7 @@ impl Hosts {
 }
 
 /// Runs `cmd` inside the namespace with curl's arguments; its output.
-pub(super) fn curl_in(netns: &Netns, args: &[String]) -> Result<Output> {
+pub(crate) fn curl_in(netns: &Netns, args: &[String]) -> Result<Output> {
     netns.command("curl").args(["-sS", "--max-time", "5"]).args(args).output().context("cannot run curl")
 }
 

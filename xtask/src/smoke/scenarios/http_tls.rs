@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use super::Cluster;
 use crate::render::config::{staged_env, TlsStage};
+use crate::smoke::engine::cluster::Cluster;
 
 impl Cluster {
     pub(super) fn http_to_tls(&mut self) -> Result<()> {

@@ -9,9 +9,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use plotters::prelude::*;
 
-use super::load::LoadReport;
-use super::timeline::{Mark, Second};
 use super::{Outcome, Report};
+use crate::smoke::workload::load::LoadReport;
+use crate::smoke::workload::timeline::{Mark, Second};
 use crate::util::write_atomic;
 
 /// The series' colours (also what the test looks for in a screenshot).
@@ -213,9 +213,9 @@ fn chart(
 
 #[cfg(test)]
 mod tests {
-    use super::super::timeline::{per_second, Sample};
-    use super::super::{Check, ScenarioReport};
     use super::*;
+    use crate::smoke::report::{Check, ScenarioReport};
+    use crate::smoke::workload::timeline::{per_second, Sample};
 
     #[test]
     fn the_page_has_each_scenarios_pictures_steps_and_checks() {

@@ -24,9 +24,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 pub use super::gateway::{Gateway, Identity};
-use super::linearizable::{Action, Op};
 use super::timeline::{per_second, Mark, Sample, Second};
-use super::watch::WatchLog;
+use crate::smoke::local::enter_netns;
+use crate::smoke::verify::history::{Action, Op, WatchLog};
 
 /// Workers per endpoint: requests wait for their answer (a put waits for a quorum's fsync), so
 /// one worker alone cannot keep up the rate.
@@ -258,7 +258,7 @@ impl Load {
             let bounds = Bounds { max_requests: per_worker, max_duration: bounds.max_duration };
             let netns = netns.clone();
             workers.push(std::thread::spawn(move || {
-                if let Some(Err(e)) = netns.map(|ns| super::machines::Netns::enter(&ns)) {
+                if let Some(Err(e)) = netns.map(|ns| enter_netns(&ns)) {
                     // No request can be made: the load reports no progress and fails.
                     eprintln!("smoke: load worker {w}: {e:#}");
                     return;
@@ -270,7 +270,7 @@ impl Load {
             let (shared, identity, prefix, netns) =
                 (shared.clone(), identity.clone(), prefix.to_string(), netns.clone());
             workers.push(std::thread::spawn(move || {
-                if let Some(Err(e)) = netns.map(|ns| super::machines::Netns::enter(&ns)) {
+                if let Some(Err(e)) = netns.map(|ns| enter_netns(&ns)) {
                     eprintln!("smoke: watcher {member}: {e:#}");
                     return;
                 }

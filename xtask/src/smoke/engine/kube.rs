@@ -15,22 +15,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{stable_mac, Cluster, CLIENT_MOUNT};
+use super::cluster::{stable_mac, Cluster, CLIENT_MOUNT};
 use crate::k8s::{self, STATIC_POD_PATH};
 use crate::util::{each_in_thread, write_atomic};
-
-/// What runs the cluster's members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Engine {
-    /// `podman run` with the node's configuration (every scenario)
-    #[value(alias = "podman")]
-    Run,
-    /// `podman kube play` of the static pods `cargo xtask k8s` renders (the basic scenario)
-    Kube,
-    /// three Debian 12 machines booted with systemd-nspawn, set up from `render`'s bundles
-    /// (`--form portable|host|both`; every scenario but http-to-tls and drills)
-    Systemd,
-}
 
 /// How the played copy differs from the rendered static pod, and why.
 pub const ADAPTATIONS: [&str; 6] = [
@@ -45,15 +32,6 @@ pub const ADAPTATIONS: [&str; 6] = [
      mounted: the checks reach members as with `podman run`",
     "podman's host adaptation (OCI runtime, ulimits) through CONTAINERS_CONF: kube play takes no --runtime or --ulimit",
 ];
-
-/// The pod name of a node of `cluster`, and the name podman gives its etcd container.
-pub fn pod_name(cluster: &str, node: &str) -> String {
-    super::podman::resource_name(cluster, node)
-}
-
-pub fn container_name(cluster: &str, node: &str) -> String {
-    format!("{}-etcd", pod_name(cluster, node))
-}
 
 /// Where a node's volumes are on this machine, and where the checks reach it.
 pub struct Played<'a> {
@@ -109,7 +87,7 @@ pub fn adapt(mut pod: Value, to: &Played<'_>) -> Result<Value> {
 
 impl Cluster {
     /// Renders the static pods with `cargo xtask k8s` (this run's PKI, the image by digest).
-    pub(super) fn render_static_pods(&mut self, cluster: &Path, image: &str) -> Result<()> {
+    pub(crate) fn render_static_pods(&mut self, cluster: &Path, image: &str) -> Result<()> {
         let out = self.out.join("k8s");
         let args = k8s::K8s {
             input: crate::render::ClusterArgs {
@@ -133,7 +111,7 @@ impl Cluster {
     }
 
     /// Plays every node's adapted static pod, all at once, on the run's network.
-    pub(super) fn play_all(&mut self) -> Result<()> {
+    pub(crate) fn play_all(&mut self) -> Result<()> {
         let rendered = self.kube_manifests.clone().context("the static pods were not rendered")?;
         let conf = self.out.join("containers.conf");
         write_atomic(&conf, crate::image::podman::containers_conf(&self.run_args).as_bytes(), 0o644)?;
@@ -155,7 +133,7 @@ impl Cluster {
             let text = fs::read_to_string(&manifest).with_context(|| format!("cannot read {}", manifest.display()))?;
             let pod: Value = serde_yaml_ng::from_str(&text)
                 .with_context(|| format!("{}: not a YAML manifest", manifest.display()))?;
-            let pod_name = pod_name(&self.spec.name, &n.spec.name);
+            let pod_name = super::podman::pod_name(&self.spec.name, &n.spec.name);
             let played = adapt(
                 pod,
                 &Played {

@@ -14,9 +14,10 @@ use anyhow::{bail, Context, Result};
 use crate::pki::cluster::{ClusterSpec, NodeSpec};
 use crate::render::config::{node_env, PkiFacts, TargetPaths};
 
-use super::cluster::{chown_tree, free_port, stdout_or_stderr, Cluster};
-use super::podman::{podman, podman_checked};
-use super::{NO_QUORUM, PKI_MOUNT};
+use super::NO_QUORUM;
+use crate::smoke::engine::cluster::{chown_tree, Cluster, PKI_MOUNT};
+use crate::smoke::engine::podman::{podman, podman_checked};
+use crate::smoke::local::{free_port, stdout_or_stderr};
 
 impl Cluster {
     pub(super) fn basic(&mut self) -> Result<()> {
@@ -386,7 +387,7 @@ impl Cluster {
         chown_tree(&data, self.uid, self.gid)?;
         fs::set_permissions(&data, fs::Permissions::from_mode(0o700))?;
         // Node 1's certificates serve it: clients reach it on loopback, which they cover.
-        let container = super::podman::resource_name(&self.spec.name, "restored");
+        let container = crate::smoke::engine::podman::resource_name(&self.spec.name, "restored");
         let port = free_port()?;
         let extra = vec![
             "-v".into(),

@@ -3,10 +3,8 @@
 //! behind when the run ends, whether it passed, failed or was interrupted (unless `--keep`).
 
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// Every resource of a smoke run carries this label, its value the cluster's name, so that the
 /// leftovers of a killed run of that cluster are found, and runs of other clusters side by side
@@ -21,6 +19,16 @@ pub fn label(cluster: &str) -> String {
 /// The name of a resource of cluster `cluster`'s runs: `xtask-smoke-<cluster>-<what>`.
 pub fn resource_name(cluster: &str, what: &str) -> String {
     format!("xtask-smoke-{cluster}-{what}")
+}
+
+/// The name of the pod `podman kube play` makes for a node of `cluster`.
+pub fn pod_name(cluster: &str, node: &str) -> String {
+    resource_name(cluster, node)
+}
+
+/// The name podman gives the etcd container of that pod.
+pub fn pod_container_name(cluster: &str, node: &str) -> String {
+    format!("{}-etcd", pod_name(cluster, node))
 }
 
 /// Runs `podman ARGS`; returns the output whether or not it succeeded.
@@ -114,30 +122,5 @@ impl Drop for Resources {
         if !self.keep {
             self.cleanup();
         }
-    }
-}
-
-/// Set by Ctrl-C (or SIGTERM); long waits poll it and give up, so that the resources are
-/// dropped and removed on the way out.
-#[derive(Clone)]
-pub struct Interrupt(Arc<AtomicBool>);
-
-impl Interrupt {
-    pub fn install() -> Result<Self> {
-        let flag = Arc::new(AtomicBool::new(false));
-        let f = flag.clone();
-        ctrlc::set_handler(move || {
-            eprintln!("\nsmoke: interrupted; removing what this run created");
-            f.store(true, Ordering::SeqCst);
-        })
-        .context("cannot install the Ctrl-C handler")?;
-        Ok(Interrupt(flag))
-    }
-
-    pub fn check(&self) -> Result<()> {
-        if self.0.load(Ordering::SeqCst) {
-            bail!("interrupted");
-        }
-        Ok(())
     }
 }

@@ -14,8 +14,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::pki::profiles::Profiles;
 
-use super::hosts::{Form, Hosts, HEALTHY_TIMEOUT};
-use super::machines::Machine;
+use crate::smoke::engine::hosts::{curl_in, Form, Hosts, HEALTHY_TIMEOUT};
+use crate::smoke::engine::machines::Machine;
+use crate::smoke::report::record_check;
 
 impl Hosts {
     /// `pki renew` of every leaf, the bundles rendered again, and each machine given its new
@@ -30,7 +31,7 @@ impl Hosts {
         let r = self.renew_steps();
         let ok = r.is_ok();
         let name = "renew: every leaf reissued, delivered as INSTALL.md says, served on both ports";
-        super::record_check(&mut self.checks, &self.scenario, name, t, r);
+        record_check(&mut self.checks, &self.scenario, name, t, r);
         self.timings.insert(format!("{}_renew", self.form.as_str()), t.elapsed().as_secs_f64());
         self.finish_load(&[]);
         if !ok {
@@ -185,7 +186,7 @@ impl Hosts {
             };
             let r = self.do_upgrade(target);
             let name = format!("rolling upgrade {} -> {} ({how}), one machine at a time", target.from, target.to);
-            super::record_check(&mut self.checks, &self.scenario, &name, t, r);
+            record_check(&mut self.checks, &self.scenario, &name, t, r);
             self.timings.insert(format!("{}_upgrade", self.form.as_str()), t.elapsed().as_secs_f64());
             self.run_check("after the upgrade: every member and the cluster version on the new release", |h| {
                 h.check_upgraded(&target.to)
@@ -271,7 +272,7 @@ impl Hosts {
                 file("client.key"),
                 format!("https://{}:2379/version", self.machines[0].ip),
             ];
-            let out = super::hosts::curl_in(&self.netns, &args)?;
+            let out = curl_in(&self.netns, &args)?;
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
             let cluster = v["etcdcluster"].as_str().unwrap_or_default().to_string();
             if cluster == want {
@@ -295,7 +296,7 @@ impl Hosts {
         self.start_load()?;
         let t = Instant::now();
         let r = self.do_replace();
-        super::record_check(
+        record_check(
             &mut self.checks,
             &self.scenario,
             "replace a lost machine: removed, a fresh machine added as a learner, promoted",

@@ -23,6 +23,7 @@ use crate::util::{on_path, stdout_of, tail, target_dir};
 
 use super::nspawn_host::Cgroups;
 pub use super::nspawn_host::LoopNodes;
+use crate::smoke::local::enter_netns;
 
 /// The Debian release the machines run, and what they need beyond minbase: systemd as init,
 /// dbus for `systemctl`, systemd-container for `portablectl`.
@@ -160,25 +161,12 @@ impl Netns {
         cmd
     }
 
-    /// Moves the calling thread into the namespace: its sockets are the namespace's from now on.
-    pub fn enter(path: &Path) -> Result<()> {
-        let file =
-            fs::File::open(path).with_context(|| format!("cannot open the network namespace {}", path.display()))?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-        // SAFETY: setns on a valid descriptor of a network namespace affects this thread only.
-        let rc = unsafe { libc::setns(fd, libc::CLONE_NEWNET) };
-        if rc != 0 {
-            bail!("cannot enter the network namespace {}: {}", path.display(), std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     /// Runs `f` on a thread inside the namespace and returns its result.
     pub fn run_inside<R: Send>(&self, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
         let path = self.path();
         std::thread::scope(|s| {
             s.spawn(move || {
-                Netns::enter(&path)?;
+                enter_netns(&path)?;
                 f()
             })
             .join()

@@ -25,7 +25,7 @@ impl Identity {
     }
 
     /// The files' modification times: a change means the identity must be loaded again.
-    pub(super) fn stamp(&self) -> Vec<Option<SystemTime>> {
+    pub(crate) fn stamp(&self) -> Vec<Option<SystemTime>> {
         [&self.ca, &self.cert, &self.key].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
     }
 
@@ -168,7 +168,7 @@ fn revision(answer: &serde_json::Value) -> Option<i64> {
 }
 
 /// The end of the key range of `prefix` (its last byte plus one), as etcd's range_end wants it.
-pub(super) fn prefix_end(prefix: &str) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     if let Some(last) = end.last_mut() {
         *last += 1;
@@ -177,12 +177,12 @@ pub(super) fn prefix_end(prefix: &str) -> Vec<u8> {
 }
 
 /// A 64-bit number the gateway wrote as a string (or a number).
-pub(super) fn int64(v: &serde_json::Value) -> Option<i64> {
+pub(crate) fn int64(v: &serde_json::Value) -> Option<i64> {
     v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64())
 }
 
 /// A key or value the gateway sent as base64.
-pub(super) fn decode(v: Option<&serde_json::Value>) -> Result<String> {
+pub(crate) fn decode(v: Option<&serde_json::Value>) -> Result<String> {
     let s = v.and_then(|v| v.as_str()).unwrap_or_default();
     let bytes = B64.decode(s).with_context(|| format!("the gateway returned invalid base64 {s:?}"))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())

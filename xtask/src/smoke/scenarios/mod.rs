@@ -1,0 +1,116 @@
+//! Scenarios: which cluster, which faults and which checks go together, and the only room that
+//! combines the others. In: the typed options of `cargo xtask smoke`. Out: the report of every
+//! scenario run, on fresh clusters (`podman.rs`: `podman run` and `kube play`) or on booted
+//! machines (`systemd.rs`).
+//!
+//! The scenarios themselves: `basic.rs` (health, reads, refusals, identity, faults, backup),
+//! `day2.rs` (rotate-certs, replace-member, upgrade), `http_tls.rs`, `drills.rs` and `alerts.rs`
+//! (what Prometheus must see of each fault) on podman; `hosts_basic.rs` and `hosts_day2.rs` on
+//! the systemd machines.
+
+mod alerts;
+mod basic;
+mod day2;
+mod drills;
+mod hosts_basic;
+mod hosts_day2;
+mod http_tls;
+mod podman;
+mod systemd;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use crate::acquire::SourcePolicy;
+use crate::pki::cluster::ClusterSpec;
+use crate::smoke::engine::{Engine, Form};
+use crate::smoke::workload::load::LoadReport;
+
+/// The load's phase while the basic checks keep a quorum down on purpose: from stopping the
+/// second node until the restarted ones are healthy again. Requests may fail in it, and it does
+/// not count towards the load's rate.
+pub const NO_QUORUM: &str = "no quorum: two nodes down until restarted and healthy";
+
+/// The scenarios, in the order `all` runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum ScenarioName {
+    Basic,
+    RotateCerts,
+    ReplaceMember,
+    Upgrade,
+    HttpToTls,
+    Drills,
+    All,
+}
+
+impl ScenarioName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScenarioName::Basic => "basic",
+            ScenarioName::RotateCerts => "rotate-certs",
+            ScenarioName::ReplaceMember => "replace-member",
+            ScenarioName::Upgrade => "upgrade",
+            ScenarioName::HttpToTls => "http-to-tls",
+            ScenarioName::Drills => "drills",
+            ScenarioName::All => "all",
+        }
+    }
+
+    /// The scenarios to run for the ones asked for, each once, in `all`'s order.
+    pub fn expand(asked: &[ScenarioName]) -> Vec<ScenarioName> {
+        let mut out: Vec<ScenarioName> = asked.iter().copied().filter(|s| *s != ScenarioName::All).collect();
+        if asked.is_empty() || asked.contains(&ScenarioName::All) {
+            // http-to-tls is not in `all`: with it the suite ran 15 min 45 s on a fresh 2-core
+            // machine (13 min 55 s without). CI proves its steps as the README's recipe
+            // (run_it.rs); its run under load is `--scenario http-to-tls`. The drills are not in
+            // `all` either; `--scenario all --scenario drills` runs both.
+            out.extend([
+                ScenarioName::Basic,
+                ScenarioName::RotateCerts,
+                ScenarioName::ReplaceMember,
+                ScenarioName::Upgrade,
+            ]);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// What `cargo xtask smoke` was asked to run, typed: the flags, the cluster description read and
+/// checked (three nodes), the output directory made absolute.
+pub struct Options {
+    /// The scenarios as asked (`all` not yet expanded).
+    pub scenarios: Vec<ScenarioName>,
+    pub upgrade_to: Option<String>,
+    pub etcd_version: Option<String>,
+    pub engine: Engine,
+    pub form: Form,
+    pub keep: bool,
+    pub cluster_path: PathBuf,
+    pub spec: ClusterSpec,
+    pub source: SourcePolicy,
+    pub out: PathBuf,
+    /// When the command started (the report's `total`).
+    pub started: Instant,
+}
+
+/// Runs what `opts` asks for on its engine and writes the report.
+pub fn run(opts: &Options) -> Result<()> {
+    match opts.engine {
+        Engine::Systemd => systemd::run(opts),
+        Engine::Run | Engine::Kube => podman::run(opts),
+    }
+}
+
+/// The verdict over a load's history ([`crate::smoke::verify::judge`]); on a violation the
+/// history is kept as `file` (JSON, one object per operation) and the error names it.
+pub(crate) fn judge_history(report: &LoadReport, file: &Path) -> Result<String> {
+    crate::smoke::verify::judge(&report.history, &report.watches).or_else(|why| {
+        let json = serde_json::to_vec_pretty(&report.history).context("cannot write the history as JSON")?;
+        crate::util::write_atomic(file, &json, 0o644)?;
+        anyhow::bail!("{why} (history: {})", file.display())
+    })
+}

@@ -1,0 +1,182 @@
+//! `--engine systemd`: for each form, three fresh machines (`engine/hosts.rs`), the basic checks
+//! (`hosts_basic.rs`) and the day-2 scenarios asked for (`hosts_day2.rs`) on the same
+//! machines, one report. The upgrade target is checked and acquired before anything boots.
+//! In: the options. Out: `report.json` and `report.html`.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use super::{hosts_day2, Options, ScenarioName};
+use crate::definition::Definition;
+use crate::smoke::engine::hosts::{self, Form};
+use crate::smoke::local::Interrupt;
+use crate::smoke::report::{finish_report, Outcome, Report, ScenarioReport};
+use crate::util::{display_rel, source_date_epoch, Arch};
+
+/// `--engine systemd`: each form on three fresh machines, the basic checks, one report.
+pub fn run(opts: &Options) -> Result<()> {
+    let (spec, cluster_path, out, started) =
+        (&opts.spec, opts.cluster_path.as_path(), opts.out.as_path(), opts.started);
+    // On systemd every scenario runs on the same machines, after the basic checks.
+    let asked = ScenarioName::expand(&opts.scenarios);
+    for s in [ScenarioName::HttpToTls, ScenarioName::Drills] {
+        if asked.contains(&s) {
+            bail!("--engine systemd does not run {}: use --engine run for it", s.as_str());
+        }
+    }
+    if opts.etcd_version.is_some() {
+        bail!("--etcd-version is for --engine run; --engine systemd runs etcd.version of images/etcd.toml");
+    }
+    hosts::addressing(spec, cluster_path)?;
+    preflight_systemd()?;
+    let interrupt = Interrupt::install()?;
+    let def = Definition::load_default()?;
+    let host = Arch::host().context("this machine's architecture has no etcd build")?;
+    let acquire = crate::acquire::AcquireOptions { source: opts.source.clone(), ..Default::default() };
+    let acquired = crate::acquire::ensure(&def, host, &acquire)?;
+    let version = acquired.provenance.version.clone();
+    let forms = opts.form.expand();
+    let raw = match forms.contains(&Form::Portable) {
+        true => {
+            let env = def.runtime_env(&version, host)?;
+            let built =
+                crate::portable::build(&acquired, &out.join("portable-image"), source_date_epoch()?, true, &env)?;
+            Some(built.raw.context("the portable build made no .raw")?)
+        }
+        false => None,
+    };
+    let upgrade = match asked.contains(&ScenarioName::Upgrade) {
+        true => Some(prepare_upgrade(opts, &def, &version, &forms)?),
+        false => None,
+    };
+    let inputs =
+        hosts::Inputs { spec, cluster_file: cluster_path, acquired: &acquired, raw: raw.as_deref(), version: &version };
+    let (mut checks, mut timings, mut reports) = (Vec::new(), BTreeMap::new(), Vec::new());
+    let mut result = Ok(());
+    for (i, form) in forms.iter().enumerate() {
+        let t = Instant::now();
+        eprintln!("smoke: systemd machines, form {}", form.as_str());
+        let mut hosts = match hosts::Hosts::prepare(
+            &inputs,
+            *form,
+            &out.join(format!("systemd-{}", form.as_str())),
+            interrupt.clone(),
+        ) {
+            Ok(h) => h,
+            Err(e) => {
+                result = Err(e.context(format!("cannot prepare the {} machines", form.as_str())));
+                break;
+            }
+        };
+        let mut r = hosts.basic();
+        let mut push = |hosts: &mut hosts::Hosts, t: Instant| {
+            reports.push(ScenarioReport {
+                name: hosts.scenario.clone(),
+                seconds: t.elapsed().as_secs_f64(),
+                load: hosts.load_report.take(),
+                member_healthy_s: std::mem::take(&mut hosts.member_healthy),
+            });
+        };
+        push(&mut hosts, t);
+        for day2 in asked.iter().filter(|s| **s != ScenarioName::Basic) {
+            if r.is_err() || hosts.checks.iter().any(|c| c.outcome == Outcome::Fail) {
+                break;
+            }
+            let t = Instant::now();
+            r = match day2 {
+                ScenarioName::RotateCerts => hosts.renew(),
+                ScenarioName::ReplaceMember => hosts.replace_member(),
+                ScenarioName::Upgrade => match &upgrade {
+                    Some(u) => hosts.upgrade(u),
+                    None => Err(anyhow::anyhow!("the upgrade was not prepared")),
+                },
+                _ => Ok(()),
+            };
+            push(&mut hosts, t);
+        }
+        let seconds = t.elapsed().as_secs_f64();
+        timings.extend(hosts.timings.iter().map(|(k, v)| (k.clone(), *v)));
+        timings.insert(format!("{}_total", form.as_str()), seconds);
+        checks.extend(hosts.checks.iter().cloned());
+        if opts.keep && i + 1 == forms.len() {
+            hosts.keep();
+            hosts.print_how_to_reach();
+        }
+        drop(hosts);
+        if let Err(e) = r {
+            result = Err(e);
+            break;
+        }
+    }
+    timings.insert("total".into(), started.elapsed().as_secs_f64());
+    let mut image = Vec::new();
+    if let Some(raw) = &raw {
+        image.push(raw.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    }
+    if forms.contains(&Form::Host) {
+        image.push(format!("host bundles with etcd {version} from {}", display_rel(&acquired.dir)));
+    }
+    let report = Report {
+        image: image.join(", "),
+        engine: "systemd".into(),
+        kube_play_adaptations: Vec::new(),
+        forms: forms.iter().map(|f| f.as_str().to_string()).collect(),
+        etcd_version: version,
+        cluster: spec.name.clone(),
+        passed: checks.iter().filter(|c| c.outcome == Outcome::Pass).count(),
+        failed: checks.iter().filter(|c| c.outcome == Outcome::Fail).count(),
+        scenarios: reports,
+        checks,
+        timings,
+    };
+    finish_report(&report, out, result)
+}
+
+/// The systemd machines' upgrade target: checked against the upgrade policy, its binaries
+/// acquired and (portable form) its image built, before any machine boots.
+fn prepare_upgrade(opts: &Options, def: &Definition, from: &str, forms: &[Form]) -> Result<hosts_day2::UpgradeTarget> {
+    let out = opts.out.as_path();
+    let to = match &opts.upgrade_to {
+        Some(v) => v.clone(),
+        None => crate::upgrade::target(def)?,
+    };
+    crate::upgrade::check_upgrade(def, from, &to)
+        .with_context(|| format!("the upgrade scenario cannot upgrade etcd {from} to {to}"))?;
+    let host = Arch::host().context("this machine's architecture has no etcd build")?;
+    let acquire = crate::acquire::AcquireOptions { version: Some(to.clone()), ..Default::default() };
+    let acquired = crate::acquire::ensure(def, host, &acquire).with_context(|| format!("cannot acquire etcd {to}"))?;
+    if acquired.provenance.version != to {
+        bail!("etcd {to} was asked for the upgrade, {} was acquired", acquired.provenance.version);
+    }
+    let raw = match forms.contains(&Form::Portable) {
+        true => {
+            let env = def.runtime_env(&to, host)?;
+            let dir = out.join(format!("portable-image-{to}"));
+            let built = crate::portable::build(&acquired, &dir, source_date_epoch()?, true, &env)?;
+            Some(built.raw.context("the portable build made no .raw")?)
+        }
+        false => None,
+    };
+    Ok(hosts_day2::UpgradeTarget { from: from.to_string(), to, acquired_dir: acquired.dir.clone(), raw })
+}
+
+/// What `--engine systemd` needs of this host; the error says what is missing and how to get it.
+fn preflight_systemd() -> Result<()> {
+    if !crate::util::is_root() {
+        bail!("--engine systemd boots machines with systemd-nspawn, makes a network namespace and mounts overlays: run it as root");
+    }
+    for (tool, package) in [
+        ("systemd-nspawn", "systemd-container"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+        ("curl", "curl"),
+        ("timeout", "coreutils"),
+    ] {
+        if !crate::util::on_path(tool) {
+            bail!("--engine systemd needs {tool}: apt-get install {package} (or `cargo xtask ci --deps-only` as root)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! The workload: what clients do beside the cluster while a scenario runs. In: the members'
+//! endpoints and a client identity. Out: what they saw, for the verdict (`verify/`) and the
+//! report: the load's history and figures (`load.rs`, through etcd's JSON gateway, `gateway.rs`),
+//! each member's watch stream (`watch.rs`), the second-by-second timeline (`timeline.rs`), and
+//! Prometheus with the blackbox exporter scraping and probing the members (`prometheus.rs`).
+
+pub mod gateway;
+pub mod load;
+pub mod prometheus;
+pub mod timeline;
+pub mod watch;
