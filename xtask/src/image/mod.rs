@@ -10,12 +10,9 @@
 //! (streamed tar+gzip), [`elf`] (what a dynamic etcd needs), [`oci`] (JSON documents),
 //! [`verify`] (independent check), [`podman`] (host adaptation, load), `bench`.
 
-pub mod bake;
 mod bench;
+pub mod build;
 pub mod elf;
-pub mod layer;
-pub mod oci;
-pub mod plan;
 pub mod podman;
 pub mod spec;
 pub mod verify;
@@ -30,6 +27,7 @@ use crate::definition::Definition;
 use crate::util::{display_rel, source_date_epoch, target_dir, Arch};
 
 pub use bake::Built;
+pub use build::{bake, layer, oci, plan};
 
 /// Bake a minimal, reproducible, non-root etcd OCI image (layout + oci-archive), verify it,
 /// and optionally load it into podman.

@@ -15,14 +15,14 @@
 //! tutorial's cfssl procedure).
 
 pub mod bench;
-pub mod cert;
 pub mod check;
 pub mod cluster;
 pub mod issue;
-pub mod layout;
 pub mod profiles;
 pub mod rotate;
-pub mod rotation;
+
+pub use issue::{cert, layout};
+pub use rotate::rotation;
 
 use std::path::PathBuf;
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::cluster::ClusterSpec;
+use crate::pki::cluster::ClusterSpec;
 
 /// Mode of private keys and of the token.
 pub const KEY_MODE: u32 = 0o600;
@@ -145,7 +145,7 @@ pub struct IssueReport {
 }
 
 impl IssueReport {
-    pub(super) fn push(&mut self, layout: &PkiLayout, path: &Path, action: Action) {
+    pub(in crate::pki) fn push(&mut self, layout: &PkiLayout, path: &Path, action: Action) {
         let path = path.strip_prefix(&layout.root).unwrap_or(path).display().to_string();
         self.lines.push(ReportLine { path, action });
     }
@@ -175,13 +175,13 @@ impl fmt::Display for IssueReport {
     }
 }
 
-pub(super) fn ensure_dir(path: &Path) -> Result<()> {
+pub(in crate::pki) fn ensure_dir(path: &Path) -> Result<()> {
     fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))
         .with_context(|| format!("cannot set mode 0700 on {}", path.display()))
 }
 
-pub(super) fn read_opt(path: &Path) -> Result<Option<String>> {
+pub(in crate::pki) fn read_opt(path: &Path) -> Result<Option<String>> {
     match fs::read_to_string(path) {
         Ok(s) => Ok(Some(s)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

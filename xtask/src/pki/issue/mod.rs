@@ -7,13 +7,16 @@
 //! and renamed into place. Keys are 0600, directories 0700, certificates 0644. While a CA
 //! rotation is under way, `rotation.rs` says which CAs sign and what the trust files hold.
 
+pub mod cert;
+pub mod layout;
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::cert::{self, LeafRequest, SigningCa};
+use self::cert::{LeafRequest, SigningCa};
 use super::cluster::{check_client_not_reserved, ClusterSpec};
 use super::layout::{
     ensure_dir, read_opt, Action, IssueReport, PkiLayout, CA_CERT, CA_KEY, CERT_MODE, DIR_MODE, KEY_MODE, PEER_CA_CERT,
@@ -43,7 +46,7 @@ fn write_if_changed(
 }
 
 /// The first free `<dir>.old-N` (N from 1): where a replaced CA is kept.
-pub(super) fn free_old_name(dir: &Path) -> Result<PathBuf> {
+pub(in crate::pki) fn free_old_name(dir: &Path) -> Result<PathBuf> {
     (1..10_000)
         .map(|n| {
             dir.with_file_name(format!("{}.old-{n}", dir.file_name().map(|s| s.to_string_lossy()).unwrap_or_default()))
@@ -56,7 +59,7 @@ pub(super) fn free_old_name(dir: &Path) -> Result<PathBuf> {
 
 /// Loads the CA in `dir`, or creates it when absent. An existing CA is never overwritten: with
 /// `force` it is moved aside to `<dir>.old-N` first.
-pub(super) fn ensure_ca(
+pub(in crate::pki) fn ensure_ca(
     layout: &PkiLayout,
     dir: &Path,
     cn: &str,
@@ -211,14 +214,14 @@ fn ensure_leaf(
 
 /// Which leaves a run (re)issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Scope<'a> {
+pub(in crate::pki) enum Scope<'a> {
     /// Issue what is missing or stale.
     Reconcile,
     /// Reissue every leaf, or only those of one node.
     Renew(Option<&'a str>),
 }
 
-pub(super) fn run_leaves(
+pub(in crate::pki) fn run_leaves(
     spec: &ClusterSpec,
     profiles: &Profiles,
     layout: &PkiLayout,
@@ -324,7 +327,7 @@ fn load_or_create_cas(
     Ok(Cas::single(ca, peer))
 }
 
-pub(super) fn write_manifest(
+pub(in crate::pki) fn write_manifest(
     spec: &ClusterSpec,
     profiles: &Profiles,
     layout: &PkiLayout,
@@ -403,7 +406,7 @@ pub fn renew(out: &Path, profiles: &Profiles, node: Option<&str>) -> Result<Issu
 
 /// The description stored in a PKI directory (`cluster.toml`); `what` names the command in the
 /// message when the directory was not made by `cargo xtask pki`.
-pub(super) fn stored_spec(layout: &PkiLayout, what: &str) -> Result<ClusterSpec> {
+pub(in crate::pki) fn stored_spec(layout: &PkiLayout, what: &str) -> Result<ClusterSpec> {
     let spec_path = layout.cluster_toml();
     if !spec_path.is_file() {
         bail!(
@@ -416,7 +419,7 @@ pub(super) fn stored_spec(layout: &PkiLayout, what: &str) -> Result<ClusterSpec>
 }
 
 /// Fails unless the CA directories the profiles need hold a certificate and a key.
-pub(super) fn require_cas(layout: &PkiLayout, profiles: &Profiles, why: &str) -> Result<()> {
+pub(in crate::pki) fn require_cas(layout: &PkiLayout, profiles: &Profiles, why: &str) -> Result<()> {
     if let Some(state) = rotate::rotation_state(&layout.root)? {
         if state.phase == RotatePhase::Dropping {
             bail!("{}: {}", layout.rotation().display(), state.phase.next_step());

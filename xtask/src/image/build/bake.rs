@@ -17,7 +17,7 @@
 //!
 //! The interpreter and libraries come from the build host for the host's architecture, and
 //! from the acquisition's `sysroot/` when it has one (a foreign architecture's C library, taken
-//! from Debian by the acquire stage and hashed in its provenance): see [`super::elf::runtime_root`].
+//! from Debian by the acquire stage and hashed in its provenance): see [`crate::image::elf::runtime_root`].
 
 use std::fs;
 use std::io::BufWriter;

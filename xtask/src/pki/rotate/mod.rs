@@ -24,6 +24,8 @@
 //!
 //! The state itself (`rotation.json`, the CAs of each phase) is `rotation.rs`.
 
+pub mod rotation;
+
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -27,8 +27,8 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::X509Certificate;
 use x509_parser::public_key::PublicKey;
 
-use super::cluster::San;
-use super::profiles::{CaProfile, KeyAlgorithm, LeafProfile, Usage};
+use crate::pki::cluster::San;
+use crate::pki::profiles::{CaProfile, KeyAlgorithm, LeafProfile, Usage};
 
 /// How far back not-before is set from the current time.
 pub const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
@@ -80,7 +80,7 @@ fn subject(cn: &str) -> DistinguishedName {
     dn
 }
 
-fn validity(params: &mut CertificateParams, lifetime: super::profiles::Lifetime) {
+fn validity(params: &mut CertificateParams, lifetime: crate::pki::profiles::Lifetime) {
     let not_before = OffsetDateTime::now_utc() - CLOCK_SKEW;
     // Whole seconds: the encoding drops fractions anyway.
     let not_before = not_before.replace_nanosecond(0).unwrap_or(not_before);
@@ -109,7 +109,7 @@ pub struct LeafRequest {
     pub sans: BTreeSet<San>,
     pub usages: Vec<Usage>,
     pub algorithm: KeyAlgorithm,
-    pub lifetime: super::profiles::Lifetime,
+    pub lifetime: crate::pki::profiles::Lifetime,
 }
 
 impl LeafRequest {

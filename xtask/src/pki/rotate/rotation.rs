@@ -10,9 +10,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::cert::SigningCa;
-use super::layout::{read_opt, Action, IssueReport, PkiLayout, CA_CERT, CA_KEY, CERT_MODE};
-use super::profiles::Profiles;
+use crate::pki::cert::SigningCa;
+use crate::pki::layout::{read_opt, Action, IssueReport, PkiLayout, CA_CERT, CA_KEY, CERT_MODE};
+use crate::pki::profiles::Profiles;
 use crate::util::{write_atomic, Sha256Hex};
 
 /// Version of the `rotation.json` format.
@@ -77,14 +77,14 @@ pub struct CaId {
 }
 
 impl CaId {
-    pub(super) fn of(ca: &SigningCa) -> CaId {
+    pub(in crate::pki) fn of(ca: &SigningCa) -> CaId {
         CaId {
             subject: ca.info.subject.clone(),
             serial: ca.info.serial.clone(),
             sha256: Sha256Hex::of_bytes(&ca.info.der).to_string(),
         }
     }
-    pub(super) fn matches(&self, ca: &SigningCa) -> bool {
+    pub(in crate::pki) fn matches(&self, ca: &SigningCa) -> bool {
         Sha256Hex::of_bytes(&ca.info.der).to_string() == self.sha256
     }
 }
@@ -132,7 +132,7 @@ impl RotationState {
     }
 }
 
-pub(super) fn now_unix() -> i64 {
+pub(in crate::pki) fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
@@ -163,7 +163,11 @@ pub fn rotation_state(dir: &Path) -> Result<Option<RotationState>> {
     Ok(Some(state))
 }
 
-pub(super) fn write_state(layout: &PkiLayout, state: &mut RotationState, report: &mut IssueReport) -> Result<()> {
+pub(in crate::pki) fn write_state(
+    layout: &PkiLayout,
+    state: &mut RotationState,
+    report: &mut IssueReport,
+) -> Result<()> {
     state.updated_unix = now_unix();
     let text = serde_json::to_string_pretty(state).context("cannot serialize rotation.json")? + "\n";
     write_atomic(&layout.rotation(), text.as_bytes(), CERT_MODE)?;
@@ -172,7 +176,7 @@ pub(super) fn write_state(layout: &PkiLayout, state: &mut RotationState, report:
 }
 
 /// Loads the CA in `dir`, which must exist (a rotation never creates one outside its add step).
-pub(super) fn load_existing(dir: &Path, state_path: &Path) -> Result<SigningCa> {
+pub(in crate::pki) fn load_existing(dir: &Path, state_path: &Path) -> Result<SigningCa> {
     let cert = read_opt(&dir.join(CA_CERT))?;
     let key = read_opt(&dir.join(CA_KEY))?;
     match (cert, key) {
@@ -198,7 +202,7 @@ fn bundle(old: &SigningCa, new: &SigningCa) -> String {
 
 /// The CAs of a rotation in phase `added` or `reissued`: signing with the old CAs before the
 /// reissue step and the new ones from it on; trust files hold old + new.
-pub(super) fn cas_in_rotation(
+pub(in crate::pki) fn cas_in_rotation(
     profiles: &Profiles,
     layout: &PkiLayout,
     state: &RotationState,
@@ -252,7 +256,7 @@ pub(super) fn cas_in_rotation(
 }
 
 /// The CAs a run signs with, and what the trust files must hold.
-pub(super) struct Cas {
+pub(in crate::pki) struct Cas {
     /// Signs server and client certificates.
     pub ca: SigningCa,
     /// Signs peer certificates (`None`: `ca` does).
@@ -270,7 +274,7 @@ impl Cas {
         let peer_trust = peer.as_ref().unwrap_or(&ca).cert_pem.clone();
         Cas { ca, peer, trust, peer_trust }
     }
-    pub(super) fn peer(&self) -> &SigningCa {
+    pub(in crate::pki) fn peer(&self) -> &SigningCa {
         self.peer.as_ref().unwrap_or(&self.ca)
     }
 }
