@@ -127,3 +127,55 @@ impl Smoke {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::ci::module_graph::{graph, read_crate};
+
+    /// The room of a file under `smoke/` (`engine`, ..., `local` for `local.rs`), or none.
+    fn room(rel: &str) -> Option<&str> {
+        let rest = rel.strip_prefix("smoke/")?;
+        Some(rest.split_once('/').map_or(rest.trim_end_matches(".rs"), |(room, _)| room))
+    }
+
+    /// Each room depends only on the rooms below it: the engines, the faults and the checkers
+    /// know no scenario, the checkers know nothing else at all, and only `scenarios/` combines.
+    #[test]
+    fn the_rooms_depend_only_on_the_rooms_below_them() {
+        let below: BTreeMap<&str, &[&str]> = BTreeMap::from([
+            ("local", &[][..]),
+            ("verify", &[][..]),
+            ("faults", &["local"][..]),
+            ("engine", &["local", "faults"][..]),
+            ("workload", &["local", "verify"][..]),
+            ("report", &["workload", "verify"][..]),
+        ]);
+        let files = read_crate(&crate::util::project_root().join("xtask/src")).unwrap();
+        let mut wrong = Vec::new();
+        for (file, deps) in graph(&files) {
+            let Some(allowed) = room(&file).and_then(|r| below.get(r).map(|b| (r, b))) else { continue };
+            for dep in deps.iter().filter_map(|d| room(d).map(|r| (d, r))) {
+                if dep.1 != allowed.0 && !allowed.1.contains(&dep.1) {
+                    wrong.push(format!("{file} -> {}", dep.0));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "dependencies against the rooms' order:\n  {}", wrong.join("\n  "));
+    }
+
+    /// `verify/` is pure: history in, verdict out; no process, file or socket.
+    #[test]
+    fn the_checkers_run_nothing_and_touch_nothing() {
+        let files = read_crate(&crate::util::project_root().join("xtask/src")).unwrap();
+        let verify: Vec<_> = files.iter().filter(|(rel, _)| rel.starts_with("smoke/verify/")).collect();
+        assert!(verify.len() >= 4, "{verify:?}");
+        for (rel, text) in verify {
+            let code = crate::ci::module_graph::strip(text);
+            for io in ["std::process", "Command", "std::fs", "std::net", "write_atomic", "ureq", "File::"] {
+                assert!(!code.contains(io), "{rel} uses {io}: verify/ is pure");
+            }
+        }
+    }
+}

@@ -7,7 +7,6 @@
 //! In: a cluster description, etcd (acquired like every stage does). Out: checks and timings
 //! for the report (`hosts_checks.rs` has the checks).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -25,8 +24,6 @@ use crate::util::{display_rel, each_in_thread, tail};
 
 use super::machines::{cached_rootfs, LoopNodes, Machine, Netns};
 use crate::smoke::local::Interrupt;
-use crate::smoke::report::Check;
-use crate::smoke::workload::load::{self, Load};
 
 /// How the machines run etcd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -74,10 +71,9 @@ pub(crate) struct Inputs<'a> {
 }
 
 /// Three machines of one form, their PKI and rendered bundles, the clients' view of them.
-/// Field order is drop order: the load first, then the machines, then their namespace.
+/// Field order is drop order: the machines, then their namespace.
 pub(crate) struct Hosts {
     pub form: Form,
-    pub scenario: String,
     pub spec: ClusterSpec,
     pub cluster_file: PathBuf,
     pub arch: crate::util::Arch,
@@ -90,11 +86,6 @@ pub(crate) struct Hosts {
     pub raw: Option<PathBuf>,
     pub acquired_dir: PathBuf,
     pub interrupt: Interrupt,
-    pub checks: Vec<Check>,
-    pub timings: BTreeMap<String, f64>,
-    pub member_healthy: Vec<(String, f64)>,
-    pub load_report: Option<load::LoadReport>,
-    pub load: Option<Load>,
     pub machines: Vec<Machine>,
     pub loops: Option<LoopNodes>,
     pub netns: Netns,
@@ -175,7 +166,6 @@ impl Hosts {
         };
         let mut hosts = Hosts {
             form,
-            scenario: format!("{}/basic", form.as_str()),
             spec: inputs.spec.clone(),
             cluster_file: inputs.cluster_file.to_path_buf(),
             arch: inputs.acquired.provenance.arch,
@@ -188,11 +178,6 @@ impl Hosts {
             raw: inputs.raw.map(Path::to_path_buf),
             acquired_dir: inputs.acquired.dir.clone(),
             interrupt,
-            checks: Vec::new(),
-            timings: BTreeMap::new(),
-            member_healthy: Vec::new(),
-            load_report: None,
-            load: None,
             machines: Vec::new(),
             loops,
             netns,

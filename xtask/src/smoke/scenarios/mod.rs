@@ -1,21 +1,16 @@
 //! Scenarios: which cluster, which faults and which checks go together, and the only room that
 //! combines the others. In: the typed options of `cargo xtask smoke`. Out: the report of every
-//! scenario run, on fresh clusters (`podman.rs`: `podman run` and `kube play`) or on booted
-//! machines (`systemd.rs`).
+//! scenario run, on fresh clusters (`podman/`: `podman run` and `kube play`) or on booted
+//! machines (`systemd/`).
 //!
-//! The scenarios themselves: `basic.rs` (health, reads, refusals, identity, faults, backup),
-//! `day2.rs` (rotate-certs, replace-member, upgrade), `http_tls.rs`, `drills.rs` and `alerts.rs`
-//! (what Prometheus must see of each fault) on podman; `hosts_basic.rs` and `hosts_day2.rs` on
-//! the systemd machines.
+//! `run.rs` is one scenario's run on an engine (`Run<E>`: the members and what is recorded of
+//! them), `checks.rs` what is checked the same way on every engine. Each engine's folder holds its
+//! runner (`mod.rs`), its `basic.rs` and `day2.rs`; podman's also `http_tls.rs`, `drills.rs` and
+//! `alerts.rs` (what Prometheus must see of each fault).
 
-mod alerts;
-mod basic;
-mod day2;
-mod drills;
-mod hosts_basic;
-mod hosts_day2;
-mod http_tls;
+mod checks;
 mod podman;
+mod run;
 mod systemd;
 
 use std::path::{Path, PathBuf};

@@ -13,12 +13,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::acquire::Acquired;
 
-use super::basic::{server_reason, Refusal, REFUSALS};
-use super::NO_QUORUM;
 use crate::smoke::engine::hosts::{curl_in, Form, Hosts, HEALTHY_TIMEOUT};
 use crate::smoke::engine::machines::Machine;
 use crate::smoke::local::{free_port, stdout_or_stderr, KillOnDrop};
-use crate::smoke::report::{record_check, Outcome};
+use crate::smoke::report::Outcome;
+use crate::smoke::scenarios::checks::{server_reason, Refusal, REFUSALS};
+use crate::smoke::scenarios::run::Run;
+use crate::smoke::scenarios::NO_QUORUM;
 use crate::smoke::workload::load::{self, Identity, Load};
 
 /// Where the load's keys go on the machines, and its bounds (every scenario of a form runs on
@@ -30,7 +31,7 @@ const LOAD_BOUNDS: load::Bounds = load::Bounds { max_requests: 200_000, max_dura
 /// tutorial's unit rates 9.2 UNSAFE).
 const MAX_EXPOSURE: f64 = 2.0;
 
-impl Hosts {
+impl Run<Hosts> {
     /// Boots the machines, installs etcd on each as its INSTALL.md says, and waits for 3/3
     /// healthy; false (with the failure recorded) when the cluster did not form.
     pub(super) fn form_cluster(&mut self) -> Result<bool> {
@@ -509,28 +510,13 @@ fn restore_and_read(acquired: &Acquired, snap: &std::path::Path, data: &std::pat
 }
 
 /// The client load and the checks' bookkeeping on the machines.
-impl Hosts {
+impl Run<Hosts> {
     /// Starts the client load against the three members, from inside the namespace.
     pub(crate) fn start_load(&mut self) -> Result<()> {
         let endpoints = (0..self.machines.len()).map(|i| self.endpoint(i)).collect();
         let identity = Identity::in_dir(&self.pki.client_dir("etcdctl"));
         self.load = Some(Load::start(endpoints, identity, LOAD_PREFIX, LOAD_BOUNDS, Some(self.netns.path()))?);
         Ok(())
-    }
-
-    pub(crate) fn phase(&self, name: &str) {
-        if let Some(l) = &self.load {
-            l.phase(name);
-        }
-        eprintln!("smoke: {}: {name}", self.scenario);
-    }
-
-    pub(crate) fn run_check(&mut self, name: &str, check: impl FnOnce(&mut Self) -> Result<String>) -> bool {
-        let started = Instant::now();
-        let result = check(self);
-        let passed = result.is_ok();
-        record_check(&mut self.checks, &self.scenario, name, started, result);
-        passed
     }
 
     /// Stops the load, reads every acknowledged write back (inside the namespace) and records it.
@@ -573,11 +559,11 @@ impl Hosts {
                 }
                 Ok(summary)
             });
-        record_check(&mut self.checks, &self.scenario, "client load: every acknowledged write is there", t, r);
+        self.record("client load: every acknowledged write is there", t, r);
         let t = Instant::now();
-        let file = self.out.join(format!("history-{}.json", self.scenario.replace('/', "-")));
+        let file = self.out.join(format!("history-{}.json", self.name.replace('/', "-")));
         let judged = crate::smoke::scenarios::judge_history(&report, &file);
-        record_check(&mut self.checks, &self.scenario, crate::smoke::verify::CHECK_NAME, t, judged);
+        self.record(crate::smoke::verify::CHECK_NAME, t, judged);
         self.load_report = Some(report);
     }
 }

@@ -14,12 +14,14 @@ use anyhow::{bail, Context, Result};
 use crate::pki::cluster::{ClusterSpec, NodeSpec};
 use crate::render::config::{node_env, PkiFacts, TargetPaths};
 
-use super::NO_QUORUM;
 use crate::smoke::engine::cluster::{chown_tree, Cluster, PKI_MOUNT};
 use crate::smoke::engine::podman::{podman, podman_checked};
 use crate::smoke::local::{free_port, stdout_or_stderr};
+use crate::smoke::scenarios::checks::{server_reason, Refusal, REFUSALS};
+use crate::smoke::scenarios::run::Run;
+use crate::smoke::scenarios::NO_QUORUM;
 
-impl Cluster {
+impl Run<Cluster> {
     pub(super) fn basic(&mut self) -> Result<()> {
         if !self.start_cluster()? {
             return Ok(());
@@ -240,8 +242,7 @@ impl Cluster {
         let one_down = Instant::now();
         let how = if self.kube_manifests.is_none() {
             self.phase("node 3 SIGKILLed");
-            podman(&["kill", "-s", "KILL", &self.nodes[2].container])?;
-            let _ = podman(&["wait", &self.nodes[2].container]);
+            self.kill(2)?;
             "SIGKILLed"
         } else {
             self.phase("node 3 stopped");
@@ -311,8 +312,7 @@ impl Cluster {
         }
         notes.push("earlier data intact".into());
         self.phase("node 1 SIGKILLed");
-        podman(&["kill", "-s", "KILL", &self.nodes[0].container])?;
-        let _ = podman(&["wait", &self.nodes[0].container]);
+        self.kill(0)?;
         let recovery = self.sigkill_recovery()?;
         notes.push(recovery);
         Ok(notes.join("; "))
@@ -412,32 +412,4 @@ impl Cluster {
         let size = fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
         Ok(format!("snapshot of {size} bytes restored into a fresh node; data read back"))
     }
-}
-
-/// The connections every engine must see refused, with etcd's reason.
-pub(super) const REFUSALS: [(&str, Refusal); 4] = [
-    ("refused: no client certificate", Refusal::NoCert),
-    ("refused: client certificate from another CA", Refusal::OtherCa),
-    ("refused: plain http on the client port", Refusal::PlainHttp),
-    ("refused: client certificate on the peer port", Refusal::ClientOnPeer),
-];
-
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Refusal {
-    NoCert,
-    OtherCa,
-    PlainHttp,
-    ClientOnPeer,
-}
-
-/// The `error` field of an etcd (zap) log line, or the line itself.
-pub(super) fn server_reason(line: &str) -> String {
-    if let Some(start) = line.find('{') {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line[start..]) {
-            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-                return e.to_string();
-            }
-        }
-    }
-    line.trim().to_string()
 }

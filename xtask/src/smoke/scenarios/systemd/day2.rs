@@ -16,13 +16,15 @@ use crate::pki::profiles::Profiles;
 
 use crate::smoke::engine::hosts::{curl_in, Form, Hosts, HEALTHY_TIMEOUT};
 use crate::smoke::engine::machines::Machine;
-use crate::smoke::report::record_check;
+use crate::smoke::scenarios::run::Run;
+use crate::smoke::scenarios::ScenarioName;
 
-impl Hosts {
+impl Run<Hosts> {
     /// `pki renew` of every leaf, the bundles rendered again, and each machine given its new
     /// certificates by its INSTALL.md's renewal block, one at a time.
     pub(super) fn renew(&mut self) -> Result<()> {
-        self.scenario = format!("{}/rotate-certs", self.form.as_str());
+        let name = format!("{}/rotate-certs", self.form.as_str());
+        self.next_scenario(ScenarioName::RotateCerts, name);
         if self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT).is_err() {
             bail!("the cluster is not healthy before the renewal");
         }
@@ -31,7 +33,7 @@ impl Hosts {
         let r = self.renew_steps();
         let ok = r.is_ok();
         let name = "renew: every leaf reissued, delivered as INSTALL.md says, served on both ports";
-        record_check(&mut self.checks, &self.scenario, name, t, r);
+        self.record(name, t, r);
         self.timings.insert(format!("{}_renew", self.form.as_str()), t.elapsed().as_secs_f64());
         self.finish_load(&[]);
         if !ok {
@@ -170,11 +172,12 @@ pub(super) struct UpgradeTarget {
     pub raw: Option<PathBuf>,
 }
 
-impl Hosts {
+impl Run<Hosts> {
     /// The rolling upgrade as each node's INSTALL.md (rendered for the new release) says: the
     /// portable form by `portablectl reattach`, the host form by the new binary and a restart.
     pub(super) fn upgrade(&mut self, target: &UpgradeTarget) -> Result<()> {
-        self.scenario = format!("{}/upgrade", self.form.as_str());
+        let name = format!("{}/upgrade", self.form.as_str());
+        self.next_scenario(ScenarioName::Upgrade, name);
         self.start_load()?;
         let ok =
             self.run_check("before the upgrade: 3/3 healthy, no alarms, a snapshot kept", |h| h.upgrade_preflight());
@@ -186,7 +189,7 @@ impl Hosts {
             };
             let r = self.do_upgrade(target);
             let name = format!("rolling upgrade {} -> {} ({how}), one machine at a time", target.from, target.to);
-            record_check(&mut self.checks, &self.scenario, &name, t, r);
+            self.record(&name, t, r);
             self.timings.insert(format!("{}_upgrade", self.form.as_str()), t.elapsed().as_secs_f64());
             self.run_check("after the upgrade: every member and the cluster version on the new release", |h| {
                 h.check_upgraded(&target.to)
@@ -292,17 +295,12 @@ impl Hosts {
     /// removed and added back as a learner, the new machine installed as INSTALL.md says (joining
     /// the existing cluster), then promoted.
     pub(super) fn replace_member(&mut self) -> Result<()> {
-        self.scenario = format!("{}/replace-member", self.form.as_str());
+        let name = format!("{}/replace-member", self.form.as_str());
+        self.next_scenario(ScenarioName::ReplaceMember, name);
         self.start_load()?;
         let t = Instant::now();
         let r = self.do_replace();
-        record_check(
-            &mut self.checks,
-            &self.scenario,
-            "replace a lost machine: removed, a fresh machine added as a learner, promoted",
-            t,
-            r,
-        );
+        self.record("replace a lost machine: removed, a fresh machine added as a learner, promoted", t, r);
         self.timings.insert(format!("{}_replace_member", self.form.as_str()), t.elapsed().as_secs_f64());
         self.finish_load(&["*"]);
         Ok(())

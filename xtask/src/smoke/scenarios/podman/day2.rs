@@ -1,6 +1,6 @@
 //! The day-2 scenarios of `cargo xtask smoke`: what operators do to a running cluster, proven
-//! under a client load. Each runs on a fresh cluster (see [`Cluster::start_cluster`]) and ends with
-//! [`Cluster::finish_load`], which checks that every write the load saw acknowledged is there.
+//! under a client load. Each runs on a fresh cluster (see `start_cluster`) and ends with
+//! `finish_load`, which checks that every write the load saw acknowledged is there.
 //!
 //! - `upgrade`: a rolling upgrade to the release in `images/etcd.toml` `[upgrade]`, checked by
 //!   [`crate::upgrade::check_upgrade`] before anything starts.
@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{ScenarioName, NO_QUORUM};
 use crate::definition::Definition;
 use crate::image::{self, BuildArgs};
 use crate::pki::profiles::Profiles;
@@ -30,6 +29,9 @@ use crate::smoke::engine::cluster::{restage_dir, Cluster};
 use crate::smoke::engine::podman::{label, podman, podman_checked};
 use crate::smoke::local::stdout_or_stderr;
 use crate::smoke::report::Outcome;
+use crate::smoke::scenarios::checks::server_reason;
+use crate::smoke::scenarios::run::Run;
+use crate::smoke::scenarios::{ScenarioName, NO_QUORUM};
 use crate::smoke::workload::load::{self, Bounds, Identity, Load};
 
 /// Where the load's keys go.
@@ -79,7 +81,7 @@ pub fn prepare_upgrade(def: &Definition, from: &str, to: Option<&str>) -> Result
     Ok(UpgradePlan { from: from.to_string(), to, tag })
 }
 
-impl Cluster {
+impl Run<Cluster> {
     /// Starts the three members, waits for 3/3 healthy, then starts the client load. Returns
     /// whether the cluster came up (a failure is recorded as a check).
     pub(super) fn start_cluster(&mut self) -> Result<bool> {
@@ -114,13 +116,6 @@ impl Cluster {
         Ok(true)
     }
 
-    pub(super) fn phase(&self, name: &str) {
-        if let Some(l) = &self.load {
-            l.phase(name);
-        }
-        eprintln!("smoke: {}: {name}", self.scenario.as_str());
-    }
-
     /// Stops the load and records what it saw: at least 50 requests/s, every acknowledged write
     /// present, and (for rotate-certs) no failed request; other scenarios explain each failure.
     pub(super) fn finish_load(&mut self) -> Result<()> {
@@ -133,7 +128,7 @@ impl Cluster {
         }
         self.record("client load: every acknowledged write is there", t, r);
         let t = Instant::now();
-        let judged = super::judge_history(&report, &self.out.join("history.json"));
+        let judged = crate::smoke::scenarios::judge_history(&report, &self.out.join("history.json"));
         self.record(crate::smoke::verify::CHECK_NAME, t, judged);
         self.load_report = Some(report);
         Ok(())
@@ -378,7 +373,7 @@ impl Cluster {
         let dates = self.probed_expiry().transpose();
         let mut scraped = Vec::new();
         let r = (|| {
-            let mut to_prometheus = |c: &Cluster, step: &str| -> Result<()> {
+            let mut to_prometheus = |c: &Run<Cluster>, step: &str| -> Result<()> {
                 if let Some(s) = c.prometheus_restage().with_context(|| format!("Prometheus after {step}"))? {
                     scraped.push(format!("{step} {s:.1} s"));
                 }
@@ -435,7 +430,7 @@ impl Cluster {
         }
         let fresh = load::Gateway::new(&Identity::in_dir(&self.client), Duration::from_secs(5))?;
         fresh.put(&endpoint, "smoke/after-rotation", "ok").context("the new client certificate is refused")?;
-        let reason = self.rejections(0)?.last().map(|l| super::basic::server_reason(l)).unwrap_or_default();
+        let reason = self.rejections(0)?.last().map(|l| server_reason(l)).unwrap_or_default();
         Ok(format!("old certificate refused (server: {reason}); new one writes"))
     }
 

@@ -10,11 +10,12 @@ use anyhow::{bail, Result};
 
 use crate::render::monitoring;
 use crate::smoke::engine::cluster::Cluster;
+use crate::smoke::scenarios::run::Run;
 use crate::smoke::workload::prometheus::{
     expiry_gained, expiry_moved, unix_now, Prometheus, ALERT_BOUND, EXPIRY, PROBED, SCALE,
 };
 
-impl Cluster {
+impl Run<Cluster> {
     /// Starts Prometheus on this cluster (the rendered configuration, time compressed) and
     /// waits (bounded) until it has scraped all three members with the scrape client.
     pub(super) fn start_prometheus(&mut self) -> Result<String> {

@@ -19,8 +19,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::render::config::{staged_env, TlsStage};
 use crate::smoke::engine::cluster::Cluster;
+use crate::smoke::scenarios::run::Run;
 
-impl Cluster {
+impl Run<Cluster> {
     pub(super) fn http_to_tls(&mut self) -> Result<()> {
         let tls: Vec<BTreeMap<String, String>> = self.nodes.iter().map(|n| n.env.clone()).collect();
         for (n, env) in self.nodes.iter_mut().zip(&tls) {
@@ -66,7 +67,7 @@ impl Cluster {
 
     fn switch_to_tls(&mut self, tls: &[BTreeMap<String, String>], ids: &BTreeMap<String, String>) -> Result<String> {
         let mut notes = Vec::new();
-        let mut step = |run: &mut Cluster, what: &str, stage: TlsStage| -> Result<()> {
+        let mut step = |run: &mut Run<Cluster>, what: &str, stage: TlsStage| -> Result<()> {
             let mut times = Vec::new();
             for (i, final_env) in tls.iter().enumerate() {
                 let name = run.nodes[i].spec.name.clone();
