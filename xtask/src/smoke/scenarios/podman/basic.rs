@@ -1,6 +1,7 @@
 //! The basic scenario's checks: health, linearizable reads, the JSON gateway, refused
 //! connections (with the server's own reason), non-root and no capabilities, faults with a
 //! SIGKILL restart, and backup and restore. Each returns what it saw, or why it failed.
+//! In: a fresh podman cluster. Out: its checks in the run.
 
 use std::fs;
 use std::net::IpAddr;

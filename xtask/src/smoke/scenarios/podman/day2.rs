@@ -9,6 +9,7 @@
 //! - `replace-member`: a member whose volume is lost, replaced through a learner.
 //!
 //! The podman and etcdctl commands these steps run are the ones the README's runbooks show.
+//! In: a fresh podman cluster (and, for the upgrade, the target's image). Out: its checks.
 //!
 //! Longer than 600 lines: the three day-2 scenarios (rotate-certs, replace-member, upgrade), each
 //! the README runbook it proves, step by step, sharing the restart and time-to-healthy helpers.

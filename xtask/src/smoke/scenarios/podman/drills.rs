@@ -10,7 +10,7 @@
 //! what clients saw. Per drill the reason gives the time to a new leader, the leader changes
 //! (raft terms), and the phase's requests, failures and worst latency (final figures per phase
 //! in the report's `load.phases`). Last, node 3's data disk (a small tmpfs) is filled from outside
-//! etcd and freed again.
+//! etcd and freed again. In: a fresh podman cluster with a small quota. Out: one check per drill.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -11,6 +11,8 @@
 //!    a quorum survives; they reach the others at http or https as the membership advertises,
 //!    having the peer certificates since step 1;
 //! 4. every member in turn: https only.
+//!
+//! In: a fresh podman cluster, its configuration staged to plain http. Out: its checks.
 
 use std::collections::BTreeMap;
 use std::time::Instant;

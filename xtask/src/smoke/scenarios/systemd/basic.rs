@@ -4,6 +4,7 @@
 //! exposure as the machine computes it, machines powered off (one: writes go on; two: refused)
 //! and booted again, etcd SIGKILLed (systemd restarts it), a machine rebooted (etcd enabled, back
 //! by itself), and the backup timer's service run and its snapshot restored.
+//! In: three prepared machines of one form. Out: the basic checks of the form.
 
 use std::fs;
 use std::process::Stdio;

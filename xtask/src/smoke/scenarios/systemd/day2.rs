@@ -4,6 +4,7 @@
 //! portable form restarts etcd, because `LoadCredential=` copies the certificates only at start;
 //! zero failed requests), the rolling upgrade (`portablectl reattach`, or the new binary and a
 //! restart) and the replacement of a lost machine (a learner, then promoted).
+//! In: the machines after their basic checks. Out: each day-2 scenario's checks.
 
 use std::collections::BTreeMap;
 use std::fs;
