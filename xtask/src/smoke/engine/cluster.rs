@@ -23,6 +23,7 @@ use crate::render::config::{node_env, PkiFacts, TargetPaths};
 use crate::util::{display_rel, each_in_thread, target_dir, write_atomic, Arch};
 
 use super::podman::{label, podman, podman_checked, podman_output, resource_name, Resources};
+use super::run_etcdctl;
 use crate::smoke::local::{free_port, Interrupt};
 
 /// Where the node's PKI directory and the operator's client identity are mounted.
@@ -265,25 +266,8 @@ impl Cluster {
     pub(crate) fn etcdctl_scheme(&self, ports: &[u16], plain: bool, args: &[&str]) -> Result<Output> {
         let scheme = if plain { "http" } else { "https" };
         let endpoints: Vec<String> = ports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect();
-        let mut cmd = Command::new(&self.etcdctl);
-        cmd.env_clear().env("ETCDCTL_API", "3").arg(format!("--endpoints={}", endpoints.join(",")));
-        if !plain {
-            cmd.arg(format!("--cacert={}", self.client.join("ca.crt").display()))
-                .arg(format!("--cert={}", self.client.join("client.crt").display()))
-                .arg(format!("--key={}", self.client.join("client.key").display()));
-        }
-        cmd.arg("--dial-timeout=2s")
-            .args(args)
-            .output()
-            .with_context(|| format!("cannot run {}", self.etcdctl.display()))
-    }
-
-    pub(crate) fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
-        let out = self.etcdctl(nodes, args)?;
-        if !out.status.success() {
-            bail!("etcdctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let client = (!plain).then_some(self.client.as_path());
+        run_etcdctl(Command::new(&self.etcdctl), &self.etcdctl, &endpoints, client, args)
     }
 
     /// etcdctl inside a node's container, as the image's user: exercises the image's etcdctl
@@ -373,14 +357,6 @@ impl Cluster {
     /// Node `i`'s client URL through its published loopback port, over TLS.
     pub(crate) fn client_url(&self, i: usize) -> String {
         format!("https://127.0.0.1:{}", self.nodes[i].client_port)
-    }
-
-    pub(crate) fn stop(&self, i: usize) -> Result<()> {
-        podman(&["stop", "-t", "5", &self.nodes[i].container]).map(|_| ())
-    }
-
-    pub(crate) fn start(&self, i: usize) -> Result<()> {
-        podman(&["start", &self.nodes[i].container]).map(|_| ())
     }
 
     /// The lines of node `i`'s log since `since` (Unix seconds) that tell how it came back.

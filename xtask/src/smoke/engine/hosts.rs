@@ -23,6 +23,7 @@ use crate::pki::profiles::Profiles;
 use crate::util::{display_rel, each_in_thread, tail};
 
 use super::machines::{cached_rootfs, LoopNodes, Machine, Netns};
+use super::{run_etcdctl, Engine, Members};
 use crate::smoke::local::Interrupt;
 
 /// How the machines run etcd.
@@ -280,26 +281,7 @@ impl Hosts {
     pub(crate) fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
         let endpoints: Vec<String> = nodes.iter().map(|i| self.endpoint(*i)).collect();
         let client = self.pki.client_dir("etcdctl");
-        self.netns
-            .command(&self.etcdctl)
-            .env_clear()
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", endpoints.join(",")))
-            .arg(format!("--cacert={}", client.join("ca.crt").display()))
-            .arg(format!("--cert={}", client.join("client.crt").display()))
-            .arg(format!("--key={}", client.join("client.key").display()))
-            .arg("--dial-timeout=2s")
-            .args(args)
-            .output()
-            .with_context(|| format!("cannot run {}", self.etcdctl.display()))
-    }
-
-    pub(crate) fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
-        let out = self.etcdctl(nodes, args)?;
-        if !out.status.success() {
-            bail!("etcdctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        run_etcdctl(self.netns.command(&self.etcdctl), &self.etcdctl, &endpoints, Some(&client), args)
     }
 
     pub(crate) fn endpoint(&self, i: usize) -> String {
@@ -395,9 +377,70 @@ impl Hosts {
     }
 }
 
-/// Runs `cmd` inside the namespace with curl's arguments; its output.
-pub(crate) fn curl_in(netns: &Netns, args: &[String]) -> Result<Output> {
-    netns.command("curl").args(["-sS", "--max-time", "5"]).args(args).output().context("cannot run curl")
+/// The systemd machines behind the engines' interface: a member stopped is its machine powered
+/// off, started is the machine booted (etcd is enabled), killed is etcd SIGKILLed (systemd
+/// restarts it).
+impl Members for Hosts {
+    fn kind(&self) -> Engine {
+        Engine::Systemd
+    }
+    fn interrupt(&self) -> &Interrupt {
+        &self.interrupt
+    }
+    fn name(&self, i: usize) -> &str {
+        &self.spec.nodes[i].name
+    }
+    fn len(&self) -> usize {
+        self.machines.len()
+    }
+    fn out(&self) -> &Path {
+        &self.out
+    }
+    fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+    fn pki(&self) -> &PkiLayout {
+        &self.pki
+    }
+    fn rogue_pki(&self) -> &PkiLayout {
+        &self.rogue
+    }
+    fn client_dir(&self) -> PathBuf {
+        self.pki.client_dir("etcdctl")
+    }
+    fn client_url(&self, i: usize) -> String {
+        self.endpoint(i)
+    }
+    fn peer_url(&self, i: usize) -> String {
+        format!("https://{}:2380", self.machines[i].ip)
+    }
+    fn client_netns(&self) -> Option<PathBuf> {
+        Some(self.netns.path())
+    }
+    fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
+        Hosts::etcdctl(self, nodes, args)
+    }
+    fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
+        Hosts::wait_healthy(self, nodes, timeout).map(|_| ())
+    }
+    fn log(&self, i: usize) -> Result<String> {
+        self.machines[i].sh_ok("journalctl --no-pager -o cat -u etcd.service")
+    }
+    fn log_name(&self) -> &'static str {
+        "etcd's journal"
+    }
+    fn stop(&mut self, i: usize) -> Result<()> {
+        self.machines[i].poweroff()
+    }
+    fn start(&mut self, i: usize) -> Result<()> {
+        self.boot(&[i]).map(|_| ())
+    }
+    fn start_many(&mut self, which: &[usize]) -> Result<()> {
+        self.boot(which).map(|_| ())
+    }
+    fn kill(&mut self, i: usize) -> Result<()> {
+        self.machines[i].sh_ok("systemctl kill --signal=SIGKILL etcd.service").map(|_| ())
+    }
 }
 
 #[cfg(test)]

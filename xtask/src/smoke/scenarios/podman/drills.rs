@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::smoke::engine::cluster::Cluster;
+use crate::smoke::engine::Members;
 use crate::smoke::faults::disk;
 use crate::smoke::faults::netdelay::Delayer;
 use crate::smoke::scenarios::run::Run;

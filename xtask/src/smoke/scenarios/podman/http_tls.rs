@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::render::config::{staged_env, TlsStage};
 use crate::smoke::engine::cluster::Cluster;
+use crate::smoke::engine::Members;
 use crate::smoke::scenarios::run::Run;
 
 impl Run<Cluster> {
@@ -57,7 +58,7 @@ impl Run<Cluster> {
     /// Member name -> ID (hex), from `member list`.
     fn member_ids(&self) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
-        for m in &self.members()? {
+        for m in &self.members(&[0, 2])? {
             let id = m["ID"].as_u64().context("a member without an ID")?;
             out.insert(m["name"].as_str().unwrap_or_default().to_string(), format!("{id:x}"));
         }
@@ -109,7 +110,7 @@ impl Run<Cluster> {
         if &after != before {
             bail!("member IDs changed: before {before:?}, after {after:?}");
         }
-        for m in &self.members()? {
+        for m in &self.members(&[0, 2])? {
             for key in ["peerURLs", "clientURLs"] {
                 let urls: Vec<&str> = m[key]
                     .as_array()
@@ -132,7 +133,7 @@ impl Run<Cluster> {
             for (port, what) in [(n.client_port, "client"), (n.peer_port, "peer")] {
                 let before = self.plain_rejections(i)?;
                 let url = format!("http://127.0.0.1:{port}/version");
-                let out = self.curl(&[], &url)?;
+                let out = self.curl(std::slice::from_ref(&url))?;
                 if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("etcdserver") {
                     bail!(
                         "{} answered plain http on its {what} port: {}",

@@ -3,7 +3,6 @@
 //! another, then one report. In: the options. Out: `report.json` and `report.html`; nothing
 //! left running unless `--keep`.
 
-mod alerts;
 mod basic;
 mod day2;
 mod drills;
@@ -27,7 +26,7 @@ use crate::smoke::scenarios::{Options, ScenarioName};
 use crate::util::Arch;
 
 /// Every scenario asked for, each on a fresh cluster, and the report.
-pub fn run(opts: &Options) -> Result<()> {
+pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
     preflight()?;
     if opts.engine == Engine::Kube && !crate::util::on_path("catatonit") {
         bail!(
@@ -58,22 +57,6 @@ pub fn run(opts: &Options) -> Result<()> {
     let (uid, gid) = spec_img.run_as_ids()?;
     let etcd_version = built.stamp.reference.rsplit(':').next().unwrap_or_default().to_string();
     eprintln!("smoke: image {tag} (etcd runs as {uid}:{gid})");
-
-    let scenarios = match opts.engine {
-        Engine::Run => ScenarioName::expand(&opts.scenarios),
-        Engine::Kube | Engine::Systemd => {
-            let asked = ScenarioName::expand(&opts.scenarios);
-            let beyond_all = asked.iter().any(|s| matches!(s, ScenarioName::HttpToTls | ScenarioName::Drills));
-            if beyond_all || !(opts.scenarios.contains(&ScenarioName::All) || asked == [ScenarioName::Basic]) {
-                bail!(
-                    "--engine kube runs the basic scenario only (the static pods as rendered): drop --scenario, or \
-                     use --engine run for {}",
-                    asked.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                );
-            }
-            vec![ScenarioName::Basic]
-        }
-    };
 
     // The upgrade is checked and its image built before anything is started.
     let upgrade = match scenarios.contains(&ScenarioName::Upgrade) {
@@ -107,7 +90,10 @@ pub fn run(opts: &Options) -> Result<()> {
             ScenarioName::Drills => run.drills(),
             ScenarioName::All => Ok(()),
         };
-        let r = r.and_then(|_| run.finish_load());
+        // A scenario that ended in an error (Ctrl-C among them) leaves its load unjudged.
+        if r.is_ok() {
+            run.finish_podman_load();
+        }
         if run.failed() {
             run.record_logs();
         }

@@ -6,7 +6,7 @@ mod basic;
 mod day2;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -16,19 +16,19 @@ use crate::smoke::local::Interrupt;
 use crate::smoke::report::{finish_report, Outcome, Report};
 use crate::smoke::scenarios::run::Run;
 use crate::smoke::scenarios::{Options, ScenarioName};
+use crate::smoke::workload::load::Bounds;
 use crate::util::{display_rel, source_date_epoch, Arch};
 
+/// The load's bounds on the machines: every scenario of a form runs on the same machines, one
+/// load after another.
+const LOAD_BOUNDS: Bounds = Bounds { max_requests: 200_000, max_duration: Duration::from_secs(1200) };
+
 /// `--engine systemd`: each form on three fresh machines, the basic checks, one report.
-pub fn run(opts: &Options) -> Result<()> {
+pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
     let (spec, cluster_path, out, started) =
         (&opts.spec, opts.cluster_path.as_path(), opts.out.as_path(), opts.started);
     // On systemd every scenario runs on the same machines, after the basic checks.
-    let asked = ScenarioName::expand(&opts.scenarios);
-    for s in [ScenarioName::HttpToTls, ScenarioName::Drills] {
-        if asked.contains(&s) {
-            bail!("--engine systemd does not run {}: use --engine run for it", s.as_str());
-        }
-    }
+    let asked = scenarios;
     if opts.etcd_version.is_some() {
         bail!("--etcd-version is for --engine run; --engine systemd runs etcd.version of images/etcd.toml");
     }
