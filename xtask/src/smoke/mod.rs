@@ -127,3 +127,65 @@ impl Smoke {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::ci::module_graph::{graph, read_crate};
+
+    /// The room of a file under `smoke/` (`engine`, ..., `local` for `local.rs`), or none.
+    fn room(rel: &str) -> Option<&str> {
+        let rest = rel.strip_prefix("smoke/")?;
+        Some(rest.split_once('/').map_or(rest.trim_end_matches(".rs"), |(room, _)| room))
+    }
+
+    /// Each room depends only on the rooms below it: the engines, the faults and the checkers
+    /// know no scenario, the checkers know nothing else at all, and only `scenarios/` combines.
+    #[test]
+    fn the_rooms_depend_only_on_the_rooms_below_them() {
+        let below: BTreeMap<&str, &[&str]> = BTreeMap::from([
+            ("local", &[][..]),
+            ("verify", &[][..]),
+            ("faults", &["local"][..]),
+            ("engine", &["local", "faults"][..]),
+            ("workload", &["local", "verify"][..]),
+            ("report", &["workload", "verify"][..]),
+        ]);
+        let files = read_crate(&crate::util::project_root().join("xtask/src")).unwrap();
+        let mut wrong = Vec::new();
+        for (file, deps) in graph(&files) {
+            let Some(allowed) = room(&file).and_then(|r| below.get(r).map(|b| (r, b))) else { continue };
+            for dep in deps.iter().filter_map(|d| room(d).map(|r| (d, r))) {
+                if dep.1 != allowed.0 && !allowed.1.contains(&dep.1) {
+                    wrong.push(format!("{file} -> {}", dep.0));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "dependencies against the rooms' order:\n  {}", wrong.join("\n  "));
+    }
+
+    /// The words that would mean a room does what it must not, by room: `verify/` is pure
+    /// (history in, verdict out: no process, file or socket); `report/` writes its two files
+    /// and runs nothing; `scenarios/` runs no process of its own: every command goes through
+    /// an engine (its etcdctl, curl and openssl from where the clients are, a member's shell).
+    #[test]
+    fn the_rooms_do_only_what_they_may() {
+        let forbidden: [(&str, &[&str]); 3] = [
+            ("smoke/verify/", &["std::process", "Command", "std::fs", "std::net", "write_atomic", "ureq", "File::"]),
+            ("smoke/report/", &["std::process", "Command", "std::net", "ureq", "setns", "nsenter"]),
+            ("smoke/scenarios/", &["Command::new", "podman(", "podman_checked", "setns", "nsenter"]),
+        ];
+        let files = read_crate(&crate::util::project_root().join("xtask/src")).unwrap();
+        for (room, words) in forbidden {
+            let mine: Vec<_> = files.iter().filter(|(rel, _)| rel.starts_with(room)).collect();
+            assert!(mine.len() >= 2, "{room}: {mine:?}");
+            for (rel, text) in mine {
+                let code = crate::ci::module_graph::strip(text);
+                for w in words {
+                    assert!(!code.contains(w), "{rel} uses {w}: not in {room}");
+                }
+            }
+        }
+    }
+}

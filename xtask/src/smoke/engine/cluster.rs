@@ -23,10 +23,8 @@ use crate::render::config::{node_env, PkiFacts, TargetPaths};
 use crate::util::{display_rel, each_in_thread, target_dir, write_atomic, Arch};
 
 use super::podman::{label, podman, podman_checked, podman_output, resource_name, Resources};
+use super::run_etcdctl;
 use crate::smoke::local::{free_port, Interrupt};
-use crate::smoke::report::Check;
-use crate::smoke::scenarios::ScenarioName;
-use crate::smoke::workload::load;
 
 /// Where the node's PKI directory and the operator's client identity are mounted.
 pub const PKI_MOUNT: &str = "/etc/etcd/pki";
@@ -51,7 +49,6 @@ pub(crate) struct Node {
 }
 
 pub(crate) struct Cluster {
-    pub(crate) scenario: ScenarioName,
     pub(crate) spec: ClusterSpec,
     pub(crate) etcd_version: String,
     pub(crate) out: PathBuf,
@@ -69,26 +66,17 @@ pub(crate) struct Cluster {
     pub(crate) run_args: Vec<String>,
     pub(crate) res: Resources,
     pub(crate) interrupt: Interrupt,
-    pub(crate) checks: Vec<Check>,
-    pub(crate) timings: BTreeMap<String, f64>,
-    pub(crate) load: Option<load::Load>,
-    pub(crate) load_report: Option<load::LoadReport>,
-    pub(crate) member_healthy: Vec<(String, f64)>,
     /// Clients (the load, and etcdctl for nodes without TLS) talk plain http: the http-to-tls
     /// scenario's first steps.
     pub(crate) plain_clients: bool,
     /// The static pods `cargo xtask k8s` rendered for this run (kube engine), else none.
     pub(crate) kube_manifests: Option<PathBuf>,
-    /// Debian's Prometheus scraping this cluster (descriptions with `[monitoring]`, podman
-    /// engine, basic, rotate-certs and drills scenarios), started once the cluster is healthy.
-    pub(crate) prometheus: Option<crate::smoke::workload::prometheus::Prometheus>,
 }
 
 impl Cluster {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn prepare(
         spec: &ClusterSpec,
-        scenario: ScenarioName,
         out: &Path,
         tag: &str,
         etcd_version: &str,
@@ -149,7 +137,6 @@ impl Cluster {
         }
         let etcdctl = find_etcdctl(tag)?;
         Ok(Cluster {
-            scenario,
             spec: spec.clone(),
             etcd_version: etcd_version.to_string(),
             out: out.to_path_buf(),
@@ -166,28 +153,9 @@ impl Cluster {
             run_args: image::podman::run_args()?,
             res,
             interrupt,
-            checks: Vec::new(),
-            timings: BTreeMap::new(),
-            load: None,
-            load_report: None,
-            member_healthy: Vec::new(),
             plain_clients: false,
             kube_manifests: None,
-            prometheus: None,
         })
-    }
-
-    /// Runs one check, timed, and records it; true when it passed.
-    pub(crate) fn run_check(&mut self, name: &str, check: impl FnOnce(&mut Self) -> Result<String>) -> bool {
-        let started = Instant::now();
-        let result = check(self);
-        let passed = result.is_ok();
-        self.record(name, started, result);
-        passed
-    }
-
-    pub(crate) fn record(&mut self, name: &str, started: Instant, result: Result<String>) {
-        crate::smoke::report::record_check(&mut self.checks, self.scenario.as_str(), name, started, result);
     }
 
     /// Keeps the nodes' logs beside the report when something failed.
@@ -298,25 +266,8 @@ impl Cluster {
     pub(crate) fn etcdctl_scheme(&self, ports: &[u16], plain: bool, args: &[&str]) -> Result<Output> {
         let scheme = if plain { "http" } else { "https" };
         let endpoints: Vec<String> = ports.iter().map(|p| format!("{scheme}://127.0.0.1:{p}")).collect();
-        let mut cmd = Command::new(&self.etcdctl);
-        cmd.env_clear().env("ETCDCTL_API", "3").arg(format!("--endpoints={}", endpoints.join(",")));
-        if !plain {
-            cmd.arg(format!("--cacert={}", self.client.join("ca.crt").display()))
-                .arg(format!("--cert={}", self.client.join("client.crt").display()))
-                .arg(format!("--key={}", self.client.join("client.key").display()));
-        }
-        cmd.arg("--dial-timeout=2s")
-            .args(args)
-            .output()
-            .with_context(|| format!("cannot run {}", self.etcdctl.display()))
-    }
-
-    pub(crate) fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
-        let out = self.etcdctl(nodes, args)?;
-        if !out.status.success() {
-            bail!("etcdctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let client = (!plain).then_some(self.client.as_path());
+        run_etcdctl(Command::new(&self.etcdctl), &self.etcdctl, &endpoints, client, args)
     }
 
     /// etcdctl inside a node's container, as the image's user: exercises the image's etcdctl
@@ -345,29 +296,6 @@ impl Cluster {
             );
         }
         Ok((String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
-    }
-
-    /// Repeats `attempt` every `every` until it gives `Ok(value)` or `timeout` passes; an
-    /// `Err(reason)` means "not yet", an error of the attempt itself ends the polling. The error
-    /// after the timeout says `what` and the last reason. Returns the value and the attempts made.
-    pub(crate) fn poll<T>(
-        &self,
-        what: &str,
-        timeout: Duration,
-        every: Duration,
-        mut attempt: impl FnMut(&Self) -> Result<std::result::Result<T, String>>,
-    ) -> Result<(T, u32)> {
-        let deadline = Instant::now() + timeout;
-        let mut tries = 0;
-        loop {
-            self.interrupt.check()?;
-            tries += 1;
-            match attempt(self)? {
-                Ok(v) => return Ok((v, tries)),
-                Err(why) if Instant::now() > deadline => bail!("{what} within {} s: {why}", timeout.as_secs()),
-                Err(_) => std::thread::sleep(every),
-            }
-        }
     }
 
     pub(crate) fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
@@ -429,14 +357,6 @@ impl Cluster {
     /// Node `i`'s client URL through its published loopback port, over TLS.
     pub(crate) fn client_url(&self, i: usize) -> String {
         format!("https://127.0.0.1:{}", self.nodes[i].client_port)
-    }
-
-    pub(crate) fn stop(&self, i: usize) -> Result<()> {
-        podman(&["stop", "-t", "5", &self.nodes[i].container]).map(|_| ())
-    }
-
-    pub(crate) fn start(&self, i: usize) -> Result<()> {
-        podman(&["start", &self.nodes[i].container]).map(|_| ())
     }
 
     /// The lines of node `i`'s log since `since` (Unix seconds) that tell how it came back.

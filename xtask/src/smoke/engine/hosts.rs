@@ -7,7 +7,6 @@
 //! In: a cluster description, etcd (acquired like every stage does). Out: checks and timings
 //! for the report (`hosts_checks.rs` has the checks).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -24,9 +23,8 @@ use crate::pki::profiles::Profiles;
 use crate::util::{display_rel, each_in_thread, tail};
 
 use super::machines::{cached_rootfs, LoopNodes, Machine, Netns};
+use super::{run_etcdctl, Engine, Members};
 use crate::smoke::local::Interrupt;
-use crate::smoke::report::Check;
-use crate::smoke::workload::load::{self, Load};
 
 /// How the machines run etcd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
@@ -76,10 +74,9 @@ pub(crate) struct Inputs<'a> {
 }
 
 /// Three machines of one form, their PKI and rendered bundles, the clients' view of them.
-/// Field order is drop order: the load first, then the machines, then their namespace.
+/// Field order is drop order: the machines, then their namespace.
 pub(crate) struct Hosts {
     pub form: Form,
-    pub scenario: String,
     pub spec: ClusterSpec,
     pub cluster_file: PathBuf,
     pub arch: crate::util::Arch,
@@ -92,11 +89,6 @@ pub(crate) struct Hosts {
     pub raw: Option<PathBuf>,
     pub acquired_dir: PathBuf,
     pub interrupt: Interrupt,
-    pub checks: Vec<Check>,
-    pub timings: BTreeMap<String, f64>,
-    pub member_healthy: Vec<(String, f64)>,
-    pub load_report: Option<load::LoadReport>,
-    pub load: Option<Load>,
     pub machines: Vec<Machine>,
     pub loops: Option<LoopNodes>,
     pub netns: Netns,
@@ -177,7 +169,6 @@ impl Hosts {
         };
         let mut hosts = Hosts {
             form,
-            scenario: format!("{}/basic", form.as_str()),
             spec: inputs.spec.clone(),
             cluster_file: inputs.cluster_file.to_path_buf(),
             arch: inputs.acquired.provenance.arch,
@@ -190,11 +181,6 @@ impl Hosts {
             raw: inputs.raw.map(Path::to_path_buf),
             acquired_dir: inputs.acquired.dir.clone(),
             interrupt,
-            checks: Vec::new(),
-            timings: BTreeMap::new(),
-            member_healthy: Vec::new(),
-            load_report: None,
-            load: None,
             machines: Vec::new(),
             loops,
             netns,
@@ -297,26 +283,7 @@ impl Hosts {
     pub(crate) fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
         let endpoints: Vec<String> = nodes.iter().map(|i| self.endpoint(*i)).collect();
         let client = self.pki.client_dir("etcdctl");
-        self.netns
-            .command(&self.etcdctl)
-            .env_clear()
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", endpoints.join(",")))
-            .arg(format!("--cacert={}", client.join("ca.crt").display()))
-            .arg(format!("--cert={}", client.join("client.crt").display()))
-            .arg(format!("--key={}", client.join("client.key").display()))
-            .arg("--dial-timeout=2s")
-            .args(args)
-            .output()
-            .with_context(|| format!("cannot run {}", self.etcdctl.display()))
-    }
-
-    pub(crate) fn etcdctl_ok(&self, nodes: &[usize], args: &[&str]) -> Result<String> {
-        let out = self.etcdctl(nodes, args)?;
-        if !out.status.success() {
-            bail!("etcdctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        run_etcdctl(self.netns.command(&self.etcdctl), &self.etcdctl, &endpoints, Some(&client), args)
     }
 
     pub(crate) fn endpoint(&self, i: usize) -> String {
@@ -412,9 +379,70 @@ impl Hosts {
     }
 }
 
-/// Runs `cmd` inside the namespace with curl's arguments; its output.
-pub(crate) fn curl_in(netns: &Netns, args: &[String]) -> Result<Output> {
-    netns.command("curl").args(["-sS", "--max-time", "5"]).args(args).output().context("cannot run curl")
+/// The systemd machines behind the engines' interface: a member stopped is its machine powered
+/// off, started is the machine booted (etcd is enabled), killed is etcd SIGKILLed (systemd
+/// restarts it).
+impl Members for Hosts {
+    fn kind(&self) -> Engine {
+        Engine::Systemd
+    }
+    fn interrupt(&self) -> &Interrupt {
+        &self.interrupt
+    }
+    fn name(&self, i: usize) -> &str {
+        &self.spec.nodes[i].name
+    }
+    fn len(&self) -> usize {
+        self.machines.len()
+    }
+    fn out(&self) -> &Path {
+        &self.out
+    }
+    fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+    fn pki(&self) -> &PkiLayout {
+        &self.pki
+    }
+    fn rogue_pki(&self) -> &PkiLayout {
+        &self.rogue
+    }
+    fn client_dir(&self) -> PathBuf {
+        self.pki.client_dir("etcdctl")
+    }
+    fn client_url(&self, i: usize) -> String {
+        self.endpoint(i)
+    }
+    fn peer_url(&self, i: usize) -> String {
+        format!("https://{}:2380", self.machines[i].ip)
+    }
+    fn client_netns(&self) -> Option<PathBuf> {
+        Some(self.netns.path())
+    }
+    fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
+        Hosts::etcdctl(self, nodes, args)
+    }
+    fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
+        Hosts::wait_healthy(self, nodes, timeout).map(|_| ())
+    }
+    fn log(&self, i: usize) -> Result<String> {
+        self.machines[i].sh_ok("journalctl --no-pager -o cat -u etcd.service")
+    }
+    fn log_name(&self) -> &'static str {
+        "etcd's journal"
+    }
+    fn stop(&mut self, i: usize) -> Result<()> {
+        self.machines[i].poweroff()
+    }
+    fn start(&mut self, i: usize) -> Result<()> {
+        self.boot(&[i]).map(|_| ())
+    }
+    fn start_many(&mut self, which: &[usize]) -> Result<()> {
+        self.boot(which).map(|_| ())
+    }
+    fn kill(&mut self, i: usize) -> Result<()> {
+        self.machines[i].sh_ok("systemctl kill --signal=SIGKILL etcd.service").map(|_| ())
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@
 //! stays valid Kubernetes (the k8s tests validate it) and everything else in it (image by digest,
 //! command, every flag, user and group, read-only root, dropped capabilities, no privilege
 //! escalation, seccomp, resources, hostPath volumes) is played as written.
+//!
+//! In: a prepared [`Cluster`], the cluster description and the image by digest. Out: the
+//! rendered static pods in `k8s/`, the played copies in `kube-play/`, three pods running.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

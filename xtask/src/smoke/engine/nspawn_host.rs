@@ -2,6 +2,8 @@
 //! nodes for guests that attach a `.raw` (recorded and restored around every boot), and a
 //! machine's own cgroups (with `--keep-unit` nspawn puts the guest under its own cgroup, and two
 //! guests sharing one would manage each other's units).
+//! In: the host's `/dev/loop*` and cgroup hierarchies. Out: loop nodes recorded and put back;
+//! a machine's cgroup directories, made and removed.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

@@ -5,6 +5,8 @@
 //! (`nsenter -n`, queues belong to a namespace), says `bound` once it listens (the rule's
 //! `--queue-bypass` lets packets through while nobody does), and ends by itself after
 //! `--seconds`, releasing whatever it still holds: a drill that dies leaves no packet stuck.
+//! In: a queue number, a delay, a lifetime (and, for [`Delayer`], a member's pid). Out: the
+//! queue's packets released late; how many it held and for how long.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};

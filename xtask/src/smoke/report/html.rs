@@ -2,6 +2,7 @@
 //! file (inline SVG drawn by plotters, inline CSS, nothing fetched): per scenario the load's
 //! requests per second, failures and retries, and its p50/p99 latency, second by second, with
 //! each step of the scenario marked and numbered, then that scenario's checks.
+//! In: the [`Report`]. Out: `report.html`, written atomically.
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -1,7 +1,8 @@
-//! What the scenarios ask Prometheus about a podman cluster: started beside it once it is
+//! What the scenarios ask Prometheus about the members: started beside them once they are
 //! healthy, whether the alert meant for each fault fires and resolves, whether the probes see
-//! renewed certificates, and what fired during a CA rotation. In: a running [`Cluster`] with
-//! `[monitoring]` in its description. Out: notes for the checks (none without Prometheus).
+//! renewed certificates, and what fired during a CA rotation. In: a run whose description has
+//! `[monitoring]` (on podman: Prometheus reaches the members' addresses from the host). Out:
+//! notes for the checks; none without Prometheus.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -9,16 +10,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use crate::render::monitoring;
-use crate::smoke::engine::cluster::Cluster;
+use crate::smoke::engine::Members;
+use crate::smoke::scenarios::run::Run;
 use crate::smoke::workload::prometheus::{
     expiry_gained, expiry_moved, unix_now, Prometheus, ALERT_BOUND, EXPIRY, PROBED, SCALE,
 };
 
-impl Cluster {
+impl<E: Members> Run<E> {
     /// Starts Prometheus on this cluster (the rendered configuration, time compressed) and
     /// waits (bounded) until it has scraped all three members with the scrape client.
-    pub(super) fn start_prometheus(&mut self) -> Result<String> {
-        let p = Prometheus::start(&self.out.join("prometheus"), &self.spec, &self.pki.root)?;
+    pub(crate) fn start_prometheus(&mut self) -> Result<String> {
+        let p = Prometheus::start(&self.out().join("prometheus"), self.spec(), &self.pki().root)?;
         let t = Instant::now();
         let (up, _) = self.poll(
             "Prometheus did not scrape all three members",
@@ -63,13 +65,13 @@ impl Cluster {
     }
 
     /// With Prometheus watching: each member's certificate expiry as its TLS probe sees it.
-    pub(super) fn probed_expiry(&self) -> Option<Result<BTreeMap<String, f64>>> {
+    pub(crate) fn probed_expiry(&self) -> Option<Result<BTreeMap<String, f64>>> {
         self.prometheus.as_ref().map(|p| p.query(EXPIRY))
     }
 
     /// With Prometheus watching: waits (bounded) until every member's probed expiry is later than
     /// in `before` (renewed certificates served), and checks the expiry alert stays quiet.
-    pub(super) fn probed_expiry_moved(&self, before: &BTreeMap<String, f64>) -> Option<Result<String>> {
+    pub(crate) fn probed_expiry_moved(&self, before: &BTreeMap<String, f64>) -> Option<Result<String>> {
         let p = self.prometheus.as_ref()?;
         let t = Instant::now();
         Some((|| {
@@ -99,9 +101,9 @@ impl Cluster {
     /// With Prometheus watching: hands it the scrape client's current files, as the operator
     /// does on the Prometheus host after each step of a CA rotation, and waits (bounded) until
     /// it has scraped all three members with them; the seconds that took.
-    pub(super) fn prometheus_restage(&self) -> Result<Option<f64>> {
-        let (Some(p), Some(m)) = (&self.prometheus, &self.spec.monitoring) else { return Ok(None) };
-        p.take_certs(&self.pki.client_dir(&m.scrape_client))?;
+    pub(crate) fn prometheus_restage(&self) -> Result<Option<f64>> {
+        let (Some(p), Some(m)) = (&self.prometheus, &self.spec().monitoring) else { return Ok(None) };
+        p.take_certs(&self.pki().client_dir(&m.scrape_client))?;
         let (t, since) = (Instant::now(), unix_now());
         let sel = format!("job=\"{}\"", monitoring::JOB);
         let fresh = format!("count((up{{{sel}}} == 1) and (timestamp(up{{{sel}}}) > {since:.3}))");
@@ -126,7 +128,7 @@ impl Cluster {
     /// quorum is judged by the client load instead: no request may fail in this scenario).
     /// `steps` says how soon Prometheus scraped all three with the files of each step (their
     /// TLS checked as they changed).
-    pub(super) fn monitoring_after_rotation(
+    pub(crate) fn monitoring_after_rotation(
         &self,
         before: &BTreeMap<String, f64>,
         since: Instant,
@@ -180,7 +182,7 @@ impl Cluster {
     }
 
     /// With Prometheus watching: that none of `names` is pending or firing now.
-    pub(super) fn alerts_quiet(&self, names: &[&str]) -> Option<Result<String>> {
+    pub(crate) fn alerts_quiet(&self, names: &[&str]) -> Option<Result<String>> {
         let p = self.prometheus.as_ref()?;
         Some(p.alerts().and_then(|now| {
             let loud: Vec<String> = now
@@ -198,12 +200,12 @@ impl Cluster {
 
     /// With Prometheus watching: waits (bounded) for `names` to fire, counting from `since`
     /// (when the fault was injected); a note with each one's time, or why not.
-    pub(super) fn alerts_fire(&self, names: &[&str], since: Instant) -> Option<Result<String>> {
+    pub(crate) fn alerts_fire(&self, names: &[&str], since: Instant) -> Option<Result<String>> {
         self.alerts_wait(names, true, since)
     }
 
     /// With Prometheus watching: waits (bounded) for `names` to resolve, counting from `since`.
-    pub(super) fn alerts_resolve(&self, names: &[&str], since: Instant) -> Option<Result<String>> {
+    pub(crate) fn alerts_resolve(&self, names: &[&str], since: Instant) -> Option<Result<String>> {
         self.alerts_wait(names, false, since)
     }
 
@@ -218,7 +220,7 @@ impl Cluster {
     }
 
     /// Records the check `name` from the alert waits' notes (none without Prometheus).
-    pub(super) fn record_alerts(&mut self, name: &str, since: Instant, alerts: Vec<Result<String>>) {
+    pub(crate) fn record_alerts(&mut self, name: &str, since: Instant, alerts: Vec<Result<String>>) {
         if !alerts.is_empty() {
             let result = alerts.into_iter().collect::<Result<Vec<_>>>().map(|v| v.join("; "));
             self.record(name, since, result);

@@ -1,31 +1,27 @@
 //! Scenarios: which cluster, which faults and which checks go together, and the only room that
 //! combines the others. In: the typed options of `cargo xtask smoke`. Out: the report of every
-//! scenario run, on fresh clusters (`podman.rs`: `podman run` and `kube play`) or on booted
-//! machines (`systemd.rs`).
+//! scenario run, on fresh clusters (`podman/`: `podman run` and `kube play`) or on booted
+//! machines (`systemd/`).
 //!
-//! The scenarios themselves: `basic.rs` (health, reads, refusals, identity, faults, backup),
-//! `day2.rs` (rotate-certs, replace-member, upgrade), `http_tls.rs`, `drills.rs` and `alerts.rs`
-//! (what Prometheus must see of each fault) on podman; `hosts_basic.rs` and `hosts_day2.rs` on
-//! the systemd machines.
+//! `run.rs` is one scenario's run on an engine (`Run<E>`: the members and what is recorded of
+//! them), `checks.rs` what is checked the same way on every engine. Each engine's folder holds its
+//! runner (`mod.rs`), its `basic.rs` and `day2.rs`; podman's also `http_tls.rs`, `drills.rs` and
+//! `alerts.rs` (what Prometheus must see of each fault).
 
 mod alerts;
-mod basic;
-mod day2;
-mod drills;
-mod hosts_basic;
-mod hosts_day2;
-mod http_tls;
+mod checks;
 mod podman;
+mod run;
 mod systemd;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::acquire::SourcePolicy;
 use crate::pki::cluster::ClusterSpec;
-use crate::smoke::engine::{Engine, Form};
+use crate::smoke::engine::{Capability, Engine, Form};
 use crate::smoke::workload::load::LoadReport;
 
 /// The load's phase while the basic checks keep a quorum down on purpose: from stopping the
@@ -99,10 +95,52 @@ pub struct Options {
 
 /// Runs what `opts` asks for on its engine and writes the report.
 pub fn run(opts: &Options) -> Result<()> {
+    let scenarios = admit(opts.engine, &opts.scenarios)?;
     match opts.engine {
-        Engine::Systemd => systemd::run(opts),
-        Engine::Run | Engine::Kube => podman::run(opts),
+        Engine::Systemd => systemd::run(opts, &scenarios),
+        Engine::Run | Engine::Kube => podman::run(opts, &scenarios),
     }
+}
+
+impl ScenarioName {
+    /// What the scenario needs of the members beyond running them (every scenario stops and
+    /// starts them).
+    pub fn needs(self) -> &'static [Capability] {
+        use Capability::*;
+        match self {
+            ScenarioName::Basic => &[StopStart],
+            ScenarioName::RotateCerts | ScenarioName::ReplaceMember | ScenarioName::Upgrade => {
+                &[StopStart, Reconfigure]
+            }
+            ScenarioName::HttpToTls => &[StopStart, Reconfigure, TlsStages],
+            ScenarioName::Drills => &[StopStart, KillStaysDown, Pause, CutOff, SmallDisk, Reconfigure],
+            ScenarioName::All => &[],
+        }
+    }
+}
+
+/// The scenarios to run on `engine` for the ones `asked`, in `all`'s order: a scenario that
+/// `all` brings and the engine cannot run is left out (`--engine kube` runs `basic` alone), one
+/// asked by name is refused, naming the engine and what it lacks.
+pub fn admit(engine: Engine, asked: &[ScenarioName]) -> Result<Vec<ScenarioName>> {
+    let mut out = Vec::new();
+    for s in ScenarioName::expand(asked) {
+        match s.needs().iter().find(|c| !engine.can(**c)) {
+            None => out.push(s),
+            Some(_) if !asked.contains(&s) => {}
+            Some(c) => {
+                let (name, does) = c.describe();
+                bail!(
+                    "--engine {} cannot run the {} scenario: it needs to {does} ({name}), which {} cannot; use \
+                     --engine run",
+                    engine.as_str(),
+                    s.as_str(),
+                    engine.describe()
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The verdict over a load's history ([`crate::smoke::verify::judge`]); on a violation the
@@ -113,4 +151,32 @@ pub(crate) fn judge_history(report: &LoadReport, file: &Path) -> Result<String> 
         crate::util::write_atomic(file, &json, 0o644)?;
         anyhow::bail!("{why} (history: {})", file.display())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ScenarioName::*;
+
+    #[test]
+    fn all_brings_what_the_engine_can_run_and_a_scenario_asked_by_name_is_refused_naming_why() {
+        assert_eq!(admit(Engine::Run, &[All]).unwrap(), [Basic, RotateCerts, ReplaceMember, Upgrade]);
+        assert_eq!(
+            admit(Engine::Run, &[All, Drills, HttpToTls]).unwrap(),
+            [Basic, RotateCerts, ReplaceMember, Upgrade, HttpToTls, Drills]
+        );
+        assert_eq!(admit(Engine::Systemd, &[All]).unwrap(), [Basic, RotateCerts, ReplaceMember, Upgrade]);
+        assert_eq!(admit(Engine::Kube, &[All]).unwrap(), [Basic]);
+        assert_eq!(admit(Engine::Kube, &[]).unwrap(), [Basic]);
+        for (engine, asked, lacks) in [
+            (Engine::Kube, Upgrade, "(reconfigure)"),
+            (Engine::Kube, Drills, "(kill)"),
+            (Engine::Systemd, Drills, "(kill)"),
+            (Engine::Systemd, HttpToTls, "(tls-stages)"),
+        ] {
+            let err = admit(engine, &[All, asked]).unwrap_err().to_string();
+            let want = [format!("--engine {}", engine.as_str()), asked.as_str().to_string(), lacks.to_string()];
+            assert!(want.iter().all(|w| err.contains(w.as_str())), "{err}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! identity as files (re-read by the load when they change) and a [`Gateway`] that makes one
 //! request with a bounded time, reading etcd's own reason from a refused answer. Every answer
 //! carries the store's revision, which the load records for the linearizability check.
+//! In: an endpoint and the identity's files. Out: values, revisions, or etcd's reason.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! [`SCALE`] times (a 3-minute `for:` waits 3 s; scrapes every second), and the scenarios ask
 //! its `/api/v1/alerts` whether the alert meant for the fault they inject fires, and resolves
 //! after the heal. Alertmanager is not needed.
+//! In: the cluster description and its PKI. Out: a running Prometheus (stopped when dropped)
+//! and its answers: alerts, series, targets.
 
 use std::collections::BTreeMap;
 use std::fs;

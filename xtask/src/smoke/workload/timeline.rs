@@ -1,6 +1,7 @@
 //! What the load saw, second by second: requests finished, failed and retried, and latency
 //! percentiles, with the scenario's steps marked; the data of report.html's pictures (also in
 //! report.json as each scenario's `load.timeline` and `load.marks`).
+//! In: the finished requests ([`Sample`]). Out: one [`Second`] per second of the load.
 
 use serde::Serialize;
 

@@ -1,31 +1,34 @@
 //! `--engine systemd`: for each form, three fresh machines (`engine/hosts.rs`), the basic checks
-//! (`hosts_basic.rs`) and the day-2 scenarios asked for (`hosts_day2.rs`) on the same
-//! machines, one report. The upgrade target is checked and acquired before anything boots.
+//! (`basic.rs`) and the day-2 scenarios asked for (`day2.rs`) on the same machines, one report. The upgrade target is checked and acquired before anything boots.
 //! In: the options. Out: `report.json` and `report.html`.
 
+mod basic;
+mod day2;
+
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{hosts_day2, Options, ScenarioName};
 use crate::definition::Definition;
 use crate::smoke::engine::hosts::{self, Form};
 use crate::smoke::local::Interrupt;
-use crate::smoke::report::{finish_report, Outcome, Report, ScenarioReport};
+use crate::smoke::report::{finish_report, Outcome, Report};
+use crate::smoke::scenarios::run::Run;
+use crate::smoke::scenarios::{Options, ScenarioName};
+use crate::smoke::workload::load::Bounds;
 use crate::util::{display_rel, source_date_epoch, Arch};
 
+/// The load's bounds on the machines: every scenario of a form runs on the same machines, one
+/// load after another.
+const LOAD_BOUNDS: Bounds = Bounds { max_requests: 200_000, max_duration: Duration::from_secs(1200) };
+
 /// `--engine systemd`: each form on three fresh machines, the basic checks, one report.
-pub fn run(opts: &Options) -> Result<()> {
+pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
     let (spec, cluster_path, out, started) =
         (&opts.spec, opts.cluster_path.as_path(), opts.out.as_path(), opts.started);
     // On systemd every scenario runs on the same machines, after the basic checks.
-    let asked = ScenarioName::expand(&opts.scenarios);
-    for s in [ScenarioName::HttpToTls, ScenarioName::Drills] {
-        if asked.contains(&s) {
-            bail!("--engine systemd does not run {}: use --engine run for it", s.as_str());
-        }
-    }
+    let asked = scenarios;
     if opts.etcd_version.is_some() {
         bail!("--etcd-version is for --engine run; --engine systemd runs etcd.version of images/etcd.toml");
     }
@@ -58,7 +61,7 @@ pub fn run(opts: &Options) -> Result<()> {
     for (i, form) in forms.iter().enumerate() {
         let t = Instant::now();
         eprintln!("smoke: systemd machines, form {}", form.as_str());
-        let mut hosts = match hosts::Hosts::prepare(
+        let machines = match hosts::Hosts::prepare(
             &inputs,
             *form,
             &out.join(format!("systemd-{}", form.as_str())),
@@ -70,18 +73,11 @@ pub fn run(opts: &Options) -> Result<()> {
                 break;
             }
         };
+        let mut hosts = Run::new(machines, ScenarioName::Basic, format!("{}/basic", form.as_str()));
         let mut r = hosts.basic();
-        let mut push = |hosts: &mut hosts::Hosts, t: Instant| {
-            reports.push(ScenarioReport {
-                name: hosts.scenario.clone(),
-                seconds: t.elapsed().as_secs_f64(),
-                load: hosts.load_report.take(),
-                member_healthy_s: std::mem::take(&mut hosts.member_healthy),
-            });
-        };
-        push(&mut hosts, t);
+        reports.push(hosts.take_report(t.elapsed().as_secs_f64()));
         for day2 in asked.iter().filter(|s| **s != ScenarioName::Basic) {
-            if r.is_err() || hosts.checks.iter().any(|c| c.outcome == Outcome::Fail) {
+            if r.is_err() || hosts.failed() {
                 break;
             }
             let t = Instant::now();
@@ -94,7 +90,7 @@ pub fn run(opts: &Options) -> Result<()> {
                 },
                 _ => Ok(()),
             };
-            push(&mut hosts, t);
+            reports.push(hosts.take_report(t.elapsed().as_secs_f64()));
         }
         let seconds = t.elapsed().as_secs_f64();
         timings.extend(hosts.timings.iter().map(|(k, v)| (k.clone(), *v)));
@@ -136,7 +132,7 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// The systemd machines' upgrade target: checked against the upgrade policy, its binaries
 /// acquired and (portable form) its image built, before any machine boots.
-fn prepare_upgrade(opts: &Options, def: &Definition, from: &str, forms: &[Form]) -> Result<hosts_day2::UpgradeTarget> {
+fn prepare_upgrade(opts: &Options, def: &Definition, from: &str, forms: &[Form]) -> Result<day2::UpgradeTarget> {
     let out = opts.out.as_path();
     let to = match &opts.upgrade_to {
         Some(v) => v.clone(),
@@ -159,7 +155,7 @@ fn prepare_upgrade(opts: &Options, def: &Definition, from: &str, forms: &[Form])
         }
         false => None,
     };
-    Ok(hosts_day2::UpgradeTarget { from: from.to_string(), to, acquired_dir: acquired.dir.clone(), raw })
+    Ok(day2::UpgradeTarget { from: from.to_string(), to, acquired_dir: acquired.dir.clone(), raw })
 }
 
 /// What `--engine systemd` needs of this host; the error says what is missing and how to get it.

@@ -10,20 +10,20 @@
 //! what clients saw. Per drill the reason gives the time to a new leader, the leader changes
 //! (raft terms), and the phase's requests, failures and worst latency (final figures per phase
 //! in the report's `load.phases`). Last, node 3's data disk (a small tmpfs) is filled from outside
-//! etcd and freed again.
+//! etcd and freed again. In: a fresh podman cluster with a small quota. Out: one check per drill.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use crate::smoke::engine::cluster::Cluster;
-use crate::smoke::engine::podman::podman;
+use crate::smoke::engine::Members;
+use crate::smoke::faults::disk;
 use crate::smoke::faults::netdelay::Delayer;
+use crate::smoke::scenarios::run::Run;
 use crate::smoke::workload::load::{Gateway, Identity};
-use crate::util::stdout_of;
 
 /// The drill cluster's quota: small enough to fill in seconds with 1 MiB values, large enough
 /// for the load's own writes over the whole scenario.
@@ -57,14 +57,13 @@ struct Status {
     revision: i64,
 }
 
-impl Cluster {
+impl Run<Cluster> {
     /// The drills, in order, on one cluster with a small quota.
     pub(super) fn drills(&mut self) -> Result<()> {
         for n in &mut self.nodes {
             n.env.insert("ETCD_QUOTA_BACKEND_BYTES".into(), QUOTA_BYTES.to_string());
         }
-        let disk = self.small_disk()?;
-        self.nodes[2].volume = disk.display().to_string();
+        let disk = self.small_disk(2, DISK_BYTES)?;
         if !self.start_cluster()? {
             return Ok(());
         }
@@ -82,26 +81,13 @@ impl Cluster {
             &format!("delay: the leader's peer traffic held {twice} ms (twice the election timeout)"),
             |c| c.delay(twice),
         );
-        self.run_check("pause: a follower SIGSTOPped past the election timeout", |c| c.pause(false));
-        self.run_check("pause: the leader SIGSTOPped past the election timeout", |c| c.pause(true));
+        self.run_check("pause: a follower SIGSTOPped past the election timeout", |c| c.pause_drill(false));
+        self.run_check("pause: the leader SIGSTOPped past the election timeout", |c| c.pause_drill(true));
         self.run_check("NOSPACE: quota filled, writes refused, reads served; compact, defrag, disarm", |c| c.nospace());
         self.run_check("full disk: a member's data disk filled from outside, then freed; no data lost", |c| {
             c.full_disk(&disk)
         });
         Ok(())
-    }
-
-    /// Node 3's data directory: a tmpfs of [`DISK_BYTES`] mounted on the host (it outlives the
-    /// container, unlike a podman tmpfs volume), owned by the image's etcd user.
-    fn small_disk(&mut self) -> Result<PathBuf> {
-        let mnt = self.out.join("disk3");
-        // A killed run may have left it mounted (an error here: it was not).
-        let _ = Command::new("umount").arg(&mnt).output();
-        std::fs::create_dir_all(&mnt).with_context(|| format!("cannot create {}", mnt.display()))?;
-        let opts = format!("size={DISK_BYTES},mode=0700,uid={},gid={}", self.uid, self.gid);
-        stdout_of(Command::new("mount").args(["-t", "tmpfs", "-o", &opts, "tmpfs"]).arg(&mnt))?;
-        self.res.mounts.push(mnt.clone());
-        Ok(mnt)
     }
 
     /// Fills node 3's disk with a file written as root until ENOSPC, writes large values until
@@ -110,19 +96,7 @@ impl Cluster {
     fn full_disk(&mut self, disk: &Path) -> Result<String> {
         let phase = "drill: node 3's disk full";
         self.phase(phase);
-        let filler = disk.join("filler");
-        let mut file = std::fs::File::create(&filler).with_context(|| format!("cannot create {}", filler.display()))?;
-        let chunk = vec![0u8; 1024 * 1024];
-        let mut filled = 0u64;
-        loop {
-            use std::io::Write;
-            match file.write_all(&chunk) {
-                Ok(()) => filled += chunk.len() as u64,
-                Err(e) if e.raw_os_error() == Some(28) => break,
-                Err(e) => return Err(e).with_context(|| format!("cannot fill {}", filler.display())),
-            }
-        }
-        drop(file);
+        let (filler, filled) = disk::fill(disk)?;
         let mut notes = vec![format!("{} MiB written beside etcd's data until ENOSPC", filled / (1024 * 1024))];
         // Large writes through node 1 until node 3 fails to store them.
         let gw = Gateway::new(&Identity::in_dir(&self.client), Duration::from_secs(10))?;
@@ -258,46 +232,6 @@ impl Cluster {
         Ok((i, since.elapsed().as_secs_f64()))
     }
 
-    /// The process id of a member's etcd (its container's init) on the host.
-    fn pid(&self, i: usize) -> Result<String> {
-        let pid = podman(&["inspect", "--format", "{{.State.Pid}}", &self.nodes[i].container])?;
-        let pid = pid.trim().to_string();
-        if pid.is_empty() || pid == "0" {
-            bail!("{} is not running", self.nodes[i].container);
-        }
-        Ok(pid)
-    }
-
-    /// iptables in member `i`'s network namespace.
-    fn iptables(&self, i: usize, rule: &[&str]) -> Result<()> {
-        let pid = self.pid(i)?;
-        stdout_of(Command::new("nsenter").args(["-t", &pid, "-n", "iptables", "-w", "5"]).args(rule)).with_context(
-            || format!("iptables {} in {}'s network namespace", rule.join(" "), self.nodes[i].container),
-        )?;
-        Ok(())
-    }
-
-    fn ip(&self, i: usize) -> Result<String> {
-        Ok(crate::render::config::primary_ip(&self.nodes[i].spec)?.to_string())
-    }
-
-    /// Removes every rule a drill added in member `i`'s namespace.
-    fn heal_rules(&self, i: usize) -> Result<()> {
-        self.iptables(i, &["-F", "INPUT"])?;
-        self.iptables(i, &["-F", "OUTPUT"])
-    }
-
-    /// Member `victim`'s peer traffic with both others dropped both ways (clients still reach it:
-    /// they come from the network's gateway through the published ports).
-    fn cut_off(&self, victim: usize) -> Result<()> {
-        for other in (0..3).filter(|o| *o != victim) {
-            let ip = self.ip(other)?;
-            self.iptables(victim, &["-A", "INPUT", "-s", &ip, "-j", "DROP"])?;
-            self.iptables(victim, &["-A", "OUTPUT", "-d", &ip, "-j", "DROP"])?;
-        }
-        Ok(())
-    }
-
     /// After a fault: rules gone, 3/3 healthy, one leader; the phase's figures.
     fn settle(&self, phase: &str) -> Result<String> {
         let t = Instant::now();
@@ -347,7 +281,7 @@ impl Cluster {
             std::thread::sleep(left);
             Ok(())
         })();
-        let healed = self.heal_rules(victim);
+        let healed = self.heal(victim);
         self.phase(&format!("{phase}: healed"));
         result?;
         healed?;
@@ -364,10 +298,8 @@ impl Cluster {
         let phase = format!("drill: 40% loss {} -> {}", self.nodes[lead].spec.name, self.nodes[follower].spec.name);
         self.phase(&phase);
         let t = Instant::now();
-        let leader_ip = self.ip(lead)?;
-        let rule = ["-A", "INPUT", "-s", &leader_ip, "-m", "statistic", "--mode", "random", "--probability", "0.4"];
-        let result = self.iptables(follower, &[&rule[..], &["-j", "DROP"]].concat()).map(|_| std::thread::sleep(FAULT));
-        let healed = self.heal_rules(follower);
+        let result = self.lose(lead, follower, "0.4").map(|_| std::thread::sleep(FAULT));
+        let healed = self.heal(follower);
         self.phase(&format!("{phase}: healed"));
         result?;
         healed?;
@@ -401,15 +333,11 @@ impl Cluster {
         let delayer = Delayer::start(&self.pid(lead)?, DELAY_QUEUE, ms, serve)?;
         let t = Instant::now();
         let result = (|| -> Result<()> {
-            for other in (0..3).filter(|o| *o != lead) {
-                let ip = self.ip(other)?;
-                let queue = ["-j", "NFQUEUE", "--queue-num", DELAY_QUEUE, "--queue-bypass"];
-                self.iptables(lead, &[&["-A", "OUTPUT", "-d", &ip, "-p", "tcp"][..], &queue[..]].concat())?;
-            }
+            self.queue_peer_traffic(lead, DELAY_QUEUE)?;
             std::thread::sleep(FAULT.saturating_sub(t.elapsed()));
             Ok(())
         })();
-        let healed = self.heal_rules(lead);
+        let healed = self.heal(lead);
         let lasted = t.elapsed().as_secs_f64();
         self.phase(&format!("{phase}: healed"));
         let summary = delayer.finish();
@@ -427,13 +355,13 @@ impl Cluster {
         ))
     }
 
-    fn pause(&mut self, leader: bool) -> Result<String> {
+    fn pause_drill(&mut self, leader: bool) -> Result<String> {
         let Leader { index: lead, term, member: old_id } = self.leader()?;
         let victim = if leader { lead } else { (lead + 2) % 3 };
         let phase = format!("drill: {} paused", self.nodes[victim].spec.name);
         self.phase(&phase);
         let t = Instant::now();
-        podman(&["kill", "--signal", "STOP", &self.nodes[victim].container])?;
+        self.pause(victim)?;
         let mut notes = vec![format!("{} (the {}) stopped with SIGSTOP", self.nodes[victim].spec.name, role(leader))];
         let result = (|| -> Result<()> {
             let others: Vec<usize> = (0..3).filter(|o| *o != victim).collect();
@@ -444,7 +372,7 @@ impl Cluster {
             std::thread::sleep(FAULT.saturating_sub(t.elapsed()));
             Ok(())
         })();
-        let resumed = podman(&["kill", "--signal", "CONT", &self.nodes[victim].container]);
+        let resumed = self.resume(victim);
         self.phase(&format!("{phase}: resumed"));
         result?;
         resumed?;

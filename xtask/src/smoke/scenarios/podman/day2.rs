@@ -1,6 +1,6 @@
 //! The day-2 scenarios of `cargo xtask smoke`: what operators do to a running cluster, proven
-//! under a client load. Each runs on a fresh cluster (see [`Cluster::start_cluster`]) and ends with
-//! [`Cluster::finish_load`], which checks that every write the load saw acknowledged is there.
+//! under a client load. Each runs on a fresh cluster (see `start_cluster`) and ends with
+//! `finish_load`, which checks that every write the load saw acknowledged is there.
 //!
 //! - `upgrade`: a rolling upgrade to the release in `images/etcd.toml` `[upgrade]`, checked by
 //!   [`crate::upgrade::check_upgrade`] before anything starts.
@@ -9,31 +9,26 @@
 //! - `replace-member`: a member whose volume is lost, replaced through a learner.
 //!
 //! The podman and etcdctl commands these steps run are the ones the README's runbooks show.
-//!
-//! Longer than 600 lines: the three day-2 scenarios (rotate-certs, replace-member, upgrade), each
-//! the README runbook it proves, step by step, sharing the restart and time-to-healthy helpers.
+//! In: a fresh podman cluster (and, for the upgrade, the target's image). Out: its checks.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{ScenarioName, NO_QUORUM};
 use crate::definition::Definition;
 use crate::image::{self, BuildArgs};
 use crate::pki::profiles::Profiles;
 use crate::render::config::{node_env, TargetPaths};
 use crate::smoke::engine::cluster::{restage_dir, Cluster};
-use crate::smoke::engine::podman::{label, podman, podman_checked};
-use crate::smoke::local::stdout_or_stderr;
-use crate::smoke::report::Outcome;
-use crate::smoke::workload::load::{self, Bounds, Identity, Load};
+use crate::smoke::engine::Members;
+use crate::smoke::scenarios::checks::server_reason;
+use crate::smoke::scenarios::run::Run;
+use crate::smoke::scenarios::ScenarioName;
+use crate::smoke::workload::load::{self, Bounds, Identity};
 
-/// Where the load's keys go.
-const LOAD_PREFIX: &str = "load/";
 /// The load's bounds: generous for the slowest scenario, so that only the scenario's end stops it.
 const LOAD_BOUNDS: Bounds = Bounds { max_requests: 100_000, max_duration: Duration::from_secs(900) };
 /// The least request rate the load must reach over a scenario.
@@ -79,7 +74,7 @@ pub fn prepare_upgrade(def: &Definition, from: &str, to: Option<&str>) -> Result
     Ok(UpgradePlan { from: from.to_string(), to, tag })
 }
 
-impl Cluster {
+impl Run<Cluster> {
     /// Starts the three members, waits for 3/3 healthy, then starts the client load. Returns
     /// whether the cluster came up (a failure is recorded as a check).
     pub(super) fn start_cluster(&mut self) -> Result<bool> {
@@ -108,104 +103,20 @@ impl Cluster {
                 return Ok(false);
             }
         }
-        let scheme = if self.plain_clients { "http" } else { "https" };
-        let endpoints = self.nodes.iter().map(|n| format!("{scheme}://127.0.0.1:{}", n.client_port)).collect();
-        self.load = Some(Load::start(endpoints, Identity::in_dir(&self.client), LOAD_PREFIX, LOAD_BOUNDS, None)?);
+        self.start_load(LOAD_BOUNDS)?;
         Ok(true)
     }
 
-    pub(super) fn phase(&self, name: &str) {
-        if let Some(l) = &self.load {
-            l.phase(name);
-        }
-        eprintln!("smoke: {}: {name}", self.scenario.as_str());
-    }
-
-    /// Stops the load and records what it saw: at least 50 requests/s, every acknowledged write
-    /// present, and (for rotate-certs) no failed request; other scenarios explain each failure.
-    pub(super) fn finish_load(&mut self) -> Result<()> {
-        let Some(l) = self.load.take() else { return Ok(()) };
-        let report = l.finish();
-        let t = Instant::now();
-        let mut r = self.check_load(&report);
-        if r.is_err() && self.checks.iter().any(|c| c.outcome == Outcome::Fail) {
-            r = r.context("after an earlier failure");
-        }
-        self.record("client load: every acknowledged write is there", t, r);
-        let t = Instant::now();
-        let judged = super::judge_history(&report, &self.out.join("history.json"));
-        self.record(crate::smoke::verify::CHECK_NAME, t, judged);
-        self.load_report = Some(report);
-        Ok(())
-    }
-
-    fn check_load(&self, report: &load::LoadReport) -> Result<String> {
-        // Read back through the member that changed most (the replaced or last upgraded one).
+    /// Stops the load and records its checks: every acknowledged write read back through the
+    /// member that changed most (the replaced or last upgraded one), at least [`GOAL_RATE`]
+    /// requests/s.
+    pub(super) fn finish_podman_load(&mut self) {
         let via = match self.scenario {
             ScenarioName::ReplaceMember => 1,
             ScenarioName::Upgrade => 2,
             _ => 0,
         };
-        let endpoint = self.client_url(via);
-        let identity = Identity::in_dir(&self.client);
-        let checked = match load::verify_acknowledged(report, &endpoint, &identity, LOAD_PREFIX) {
-            Ok(n) => n,
-            // After a failed step that member may be gone: the data still has to be there.
-            Err(e) if self.checks.iter().any(|c| c.outcome == Outcome::Fail) => {
-                let first = self.client_url(0);
-                load::verify_acknowledged(report, &first, &identity, LOAD_PREFIX)
-                    .with_context(|| format!("via {}: {e:#}", self.nodes[via].spec.name))?
-            }
-            Err(e) => return Err(e),
-        };
-        let mut summary = format!(
-            "{} requests ({} writes, {} linearizable reads) in {:.1} s = {:.0}/s; {} failed, {} retried on \
-             another endpoint; worst latency {:.0} ms; all {checked} acknowledged writes read back via {}",
-            report.requests,
-            report.writes,
-            report.reads,
-            report.seconds,
-            report.rate_per_s,
-            report.failed,
-            report.retries,
-            report.worst_latency_ms,
-            self.nodes[via].spec.name
-        );
-        if report.retries > 0 {
-            let causes: Vec<String> = report.retried_by_cause.iter().map(|(c, n)| format!("{n} {c}")).collect();
-            summary.push_str(&format!("; retried: {}", causes.join(", ")));
-        }
-        if report.failed > 0 {
-            let by_phase: Vec<String> =
-                report.failed_by_phase.iter().map(|(p, n)| format!("{n} during {p:?}")).collect();
-            summary.push_str(&format!("; failures: {}", by_phase.join(", ")));
-            if let Some(first) = report.failures.first() {
-                summary.push_str(&format!(" (first: {} at {:.1} s: {})", first.what, first.at_s, first.reason));
-            }
-        }
-        // Without quorum requests stall or fail; that is what the fault check proves, and that
-        // phase neither counts towards the rate nor may its failures fail the load.
-        let allowed: &[&str] = match self.scenario {
-            ScenarioName::RotateCerts | ScenarioName::HttpToTls => &[],
-            ScenarioName::Basic => &[NO_QUORUM],
-            _ => &["*"],
-        };
-        let rate = report.rate_except(allowed);
-        if rate < GOAL_RATE {
-            bail!("the load reached {rate:.0} requests/s, below the goal of {GOAL_RATE}: {summary}");
-        }
-        if self.scenario == ScenarioName::Basic {
-            summary.push_str(&format!("; {rate:.0}/s outside the phase without quorum"));
-        }
-        let unexplained: Vec<&String> = report
-            .failed_by_phase
-            .keys()
-            .filter(|p| !allowed.contains(&"*") && !allowed.contains(&p.as_str()))
-            .collect();
-        if !unexplained.is_empty() {
-            bail!("requests failed where none may: {summary}");
-        }
-        Ok(summary)
+        self.finish_load(via, Some(GOAL_RATE));
     }
 
     /// Replaces member `i`'s container by one with `env` (and `image`, when given) on the same
@@ -216,16 +127,9 @@ impl Cluster {
         env: BTreeMap<String, String>,
         image: Option<&str>,
     ) -> Result<f64> {
-        let (name, container) = (self.nodes[i].spec.name.clone(), self.nodes[i].container.clone());
+        let name = self.nodes[i].spec.name.clone();
         let t = Instant::now();
-        podman(&["stop", "-t", "10", &container])?;
-        podman(&["rm", &container])?;
-        self.nodes[i].env = env;
-        if let Some(image) = image {
-            self.nodes[i].image = image.to_string();
-        }
-        let args = self.container_args(&self.nodes[i])?;
-        podman_checked(&args).with_context(|| format!("cannot start {name} on {}", self.nodes[i].image))?;
+        self.recreate(i, env, image)?;
         self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT).with_context(|| format!("after recreating {name}"))?;
         let s = t.elapsed().as_secs_f64();
         self.member_healthy.push((name, s));
@@ -262,79 +166,6 @@ impl Cluster {
             restage_dir(&self.pki.node_dir(&n.spec.name), &self.mounts.join(&n.spec.name), self.uid, self.gid)?;
         }
         restage_dir(&self.pki.client_dir("etcdctl"), &self.client, self.uid, self.gid)
-    }
-
-    /// The serial and issuer of the certificate node `i` serves on its client port (`peer`:
-    /// peer port), read with `openssl s_client` over a new connection.
-    fn served_cert(&self, i: usize, peer: bool) -> Result<(String, String)> {
-        let n = &self.nodes[i];
-        let (port, ca, cert, key) = if peer {
-            let d = self.pki.node_dir(&n.spec.name);
-            (n.peer_port, d.join("peer-ca.crt"), d.join("peer.crt"), d.join("peer.key"))
-        } else {
-            (n.client_port, self.client.join("ca.crt"), self.client.join("client.crt"), self.client.join("client.key"))
-        };
-        let out = Command::new("openssl")
-            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-            .arg("-CAfile")
-            .arg(&ca)
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .context("cannot run openssl s_client (apt-get install openssl)")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let begin = text.find("-----BEGIN CERTIFICATE-----");
-        let end = text.find("-----END CERTIFICATE-----");
-        let (Some(b), Some(e)) = (begin, end) else {
-            bail!(
-                "openssl s_client to {} port {port} printed no certificate: {}",
-                n.spec.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        };
-        let info = crate::pki::cert::first_cert(&text[b..e + "-----END CERTIFICATE-----".len()])?;
-        Ok((info.serial, info.issuer_cn.unwrap_or(info.issuer)))
-    }
-
-    /// Every node serves, on both ports, the certificate now in the PKI directory.
-    fn check_served(&self) -> Result<String> {
-        let mut seen = Vec::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            for (peer, file) in [(false, "server.crt"), (true, "peer.crt")] {
-                let path = self.pki.node_dir(&n.spec.name).join(file);
-                let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                let want = crate::pki::cert::first_cert(&text)?;
-                let (serial, issuer) = self.served_cert(i, peer)?;
-                if serial != want.serial {
-                    bail!(
-                        "{} serves serial {serial} on its {} port, not {} of the renewed {}",
-                        n.spec.name,
-                        if peer { "peer" } else { "client" },
-                        want.serial,
-                        file
-                    );
-                }
-                if peer {
-                    seen.push(format!("{} {}…/{}…", n.spec.name, &want.serial[..8.min(want.serial.len())], issuer));
-                }
-            }
-        }
-        Ok(seen.join(", "))
-    }
-
-    fn leaf_serials(&self) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
-        for n in &self.nodes {
-            for file in ["server.crt", "peer.crt"] {
-                let path = self.pki.node_dir(&n.spec.name).join(file);
-                let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                out.insert(format!("{}/{file}", n.spec.name), crate::pki::cert::first_cert(&text)?.serial);
-            }
-        }
-        Ok(out)
     }
 
     /// `pki renew` of every leaf on the running cluster, then a CA rotation.
@@ -378,7 +209,7 @@ impl Cluster {
         let dates = self.probed_expiry().transpose();
         let mut scraped = Vec::new();
         let r = (|| {
-            let mut to_prometheus = |c: &Cluster, step: &str| -> Result<()> {
+            let mut to_prometheus = |c: &Run<Cluster>, step: &str| -> Result<()> {
                 if let Some(s) = c.prometheus_restage().with_context(|| format!("Prometheus after {step}"))? {
                     scraped.push(format!("{step} {s:.1} s"));
                 }
@@ -435,7 +266,7 @@ impl Cluster {
         }
         let fresh = load::Gateway::new(&Identity::in_dir(&self.client), Duration::from_secs(5))?;
         fresh.put(&endpoint, "smoke/after-rotation", "ok").context("the new client certificate is refused")?;
-        let reason = self.rejections(0)?.last().map(|l| super::basic::server_reason(l)).unwrap_or_default();
+        let reason = self.rejections(0)?.last().map(|l| server_reason(l)).unwrap_or_default();
         Ok(format!("old certificate refused (server: {reason}); new one writes"))
     }
 
@@ -449,25 +280,12 @@ impl Cluster {
         Ok(())
     }
 
-    pub(super) fn members(&self) -> Result<Vec<serde_json::Value>> {
-        let v: serde_json::Value = serde_json::from_str(&self.etcdctl_ok(&[0, 2], &["member", "list", "-w", "json"])?)
-            .context("member list printed no JSON")?;
-        Ok(v["members"].as_array().cloned().unwrap_or_default())
-    }
-
     fn do_replace_member(&mut self, i: usize) -> Result<String> {
         let name = self.nodes[i].spec.name.clone();
         let others: Vec<usize> = (0..self.nodes.len()).filter(|j| *j != i).collect();
-        let old_id = self
-            .members()?
-            .iter()
-            .find(|m| m["name"] == name.as_str())
-            .and_then(|m| m["ID"].as_u64())
-            .with_context(|| format!("{name} is not in the member list"))?;
+        let old_id = self.member_id(&name, &[0, 2])?;
         self.phase(&format!("{name} lost"));
-        let (container, volume) = (self.nodes[i].container.clone(), self.nodes[i].volume.clone());
-        podman(&["rm", "-f", "-t", "0", &container])?;
-        podman(&["volume", "rm", "-f", &volume])?;
+        self.destroy(i)?;
         let t = Instant::now();
         // The survivors first elect a leader if the lost member led (etcd needs one to reconfigure).
         self.wait_healthy(&others, HEALTHY_TIMEOUT).context("the remaining members are not healthy")?;
@@ -481,18 +299,8 @@ impl Cluster {
         let ip = crate::render::config::primary_ip(&self.nodes[i].spec)?;
         let peer_url = crate::render::config::url("https", &ip, crate::render::config::PEER_PORT);
         self.phase(&format!("member add {name} --learner"));
-        // etcd refuses a reconfiguration ("unhealthy cluster") until every voting member has been
-        // connected for 5 s (--strict-reconfig-check), which the removal may have just changed.
-        let add = ["member", "add", name.as_str(), "--learner", &format!("--peer-urls={peer_url}")];
-        let (added, _) = self.poll(
-            &format!("etcdctl {} still answered `unhealthy cluster`", add.join(" ")),
-            Duration::from_secs(30),
-            Duration::from_millis(500),
-            |run| match stdout_or_stderr(run.etcdctl(&others, &add)?) {
-                Err(e) if !e.contains("unhealthy cluster") => bail!("etcdctl {} failed: {e}", add.join(" ")),
-                r => Ok(r),
-            },
-        )?;
+        // The removal may have just made a voting member new to the others.
+        let added = self.add_learner(&name, &peer_url, &others)?;
         let new_id = added
             .split_whitespace()
             .skip_while(|w| *w != "Member")
@@ -509,25 +317,17 @@ impl Cluster {
         env.insert("ETCD_INITIAL_CLUSTER".into(), initial);
         env.insert("ETCD_INITIAL_CLUSTER_STATE".into(), "existing".into());
         self.nodes[i].env = env;
-        podman(&["volume", "create", "--label", &label(&self.spec.name), &volume])?;
-        let args = self.container_args(&self.nodes[i])?;
-        podman_checked(&args).with_context(|| format!("cannot start the new {name}"))?;
-        // Promote once the learner has caught up ("can only promote a learner member which is in
-        // sync with leader" until then).
+        self.create(i)?;
+        // Promoted once the learner has caught up.
         self.phase(&format!("{name} learning"));
-        let (_, tries) = self.poll(
-            &format!("the learner {new_id} was not promoted"),
-            HEALTHY_TIMEOUT,
-            Duration::from_millis(250),
-            |run| Ok(stdout_or_stderr(run.etcdctl(&others, &["member", "promote", &new_id])?)),
-        )?;
+        let tries = self.promote(&new_id, &others, HEALTHY_TIMEOUT)?;
         let promoted = t.elapsed().as_secs_f64();
         self.phase(&format!("{name} promoted"));
         self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT)?;
         let healthy = t.elapsed().as_secs_f64();
         self.member_healthy.push((name.clone(), healthy));
         self.timings.insert("replace_member_healthy".into(), healthy);
-        let members = self.members()?;
+        let members = self.members(&[0, 2])?;
         let ids: Vec<u64> = members.iter().filter_map(|m| m["ID"].as_u64()).collect();
         if ids.contains(&old_id) {
             bail!("the old member ID {old_id:x} is still in the member list");
@@ -562,24 +362,9 @@ impl Cluster {
             c.do_upgrade(plan)
         });
         self.run_check("after the upgrade: every member and the cluster version on the new release", |c| {
-            c.check_upgraded(plan)
+            c.check_upgraded(&plan.to)
         });
         Ok(())
-    }
-
-    fn upgrade_preflight(&mut self) -> Result<String> {
-        self.phase("upgrade preflight");
-        self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT)?;
-        let alarms = self.etcdctl_ok(&[0], &["alarm", "list"])?;
-        if !alarms.trim().is_empty() {
-            bail!("alarms raised, resolve them first: {}", alarms.trim());
-        }
-        let dir = self.out.join("backup");
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let snap = dir.join("before-upgrade.db");
-        self.etcdctl_ok(&[0], &["snapshot", "save", &snap.to_string_lossy()])?;
-        let size = fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
-        Ok(format!("3/3 healthy, no alarms, snapshot of {size} bytes kept in {}", crate::util::display_rel(&snap)))
     }
 
     fn do_upgrade(&mut self, plan: &UpgradePlan) -> Result<String> {
@@ -600,48 +385,6 @@ impl Cluster {
             plan.tag,
             notes.join(", ")
         ))
-    }
-
-    fn check_upgraded(&mut self, plan: &UpgradePlan) -> Result<String> {
-        self.phase("after the upgrade");
-        let status: serde_json::Value =
-            serde_json::from_str(&self.etcdctl_ok(&[0, 1, 2], &["endpoint", "status", "-w", "json"])?)
-                .context("endpoint status printed no JSON")?;
-        let versions: Vec<String> = status
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .map(|s| s["Status"]["version"].as_str().unwrap_or("?").to_string())
-            .collect();
-        if versions.len() != 3 || versions.iter().any(|v| v != &plan.to) {
-            bail!("members report {versions:?}, expected {} three times", plan.to);
-        }
-        // The leader raises the cluster version once every member runs the new release.
-        let want = crate::definition::release_line(&plan.to) + ".0";
-        let t = Instant::now();
-        let (cluster, _) = self.poll(
-            &format!("the cluster version did not become {want}"),
-            Duration::from_secs(60),
-            Duration::from_millis(500),
-            |run| {
-                let c = run.version_json(0)?["etcdcluster"].as_str().unwrap_or_default().to_string();
-                Ok(if c == want { Ok(c) } else { Err(format!("it is {c:?}")) })
-            },
-        )?;
-        Ok(format!(
-            "members report {}; cluster version {cluster} (after {:.1} s)",
-            versions.join(", "),
-            t.elapsed().as_secs_f64()
-        ))
-    }
-
-    /// `GET /version` of node `i` with the client certificate.
-    fn version_json(&self, i: usize) -> Result<serde_json::Value> {
-        let url = format!("https://127.0.0.1:{}/version", self.nodes[i].client_port);
-        let out = self.curl(&self.client_tls_args(), &url)?;
-        serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("{url}: not JSON: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
 }
 

@@ -4,9 +4,8 @@
 //! portable form restarts etcd, because `LoadCredential=` copies the certificates only at start;
 //! zero failed requests), the rolling upgrade (`portablectl reattach`, or the new binary and a
 //! restart) and the replacement of a lost machine (a learner, then promoted).
+//! In: the machines after their basic checks. Out: each day-2 scenario's checks.
 
-use std::collections::BTreeMap;
-use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,26 +13,30 @@ use anyhow::{bail, Context, Result};
 
 use crate::pki::profiles::Profiles;
 
-use crate::smoke::engine::hosts::{curl_in, Form, Hosts, HEALTHY_TIMEOUT};
+use super::LOAD_BOUNDS;
+use crate::smoke::engine::hosts::{Form, Hosts, HEALTHY_TIMEOUT};
 use crate::smoke::engine::machines::Machine;
-use crate::smoke::report::record_check;
+use crate::smoke::engine::Members;
+use crate::smoke::scenarios::run::Run;
+use crate::smoke::scenarios::ScenarioName;
 
-impl Hosts {
+impl Run<Hosts> {
     /// `pki renew` of every leaf, the bundles rendered again, and each machine given its new
     /// certificates by its INSTALL.md's renewal block, one at a time.
     pub(super) fn renew(&mut self) -> Result<()> {
-        self.scenario = format!("{}/rotate-certs", self.form.as_str());
+        let name = format!("{}/rotate-certs", self.form.as_str());
+        self.next_scenario(ScenarioName::RotateCerts, name);
         if self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT).is_err() {
             bail!("the cluster is not healthy before the renewal");
         }
-        self.start_load()?;
+        self.start_load(LOAD_BOUNDS)?;
         let t = Instant::now();
         let r = self.renew_steps();
         let ok = r.is_ok();
         let name = "renew: every leaf reissued, delivered as INSTALL.md says, served on both ports";
-        record_check(&mut self.checks, &self.scenario, name, t, r);
+        self.record(name, t, r);
         self.timings.insert(format!("{}_renew", self.form.as_str()), t.elapsed().as_secs_f64());
-        self.finish_load(&[]);
+        self.finish_load(0, None);
         if !ok {
             self.record_logs();
         }
@@ -55,26 +58,10 @@ impl Hosts {
         };
         let mut notes = Vec::new();
         for i in 0..self.machines.len() {
-            self.interrupt.check()?;
             let node = self.spec.nodes[i].name.clone();
-            self.phase(&format!("renew {node}"));
-            let block = self.block(i, marker)?;
-            self.provision(i)?;
-            let t = Instant::now();
-            self.machines[i].sh_ok(&format!("cd /root/etcd-install && set -ex\n{block}"))?;
-            self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT).with_context(|| format!("after renewing {node}"))?;
-            let healthy = t.elapsed().as_secs_f64();
+            let healthy = self.step_on(i, "renew", marker)?;
             self.member_healthy.push((format!("{node} renewed"), healthy));
-            for (peer, file) in [(false, "server.crt"), (true, "peer.crt")] {
-                let served = self.served_serial(i, peer)?;
-                let want = &after[&format!("{node}/{file}")];
-                if &served != want {
-                    bail!(
-                        "{node} serves serial {served} on its {} port, not the renewed {want}",
-                        if peer { "peer" } else { "client" }
-                    );
-                }
-            }
+            self.check_served_by(i)?;
             notes.push(format!("{node} {healthy:.1} s"));
         }
         let how = match self.form {
@@ -88,17 +75,18 @@ impl Hosts {
         ))
     }
 
-    /// The serial of each node's server and peer certificate in the run's PKI.
-    fn leaf_serials(&self) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
-        for n in &self.spec.nodes {
-            for file in ["server.crt", "peer.crt"] {
-                let path = self.pki.node_dir(&n.name).join(file);
-                let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                out.insert(format!("{}/{file}", n.name), crate::pki::cert::first_cert(&text)?.serial);
-            }
-        }
-        Ok(out)
+    /// One member's day-2 step (`what`): machine `i` gets what its form's INSTALL.md needs now
+    /// and runs the block with `marker`, as written; the seconds until 3/3 healthy after it.
+    fn step_on(&mut self, i: usize, what: &str, marker: &str) -> Result<f64> {
+        self.interrupt.check()?;
+        let node = self.spec.nodes[i].name.clone();
+        self.phase(&format!("{what} {node}"));
+        let block = self.block(i, marker)?;
+        self.provision(i)?;
+        let t = Instant::now();
+        self.machines[i].sh_ok(&format!("cd /root/etcd-install && set -ex\n{block}"))?;
+        self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT).with_context(|| format!("after the {what} of {node}"))?;
+        Ok(t.elapsed().as_secs_f64())
     }
 
     /// `cargo xtask render` again over the run's bundles (the PKI is brought up to date, not
@@ -119,46 +107,6 @@ impl Hosts {
         .map(|_| ())
         .context("cannot render the bundles again")
     }
-
-    /// The serial of the certificate node `i` serves on its client (or peer) port, over a new
-    /// connection made with openssl from inside the namespace.
-    fn served_serial(&self, i: usize, peer: bool) -> Result<String> {
-        let node = &self.spec.nodes[i].name;
-        let (port, dir, ca, cert, key) = if peer {
-            (2380, self.pki.node_dir(node), "peer-ca.crt", "peer.crt", "peer.key")
-        } else {
-            (2379, self.pki.client_dir("etcdctl"), "ca.crt", "client.crt", "client.key")
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = self
-                .netns
-                .command("openssl")
-                .args(["s_client", "-connect", &format!("{}:{port}", self.machines[i].ip)])
-                .arg("-CAfile")
-                .arg(dir.join(ca))
-                .arg("-cert")
-                .arg(dir.join(cert))
-                .arg("-key")
-                .arg(dir.join(key))
-                .stdin(std::process::Stdio::null())
-                .output()
-                .context("cannot run openssl s_client (apt-get install openssl)")?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            if let (Some(b), Some(e)) =
-                (text.find("-----BEGIN CERTIFICATE-----"), text.find("-----END CERTIFICATE-----"))
-            {
-                return Ok(crate::pki::cert::first_cert(&text[b..e + "-----END CERTIFICATE-----".len()])?.serial);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "openssl s_client to {node} port {port} printed no certificate: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
 }
 
 /// The release the systemd machines are upgraded to, checked and acquired before anything
@@ -170,12 +118,13 @@ pub(super) struct UpgradeTarget {
     pub raw: Option<PathBuf>,
 }
 
-impl Hosts {
+impl Run<Hosts> {
     /// The rolling upgrade as each node's INSTALL.md (rendered for the new release) says: the
     /// portable form by `portablectl reattach`, the host form by the new binary and a restart.
     pub(super) fn upgrade(&mut self, target: &UpgradeTarget) -> Result<()> {
-        self.scenario = format!("{}/upgrade", self.form.as_str());
-        self.start_load()?;
+        let name = format!("{}/upgrade", self.form.as_str());
+        self.next_scenario(ScenarioName::Upgrade, name);
+        self.start_load(LOAD_BOUNDS)?;
         let ok =
             self.run_check("before the upgrade: 3/3 healthy, no alarms, a snapshot kept", |h| h.upgrade_preflight());
         if ok {
@@ -186,29 +135,14 @@ impl Hosts {
             };
             let r = self.do_upgrade(target);
             let name = format!("rolling upgrade {} -> {} ({how}), one machine at a time", target.from, target.to);
-            record_check(&mut self.checks, &self.scenario, &name, t, r);
+            self.record(&name, t, r);
             self.timings.insert(format!("{}_upgrade", self.form.as_str()), t.elapsed().as_secs_f64());
             self.run_check("after the upgrade: every member and the cluster version on the new release", |h| {
                 h.check_upgraded(&target.to)
             });
         }
-        self.finish_load(&["*"]);
+        self.finish_load(0, None);
         Ok(())
-    }
-
-    fn upgrade_preflight(&mut self) -> Result<String> {
-        self.phase("upgrade preflight");
-        self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT)?;
-        let alarms = self.etcdctl_ok(&[0], &["alarm", "list"])?;
-        if !alarms.trim().is_empty() {
-            bail!("alarms raised, resolve them first: {}", alarms.trim());
-        }
-        let dir = self.out.join("backup");
-        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let snap = dir.join("before-upgrade.db");
-        self.etcdctl_ok(&[0], &["snapshot", "save", &snap.to_string_lossy()])?;
-        let size = fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
-        Ok(format!("3/3 healthy, no alarms, snapshot of {size} bytes kept"))
     }
 
     fn do_upgrade(&mut self, target: &UpgradeTarget) -> Result<String> {
@@ -224,15 +158,8 @@ impl Hosts {
         };
         let mut notes = Vec::new();
         for i in 0..self.machines.len() {
-            self.interrupt.check()?;
             let node = self.spec.nodes[i].name.clone();
-            self.phase(&format!("upgrade {node}"));
-            let block = self.block(i, marker)?;
-            self.provision(i)?;
-            let t = Instant::now();
-            self.machines[i].sh_ok(&format!("cd /root/etcd-install && set -ex\n{block}"))?;
-            self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT).with_context(|| format!("after upgrading {node}"))?;
-            let healthy = t.elapsed().as_secs_f64();
+            let healthy = self.step_on(i, "upgrade", marker)?;
             let status: serde_json::Value =
                 serde_json::from_str(&self.etcdctl_ok(&[i], &["endpoint", "status", "-w", "json"])?)
                     .context("endpoint status printed no JSON")?;
@@ -255,56 +182,18 @@ impl Hosts {
         Ok(format!("INSTALL.md's upgrade steps on each machine, 3/3 healthy after each: {}", notes.join(", ")))
     }
 
-    fn check_upgraded(&mut self, to: &str) -> Result<String> {
-        self.phase("after the upgrade");
-        let want = crate::definition::release_line(to) + ".0";
-        let t = Instant::now();
-        let deadline = t + Duration::from_secs(60);
-        let client = self.pki.client_dir("etcdctl");
-        loop {
-            let file = |f: &str| client.join(f).display().to_string();
-            let args = [
-                "--cacert".to_string(),
-                file("ca.crt"),
-                "--cert".to_string(),
-                file("client.crt"),
-                "--key".to_string(),
-                file("client.key"),
-                format!("https://{}:2379/version", self.machines[0].ip),
-            ];
-            let out = curl_in(&self.netns, &args)?;
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let cluster = v["etcdcluster"].as_str().unwrap_or_default().to_string();
-            if cluster == want {
-                return Ok(format!(
-                    "every member runs {to}; cluster version {cluster} after {:.1} s",
-                    t.elapsed().as_secs_f64()
-                ));
-            }
-            if Instant::now() > deadline {
-                bail!("the cluster version is {cluster:?}, not {want}, 60 s after the last member");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-
     /// Machine 3 lost for good: destroyed, a fresh machine made from the cached root, the member
     /// removed and added back as a learner, the new machine installed as INSTALL.md says (joining
     /// the existing cluster), then promoted.
     pub(super) fn replace_member(&mut self) -> Result<()> {
-        self.scenario = format!("{}/replace-member", self.form.as_str());
-        self.start_load()?;
+        let name = format!("{}/replace-member", self.form.as_str());
+        self.next_scenario(ScenarioName::ReplaceMember, name);
+        self.start_load(LOAD_BOUNDS)?;
         let t = Instant::now();
         let r = self.do_replace();
-        record_check(
-            &mut self.checks,
-            &self.scenario,
-            "replace a lost machine: removed, a fresh machine added as a learner, promoted",
-            t,
-            r,
-        );
+        self.record("replace a lost machine: removed, a fresh machine added as a learner, promoted", t, r);
         self.timings.insert(format!("{}_replace_member", self.form.as_str()), t.elapsed().as_secs_f64());
-        self.finish_load(&["*"]);
+        self.finish_load(0, None);
         Ok(())
     }
 
@@ -386,41 +275,11 @@ impl Hosts {
     /// has caught up) of `node`, with the operator's etcdctl from inside the namespace.
     fn membership_from_workstation(&self, node: &str, promote: bool) -> Result<()> {
         let survivors = [0, 1];
-        let list = self.etcdctl_ok(&survivors, &["member", "list"])?;
-        let id = list
-            .lines()
-            .find(|l| l.split(", ").nth(2) == Some(node))
-            .and_then(|l| l.split(", ").next())
-            .with_context(|| format!("{node} is not in the member list:\n{list}"))?
-            .to_string();
-        if !promote {
-            self.etcdctl_ok(&survivors, &["member", "remove", &id])?;
-            let peer = format!("https://{}:2380", self.machines[2].ip);
-            // "unhealthy cluster" until every voting member has been connected for 5 s.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let out =
-                    self.etcdctl(&survivors, &["member", "add", node, "--learner", &format!("--peer-urls={peer}")])?;
-                let err = String::from_utf8_lossy(&out.stderr).to_string();
-                if out.status.success() {
-                    return Ok(());
-                }
-                if !err.contains("unhealthy cluster") || Instant::now() > deadline {
-                    bail!("etcdctl member add {node} --learner failed: {}", err.trim());
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
+        let id = format!("{:x}", self.member_id(node, &survivors)?);
+        if promote {
+            return self.promote(&id, &survivors, Duration::from_secs(60)).map(|_| ());
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = self.etcdctl(&survivors, &["member", "promote", &id])?;
-            if out.status.success() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{node} was not promoted within 60 s: {}", String::from_utf8_lossy(&out.stderr).trim());
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        self.etcdctl_ok(&survivors, &["member", "remove", &id])?;
+        self.add_learner(node, &self.peer_url(2), &survivors).map(|_| ())
     }
 }

@@ -3,12 +3,16 @@
 //! another, then one report. In: the options. Out: `report.json` and `report.html`; nothing
 //! left running unless `--keep`.
 
+mod basic;
+mod day2;
+mod drills;
+mod http_tls;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use super::{Options, ScenarioName};
 use crate::definition::Definition;
 use crate::image::{self, BuildArgs};
 use crate::smoke::engine::cluster::Cluster;
@@ -16,11 +20,13 @@ use crate::smoke::engine::kube;
 use crate::smoke::engine::podman::Resources;
 use crate::smoke::engine::Engine;
 use crate::smoke::local::Interrupt;
-use crate::smoke::report::{finish_report, Outcome, Report, ScenarioReport};
+use crate::smoke::report::{finish_report, Outcome, Report};
+use crate::smoke::scenarios::run::Run;
+use crate::smoke::scenarios::{Options, ScenarioName};
 use crate::util::Arch;
 
 /// Every scenario asked for, each on a fresh cluster, and the report.
-pub fn run(opts: &Options) -> Result<()> {
+pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
     preflight()?;
     if opts.engine == Engine::Kube && !crate::util::on_path("catatonit") {
         bail!(
@@ -52,25 +58,9 @@ pub fn run(opts: &Options) -> Result<()> {
     let etcd_version = built.stamp.reference.rsplit(':').next().unwrap_or_default().to_string();
     eprintln!("smoke: image {tag} (etcd runs as {uid}:{gid})");
 
-    let scenarios = match opts.engine {
-        Engine::Run => ScenarioName::expand(&opts.scenarios),
-        Engine::Kube | Engine::Systemd => {
-            let asked = ScenarioName::expand(&opts.scenarios);
-            let beyond_all = asked.iter().any(|s| matches!(s, ScenarioName::HttpToTls | ScenarioName::Drills));
-            if beyond_all || !(opts.scenarios.contains(&ScenarioName::All) || asked == [ScenarioName::Basic]) {
-                bail!(
-                    "--engine kube runs the basic scenario only (the static pods as rendered): drop --scenario, or \
-                     use --engine run for {}",
-                    asked.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                );
-            }
-            vec![ScenarioName::Basic]
-        }
-    };
-
     // The upgrade is checked and its image built before anything is started.
     let upgrade = match scenarios.contains(&ScenarioName::Upgrade) {
-        true => Some(super::day2::prepare_upgrade(&def, &etcd_version, opts.upgrade_to.as_deref())?),
+        true => Some(day2::prepare_upgrade(&def, &etcd_version, opts.upgrade_to.as_deref())?),
         false => None,
     };
 
@@ -83,11 +73,11 @@ pub fn run(opts: &Options) -> Result<()> {
         let keep = opts.keep && i + 1 == scenarios.len();
         let dir = opts.out.join(name.as_str());
         eprintln!("smoke: scenario {}", name.as_str());
-        let mut run =
-            Cluster::prepare(&opts.spec, *name, &dir, &tag, &etcd_version, uid, gid, keep, interrupt.clone())?;
+        let mut cluster = Cluster::prepare(&opts.spec, &dir, &tag, &etcd_version, uid, gid, keep, interrupt.clone())?;
         if opts.engine == Engine::Kube {
-            run.render_static_pods(&opts.cluster_path, &format!("{tag}@{}", built.stamp.digest))?;
+            cluster.render_static_pods(&opts.cluster_path, &format!("{tag}@{}", built.stamp.digest))?;
         }
+        let mut run = Run::new(cluster, *name, name.as_str().to_string());
         let r = match name {
             ScenarioName::Basic => run.basic(),
             ScenarioName::RotateCerts => run.rotate_certs(),
@@ -100,20 +90,18 @@ pub fn run(opts: &Options) -> Result<()> {
             ScenarioName::Drills => run.drills(),
             ScenarioName::All => Ok(()),
         };
-        let r = r.and_then(|_| run.finish_load());
-        if run.checks.iter().any(|c| c.outcome == Outcome::Fail) {
+        // A scenario that ended in an error (Ctrl-C among them) leaves its load unjudged.
+        if r.is_ok() {
+            run.finish_podman_load();
+        }
+        if run.failed() {
             run.record_logs();
         }
         let seconds = t.elapsed().as_secs_f64();
         timings.extend(run.timings.iter().map(|(k, v)| (k.clone(), *v)));
         timings.insert(format!("{}_total", name.as_str()), seconds);
         checks.extend(run.checks.iter().cloned());
-        reports.push(ScenarioReport {
-            name: name.as_str().to_string(),
-            seconds,
-            load: run.load_report.clone(),
-            member_healthy_s: run.member_healthy.clone(),
-        });
+        reports.push(run.take_report(seconds));
         if keep {
             run.print_how_to_reach();
         }

@@ -11,6 +11,8 @@
 //!    a quorum survives; they reach the others at http or https as the membership advertises,
 //!    having the peer certificates since step 1;
 //! 4. every member in turn: https only.
+//!
+//! In: a fresh podman cluster, its configuration staged to plain http. Out: its checks.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -19,8 +21,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::render::config::{staged_env, TlsStage};
 use crate::smoke::engine::cluster::Cluster;
+use crate::smoke::engine::Members;
+use crate::smoke::scenarios::run::Run;
 
-impl Cluster {
+impl Run<Cluster> {
     pub(super) fn http_to_tls(&mut self) -> Result<()> {
         let tls: Vec<BTreeMap<String, String>> = self.nodes.iter().map(|n| n.env.clone()).collect();
         for (n, env) in self.nodes.iter_mut().zip(&tls) {
@@ -54,7 +58,7 @@ impl Cluster {
     /// Member name -> ID (hex), from `member list`.
     fn member_ids(&self) -> Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
-        for m in &self.members()? {
+        for m in &self.members(&[0, 2])? {
             let id = m["ID"].as_u64().context("a member without an ID")?;
             out.insert(m["name"].as_str().unwrap_or_default().to_string(), format!("{id:x}"));
         }
@@ -66,7 +70,7 @@ impl Cluster {
 
     fn switch_to_tls(&mut self, tls: &[BTreeMap<String, String>], ids: &BTreeMap<String, String>) -> Result<String> {
         let mut notes = Vec::new();
-        let mut step = |run: &mut Cluster, what: &str, stage: TlsStage| -> Result<()> {
+        let mut step = |run: &mut Run<Cluster>, what: &str, stage: TlsStage| -> Result<()> {
             let mut times = Vec::new();
             for (i, final_env) in tls.iter().enumerate() {
                 let name = run.nodes[i].spec.name.clone();
@@ -106,7 +110,7 @@ impl Cluster {
         if &after != before {
             bail!("member IDs changed: before {before:?}, after {after:?}");
         }
-        for m in &self.members()? {
+        for m in &self.members(&[0, 2])? {
             for key in ["peerURLs", "clientURLs"] {
                 let urls: Vec<&str> = m[key]
                     .as_array()
@@ -129,7 +133,7 @@ impl Cluster {
             for (port, what) in [(n.client_port, "client"), (n.peer_port, "peer")] {
                 let before = self.plain_rejections(i)?;
                 let url = format!("http://127.0.0.1:{port}/version");
-                let out = self.curl(&[], &url)?;
+                let out = self.curl(std::slice::from_ref(&url))?;
                 if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("etcdserver") {
                     bail!(
                         "{} answered plain http on its {what} port: {}",

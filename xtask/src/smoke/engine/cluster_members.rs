@@ -1,0 +1,263 @@
+//! A podman cluster as [`Members`]: stopped and started, SIGKILLed, SIGSTOPped and SIGCONTed
+//! containers, a member's packets cut off, lost or queued in its own network namespace
+//! (`faults/netfilter.rs`), a small data disk (`faults/disk.rs`); and what only podman's
+//! members go through (a container replaced, lost with its volume, made anew, a node restored
+//! from a snapshot). In: a member's index. Out: the member in its new state, the fault in place
+//! until healed, resumed or started again.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use super::cluster::{chown_tree, Cluster, PKI_MOUNT};
+use super::podman::{label, podman, podman_checked, resource_name};
+use super::{Engine, Members};
+use crate::pki::cluster::{ClusterSpec, NodeSpec};
+use crate::pki::layout::PkiLayout;
+use crate::render::config::{node_env, PkiFacts, TargetPaths};
+use crate::smoke::faults::{disk, netfilter};
+use crate::smoke::local::free_port;
+use crate::smoke::local::Interrupt;
+
+impl Cluster {
+    /// The process id of member `i`'s etcd (its container's init) on the host.
+    pub(crate) fn pid(&self, i: usize) -> Result<String> {
+        let pid = podman(&["inspect", "--format", "{{.State.Pid}}", &self.nodes[i].container])?;
+        let pid = pid.trim().to_string();
+        if pid.is_empty() || pid == "0" {
+            bail!("{} is not running", self.nodes[i].container);
+        }
+        Ok(pid)
+    }
+
+    /// Member `i`'s address on the run's network.
+    pub(crate) fn ip(&self, i: usize) -> Result<String> {
+        Ok(crate::render::config::primary_ip(&self.nodes[i].spec)?.to_string())
+    }
+
+    /// The addresses of member `i`'s peers.
+    fn peer_ips(&self, i: usize) -> Result<Vec<String>> {
+        (0..self.nodes.len()).filter(|o| *o != i).map(|o| self.ip(o)).collect()
+    }
+
+    /// Runs `f` on member `i`'s network namespace.
+    fn in_netns<T>(&self, i: usize, f: impl FnOnce(&netfilter::Namespace<'_>) -> Result<T>) -> Result<T> {
+        let pid = self.pid(i)?;
+        f(&netfilter::Namespace { pid: &pid, who: &self.nodes[i].container })
+    }
+
+    /// Packets from member `from` to member `i` dropped at random with `probability`.
+    pub(crate) fn lose(&self, from: usize, i: usize, probability: &str) -> Result<()> {
+        let from = self.ip(from)?;
+        self.in_netns(i, |ns| ns.lose_from(&from, probability))
+    }
+
+    /// Member `i`'s TCP packets to its peers handed to the netfilter queue `queue` of its
+    /// namespace.
+    pub(crate) fn queue_peer_traffic(&self, i: usize, queue: &str) -> Result<()> {
+        let peers = self.peer_ips(i)?;
+        self.in_netns(i, |ns| ns.queue_to(&peers, queue))
+    }
+
+    /// Member `i`'s data directory on a tmpfs of `bytes` mounted on the host for the run (it
+    /// outlives the container, unlike a podman tmpfs volume; unmounted after the containers are
+    /// gone), owned by the image's etcd user. Before the cluster starts.
+    pub(crate) fn small_disk(&mut self, i: usize, bytes: u64) -> Result<PathBuf> {
+        let mnt = self.out.join(format!("disk{}", i + 1));
+        disk::mount_small(&mnt, bytes, self.uid, self.gid)?;
+        self.res.mounts.push(mnt.clone());
+        self.nodes[i].volume = mnt.display().to_string();
+        Ok(mnt)
+    }
+}
+
+/// A podman cluster behind the engines' interface (`podman run`, or `kube play` once the
+/// static pods are rendered).
+impl Members for Cluster {
+    fn kind(&self) -> Engine {
+        if self.kube_manifests.is_some() {
+            Engine::Kube
+        } else {
+            Engine::Run
+        }
+    }
+    fn interrupt(&self) -> &Interrupt {
+        &self.interrupt
+    }
+    fn name(&self, i: usize) -> &str {
+        &self.nodes[i].spec.name
+    }
+    fn len(&self) -> usize {
+        self.nodes.len()
+    }
+    fn out(&self) -> &Path {
+        &self.out
+    }
+    fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+    fn pki(&self) -> &PkiLayout {
+        &self.pki
+    }
+    fn rogue_pki(&self) -> &PkiLayout {
+        &self.rogue
+    }
+    fn client_dir(&self) -> PathBuf {
+        self.client.clone()
+    }
+    fn client_url(&self, i: usize) -> String {
+        Cluster::client_url(self, i)
+    }
+    fn peer_url(&self, i: usize) -> String {
+        format!("https://127.0.0.1:{}", self.nodes[i].peer_port)
+    }
+    fn load_endpoints(&self) -> Vec<String> {
+        let scheme = if self.plain_clients { "http" } else { "https" };
+        self.nodes.iter().map(|n| format!("{scheme}://127.0.0.1:{}", n.client_port)).collect()
+    }
+    fn client_netns(&self) -> Option<PathBuf> {
+        None
+    }
+    fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
+        Cluster::etcdctl(self, nodes, args)
+    }
+    fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
+        Cluster::wait_healthy(self, nodes, timeout)
+    }
+    fn log(&self, i: usize) -> Result<String> {
+        self.logs(i, &[])
+    }
+    fn log_name(&self) -> &'static str {
+        "etcd's log"
+    }
+    fn stop(&mut self, i: usize) -> Result<()> {
+        podman(&["stop", "-t", "5", &self.nodes[i].container]).map(|_| ())
+    }
+    fn start(&mut self, i: usize) -> Result<()> {
+        podman(&["start", &self.nodes[i].container]).map(|_| ())
+    }
+    /// SIGKILL, and wait until the container has exited.
+    fn kill(&mut self, i: usize) -> Result<()> {
+        podman(&["kill", "-s", "KILL", &self.nodes[i].container])?;
+        let _ = podman(&["wait", &self.nodes[i].container]);
+        Ok(())
+    }
+    fn pause(&mut self, i: usize) -> Result<()> {
+        podman(&["kill", "--signal", "STOP", &self.nodes[i].container]).map(|_| ())
+    }
+    fn resume(&mut self, i: usize) -> Result<()> {
+        podman(&["kill", "--signal", "CONT", &self.nodes[i].container]).map(|_| ())
+    }
+    /// Its peer traffic with both others dropped both ways (clients still reach it: they come
+    /// from the network's gateway through the published ports).
+    fn cut_off(&mut self, i: usize) -> Result<()> {
+        let peers = self.peer_ips(i)?;
+        self.in_netns(i, |ns| ns.cut_off(&peers))
+    }
+    fn heal(&mut self, i: usize) -> Result<()> {
+        self.in_netns(i, netfilter::heal)
+    }
+}
+
+/// What only podman's members go through: a member's container replaced, lost with its volume,
+/// made anew, restored from a snapshot beside the others; and what the host sees of them.
+impl Cluster {
+    /// Replaces member `i`'s container by one with `env` (and `image`, when given) on the same
+    /// volume, certificates and address.
+    pub(crate) fn recreate(&mut self, i: usize, env: BTreeMap<String, String>, image: Option<&str>) -> Result<()> {
+        let container = self.nodes[i].container.clone();
+        podman(&["stop", "-t", "10", &container])?;
+        podman(&["rm", &container])?;
+        self.nodes[i].env = env;
+        if let Some(image) = image {
+            self.nodes[i].image = image.to_string();
+        }
+        let args = self.container_args(&self.nodes[i])?;
+        podman_checked(&args)
+            .with_context(|| format!("cannot start {} on {}", self.nodes[i].spec.name, self.nodes[i].image))?;
+        Ok(())
+    }
+
+    /// Member `i` lost for good: its container and its volume removed.
+    pub(crate) fn destroy(&mut self, i: usize) -> Result<()> {
+        podman(&["rm", "-f", "-t", "0", &self.nodes[i].container])?;
+        podman(&["volume", "rm", "-f", &self.nodes[i].volume]).map(|_| ())
+    }
+
+    /// Member `i` made anew: an empty volume, and a container with its configuration now.
+    pub(crate) fn create(&mut self, i: usize) -> Result<()> {
+        podman(&["volume", "create", "--label", &label(&self.spec.name), &self.nodes[i].volume])?;
+        let args = self.container_args(&self.nodes[i])?;
+        podman_checked(&args).with_context(|| format!("cannot start the new {}", self.nodes[i].spec.name)).map(|_| ())
+    }
+
+    /// `/proc/PID/status` of member `i`'s etcd, as the host sees it.
+    pub(crate) fn process_status(&self, i: usize) -> Result<String> {
+        let pid = self.pid(i)?;
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("cannot read the status of {}'s etcd (pid {pid})", self.nodes[i].container))
+    }
+
+    /// Member `i`'s data directory on the host (its volume's mount point, or the kube engine's
+    /// hostPath).
+    pub(crate) fn data_dir(&self, i: usize) -> Result<PathBuf> {
+        let n = &self.nodes[i];
+        Ok(match &n.host_data {
+            Some(dir) => dir.clone(),
+            None => PathBuf::from(podman(&["volume", "inspect", "--format", "{{.Mountpoint}}", &n.volume])?.trim()),
+        })
+    }
+
+    /// A fresh single node restored from `snap` into `data` (the host's etcdctl, `snapshot
+    /// restore`; owned by the etcd uid, 0700) on the next address of the network, serving with
+    /// node 1's certificates (clients reach it on loopback, which they cover): its published
+    /// client port. Removed with the cluster.
+    pub(crate) fn run_restored(&mut self, snap: &Path, data: &Path) -> Result<u16> {
+        let first = match crate::render::config::primary_ip(&self.nodes[0].spec)? {
+            IpAddr::V4(v4) => v4.octets(),
+            IpAddr::V6(_) => bail!("IPv4 only"),
+        };
+        let ip: IpAddr = format!("{}.{}.{}.{}", first[0], first[1], first[2], first[3].wrapping_add(3)).parse()?;
+        let node = NodeSpec { name: "restored".into(), ips: vec![ip], dns: Vec::new(), kube_dns: Vec::new() };
+        let facts = PkiFacts::read(&self.pki.root)?;
+        let single = ClusterSpec { token: None, clients: Vec::new(), nodes: vec![node.clone()], ..self.spec.clone() };
+        let env = node_env(&single, &node, &facts, &TargetPaths::standard(), &self.etcd_version)?;
+        let out = Command::new(&self.etcdctl)
+            .env_clear()
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore", &snap.to_string_lossy()])
+            .arg(format!("--data-dir={}", data.display()))
+            .arg("--name=restored")
+            .arg(format!("--initial-cluster={}", env["ETCD_INITIAL_CLUSTER"]))
+            .arg(format!("--initial-advertise-peer-urls={}", env["ETCD_INITIAL_ADVERTISE_PEER_URLS"]))
+            .arg(format!("--initial-cluster-token={}", facts.token))
+            .output()
+            .context("cannot run etcdctl snapshot restore")?;
+        if !out.status.success() {
+            bail!("snapshot restore failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        chown_tree(data, self.uid, self.gid)?;
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))?;
+        let container = resource_name(&self.spec.name, "restored");
+        let port = free_port()?;
+        let extra = vec![
+            "-v".into(),
+            format!("{}:/var/lib/etcd", data.display()),
+            "-v".into(),
+            format!("{}:{PKI_MOUNT}:ro", self.mounts.join(&self.nodes[0].spec.name).display()),
+            "-p".into(),
+            format!("127.0.0.1:{port}:2379"),
+        ];
+        let args = self.run_command(&container, &ip.to_string(), extra, &env, &self.tag);
+        podman_checked(&args).context("cannot start the restored node")?;
+        self.res.containers.push(container);
+        Ok(port)
+    }
+}
