@@ -414,6 +414,32 @@ mod tests {
         files
     }
 
+    /// No folder of `xtask/src` holds more than 10 source files or 3,000 lines of its own
+    /// (sub-folders counted apart) unless its `mod.rs` says why at the top (`//! A large room:
+    /// ...`): past that, a newcomer no longer finds things by the folder's name.
+    #[test]
+    fn every_folder_is_a_room_of_a_findable_size() {
+        let mut folders: std::collections::BTreeMap<PathBuf, (usize, usize)> = Default::default();
+        for (p, _) in rust_files().into_iter().filter(|(p, _)| p.starts_with(project_root().join("xtask/src"))) {
+            let lines = fs::read_to_string(&p).unwrap().lines().count();
+            let e = folders.entry(p.parent().unwrap().to_path_buf()).or_default();
+            e.0 += 1;
+            e.1 += lines;
+        }
+        let mut crowded = Vec::new();
+        for (dir, (files, lines)) in &folders {
+            let head = fs::read_to_string(dir.join("mod.rs")).unwrap_or_default();
+            let says = head.lines().take_while(|l| l.starts_with("//!")).any(|l| l.starts_with("//! A large room: "));
+            if (*files > 10 || *lines > 3000) && !says {
+                crowded.push(format!("{} ({files} files, {lines} lines)", dir.display()));
+            }
+        }
+        assert!(
+            crowded.is_empty(),
+            "give these sub-rooms, or say why at the top of their mod.rs (`//! A large room: ...`): {crowded:#?}"
+        );
+    }
+
     #[test]
     fn every_source_file_over_600_lines_says_why() {
         let mut unexplained = Vec::new();
