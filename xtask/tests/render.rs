@@ -304,6 +304,13 @@ fn bad_choices_name_the_field() {
     assert!(said.contains("FILE: clients: empty"), "the error does not name the field `clients`: {said}");
     assert!(said.contains("add e.g. clients = [\"etcdctl\"]"), "the error does not name the fix: {said}");
 
+    // A compaction policy etcd would misread: a bare number is hours to etcd.
+    let bare = write("bare.toml", format!("{base}\n[compaction]\nmode = \"periodic\"\nretention = 30\n"));
+    let msg = run(&bare);
+    let error = msg.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line:\n{msg}"));
+    let said = error.replace(&bare.display().to_string(), "FILE");
+    assert!(said.contains("FILE: compaction.retention: 30 has no unit") && said.contains("\"30m\""), "{said}");
+
     let msg = fails(&[
         "render",
         "--cluster",
