@@ -150,7 +150,10 @@ impl<E: Members> Run<E> {
             self.wait_healthy(&(0..n).collect::<Vec<_>>(), Duration::from_secs(30))
                 .with_context(|| format!("before defragmenting {}", self.name(i)))?;
             let d = Instant::now();
-            defragment(self, i).with_context(|| format!("defragmenting {}", self.name(i)))?;
+            let said = defragment(self, i).with_context(|| format!("defragmenting {}", self.name(i)))?;
+            if i == 0 {
+                notes.push(format!("{}'s defragmentation said {:?}", self.name(i), said.trim()));
+            }
             let s = d.elapsed().as_secs_f64();
             took.push(format!("{} {s:.2} s", self.name(i)));
             defrag_s += s;
