@@ -6,8 +6,8 @@
 //! key of the wrong owner gives; the Docker blocks against a dockerd of the test's own
 //! (`common::dockerd`: Debian's docker.io, isolated from the host's), with Docker's image ID,
 //! user, data volume and the node's uid checked; then the day-2 runbooks on the three-node cluster (upgrade to
-//! 3.5, renew, CA rotation, replace a member), each followed by the data and membership it must
-//! leave, and the space runbooks on a member of their own (the NOSPACE alarm raised and cleared,
+//! 3.5, renew, CA rotation, replace a member, defragment one member at a time), each followed
+//! by the data and membership it must leave, and the space runbooks on a member of their own (the NOSPACE alarm raised and cleared,
 //! a full data disk on a tmpfs filled and freed). Not from the README, the same image also runs as a three-node
 //! mutual-TLS cluster configured only by `ETCD_*` variables, and as one node configured by a
 //! mounted `--config-file`.
@@ -58,6 +58,7 @@ const RECIPES: &[&str] = &[
     "renew",
     "rotate-ca",
     "replace-member",
+    "defrag",
     "nospace",
     "nospace-runbook",
     "disk-full",
@@ -630,6 +631,24 @@ fn readme_run_it_recipes_work_verbatim() {
         ("demo3", "https://10.89.79.13:2379"),
         &PKI_TLS,
         "replaced",
+        &cluster,
+    );
+
+    // Defragmentation by hand, as each host's etcd-defrag.timer does: one member at a time, each
+    // alone; the data stays.
+    let out = run_recipe(recipe("defrag"), &cluster);
+    assert_eq!(
+        out.matches("Finished defragmenting etcd member[https://127.0.0.1:2379]").count(),
+        3,
+        "defrag recipe:\n{out}"
+    );
+    assert!(out.contains("DB SIZE"), "defrag recipe: no status table:\n{out}");
+    greeting("demo1", "10.89.79.11");
+    put_get(
+        ("demo3", "https://10.89.79.13:2379"),
+        ("demo1", "https://10.89.79.11:2379"),
+        &PKI_TLS,
+        "defragmented",
         &cluster,
     );
 
