@@ -224,6 +224,8 @@ fn the_statefulsets_names_agree_with_its_certificates_and_each_other() {
             .unwrap_or_else(|| panic!("no --{name}"))
             .to_string()
     };
+    // The tutorial's [compaction], as for the hosts and static pods.
+    assert_eq!((flag("auto-compaction-mode"), flag("auto-compaction-retention")), ("periodic".into(), "1h".into()));
     // Peer URLs consistent across members: the initial cluster lists, for each pod, exactly the
     // URL that pod advertises, and each is a DNS name of that member's certificates.
     let initial: Vec<(String, String)> = flag("initial-cluster")

@@ -18,7 +18,9 @@
 //!    detaches, installs the host bundle of the same node with Debian's binaries (sysusers,
 //!    tmpfiles, the unit) and checks the same. A backup is judged by etcd's own tools, never by
 //!    its size: `etcdctl snapshot status` must read it (at least the revision of a key put just
-//!    before) and `snapshot restore` must accept it (its integrity hash). It writes
+//!    before) and `snapshot restore` must accept it (its integrity hash). In both forms
+//!    `etcd-defrag.service` must defragment the member, and the portable image's timer must
+//!    carry the node's own time from the host side's drop-in. It writes
 //!    `key=value` results into a bound directory and powers off. The boot is bounded (180 s); on
 //!    timeout only the nspawn process this test started is stopped.
 //!
@@ -143,7 +145,7 @@ fn builds_a_complete_image_and_a_reproducible_raw() {
     for empty in ["etc/resolv.conf", "etc/machine-id"] {
         assert_eq!(fs::metadata(dir.join(empty)).unwrap().len(), 0, "/{empty}");
     }
-    for unit in ["etcd.service", "etcd-backup.service", "etcd-backup.timer"] {
+    for unit in xtask::portable::UNITS {
         assert!(dir.join("usr/lib/systemd/system").join(unit).is_file(), "{unit} missing");
     }
     let os_release = fs::read_to_string(dir.join("usr/lib/os-release")).unwrap();
@@ -242,7 +244,10 @@ systemctl start etcd-backup.service; step portable-backup $?
 SNAP=/var/lib/private/etcd-backup/snapshot.db
 step portable-snapshot "$(test -s "$SNAP" && echo yes || echo no)"
 judge_snapshot portable "$IMG/usr/bin/etcdctl" "$SNAP"
-journalctl -u etcd.service -u etcd-backup.service --no-pager | tail -30
+systemctl start etcd-defrag.service; step portable-defrag $?
+step portable-defrag-dropins "$(systemctl show -P DropInPaths etcd-defrag.timer)"
+step portable-defrag-timer "$(systemctl show -P TimersCalendar etcd-defrag.timer)"
+journalctl -u etcd.service -u etcd-backup.service -u etcd-defrag.service --no-pager | tail -30
 portablectl detach --now --runtime "$IMAGE"; step portable-detach $?
 step portable-gone "$(systemctl is-active etcd.service)"
 rm -rf /etc/etcd /var/lib/etcd /var/lib/private/etcd
@@ -263,7 +268,9 @@ step host-probe "$(set -a; . /etc/etcd/etcdctl.env; set +a; etcdctl put xtask-ba
 systemctl start etcd-backup.service; step host-backup $?
 step host-snapshot "$(ls /var/backups/etcd/snapshot-*.db >/dev/null 2>&1 && echo yes || echo no)"
 judge_snapshot host /usr/local/bin/etcdctl "$(ls /var/backups/etcd/snapshot-*.db | head -n 1)"
-journalctl -u etcd.service -u etcd-backup.service --no-pager | tail -30
+systemctl start etcd-defrag.service; step host-defrag $?
+step host-defrag-timer "$(systemctl show -P TimersCalendar etcd-defrag.timer)"
+journalctl -u etcd.service -u etcd-backup.service -u etcd-defrag.service --no-pager | tail -30
 step done yes
 systemctl poweroff --no-block
 "#;
@@ -468,6 +475,14 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     assert_eq!(get("portable-backup"), "0", "{diag}");
     assert_eq!(get("portable-snapshot"), "yes", "{diag}");
     judge_snapshot(&get, "portable", &diag);
+    // The defragmentation service of the image defragments the member; its timer has the
+    // node's time from the host side's drop-in.
+    assert_eq!(get("portable-defrag"), "0", "{diag}");
+    assert!(
+        get("portable-defrag-dropins").contains("/etc/systemd/system/etcd-defrag.timer.d/schedule.conf"),
+        "the node's schedule is not applied to the attached timer\n{diag}"
+    );
+    assert!(get("portable-defrag-timer").contains("OnCalendar=*-*-* 05:00:00"), "{diag}");
     assert_eq!(get("portable-detach"), "0", "{diag}");
     assert_ne!(get("portable-gone"), "active", "{diag}");
     // (2) host bundle
@@ -482,6 +497,8 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     assert_eq!(get("host-backup"), "0", "{diag}");
     assert_eq!(get("host-snapshot"), "yes", "{diag}");
     judge_snapshot(&get, "host", &diag);
+    assert_eq!(get("host-defrag"), "0", "{diag}");
+    assert!(get("host-defrag-timer").contains("OnCalendar=*-*-* 05:00:00"), "{diag}");
 }
 
 /// The backup of `form` holds the cluster: `etcdctl snapshot status` reads it (a hash, at least

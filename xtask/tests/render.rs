@@ -62,6 +62,9 @@ fn render_writes_the_golden_bundles_and_a_reproducible_root_owned_tarball() {
         ("etc/systemd/system/etcd.service", "render/m1/etc/systemd/system/etcd.service"),
         ("etc/systemd/system/etcd-backup.service", "render/m1/etc/systemd/system/etcd-backup.service"),
         ("etc/systemd/system/etcd-backup.timer", "render/m1/etc/systemd/system/etcd-backup.timer"),
+        ("etc/systemd/system/etcd-defrag.service", "render/m1/etc/systemd/system/etcd-defrag.service"),
+        ("etc/systemd/system/etcd-defrag.timer", "render/m1/etc/systemd/system/etcd-defrag.timer"),
+        ("etc/etcd/etcd-defrag.env", "render/m1/etc/etcd/etcd-defrag.env"),
         ("usr/lib/sysusers.d/etcd.conf", "render/m1/usr/lib/sysusers.d/etcd.conf"),
         ("usr/lib/tmpfiles.d/etcd.conf", "render/m1/usr/lib/tmpfiles.d/etcd.conf"),
     ] {
@@ -74,6 +77,31 @@ fn render_writes_the_golden_bundles_and_a_reproducible_root_owned_tarball() {
     golden("render/m1/etc/etcd/etcd-backup.env", &fs::read_to_string(m1.join("etc/etcd/etcd-backup.env")).unwrap());
     golden("render/m3/etc/etcd/etcd-backup.env", &fs::read_to_string(out.join("m3/etc/etcd/etcd-backup.env")).unwrap());
     golden("render/m1.INSTALL.md", &fs::read_to_string(out.join("m1.INSTALL.md")).unwrap());
+    golden(
+        "render/m1.portable/etc/systemd/system/etcd-defrag.timer.d/schedule.conf",
+        &fs::read_to_string(out.join("m1.portable/etc/systemd/system/etcd-defrag.timer.d/schedule.conf")).unwrap(),
+    );
+
+    // Defragmentation: each member at its own time, the same in both forms (no two members of
+    // the cluster at once), and only its own member (its loopback client URL).
+    let calendar = |text: &str| -> Vec<String> {
+        text.lines().filter_map(|l| l.strip_prefix("OnCalendar=")).filter(|v| !v.is_empty()).map(String::from).collect()
+    };
+    let mut times = Vec::new();
+    for node in ["m1", "m2", "m3"] {
+        let host = calendar(&fs::read_to_string(out.join(node).join("etc/systemd/system/etcd-defrag.timer")).unwrap());
+        let dropin = out.join(format!("{node}.portable/etc/systemd/system/etcd-defrag.timer.d/schedule.conf"));
+        assert_eq!(host, calendar(&fs::read_to_string(dropin).unwrap()), "{node}: host and portable differ");
+        assert_eq!(host.len(), 1, "{node}: {host:?}");
+        times.extend(host);
+        let env = fs::read_to_string(out.join(node).join("etc/etcd/etcd-defrag.env")).unwrap();
+        let conf = fs::read_to_string(out.join(node).join("etc/etcd/etcd.conf")).unwrap();
+        let endpoint = env.lines().find_map(|l| l.strip_prefix("ETCDCTL_ENDPOINTS=")).unwrap();
+        assert!(endpoint.contains("127.0.0.1") || endpoint.contains("[::1]"), "{node}: {endpoint}");
+        assert!(!endpoint.contains(','), "{node}: one member only: {endpoint}");
+        assert!(conf.lines().any(|l| l.starts_with("ETCD_LISTEN_CLIENT_URLS=") && l.contains(endpoint)), "{node}");
+    }
+    assert_eq!(times, ["*-*-* 05:00:00", "*-*-* 05:20:00", "*-*-* 05:40:00"]);
     // The IPv6 member listens on its address and ::1.
     golden("render/m3/etc/etcd/etcd.conf", &fs::read_to_string(out.join("m3/etc/etcd/etcd.conf")).unwrap());
 
@@ -146,6 +174,7 @@ fn verify_root(dir: &Path, units: &[(String, String)], executables: &[&str]) {
     let etc = dir.join("etc/systemd/system");
     fs::create_dir_all(&etc).unwrap();
     for (name, text) in units {
+        fs::create_dir_all(etc.join(name).parent().unwrap()).unwrap();
         fs::write(etc.join(name), text).unwrap();
     }
     for exe in executables {
@@ -157,7 +186,9 @@ fn verify_root(dir: &Path, units: &[(String, String)], executables: &[&str]) {
 
 /// `systemd-analyze verify` of the units in a verify root; any message is a failure.
 fn verify(dir: &Path, units: &[(String, String)]) {
-    let names: Vec<String> = units.iter().map(|(n, _)| format!("etc/systemd/system/{n}")).collect();
+    // Drop-ins (`NAME.d/FILE.conf`) are read with their unit, not verified on their own.
+    let names: Vec<String> =
+        units.iter().filter(|(n, _)| !n.contains(".d/")).map(|(n, _)| format!("etc/systemd/system/{n}")).collect();
     let out = Command::new("systemd-analyze")
         .arg(format!("--root={}", dir.display()))
         .arg("verify")
@@ -220,10 +251,11 @@ fn every_unit_verifies_and_etcd_service_is_hardened() {
     let tmp = tempfile::tempdir().unwrap();
     let out = render_golden(tmp.path());
     let sys = out.join("m1/etc/systemd/system");
-    let host_units: Vec<(String, String)> = ["etcd.service", "etcd-backup.service", "etcd-backup.timer"]
-        .iter()
-        .map(|n| (n.to_string(), fs::read_to_string(sys.join(n)).unwrap()))
-        .collect();
+    let host_units: Vec<(String, String)> =
+        ["etcd.service", "etcd-backup.service", "etcd-backup.timer", "etcd-defrag.service", "etcd-defrag.timer"]
+            .iter()
+            .map(|n| (n.to_string(), fs::read_to_string(sys.join(n)).unwrap()))
+            .collect();
     let host_root = tmp.path().join("host-root");
     verify_root(
         &host_root,
@@ -232,7 +264,11 @@ fn every_unit_verifies_and_etcd_service_is_hardened() {
     );
     verify(&host_root, &host_units);
 
-    let portable_units = xtask::portable::units(&Default::default()).unwrap();
+    // The image's units with the node's drop-in for the defragmentation timer, as on the host.
+    let mut portable_units = xtask::portable::units(&Default::default()).unwrap();
+    let dropin = "etcd-defrag.timer.d/schedule.conf";
+    let schedule = fs::read_to_string(out.join("m2.portable/etc/systemd/system").join(dropin)).unwrap();
+    portable_units.push((dropin.to_string(), schedule));
     let portable_root = tmp.path().join("portable-root");
     verify_root(&portable_root, &portable_units, &["/usr/bin/etcd", "/usr/bin/etcdctl"]);
     verify(&portable_root, &portable_units);
@@ -252,6 +288,21 @@ fn every_unit_verifies_and_etcd_service_is_hardened() {
     let (backup, backup_line) = exposure(&sys.join("etcd-backup.service"));
     println!("host bundle:     {backup_line}");
     assert!(backup <= 2.0, "{backup_line}");
+    for root in [&host_root, &portable_root] {
+        let (defrag, defrag_line) = exposure(&root.join("etc/systemd/system/etcd-defrag.service"));
+        println!("{}: {defrag_line}", root.file_name().unwrap().to_string_lossy());
+        assert!(defrag <= 2.0, "{defrag_line}");
+    }
+    // systemd finds the drop-in where the host side puts it: the timer runs at m2's time, not
+    // the image's (the nspawn test of tests/portable.rs sees it on the attached unit).
+    let out = Command::new("systemd-analyze")
+        .arg(format!("--root={}", portable_root.display()))
+        .args(["cat-config", "systemd/system/etcd-defrag.timer"])
+        .output()
+        .unwrap();
+    let config = text(&out);
+    assert!(out.status.success() && config.contains(dropin), "{config}");
+    assert!(config.trim_end().ends_with("OnCalendar=*-*-* 05:20:00"), "{config}");
 
     // Break one thing: a unit with a typo in a key is reported.
     let mut broken = host_units.clone();
@@ -303,6 +354,13 @@ fn bad_choices_name_the_field() {
     let said = error.replace(&path, "FILE");
     assert!(said.contains("FILE: clients: empty"), "the error does not name the field `clients`: {said}");
     assert!(said.contains("add e.g. clients = [\"etcdctl\"]"), "the error does not name the fix: {said}");
+
+    // A compaction policy etcd would misread: a bare number is hours to etcd.
+    let bare = write("bare.toml", format!("{base}\n[compaction]\nmode = \"periodic\"\nretention = 30\n"));
+    let msg = run(&bare);
+    let error = msg.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("no error line:\n{msg}"));
+    let said = error.replace(&bare.display().to_string(), "FILE");
+    assert!(said.contains("FILE: compaction.retention: 30 has no unit") && said.contains("\"30m\""), "{said}");
 
     let msg = fails(&[
         "render",

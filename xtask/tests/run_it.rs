@@ -6,8 +6,8 @@
 //! key of the wrong owner gives; the Docker blocks against a dockerd of the test's own
 //! (`common::dockerd`: Debian's docker.io, isolated from the host's), with Docker's image ID,
 //! user, data volume and the node's uid checked; then the day-2 runbooks on the three-node cluster (upgrade to
-//! 3.5, renew, CA rotation, replace a member), each followed by the data and membership it must
-//! leave, and the space runbooks on a member of their own (the NOSPACE alarm raised and cleared,
+//! 3.5, renew, CA rotation, replace a member, defragment one member at a time), each followed
+//! by the data and membership it must leave, and the space runbooks on a member of their own (the NOSPACE alarm raised and cleared,
 //! a full data disk on a tmpfs filled and freed). Not from the README, the same image also runs as a three-node
 //! mutual-TLS cluster configured only by `ETCD_*` variables, and as one node configured by a
 //! mounted `--config-file`.
@@ -58,6 +58,7 @@ const RECIPES: &[&str] = &[
     "renew",
     "rotate-ca",
     "replace-member",
+    "defrag",
     "nospace",
     "nospace-runbook",
     "disk-full",
@@ -633,6 +634,24 @@ fn readme_run_it_recipes_work_verbatim() {
         &cluster,
     );
 
+    // Defragmentation by hand, as each host's etcd-defrag.timer does: one member at a time, each
+    // alone; the data stays.
+    let out = run_recipe(recipe("defrag"), &cluster);
+    assert_eq!(
+        out.matches("Finished defragmenting etcd member[https://127.0.0.1:2379]").count(),
+        3,
+        "defrag recipe:\n{out}"
+    );
+    assert!(out.contains("DB SIZE"), "defrag recipe: no status table:\n{out}");
+    greeting("demo1", "10.89.79.11");
+    put_get(
+        ("demo3", "https://10.89.79.13:2379"),
+        ("demo1", "https://10.89.79.11:2379"),
+        &PKI_TLS,
+        "defragmented",
+        &cluster,
+    );
+
     // The space incidents on demo5: the NOSPACE alarm raised by the quota and cleared by the
     // runbook, then its data disk filled and freed, its data kept.
     let demo5 = ["demo5"];
@@ -878,17 +897,13 @@ client-cert-auth: true\n  trusted-ca-file: /etc/etcd/pki/peer-ca.crt\n";
     eprintln!("run_it: --config-file node: {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// Every `podman run` / `docker run` of etcd in a recipe that requires client certificates also
-/// takes the TLS policy of `systemd/release-lines.toml`: `--cipher-suites "$SUITES"` with the
-/// recipe's `SUITES=` line holding exactly the policy's suites, and `--tls-min-version` where the
-/// image's release has it. (The recipes themselves run in the test above, and a scan checks one.)
-#[test]
-fn every_tls_recipe_runs_etcd_with_the_tls_policy() {
-    let readme = common::docs_text();
-    let mut checked = 0;
-    for r in recipes(&readme) {
+/// Every `podman run -d` / `docker run -d` of etcd in a recipe, with its recipe's name, the
+/// command's lines joined, the etcd version of its image, and the recipe's `SUITES=` line.
+fn etcd_runs(readme: &str) -> Vec<(String, String, String, Option<String>)> {
+    let mut out = Vec::new();
+    for r in recipes(readme) {
         let lines: Vec<&str> = r.text.lines().collect();
-        let suites = lines.iter().find_map(|l| l.strip_prefix("SUITES="));
+        let suites = lines.iter().find_map(|l| l.strip_prefix("SUITES=")).map(str::to_string);
         let mut i = 0;
         while i < lines.len() {
             if !(lines[i].contains("podman run -d") || lines[i].contains("docker run -d")) {
@@ -901,40 +916,67 @@ fn every_tls_recipe_runs_etcd_with_the_tls_policy() {
             }
             let command = lines[start..=i].join("\n");
             i += 1;
-            let Some(version) = command.split_whitespace().find_map(|w| w.strip_prefix("localhost/etcd:")) else {
-                continue;
-            };
-            if !command.contains("--client-cert-auth") {
-                continue;
+            if let Some(version) = command.split_whitespace().find_map(|w| w.strip_prefix("localhost/etcd:")) {
+                out.push((r.name.clone(), command.clone(), version.to_string(), suites.clone()));
             }
-            let policy = xtask::render::config::release_line_settings(version).unwrap().tls;
-            let env = policy.env(version).unwrap();
-            assert_eq!(
-                suites,
-                Some(env["ETCD_CIPHER_SUITES"].as_str()),
-                "recipe {}: its SUITES= line is not the policy of systemd/release-lines.toml",
-                r.name
-            );
-            assert!(
-                command.contains("--cipher-suites \"$SUITES\""),
-                "recipe {}: etcd without --cipher-suites:\n{command}",
-                r.name
-            );
-            match env.get("ETCD_TLS_MIN_VERSION") {
-                Some(min) => assert!(
-                    command.contains(&format!("--tls-min-version {min}")),
-                    "recipe {}: etcd {version} without --tls-min-version {min}:\n{command}",
-                    r.name
-                ),
-                None => assert!(
-                    !command.contains("--tls-min-version"),
-                    "recipe {}: etcd {version} has no --tls-min-version",
-                    r.name
-                ),
-            }
-            checked += 1;
         }
+    }
+    out
+}
+
+/// Every `podman run` / `docker run` of etcd in a recipe that requires client certificates also
+/// takes the TLS policy of `systemd/release-lines.toml`: `--cipher-suites "$SUITES"` with the
+/// recipe's `SUITES=` line holding exactly the policy's suites, and `--tls-min-version` where the
+/// image's release has it. (The recipes themselves run in the test above, and a scan checks one.)
+#[test]
+fn every_tls_recipe_runs_etcd_with_the_tls_policy() {
+    let mut checked = 0;
+    for (name, command, version, suites) in etcd_runs(&common::docs_text()) {
+        if !command.contains("--client-cert-auth") {
+            continue;
+        }
+        let policy = xtask::render::config::release_line_settings(&version).unwrap().tls;
+        let env = policy.env(&version).unwrap();
+        assert_eq!(
+            suites.as_deref(),
+            Some(env["ETCD_CIPHER_SUITES"].as_str()),
+            "recipe {name}: its SUITES= line is not the policy of systemd/release-lines.toml"
+        );
+        assert!(
+            command.contains("--cipher-suites \"$SUITES\""),
+            "recipe {name}: etcd without --cipher-suites:\n{command}"
+        );
+        match env.get("ETCD_TLS_MIN_VERSION") {
+            Some(min) => assert!(
+                command.contains(&format!("--tls-min-version {min}")),
+                "recipe {name}: etcd {version} without --tls-min-version {min}:\n{command}"
+            ),
+            None => assert!(
+                !command.contains("--tls-min-version"),
+                "recipe {name}: etcd {version} has no --tls-min-version"
+            ),
+        }
+        checked += 1;
     }
     // single-node, three-nodes, byo-pki, docker-node, upgrade, replace-member, nospace
     assert_eq!(checked, 7, "the README should run etcd with client certificates in seven recipes");
+}
+
+/// Every etcd a recipe leaves running compacts its history as a cluster file does by default
+/// (`[compaction]` absent: periodic, one hour kept): etcd 3.4 alone keeps every revision, and a
+/// reader who copies a recipe gets a cluster that would grow until the NOSPACE alarm otherwise.
+#[test]
+fn every_recipe_that_runs_etcd_compacts_as_a_cluster_file_does_by_default() {
+    let policy = xtask::pki::compaction::Compaction::default().env();
+    let flags: Vec<String> =
+        policy.iter().map(|(key, value)| format!("{} {value}", xtask::render::config::flag_of(key).unwrap())).collect();
+    assert_eq!(flags.len(), 2, "{flags:?}");
+    // A run from a rendered etcd.conf (`--env-file`, http-to-tls) has it from `render`.
+    let runs: Vec<_> = etcd_runs(&common::docs_text()).into_iter().filter(|r| !r.1.contains("--env-file")).collect();
+    for (name, command, _, _) in &runs {
+        for flag in &flags {
+            assert!(command.contains(flag.as_str()), "recipe {name}: etcd without `{flag}`:\n{command}");
+        }
+    }
+    assert_eq!(runs.len(), 7, "{:?}", runs.iter().map(|r| &r.0).collect::<Vec<_>>());
 }

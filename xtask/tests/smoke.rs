@@ -89,7 +89,7 @@ fn smoke_passes_every_check_of_every_scenario_and_cleans_up() {
     }
     // Every scenario ran, in `all`'s order, each with its checks.
     let per_scenario = |name: &str| checks.iter().filter(|c| c["scenario"] == name).count();
-    for (name, count) in [("basic", 16), ("rotate-certs", 8), ("replace-member", 4), ("upgrade", 6), ("drills", 14)] {
+    for (name, count) in [("basic", 17), ("rotate-certs", 8), ("replace-member", 4), ("upgrade", 6), ("drills", 14)] {
         assert_eq!(per_scenario(name), count, "{name}: {report:#}");
     }
     let scenarios = report["scenarios"].as_array().unwrap();
@@ -167,6 +167,19 @@ fn smoke_passes_every_check_of_every_scenario_and_cleans_up() {
     assert!(reason("a follower cut off").contains("writes to the majority succeed"));
     let nospace = reason("NOSPACE: quota filled");
     assert!(nospace.contains("database space exceeded") && nospace.contains("writes accepted again"), "{nospace}");
+    // Compaction and defragmentation under the load: the policy of the cluster file reached
+    // etcd, and every member's database shrank with no request failed and no alert.
+    let defrag = reason("compaction and defragmentation");
+    for words in [
+        "started with the cluster file's policy (periodic, keeping 1h)",
+        "defragmented one at a time",
+        "0 failed",
+        "no alert pending or firing",
+    ] {
+        assert!(defrag.contains(words), "{words:?} missing: {defrag}");
+    }
+    let timing = |t: &str| report["timings"][t].as_f64().unwrap_or_else(|| panic!("no timing {t}"));
+    assert!(timing("defrag_db_mib_before") >= timing("defrag_db_mib_after") + 8.0, "{:#}", report["timings"]);
     let disk = reason("full disk");
     assert!(disk.contains("the other two members accept writes") && disk.contains("hashes at revision"), "{disk}");
     for t in [
@@ -175,6 +188,7 @@ fn smoke_passes_every_check_of_every_scenario_and_cleans_up() {
         "sigkill_first_read",
         "sigkill_healthy",
         "replace_member_healthy",
+        "defrag_s",
         "upgrade_etcd3_healthy",
         "upgrade_total",
         "total",
@@ -220,7 +234,8 @@ fn the_kube_engine_plays_the_rendered_static_pods() {
     assert_eq!(report["image"], "localhost/etcd:3.4.9", "{report:#}");
     assert_eq!(report["kube_play_adaptations"].as_array().unwrap().len(), 6);
     let checks = report["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 14, "{report:#}");
+    // The basic checks, compaction and defragmentation among them (the static pods' flags).
+    assert_eq!(checks.len(), 15, "{report:#}");
     assert!(checks.iter().all(|c| c["outcome"] == "PASS"), "{report:#}");
     for node in ["etcd1", "etcd2", "etcd3"] {
         let read = |p: std::path::PathBuf| -> serde_json::Value {

@@ -163,7 +163,7 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
     for form in ["portable", "host"] {
         let scenario = format!("{form}/basic");
         let mine: Vec<&serde_json::Value> = checks.iter().filter(|c| c["scenario"] == scenario.as_str()).collect();
-        assert_eq!(mine.len(), 18, "{form}: {report:#}");
+        assert_eq!(mine.len(), 19, "{form}: {report:#}");
         let reason = |name: &str| -> String {
             mine.iter()
                 .find(|c| c["name"].as_str().unwrap().contains(name))
@@ -181,6 +181,18 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
         assert!(reason("SIGKILL").contains("systemd restarted it"));
         assert!(reason("rebooted").contains("wanted by multi-user.target"));
         assert!(reason("backup").contains("read back"));
+        // Each machine's own defragmentation service, its timer at the machine's time, under
+        // the load: the database of every member smaller, not one request failed.
+        let defrag = reason("etcd-defrag.service in turn");
+        for words in [
+            "timers active at etcd1 05:00, etcd2 05:20, etcd3 05:40",
+            "said \"success Finished defragmenting",
+            "0 failed",
+        ] {
+            assert!(defrag.contains(words), "{form}: {words:?} missing: {defrag}");
+        }
+        let mib = |key: &str| report["timings"][format!("{form}_defrag_db_mib_{key}")].as_f64().unwrap();
+        assert!(mib("before") >= mib("after") + 8.0, "{form}: {:#}", report["timings"]);
         let history = reason("client history");
         assert!(history.starts_with("linearizable: ") && history.contains("3 watchers"), "{form}: {history}");
         let exposure = reason("systemd-analyze security");

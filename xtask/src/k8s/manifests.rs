@@ -219,7 +219,13 @@ pub fn statefulset(inputs: &Inputs<'_>, k: &KubeNames) -> Result<Vec<Value>> {
     let spec = inputs.spec;
     let labels = labels(spec);
     let meta = |name: String| json!({ "name": name, "namespace": k.namespace, "labels": labels });
-    let env = config::member_env(&statefulset_addressing(spec, k), inputs.facts, &statefulset_paths(), inputs.version)?;
+    let env = config::member_env(
+        &statefulset_addressing(spec, k),
+        &spec.compaction,
+        inputs.facts,
+        &statefulset_paths(),
+        inputs.version,
+    )?;
     let env = with_tuning(env, inputs);
     let field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } });
     // Defined first: the flags refer to them as $(POD_NAME) and $(POD_IP).

@@ -22,11 +22,16 @@
 //! [monitoring]                      # optional: metrics also on each node's first IP over
 //! scrape_client = "prometheus"      # mutual TLS, scraped with this client's certificate
 //! # config_dir = "/etc/prometheus"  # where the Prometheus host keeps the rendered files
+//!
+//! [compaction]                      # optional: how etcd compacts its history by itself
+//! mode = "periodic"                 # (`compaction.rs`); periodic, keeping 1h, when absent
+//! retention = "1h"
 //! ```
 //!
 //! Every rule below is an error naming the field: unknown fields, no nodes, duplicate node
-//! names, IPs, DNS names or client names, invalid IPs, names that are not DNS labels. An even
-//! number of nodes is only a warning ([`ClusterSpec::warnings`]).
+//! names, IPs, DNS names or client names, invalid IPs, names that are not DNS labels, a
+//! compaction policy etcd would refuse or misread. An even number of nodes is only a warning
+//! ([`ClusterSpec::warnings`]).
 //!
 //! Longer than 600 lines: one rule per field of one file format, and a test per rule (the
 //! tests are half of it); split, the checks would lose the single place that reads the file.
@@ -38,6 +43,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+
+use super::compaction::{Compaction, RawCompaction};
 
 /// A checked cluster description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,6 +66,8 @@ pub struct ClusterSpec {
     /// How Prometheus reaches the members, when the description has a `[monitoring]` section.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
+    /// How etcd compacts its history (the description's `[compaction]`, or its default).
+    pub compaction: Compaction,
 }
 
 /// The description's `[monitoring]` section: each member also serves `/metrics` on its first IP
@@ -176,6 +185,7 @@ struct RawCluster {
     tuning: Option<String>,
     kubernetes: Option<RawKube>,
     monitoring: Option<MonitoringSpec>,
+    compaction: Option<RawCompaction>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -389,6 +399,7 @@ impl ClusterSpec {
                 ));
             }
         }
+        let compaction = Compaction::check(raw.compaction.as_ref()).map_err(|(field, m)| err(field, m))?;
         let spec = ClusterSpec {
             name: raw.name,
             token: raw.token,
@@ -396,6 +407,7 @@ impl ClusterSpec {
             nodes,
             kubernetes,
             monitoring: raw.monitoring,
+            compaction,
         };
         Ok(DescribedCluster { spec, tuning: raw.tuning })
     }
@@ -424,6 +436,7 @@ impl ClusterSpec {
                 self.name
             ));
         }
+        out.extend(self.compaction.warning());
         out
     }
 
@@ -443,6 +456,7 @@ impl ClusterSpec {
             kubernetes: Option<RawKube>,
             #[serde(skip_serializing_if = "Option::is_none")]
             monitoring: Option<&'a MonitoringSpec>,
+            compaction: RawCompaction,
         }
         #[derive(Serialize)]
         struct OutNode<'a> {
@@ -464,6 +478,7 @@ impl ClusterSpec {
                 cluster_domain: Some(k.cluster_domain.clone()),
             }),
             monitoring: self.monitoring.as_ref(),
+            compaction: self.compaction.raw(),
         };
         toml::to_string(&out).context("cannot serialize the cluster description")
     }
@@ -641,6 +656,7 @@ ips = ["10.0.0.3"]
             ClusterSpec::load_described(&crate::util::project_root().join("clusters/tutorial.toml")).unwrap();
         assert_eq!(described.tuning.as_deref(), Some("medium"));
         assert_eq!(described.spec, spec);
+        assert_eq!(spec.compaction, Compaction::Periodic { retention: "1h".into() });
     }
 
     #[test]
@@ -676,6 +692,24 @@ ips = ["10.0.0.3"]
             assert!(err.contains("monitoring.config_dir") && err.contains(why), "{bad}: {err}");
             assert!(err.contains("absolute path, such as \"/etc/prometheus\""), "the fix is named: {err}");
         }
+    }
+
+    #[test]
+    fn the_compaction_policy_defaults_to_an_hour_kept_and_a_bad_one_names_file_field_and_fix() {
+        assert_eq!(parse(GOOD).unwrap().compaction, Compaction::default());
+        let text = format!("{GOOD}\n[compaction]\nmode = \"revision\"\nretention = 5000\n");
+        let spec = parse(&text).unwrap();
+        assert_eq!(spec.compaction, Compaction::Revision { retention: 5000 });
+        assert_eq!(parse(&spec.to_toml().unwrap()).unwrap(), spec, "kept through to_toml");
+        let err = err_of(&format!("{GOOD}\n[compaction]\nmode = \"periodic\"\nretention = \"0s\"\n"));
+        assert!(
+            err.starts_with("test.toml: compaction.retention: \"0s\" is zero") && err.contains("mode = \"off\""),
+            "{err}"
+        );
+        let err = err_of(&format!("{GOOD}\n[compaction]\nmode = \"periodic\"\nretention = \"10s\"\nevery = 1\n"));
+        assert!(err.contains("test.toml") && err.contains("every"), "{err}");
+        let short = parse(&format!("{GOOD}\n[compaction]\nmode = \"periodic\"\nretention = \"10s\"\n")).unwrap();
+        assert!(short.warnings().iter().any(|w| w.contains("shorter than 5 minutes")), "{:?}", short.warnings());
     }
 
     #[test]

@@ -9,14 +9,15 @@
 //! - `cargo xtask pki rotate-ca DIR --step add|reissue|drop`: [`rotate_ca`]
 //! - `cargo xtask pki bench [--cluster FILE] [--runs N] [--dir DIR]`: [`bench::bench`]
 //!
-//! Modules: `cluster` (the description, reused by later stages), `profiles`, `cert` (issuing
-//! and reading certificates), `issue` (the idempotent issuing run and the layout), `rotate` (CA
-//! rotation in three steps, state in `rotation.json`), `check`, `bench` (timing against the
-//! tutorial's cfssl procedure).
+//! Modules: `cluster` (the description, reused by later stages), `compaction` (its
+//! `[compaction]` policy), `profiles`, `cert` (issuing and reading certificates), `issue` (the
+//! idempotent issuing run and the layout), `rotate` (CA rotation in three steps, state in
+//! `rotation.json`), `check`, `bench` (timing against the tutorial's cfssl procedure).
 
 pub mod bench;
 pub mod check;
 pub mod cluster;
+pub mod compaction;
 pub mod issue;
 pub mod profiles;
 pub mod rotate;

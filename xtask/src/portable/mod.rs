@@ -4,13 +4,15 @@
 //! Out: `target/portable/etcd_<version>/` (a directory image) and `etcd_<version>.raw`
 //! (squashfs, byte-reproducible), each holding the binaries, the interpreter and libraries a
 //! dynamic etcd needs ([`crate::image::elf`]), `/usr/lib/os-release`, every mount point a
-//! read-only image needs, and `etcd.service`, `etcd-backup.service`, `etcd-backup.timer` under
-//! `/usr/lib/systemd/system/`, written for the default portable profile (dynamic user,
-//! StateDirectory, certificates through LoadCredential, host-side EnvironmentFile).
+//! read-only image needs, and `etcd.service`, `etcd-backup.service`, `etcd-backup.timer`,
+//! `etcd-defrag.service`, `etcd-defrag.timer` under `/usr/lib/systemd/system/`, written for the
+//! default portable profile (dynamic user, StateDirectory, certificates through LoadCredential,
+//! host-side EnvironmentFile).
 //!
 //! The host side (what `portablectl attach` expects on the machine) is rendered per node by
 //! `cargo xtask render` as `<node>.portable/`: /etc/etcd/etcd.conf, /etc/etcd/pki/,
-//! /etc/etcd/etcdctl/.
+//! /etc/etcd/etcdctl/, and the node's own defragmentation time as a drop-in for the image's
+//! etcd-defrag.timer.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,7 +33,8 @@ use crate::util::{display_rel, source_date_epoch, target_dir, temp_sibling, Arch
 pub const UNIT_DIR: &str = "usr/lib/systemd/system";
 
 /// The units of the image, from `systemd/portable/` (`.in` files are filled in).
-pub const UNITS: [&str; 3] = ["etcd.service", "etcd-backup.service", "etcd-backup.timer"];
+pub const UNITS: [&str; 5] =
+    ["etcd.service", "etcd-backup.service", "etcd-backup.timer", "etcd-defrag.service", "etcd-defrag.timer"];
 
 /// Directories a read-only image must provide as mount points (the default profile binds or
 /// mounts over each), with their modes; and the StateDirectory targets.

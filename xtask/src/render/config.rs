@@ -12,6 +12,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use crate::pki::cluster::{ClusterSpec, NodeSpec};
+use crate::pki::compaction::Compaction;
 
 /// The ports etcd listens on (its defaults; metrics on a port of its own, loopback only).
 pub const CLIENT_PORT: u16 = 2379;
@@ -272,13 +273,15 @@ pub fn node_env(
     paths: &TargetPaths,
     version: &str,
 ) -> Result<BTreeMap<String, String>> {
-    member_env(&Addressing::of_node(spec, node)?, pki, paths, version)
+    member_env(&Addressing::of_node(spec, node)?, &spec.compaction, pki, paths, version)
 }
 
-/// The `ETCD_*` variables of a member addressed as `addr`, running etcd `version`: every etcd
+/// The `ETCD_*` variables of a member addressed as `addr`, compacting its history as
+/// `compaction` says (the description's `[compaction]`), running etcd `version`: every etcd
 /// setting this project runs with is decided here.
 pub fn member_env(
     addr: &Addressing,
+    compaction: &Compaction,
     pki: &PkiFacts,
     paths: &TargetPaths,
     version: &str,
@@ -322,6 +325,8 @@ pub fn member_env(
     }
     set("ETCD_LOGGER", "zap".to_string());
     set("ETCD_LOG_OUTPUTS", "stderr".to_string());
+    // etcd 3.4 compacts nothing unless told to: the description's policy, or one hour kept.
+    env.extend(compaction.env());
     let line = release_line_settings(version)?;
     env.extend(line.tls.env(version)?);
     env.extend(line.env);
@@ -459,6 +464,23 @@ mod tests {
         }
         let env = node_env(&spec, &spec.nodes[2], &facts, &TargetPaths::standard(), "3.4.9").unwrap();
         assert_eq!(env["ETCD_LISTEN_CLIENT_URLS"], "https://[fd00::3]:2379,https://[::1]:2379");
+    }
+
+    #[test]
+    fn every_member_compacts_as_the_description_says() {
+        let facts = PkiFacts { token: "tok".into(), peer_cert_allowed_cn: None };
+        let mut spec = spec();
+        let env =
+            |spec: &ClusterSpec| node_env(spec, &spec.nodes[1], &facts, &TargetPaths::standard(), "3.4.9").unwrap();
+        let default = env(&spec);
+        assert_eq!(default["ETCD_AUTO_COMPACTION_MODE"], "periodic");
+        assert_eq!(default["ETCD_AUTO_COMPACTION_RETENTION"], "1h");
+        spec.compaction = Compaction::Revision { retention: 10000 };
+        assert_eq!(env(&spec)["ETCD_AUTO_COMPACTION_RETENTION"], "10000");
+        spec.compaction = Compaction::Off;
+        assert!(env(&spec).keys().all(|k| !k.starts_with("ETCD_AUTO_COMPACTION")), "off is etcd's default");
+        // Every step of the switch to TLS keeps it.
+        assert_eq!(staged_env(&default, TlsStage::Plain)["ETCD_AUTO_COMPACTION_RETENTION"], "1h");
     }
 
     #[test]

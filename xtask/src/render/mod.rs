@@ -36,6 +36,7 @@ use tuning::Presets;
 ///   <node>/                 etc/etcd/etcd.conf (ETCD_* + tuning), etc/etcd/pki/, etc/etcd/etcdctl.env
 ///                           and etc/etcd/etcdctl/ (operator's client certificate),
 ///                           etc/systemd/system/etcd.service, etcd-backup.{service,timer},
+///                           etcd-defrag.{service,timer} (this member only, at its own time),
 ///                           usr/lib/sysusers.d/etcd.conf, usr/lib/tmpfiles.d/etcd.conf
 ///   <node>.tar              that tree, owned by root, to unpack at / on the host
 ///   <node>.portable/, .tar  the host side of the portable service (`cargo xtask portable`)

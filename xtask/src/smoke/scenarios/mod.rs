@@ -4,12 +4,14 @@
 //! machines (`systemd/`).
 //!
 //! `run.rs` is one scenario's run on an engine (`Run<E>`: the members and what is recorded of
-//! them), `checks.rs` what is checked the same way on every engine. Each engine's folder holds its
-//! runner (`mod.rs`), its `basic.rs` and `day2.rs`; podman's also `http_tls.rs`, `drills.rs` and
-//! `alerts.rs` (what Prometheus must see of each fault).
+//! them), `checks.rs` what is checked the same way on every engine, `maintenance.rs` the
+//! compaction and defragmentation every engine's basic scenario goes through. Each engine's
+//! folder holds its runner (`mod.rs`), its `basic.rs` and `day2.rs`; podman's also `http_tls.rs`,
+//! `drills.rs` and `alerts.rs` (what Prometheus must see of each fault).
 
 mod alerts;
 mod checks;
+mod maintenance;
 mod podman;
 mod run;
 mod systemd;

@@ -300,6 +300,13 @@ impl Load {
         self.shared.report.lock().ok().and_then(|r| r.phases.get(name).cloned()).unwrap_or_default()
     }
 
+    /// How far each watcher has seen (the revision of its last event, or the one its first
+    /// stream started after), by member; `None` before its first stream. A compaction up to
+    /// the least of them cancels no watcher when it resumes.
+    pub fn watched(&self) -> Vec<Option<i64>> {
+        self.shared.watches.iter().map(|w| w.lock().ok().and_then(|w| w.last())).collect()
+    }
+
     /// Names the scenario's current step; failures are reported per phase.
     pub fn phase(&self, name: &str) {
         self.shared.close_phase();

@@ -1,6 +1,6 @@
 //! The basic scenario's checks: health, linearizable reads, the JSON gateway, refused
-//! connections (with the server's own reason), non-root and no capabilities, faults with a
-//! SIGKILL restart, and backup and restore. Each returns what it saw, or why it failed.
+//! connections (with the server's own reason), non-root and no capabilities, compaction and
+//! defragmentation one member at a time, faults with a SIGKILL restart, and backup and restore. Each returns what it saw, or why it failed.
 //! In: a fresh podman cluster. Out: its checks in the run.
 
 use std::fs;
@@ -13,6 +13,7 @@ use crate::smoke::engine::cluster::Cluster;
 use crate::smoke::engine::Members;
 use crate::smoke::local::stdout_or_stderr;
 use crate::smoke::scenarios::checks::{leaders, REFUSALS};
+use crate::smoke::scenarios::maintenance::COMPACTION;
 use crate::smoke::scenarios::run::Run;
 
 impl Run<Cluster> {
@@ -29,6 +30,13 @@ impl Run<Cluster> {
         }
         self.run_check("TLS policy: testssl.sh on node 1's client and peer ports", |c| c.check_tls_scan());
         self.run_check("etcd runs as the etcd uid with no capabilities; data dir 0700", |c| c.check_identity());
+        self.interrupt.check()?;
+        self.run_check(COMPACTION, |c| {
+            // As each host's etcd-defrag.service does: etcdctl defrag against its member alone.
+            c.compact_and_defragment("", |c, i| {
+                Ok(c.etcdctl_ok(&[i], &["defrag", "--command-timeout=60s"])?.trim().into())
+            })
+        });
         self.run_check("faults: one down writes, two down no quorum, heal, SIGKILL restart", |c| c.check_faults());
         self.run_check("backup: snapshot save, restore into a fresh node, data read back", |c| c.check_backup());
         Ok(())

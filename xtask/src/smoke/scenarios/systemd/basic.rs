@@ -1,9 +1,10 @@
 //! The checks of `smoke --engine systemd` on three booted machines: the install as INSTALL.md
 //! says, health and replication, the mutual-TLS refusals with etcd's reason from the journal,
 //! etcd's identity read from `/proc` in the machine, the unit's `systemd-analyze security`
-//! exposure as the machine computes it, machines powered off (one: writes go on; two: refused)
-//! and booted again, etcd SIGKILLed (systemd restarts it), a machine rebooted (etcd enabled, back
-//! by itself), and the backup timer's service run and its snapshot restored.
+//! exposure as the machine computes it, compaction and each machine's defragmentation service in
+//! turn, machines powered off (one: writes go on; two: refused) and booted again, etcd SIGKILLed
+//! (systemd restarts it), a machine rebooted (etcd enabled, back by itself), and the backup
+//! timer's service run and its snapshot restored.
 //! In: three prepared machines of one form. Out: the basic checks of the form.
 
 use std::fs;
@@ -14,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use crate::acquire::Acquired;
 
 use super::LOAD_BOUNDS;
+use crate::render::host::defrag_calendar;
 use crate::smoke::engine::hosts::{Form, Hosts, HEALTHY_TIMEOUT};
 use crate::smoke::engine::machines::Machine;
 use crate::smoke::engine::Members;
@@ -23,6 +25,10 @@ use crate::smoke::scenarios::run::Run;
 /// Worst `systemd-analyze security` exposure accepted for etcd.service (lower is better; the
 /// tutorial's unit rates 9.2 UNSAFE).
 const MAX_EXPOSURE: f64 = 2.0;
+
+/// The check of compaction and defragmentation by the rendered units, by name.
+const DEFRAG_TIMERS: &str = "compaction and defragmentation under load: the cluster file's policy in etcd's journal, \
+                             history compacted, each machine's etcd-defrag.service in turn (its timer at its own time)";
 
 impl Run<Hosts> {
     /// Boots the machines, installs etcd on each as its INSTALL.md says, and waits for 3/3
@@ -76,6 +82,8 @@ impl Run<Hosts> {
         if let Some(m) = self.spec.monitoring.clone() {
             self.run_check("metrics on each machine's address: mutual TLS only", |h| h.check_metrics(&m.scrape_client));
         }
+        self.interrupt.check()?;
+        self.run_check(DEFRAG_TIMERS, |h| h.check_defrag_timers());
         self.interrupt.check()?;
         self.run_check("one machine off: writes go on; two off: refused; booted again: healed", |h| h.check_power());
         self.interrupt.check()?;
@@ -216,6 +224,49 @@ impl Run<Hosts> {
             seen.push(format!("{} {}", m.name, rest.split_whitespace().take(2).collect::<Vec<_>>().join(" ")));
         }
         Ok(format!("{} (at most {MAX_EXPOSURE} accepted)", seen.join(", ")))
+    }
+
+    /// Each machine's etcd-defrag.timer is active at the machine's own time of day (the
+    /// description's order, [`defrag_calendar`]), then [`Run::compact_and_defragment`] with the
+    /// machines' own `etcd-defrag.service` started on one machine after the other, as their
+    /// timers would.
+    fn check_defrag_timers(&mut self) -> Result<String> {
+        let mut times = Vec::new();
+        for (i, m) in self.machines.iter().enumerate() {
+            let timer = m.sh_ok(
+                "systemctl is-active etcd-defrag.timer; systemctl show -P Triggers etcd-defrag.timer; \
+                 systemctl show -P TimersCalendar etcd-defrag.timer",
+            )?;
+            let want = defrag_calendar(i);
+            let lines: Vec<&str> = timer.lines().collect();
+            if lines.first() != Some(&"active")
+                || lines.get(1) != Some(&"etcd-defrag.service")
+                || !timer.contains(&want)
+            {
+                bail!(
+                    "{}: etcd-defrag.timer should be active, trigger etcd-defrag.service at {want}: {timer:?}",
+                    m.name
+                );
+            }
+            times.push(format!("{} {}", m.name, &want[6..11]));
+        }
+        let prefix = format!("{}_", self.form.as_str());
+        let done = self.compact_and_defragment(&prefix, |h, i| {
+            let m = &h.machines[i];
+            // The service's result, and what etcdctl said in this run of it (its invocation's
+            // journal, which journald may write a moment after the service ended).
+            m.sh_ok(
+                "systemctl start etcd-defrag.service && systemctl show -P Result etcd-defrag.service && \
+                 id=$(systemctl show -P InvocationID etcd-defrag.service) && for i in $(seq 20); do \
+                 journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID=$id | grep -m1 defragmenting && break; \
+                 sleep 0.1; done",
+            )
+            .map(|said| said.split_whitespace().collect::<Vec<_>>().join(" "))
+            .map_err(|e| {
+                anyhow::anyhow!("{e:#}\n  journalctl -u etcd-defrag:\n{}", m.journal("etcd-defrag.service", 10))
+            })
+        })?;
+        Ok(format!("timers active at {}; {done}", times.join(", ")))
     }
 
     /// Machine 3 powered off, then machine 2 ([`Run::lose_and_regain_quorum`]), both booted
