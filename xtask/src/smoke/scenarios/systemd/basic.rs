@@ -254,17 +254,27 @@ impl Run<Hosts> {
         let done = self.compact_and_defragment(&prefix, |h, i| {
             let m = &h.machines[i];
             // The service's result, and what etcdctl said in this run of it (its invocation's
-            // journal, which journald may write a moment after the service ended).
-            m.sh_ok(
-                "systemctl start etcd-defrag.service && systemctl show -P Result etcd-defrag.service && \
-                 id=$(systemctl show -P InvocationID etcd-defrag.service) && for i in $(seq 20); do \
-                 journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID=$id | grep -m1 defragmenting && break; \
-                 sleep 0.1; done",
-            )
-            .map(|said| said.split_whitespace().collect::<Vec<_>>().join(" "))
-            .map_err(|e| {
-                anyhow::anyhow!("{e:#}\n  journalctl -u etcd-defrag:\n{}", m.journal("etcd-defrag.service", 10))
-            })
+            // journal, which journald may write seconds after the service ended on a loaded
+            // machine: a fresh-clone suite run saw no line within 2 s).
+            let said = m
+                .sh_ok(
+                    "systemctl start etcd-defrag.service && systemctl show -P Result etcd-defrag.service && \
+                     id=$(systemctl show -P InvocationID etcd-defrag.service) && for i in $(seq 150); do \
+                     journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID=$id | grep -m1 defragmenting && break; \
+                     sleep 0.1; done",
+                )
+                .map(|said| said.split_whitespace().collect::<Vec<_>>().join(" "))
+                .map_err(|e| {
+                    anyhow::anyhow!("{e:#}\n  journalctl -u etcd-defrag:\n{}", m.journal("etcd-defrag.service", 10))
+                })?;
+            if !said.contains("Finished defragmenting") {
+                anyhow::bail!(
+                    "etcd-defrag.service ended {said:?}, and its journal has no \"Finished defragmenting\" line \
+                     within 15 s:\n{}",
+                    m.journal("etcd-defrag.service", 10)
+                );
+            }
+            Ok(said)
         })?;
         Ok(format!("timers active at {}; {done}", times.join(", ")))
     }
