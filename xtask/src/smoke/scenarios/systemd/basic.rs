@@ -253,15 +253,16 @@ impl Run<Hosts> {
         let prefix = format!("{}_", self.form.as_str());
         let done = self.compact_and_defragment(&prefix, |h, i| {
             let m = &h.machines[i];
-            // The service's result, and what etcdctl said in this run of it (its invocation's
-            // journal, which journald may write seconds after the service ended on a loaded
-            // machine: a fresh-clone suite run saw no line within 2 s).
+            // The service's result, and what etcdctl said in this run of it: the unit's journal
+            // since the second it started (not by invocation ID: journald can miss the cgroup of
+            // a process that has already exited, and its lines then carry no invocation ID, as
+            // a fresh-clone suite run saw), waiting for journald on a loaded machine.
             let said = m
                 .sh_ok(
-                    "systemctl start etcd-defrag.service && systemctl show -P Result etcd-defrag.service && \
-                     id=$(systemctl show -P InvocationID etcd-defrag.service) && for i in $(seq 150); do \
-                     journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID=$id | grep -m1 defragmenting && break; \
-                     sleep 0.1; done",
+                    "t=$(date '+%Y-%m-%d %H:%M:%S') && systemctl start etcd-defrag.service && \
+                     systemctl show -P Result etcd-defrag.service && for i in $(seq 150); do \
+                     journalctl --no-pager -o cat -u etcd-defrag.service --since \"$t\" | grep -m1 defragmenting \
+                     && break; sleep 0.1; done",
                 )
                 .map(|said| said.split_whitespace().collect::<Vec<_>>().join(" "))
                 .map_err(|e| {
