@@ -11,18 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{doc, root, DOC_PAGES, XTASK};
-
-/// GitHub's anchor of a Markdown heading.
-fn slug(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
-}
+use common::{doc, root, slug, DOC_PAGES, XTASK};
 
 /// The lines of a Markdown text outside fenced code blocks.
 fn prose(text: &str) -> Vec<&str> {

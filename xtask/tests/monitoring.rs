@@ -7,18 +7,7 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use common::{ok, require, root, xtask_ok};
-
-/// GitHub's anchor of a Markdown heading.
-fn slug(heading: &str) -> String {
-    heading
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
-        .map(|c| if c == ' ' { '-' } else { c })
-        .collect()
-}
+use common::{ok, require, root, slug, xtask_ok};
 
 #[test]
 fn rendered_rules_pass_promtool_and_every_alert_is_tested() {
