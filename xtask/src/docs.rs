@@ -78,7 +78,7 @@ pub fn reference(cli: clap::Command) -> String {
          [releases](releases.md).\n\n",
     );
     for (name, _) in &all {
-        page.push_str(&format!("- [`{name}`](#{})\n", slug(name)));
+        page.push_str(&format!("- [`{name}`](#{})\n", anchor(name)));
     }
     for (name, _) in &all {
         let help = help_of(&root, name);
@@ -98,11 +98,14 @@ fn help_of(root: &clap::Command, name: &str) -> String {
     }
 }
 
-/// GitHub's anchor of a heading made of a command name.
-fn slug(name: &str) -> String {
-    name.to_lowercase()
+/// GitHub's anchor of a Markdown heading: lower case, only letters, digits, `-` and `_` kept,
+/// spaces as `-` (the docs' link test uses it too).
+pub fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
         .chars()
-        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
         .map(|c| if c == ' ' { '-' } else { c })
         .collect()
 }

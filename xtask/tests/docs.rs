@@ -11,7 +11,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{doc, root, slug, DOC_PAGES, XTASK};
+use common::{doc, root, DOC_PAGES, XTASK};
+use xtask::docs::anchor as slug;
 
 /// The lines of a Markdown text outside fenced code blocks.
 fn prose(text: &str) -> Vec<&str> {

@@ -5,9 +5,22 @@
 mod common;
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 
-use common::{ok, require, root, slug, xtask_ok};
+use common::{ok, require, root, xtask_ok};
+use xtask::docs::anchor as slug;
+
+/// `clusters/tutorial.toml` with `config_dir = DIR` under its `[monitoring]`, written as `name`
+/// in `tmp`; its path.
+fn tutorial_with_config_dir(tmp: &Path, name: &str, dir: &str) -> String {
+    let tutorial = fs::read_to_string(root().join("clusters/tutorial.toml")).unwrap();
+    let m = "scrape_client = \"prometheus\"";
+    assert!(tutorial.contains(m), "clusters/tutorial.toml: no {m}");
+    let file = tmp.join(name);
+    fs::write(&file, tutorial.replace(m, &format!("{m}\nconfig_dir = {dir:?}"))).unwrap();
+    file.to_str().unwrap().to_string()
+}
 
 #[test]
 fn rendered_rules_pass_promtool_and_every_alert_is_tested() {
@@ -19,14 +32,7 @@ fn rendered_rules_pass_promtool_and_every_alert_is_tested() {
     // The tutorial cluster, with its Prometheus host's configuration directory where this test
     // renders it, so that promtool finds every file the configuration names (the docs'
     // recipe test installs the default layout in /etc/prometheus).
-    let tutorial = fs::read_to_string(root().join("clusters/tutorial.toml")).unwrap();
-    let at = |name: &str, dir: &std::path::Path| {
-        let file = tmp.path().join(name);
-        let m = "scrape_client = \"prometheus\"";
-        assert!(tutorial.contains(m), "clusters/tutorial.toml: no {m}");
-        fs::write(&file, tutorial.replace(m, &format!("{m}\nconfig_dir = {:?}", dir.to_str().unwrap()))).unwrap();
-        file.to_str().unwrap().to_string()
-    };
+    let at = |name: &str, dir: &Path| tutorial_with_config_dir(tmp.path(), name, dir.to_str().unwrap());
     let tutorial_here = at("tutorial.toml", &out.join("monitoring"));
     let tutorial_sts = at("tutorial-sts.toml", &k8s.join("statefulset/monitoring"));
     xtask_ok(&["render", "--cluster", &tutorial_here, "--pki", pki.to_str().unwrap(), "--out", out.to_str().unwrap()]);
@@ -142,18 +148,9 @@ fn rendered_monitoring_files_name_their_files_by_absolute_path() {
     xtask_ok(&["render", "--cluster", "clusters/tutorial.toml", "--pki", &p(&pki), "--out", &p(&out)]);
     xtask_ok(&["k8s", "--cluster", "clusters/tutorial.toml", "--pki", &p(&pki), "--out", &p(&k8s)]);
     // And a Prometheus host whose configuration lives elsewhere (`config_dir`).
-    let elsewhere = tmp.path().join("elsewhere.toml");
-    let text = fs::read_to_string(root().join("clusters/tutorial.toml")).unwrap();
-    fs::write(
-        &elsewhere,
-        text.replace(
-            "scrape_client = \"prometheus\"",
-            "scrape_client = \"prometheus\"\nconfig_dir = \"/srv/prometheus/\"",
-        ),
-    )
-    .unwrap();
+    let elsewhere = tutorial_with_config_dir(tmp.path(), "elsewhere.toml", "/srv/prometheus/");
     let out2 = tmp.path().join("render2");
-    xtask_ok(&["render", "--cluster", &p(&elsewhere), "--pki", &p(&pki), "--out", &p(&out2)]);
+    xtask_ok(&["render", "--cluster", &elsewhere, "--pki", &p(&pki), "--out", &p(&out2)]);
     for (dir, config_dir) in [
         (out.join("monitoring"), "/etc/prometheus"),
         (k8s.join("monitoring"), "/etc/prometheus"),
@@ -177,13 +174,8 @@ fn rendered_monitoring_files_name_their_files_by_absolute_path() {
         }
     }
     // A relative configuration directory is refused, naming the field and the fix.
-    let relative = tmp.path().join("relative.toml");
-    fs::write(
-        &relative,
-        text.replace("scrape_client = \"prometheus\"", "scrape_client = \"prometheus\"\nconfig_dir = \"prometheus\""),
-    )
-    .unwrap();
-    let err = common::xtask_fails(&["render", "--cluster", &p(&relative), "--pki", &p(&pki), "--out", &p(&out2)]);
+    let relative = tutorial_with_config_dir(tmp.path(), "relative.toml", "prometheus");
+    let err = common::xtask_fails(&["render", "--cluster", &relative, "--pki", &p(&pki), "--out", &p(&out2)]);
     assert!(err.contains("monitoring.config_dir") && err.contains("is not an absolute path"), "{err}");
 }
 

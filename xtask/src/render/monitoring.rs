@@ -298,26 +298,25 @@ pub fn rules_yaml(cluster: &str, c: &Clock) -> Result<String> {
     ))
 }
 
-/// The names of the alerts, in file order, without repeats.
-pub fn alert_names() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = Vec::new();
+/// One field of every alert, in file order, without repeats.
+fn of_every_alert(field: fn(&Alert) -> &'static str) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
     for a in alerts("", "", &Clock::PRODUCTION) {
-        if !names.contains(&a.name) {
-            names.push(a.name);
+        if !out.contains(&field(&a)) {
+            out.push(field(&a));
         }
     }
-    names
+    out
+}
+
+/// The names of the alerts, in file order, without repeats.
+pub fn alert_names() -> Vec<&'static str> {
+    of_every_alert(|a| a.name)
 }
 
 /// Every alert's runbook link (`docs/PAGE.md#heading`), in file order, without repeats.
 pub fn runbooks() -> Vec<&'static str> {
-    let mut links: Vec<&'static str> = Vec::new();
-    for a in alerts("", "", &Clock::PRODUCTION) {
-        if !links.contains(&a.runbook) {
-            links.push(a.runbook);
-        }
-    }
-    links
+    of_every_alert(|a| a.runbook)
 }
 
 /// Where the blackbox exporter that probes the members' TLS ports listens (its default).
