@@ -208,6 +208,29 @@ health() {
     echo no
 }
 uid_of() { awk '/^Uid:/ {print $2}' "/proc/$(systemctl show -P MainPID "$1")/status"; }
+# The checked snapshot starts etcd-backup-ship.service (OnSuccess=): how its run after the
+# journal's cursor $1 ended (the unit is unloaded once it ran, so its journal tells).
+# `portablectl attach --now` starts the timer's service at once: let that run finish first, or
+# `systemctl start` would only wait for it instead of taking a snapshot of its own.
+ship_mark() {
+    for i in $(seq 1 50); do
+        systemctl show -P ActiveState etcd-backup.service etcd-backup-ship.service \
+            | grep -qxE 'active|activating|deactivating' || break
+        sleep 0.2
+    done
+    journalctl -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p'
+}
+shipped() {
+    for i in $(seq 1 50); do
+        j="$(journalctl --after-cursor "$1" -u etcd-backup-ship.service --no-pager -o cat | tr '\n' ' ')"
+        case "$j" in
+            *"Deactivated successfully"*) echo yes; return ;;
+            *"Failed with result"*) echo "no: $j"; return ;;
+        esac
+        sleep 0.2
+    done
+    echo "no: etcd-backup-ship.service did not finish: $j"
+}
 # A backup is judged by etcd's own tools, not by its size: `snapshot status` (hash, revision,
 # keys; JSON on one line) and a restore, which checks the hash `snapshot save` appended.
 judge_snapshot() {  # NAME ETCDCTL FILE
@@ -240,14 +263,15 @@ step portable-active "$(systemctl is-active etcd.service)"
 step portable-uid "$(uid_of etcd.service)"
 step portable-health "$(health "$IMG/usr/bin/etcdctl" $CLIENT)"
 step portable-probe "$("$IMG/usr/bin/etcdctl" $CLIENT put xtask-backup-probe yes -w json | tr -d '\n')"
-systemctl start etcd-backup.service; step portable-backup $?
-SNAP=/var/lib/private/etcd-backup/snapshot.db
+BEFORE=$(ship_mark); systemctl start etcd-backup.service; step portable-backup $?
+step portable-ship "$(shipped "$BEFORE")"
+SNAP=$(ls -1 /var/lib/private/etcd-backup/snapshot-*.db | tail -n 1)
 step portable-snapshot "$(test -s "$SNAP" && echo yes || echo no)"
 judge_snapshot portable "$IMG/usr/bin/etcdctl" "$SNAP"
 systemctl start etcd-defrag.service; step portable-defrag $?
 step portable-defrag-dropins "$(systemctl show -P DropInPaths etcd-defrag.timer)"
 step portable-defrag-timer "$(systemctl show -P TimersCalendar etcd-defrag.timer)"
-journalctl -u etcd.service -u etcd-backup.service -u etcd-defrag.service --no-pager | tail -30
+journalctl -u etcd.service -u etcd-backup.service -u etcd-backup-ship.service -u etcd-defrag.service --no-pager | tail -30
 portablectl detach --now --runtime "$IMAGE"; step portable-detach $?
 step portable-gone "$(systemctl is-active etcd.service)"
 rm -rf /etc/etcd /var/lib/etcd /var/lib/private/etcd
@@ -265,12 +289,13 @@ step host-user "$(id -u etcd)"
 step host-data-mode "$(stat -c '%a %U' /var/lib/etcd)"
 step host-health "$(set -a; . /etc/etcd/etcdctl.env; set +a; health etcdctl)"
 step host-probe "$(set -a; . /etc/etcd/etcdctl.env; set +a; etcdctl put xtask-backup-probe yes -w json | tr -d '\n')"
-systemctl start etcd-backup.service; step host-backup $?
+BEFORE=$(ship_mark); systemctl start etcd-backup.service; step host-backup $?
+step host-ship "$(shipped "$BEFORE")"
 step host-snapshot "$(ls /var/backups/etcd/snapshot-*.db >/dev/null 2>&1 && echo yes || echo no)"
 judge_snapshot host /usr/local/bin/etcdctl "$(ls /var/backups/etcd/snapshot-*.db | head -n 1)"
 systemctl start etcd-defrag.service; step host-defrag $?
 step host-defrag-timer "$(systemctl show -P TimersCalendar etcd-defrag.timer)"
-journalctl -u etcd.service -u etcd-backup.service -u etcd-defrag.service --no-pager | tail -30
+journalctl -u etcd.service -u etcd-backup.service -u etcd-backup-ship.service -u etcd-defrag.service --no-pager | tail -30
 step done yes
 systemctl poweroff --no-block
 "#;
@@ -473,6 +498,7 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     assert!(uid != 0, "the portable etcd runs as root\n{diag}");
     assert_eq!(get("portable-health"), "yes", "{diag}");
     assert_eq!(get("portable-backup"), "0", "{diag}");
+    assert_eq!(get("portable-ship"), "yes", "{diag}");
     assert_eq!(get("portable-snapshot"), "yes", "{diag}");
     judge_snapshot(&get, "portable", &diag);
     // The defragmentation service of the image defragments the member; its timer has the
@@ -482,7 +508,7 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
         get("portable-defrag-dropins").contains("/etc/systemd/system/etcd-defrag.timer.d/schedule.conf"),
         "the node's schedule is not applied to the attached timer\n{diag}"
     );
-    assert!(get("portable-defrag-timer").contains("OnCalendar=*-*-* 05:00:00"), "{diag}");
+    assert!(get("portable-defrag-timer").contains("OnCalendar=*-*-* 05:10:00"), "{diag}");
     assert_eq!(get("portable-detach"), "0", "{diag}");
     assert_ne!(get("portable-gone"), "active", "{diag}");
     // (2) host bundle
@@ -495,10 +521,11 @@ fn portable_image_and_host_bundle_run_under_systemd_in_nspawn() {
     assert_eq!(get("host-data-mode"), "700 etcd", "{diag}");
     assert_eq!(get("host-health"), "yes", "{diag}");
     assert_eq!(get("host-backup"), "0", "{diag}");
+    assert_eq!(get("host-ship"), "yes", "{diag}");
     assert_eq!(get("host-snapshot"), "yes", "{diag}");
     judge_snapshot(&get, "host", &diag);
     assert_eq!(get("host-defrag"), "0", "{diag}");
-    assert!(get("host-defrag-timer").contains("OnCalendar=*-*-* 05:00:00"), "{diag}");
+    assert!(get("host-defrag-timer").contains("OnCalendar=*-*-* 05:10:00"), "{diag}");
 }
 
 /// The backup of `form` holds the cluster: `etcdctl snapshot status` reads it (a hash, at least

@@ -101,7 +101,7 @@ fn render_writes_the_golden_bundles_and_a_reproducible_root_owned_tarball() {
         assert!(!endpoint.contains(','), "{node}: one member only: {endpoint}");
         assert!(conf.lines().any(|l| l.starts_with("ETCD_LISTEN_CLIENT_URLS=") && l.contains(endpoint)), "{node}");
     }
-    assert_eq!(times, ["*-*-* 05:00:00", "*-*-* 05:20:00", "*-*-* 05:40:00"]);
+    assert_eq!(times, ["*-*-* 05:10:00", "*-*-* 05:30:00", "*-*-* 05:50:00"]);
     // The IPv6 member listens on its address and ::1.
     golden("render/m3/etc/etcd/etcd.conf", &fs::read_to_string(out.join("m3/etc/etcd/etcd.conf")).unwrap());
 
@@ -302,7 +302,7 @@ fn every_unit_verifies_and_etcd_service_is_hardened() {
         .unwrap();
     let config = text(&out);
     assert!(out.status.success() && config.contains(dropin), "{config}");
-    assert!(config.trim_end().ends_with("OnCalendar=*-*-* 05:20:00"), "{config}");
+    assert!(config.trim_end().ends_with("OnCalendar=*-*-* 05:30:00"), "{config}");
 
     // Break one thing: a unit with a typo in a key is reported.
     let mut broken = host_units.clone();

@@ -185,7 +185,7 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
         // the load: the database of every member smaller, not one request failed.
         let defrag = reason("etcd-defrag.service in turn");
         for words in [
-            "timers active at etcd1 05:00, etcd2 05:20, etcd3 05:40",
+            "timers active at etcd1 05:10, etcd2 05:30, etcd3 05:50",
             "said \"success Finished defragmenting",
             "0 failed",
         ] {

@@ -26,6 +26,12 @@
 //! [compaction]                      # optional: how etcd compacts its history by itself
 //! mode = "periodic"                 # (`compaction.rs`); periodic, keeping 1h, when absent
 //! retention = "1h"
+//!
+//! [backup]                          # optional: snapshots every interval, shipped off the
+//! interval = "1h"                   # host with rsync over ssh (`backup.rs`); hourly, 24
+//! keep = 24                         # kept, on the host only, when absent
+//! target = "etcd-backup@10.0.1.10:/srv/etcd-backups"
+//! host_key = "ssh-ed25519 AAAA..."
 //! ```
 //!
 //! Every rule below is an error naming the field: unknown fields, no nodes, duplicate node
@@ -44,6 +50,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::backup::{Backup, RawBackup};
 use super::compaction::{Compaction, RawCompaction};
 
 /// A checked cluster description.
@@ -68,6 +75,8 @@ pub struct ClusterSpec {
     pub monitoring: Option<MonitoringSpec>,
     /// How etcd compacts its history (the description's `[compaction]`, or its default).
     pub compaction: Compaction,
+    /// How often the members snapshot themselves and where the snapshots go (`[backup]`).
+    pub backup: Backup,
 }
 
 /// The description's `[monitoring]` section: each member also serves `/metrics` on its first IP
@@ -186,6 +195,7 @@ struct RawCluster {
     kubernetes: Option<RawKube>,
     monitoring: Option<MonitoringSpec>,
     compaction: Option<RawCompaction>,
+    backup: Option<RawBackup>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -400,6 +410,7 @@ impl ClusterSpec {
             }
         }
         let compaction = Compaction::check(raw.compaction.as_ref()).map_err(|(field, m)| err(field, m))?;
+        let backup = Backup::check(raw.backup.as_ref()).map_err(|(field, m)| err(field, m))?;
         let spec = ClusterSpec {
             name: raw.name,
             token: raw.token,
@@ -408,6 +419,7 @@ impl ClusterSpec {
             kubernetes,
             monitoring: raw.monitoring,
             compaction,
+            backup,
         };
         Ok(DescribedCluster { spec, tuning: raw.tuning })
     }
@@ -437,6 +449,7 @@ impl ClusterSpec {
             ));
         }
         out.extend(self.compaction.warning());
+        out.extend(self.backup.warning());
         out
     }
 
@@ -457,6 +470,7 @@ impl ClusterSpec {
             #[serde(skip_serializing_if = "Option::is_none")]
             monitoring: Option<&'a MonitoringSpec>,
             compaction: RawCompaction,
+            backup: RawBackup,
         }
         #[derive(Serialize)]
         struct OutNode<'a> {
@@ -479,6 +493,7 @@ impl ClusterSpec {
             }),
             monitoring: self.monitoring.as_ref(),
             compaction: self.compaction.raw(),
+            backup: self.backup.raw(),
         };
         toml::to_string(&out).context("cannot serialize the cluster description")
     }
@@ -606,7 +621,8 @@ ips = ["10.0.0.3"]
     fn good_description_parses_with_sans() {
         let spec = parse(GOOD).unwrap();
         assert_eq!(spec.nodes.len(), 3);
-        assert!(spec.warnings().is_empty());
+        // Only that its snapshots stay on each host (no [backup] target).
+        assert_eq!(spec.warnings(), [spec.backup.warning().unwrap()]);
         let sans: Vec<String> = spec.node("b").unwrap().sans().iter().map(|s| s.to_string()).collect();
         for want in
             ["DNS:b", "DNS:b.example.org", "DNS:localhost", "IP:10.0.0.2", "IP:fd00::2", "IP:127.0.0.1", "IP:::1"]

@@ -14,6 +14,7 @@
 //! idempotent issuing run and the layout), `rotate` (CA rotation in three steps, state in
 //! `rotation.json`), `check`, `bench` (timing against the tutorial's cfssl procedure).
 
+pub mod backup;
 pub mod bench;
 pub mod check;
 pub mod cluster;

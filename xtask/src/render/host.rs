@@ -189,9 +189,10 @@ pub fn etcdctl_env(inputs: &ClusterInputs<'_>) -> Result<String> {
 }
 
 /// When member `i` of a description defragments (`OnCalendar=` of etcd-defrag.timer): daily,
-/// the first member at 05:00, after etcd-backup.timer's snapshots (02:00 plus up to 2 hours),
-/// each next one [`DEFRAG_SPACING_MIN`] minutes later, so that no two members of a cluster
-/// defragment at once. Past midnight it wraps (a cluster would need 72 members to meet itself).
+/// the first member at 05:10, each next one [`DEFRAG_SPACING_MIN`] minutes later, so that no two members of a cluster
+/// defragment at once; ten minutes past the members' snapshot times of the default hourly
+/// [backup] (:00, :20, :40 with three members), so that none snapshots while its member
+/// defragments (a defragmentation blocks the member). Past midnight it wraps (a cluster would need 72 members to meet itself).
 pub fn defrag_calendar(i: usize) -> String {
     format!("*-*-* {}:00", defrag_time(i))
 }
@@ -202,17 +203,57 @@ pub fn defrag_time(i: usize) -> String {
     format!("{:02}:{:02}", minute / 60, minute % 60)
 }
 
-/// The first member's defragmentation, in minutes after midnight (host time): 05:00.
-const DEFRAG_FIRST_MIN: usize = 5 * 60;
+/// The first member's defragmentation, in minutes after midnight (host time): 05:10.
+const DEFRAG_FIRST_MIN: usize = 5 * 60 + 10;
 /// Minutes between two members' defragmentations: a defragmentation rewrites the database, about
 /// three minutes for 8 GiB (the largest quota of systemd/tuning.toml) at 50 MB/s; the rest is
 /// margin, and the service's health check of every member covers a longer one.
 pub const DEFRAG_SPACING_MIN: usize = 20;
 
+/// Where each form keeps its snapshots on the host: the host bundle's tmpfiles.d directory, the
+/// portable unit's StateDirectory= (a dynamic user's, under /var/lib/private).
+pub const BACKUP_DIR_HOST: &str = "/var/backups/etcd";
+pub const BACKUP_DIR_PORTABLE: &str = "/var/lib/private/etcd-backup";
+/// Where the host keeps the ssh key and the pinned host key of the backup host.
+pub const BACKUP_SSH_DIR: &str = "/etc/etcd/backup";
+/// The ship step's script on the host.
+pub const BACKUP_SHIP: &str = "/usr/local/lib/etcd/etcd-backup-ship";
+
 /// The backup's settings: the member's own loopback client URL, which [`node_env`] always
-/// listens on.
-pub fn backup_env(inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<String> {
-    loopback_env(inputs, node, "etcd-backup.service")
+/// listens on, and what etcd-backup-ship.service needs (`BACKUP_*`: the form's snapshot
+/// directory, how many to keep, the interval, the backup host).
+pub fn backup_env(inputs: &ClusterInputs<'_>, node: &NodeSpec, portable: bool) -> Result<String> {
+    let b = &inputs.spec.backup;
+    let mut vars = vec![
+        ("BACKUP_DIR", if portable { BACKUP_DIR_PORTABLE } else { BACKUP_DIR_HOST }.to_string()),
+        ("BACKUP_KEEP", b.keep.to_string()),
+        ("BACKUP_INTERVAL_SECONDS", b.interval_s.to_string()),
+        ("BACKUP_CLUSTER", inputs.spec.name.clone()),
+        ("BACKUP_MEMBER", node.name.clone()),
+    ];
+    if let Some(t) = &b.target {
+        vars.push(("BACKUP_TARGET", format!("{}@{}", t.user, t.host)));
+        vars.push(("BACKUP_PORT", t.port.to_string()));
+    }
+    let mut text = loopback_env(inputs, node, "etcd-backup.service")?;
+    text.push_str(&format!(
+        "# etcd-backup-ship.service: every {} ({} kept), {}\n",
+        b.interval,
+        b.keep,
+        match &b.target {
+            Some(t) => format!(
+                "shipped with rsync over ssh to {}@{}:{}",
+                t.user,
+                t.host,
+                t.member_dir(&inputs.spec.name, &node.name)
+            ),
+            None => "kept on this host only ([backup] has no target)".to_string(),
+        }
+    ));
+    for (k, v) in vars {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    Ok(text)
 }
 
 /// The defragmentation's settings: the member's own loopback client URL, as the backup's, so
@@ -264,28 +305,76 @@ fn add_certificates(tree: &mut Tree, inputs: &ClusterInputs<'_>, node: &NodeSpec
     Ok(())
 }
 
+/// What both forms need on the host to keep and ship their snapshots: the ship step (script
+/// and unit) and, with a backup host, the node's ssh key (root only) and the backup host's
+/// pinned key.
+fn add_backup_shipping(tree: &mut Tree, inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<()> {
+    tree.dirs.push(("usr/local/lib/etcd".into(), 0o755));
+    tree.file(BACKUP_SHIP.trim_start_matches('/'), 0o755, template::read("host/etcd-backup-ship")?);
+    tree.file("etc/systemd/system/etcd-backup-ship.service", 0o644, template::read("host/etcd-backup-ship.service")?);
+    let Some(target) = &inputs.spec.backup.target else { return Ok(()) };
+    let dir = BACKUP_SSH_DIR.trim_start_matches('/');
+    tree.dirs.push((dir.into(), 0o700));
+    let (key, _) = inputs.pki.backup_key(&node.name);
+    tree.file(&format!("{dir}/id_ed25519"), 0o600, read_pki(&key)?);
+    tree.file(&format!("{dir}/known_hosts"), 0o644, target.known_hosts_line());
+    Ok(())
+}
+
+/// The backup host's `authorized_keys`: one line per member, its key allowed to run nothing but
+/// rsync, through `rrsync`, confined to that member's directory (`DIR/<cluster>/<node>`).
+pub fn backup_authorized_keys(spec: &ClusterSpec, pki: &PkiLayout) -> Result<Option<String>> {
+    let Some(target) = &spec.backup.target else { return Ok(None) };
+    let mut out = format!(
+        "# The members of etcd cluster {} shipping their snapshots, written by `cargo xtask render`: for\n\
+         # ~{}/.ssh/authorized_keys on {}. Each key runs nothing but rsync (rrsync, Debian's rsync\n\
+         # package) confined to its member's directory; create those first (docs/systemd-hosts.md).\n",
+        spec.name, target.user, target.host
+    );
+    for node in &spec.nodes {
+        let (_, public) = pki.backup_key(&node.name);
+        let key = String::from_utf8(read_pki(&public)?).with_context(|| format!("{} is not text", public.display()))?;
+        out.push_str(&format!(
+            "restrict,command=\"/usr/bin/rrsync {}\" {}\n",
+            target.member_dir(&spec.name, &node.name),
+            key.trim()
+        ));
+    }
+    Ok(Some(out))
+}
+
 /// Renders both trees and the install notes of `node`.
 pub fn render_node(inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<NodeBundle> {
     let etcdctl = etcdctl_env(inputs)?;
     let index = inputs.spec.nodes.iter().position(|n| n.name == node.name).context("a node of the description")?;
     let schedule =
         [("NODE", node.name.clone()), ("CLUSTER", inputs.spec.name.clone()), ("ON_CALENDAR", defrag_calendar(index))];
+    let backup = &inputs.spec.backup;
+    let backup_schedule = [
+        ("NODE", node.name.clone()),
+        ("CLUSTER", inputs.spec.name.clone()),
+        ("INTERVAL", backup.interval.clone()),
+        ("ON_CALENDAR", backup.on_calendar(index, inputs.spec.nodes.len())),
+    ];
 
     let mut host = Tree::default();
     add_certificates(&mut host, inputs, node)?;
     host.file("etc/etcd/etcd.conf", 0o644, etcd_conf(inputs, node, false)?);
     host.file("etc/etcd/etcdctl.env", 0o644, etcdctl.clone());
-    host.file("etc/etcd/etcd-backup.env", 0o644, backup_env(inputs, node)?);
+    host.file("etc/etcd/etcd-backup.env", 0o644, backup_env(inputs, node, false)?);
     host.file("etc/etcd/etcd-defrag.env", 0o644, defrag_env(inputs, node)?);
-    for unit in ["etcd.service", "etcd-backup.service", "etcd-backup.timer", "etcd-defrag.service"] {
+    for unit in ["etcd.service", "etcd-backup.service", "etcd-defrag.service"] {
         host.file(&format!("etc/systemd/system/{unit}"), 0o644, template::read(&format!("host/{unit}"))?);
     }
-    let timer = "host/etcd-defrag.timer.in";
-    host.file(
-        "etc/systemd/system/etcd-defrag.timer",
-        0o644,
-        template::fill(&format!("systemd/{timer}"), &template::read(timer)?, &schedule)?,
-    );
+    for (timer, fields) in [("etcd-defrag.timer", &schedule[..]), ("etcd-backup.timer", &backup_schedule[..])] {
+        let path = format!("host/{timer}.in");
+        host.file(
+            &format!("etc/systemd/system/{timer}"),
+            0o644,
+            template::fill(&format!("systemd/{path}"), &template::read(&path)?, fields)?,
+        );
+    }
+    add_backup_shipping(&mut host, inputs, node)?;
     host.file("usr/lib/sysusers.d/etcd.conf", 0o644, template::read("host/sysusers.conf")?);
     host.file("usr/lib/tmpfiles.d/etcd.conf", 0o644, template::read("host/tmpfiles.conf")?);
 
@@ -293,15 +382,26 @@ pub fn render_node(inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<NodeBu
     add_certificates(&mut portable, inputs, node)?;
     portable.file("etc/etcd/etcd.conf", 0o644, etcd_conf(inputs, node, true)?);
     portable.file("etc/etcd/etcdctl.env", 0o644, etcdctl);
-    portable.file("etc/etcd/etcd-backup.env", 0o644, backup_env(inputs, node)?);
+    portable.file("etc/etcd/etcd-backup.env", 0o644, backup_env(inputs, node, true)?);
     portable.file("etc/etcd/etcd-defrag.env", 0o644, defrag_env(inputs, node)?);
-    let dropin = "portable/defrag-schedule.conf.in";
-    portable.dirs.push(("etc/systemd/system/etcd-defrag.timer.d".into(), 0o755));
+    for (unit, dropin, fields) in [
+        ("etcd-defrag.timer", "portable/defrag-schedule.conf.in", &schedule[..]),
+        ("etcd-backup.timer", "portable/backup-schedule.conf.in", &backup_schedule[..]),
+    ] {
+        portable.dirs.push((format!("etc/systemd/system/{unit}.d"), 0o755));
+        portable.file(
+            &format!("etc/systemd/system/{unit}.d/schedule.conf"),
+            0o644,
+            template::fill(&format!("systemd/{dropin}"), &template::read(dropin)?, fields)?,
+        );
+    }
+    portable.dirs.push(("etc/systemd/system/etcd-backup.service.d".into(), 0o755));
     portable.file(
-        "etc/systemd/system/etcd-defrag.timer.d/schedule.conf",
+        "etc/systemd/system/etcd-backup.service.d/ship.conf",
         0o644,
-        template::fill(&format!("systemd/{dropin}"), &template::read(dropin)?, &schedule)?,
+        template::read("portable/backup-ship.conf")?,
     );
+    add_backup_shipping(&mut portable, inputs, node)?;
     portable.file("etc/systemd/portable/profile/etcd/service.conf", 0o644, template::read("portable/profile.conf")?);
 
     let install_md = template::fill(
@@ -317,6 +417,21 @@ pub fn render_node(inputs: &ClusterInputs<'_>, node: &NodeSpec) -> Result<NodeBu
             ("CLIENT", inputs.client.to_string()),
             ("VERSION", inputs.etcd_version.to_string()),
             ("DEFRAG_TIME", defrag_time(index)),
+            ("BACKUP_INTERVAL", backup.interval.clone()),
+            ("BACKUP_CALENDAR", backup.on_calendar(index, inputs.spec.nodes.len())),
+            ("BACKUP_KEEP", backup.keep.to_string()),
+            (
+                "BACKUP_WHERE",
+                match &backup.target {
+                    Some(t) => format!(
+                        "ships it with rsync over ssh to {}@{}:{}",
+                        t.user,
+                        t.host,
+                        t.member_dir(&inputs.spec.name, &node.name)
+                    ),
+                    None => "keeps it on this host only (the cluster file's [backup] has no target)".into(),
+                },
+            ),
         ],
     )?;
     Ok(NodeBundle { node: node.name.clone(), host, portable, install_md })
@@ -360,17 +475,19 @@ mod tests {
     #[test]
     fn each_member_defragments_at_its_own_time_and_the_image_at_the_first_ones() {
         let times: Vec<String> = (0..5).map(defrag_time).collect();
-        assert_eq!(times, ["05:00", "05:20", "05:40", "06:00", "06:20"]);
-        assert_eq!(defrag_calendar(1), "*-*-* 05:20:00");
+        assert_eq!(times, ["05:10", "05:30", "05:50", "06:10", "06:30"]);
+        assert_eq!(defrag_calendar(1), "*-*-* 05:30:00");
         // A cluster that reaches midnight wraps instead of naming hour 24.
-        assert_eq!(defrag_time(57), "00:00");
+        assert_eq!(defrag_time(57), "00:10");
         // The portable image's own timer, for a host without its node's drop-in, is the first
         // member's time.
         let image = template::read("portable/etcd-defrag.timer").unwrap();
         assert!(image.lines().any(|l| l == format!("OnCalendar={}", defrag_calendar(0))), "{image}");
-        // Never while etcd-backup.timer may snapshot (02:00 plus up to RandomizedDelaySec=2h).
-        let backup = template::read("host/etcd-backup.timer").unwrap();
-        assert!(backup.contains("OnCalendar=*-*-* 02:00:00") && backup.contains("RandomizedDelaySec=2h"), "{backup}");
-        assert!(times.iter().all(|t| t.as_str() >= "04:00"), "{times:?}");
+        // Never at a member's snapshot time of the default hourly [backup] (minutes 0, 20, 40
+        // of three members), which a defragmentation would block.
+        let backup = crate::pki::backup::Backup::default();
+        let minutes: Vec<String> = (0..3).map(|i| backup.on_calendar(i, 3)[6..].to_string()).collect();
+        assert_eq!(minutes, ["00/1:00:00", "00/1:20:00", "00/1:40:00"]);
+        assert!(times.iter().all(|t| !["00", "20", "40"].contains(&&t[3..])), "{times:?}");
     }
 }

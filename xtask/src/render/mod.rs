@@ -35,7 +35,11 @@ use tuning::Presets;
 /// where it matches). Output, per node, in OUT (default target/render/<cluster>/):
 ///   <node>/                 etc/etcd/etcd.conf (ETCD_* + tuning), etc/etcd/pki/, etc/etcd/etcdctl.env
 ///                           and etc/etcd/etcdctl/ (operator's client certificate),
-///                           etc/systemd/system/etcd.service, etcd-backup.{service,timer},
+///                           etc/systemd/system/etcd.service, etcd-backup.{service,timer}
+///                           (a checked snapshot every [backup] interval at its own time),
+///                           etcd-backup-ship.service and usr/local/lib/etcd/etcd-backup-ship
+///                           (keeps and ships it with rsync over ssh), etc/etcd/backup/ (the
+///                           node's ssh key, the backup host's pinned key),
 ///                           etcd-defrag.{service,timer} (this member only, at its own time),
 ///                           usr/lib/sysusers.d/etcd.conf, usr/lib/tmpfiles.d/etcd.conf
 ///   <node>.tar              that tree, owned by root, to unpack at / on the host
@@ -45,6 +49,8 @@ use tuning::Presets;
 ///                           description's [monitoring]: prometheus.yml (scrape jobs),
 ///                           blackbox.yml (TLS probes) and etcd-<cluster>/ (the scrape client's
 ///                           certificate) (docs/monitoring.md)
+///   backup-host/            with a [backup] target: authorized_keys for the backup host
+///                           (each member's key, confined to its directory by rrsync)
 #[derive(Debug, clap::Args)]
 #[command(long_about, verbatim_doc_comment)]
 pub struct Render {
@@ -180,9 +186,16 @@ pub fn render(args: &Render) -> Result<PathBuf> {
     }
     monitoring::write(staged.path(), spec, &inputs.pki.root)?;
     println!("monitoring: {}", display_rel(&out.join(monitoring::DIR)));
+    if let Some(keys) = host::backup_authorized_keys(spec, pki)? {
+        crate::util::write_atomic(&staged.path().join(BACKUP_HOST_KEYS), keys.as_bytes(), 0o644)?;
+        println!("backup host: {}", display_rel(&out.join(BACKUP_HOST_KEYS)));
+    }
     staged.commit(&out)?;
     Ok(out)
 }
+
+/// The backup host's `authorized_keys` under the output, with a `[backup]` target.
+pub const BACKUP_HOST_KEYS: &str = "backup-host/authorized_keys";
 
 /// The default output directory of a cluster's bundles.
 pub fn default_out(spec: &ClusterSpec) -> PathBuf {

@@ -19,6 +19,11 @@ pub const JOB: &str = "etcd";
 /// The scrape job that probes the members' TLS ports (the blackbox exporter's `tls_connect`):
 /// certificate expiry is not among etcd's metrics.
 pub const TLS_JOB: &str = "etcd-tls";
+/// The scrape job of node exporter on each host, whose textfile collector reads what
+/// etcd-backup-ship writes after each good snapshot (`etcd_backup_*`).
+pub const BACKUP_JOB: &str = "etcd-backup";
+/// Where node exporter listens on each host (its default).
+pub const NODE_EXPORTER_PORT: u16 = 9100;
 /// The directory `render` writes under its output, and the rules file's name in it.
 pub const DIR: &str = "monitoring";
 pub const RULES_FILE: &str = "etcd-rules.yml";
@@ -90,6 +95,7 @@ fn recording_rules(sel: &str, c: &Clock) -> Vec<(String, String)> {
 /// `member`, the label our scrape configuration puts on each target: kept, it would split every
 /// sum into one group per member, and one member down would read as a lost quorum.
 fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
+    let backup_sel = format!("job=\"{BACKUP_JOB}\"");
     let mixin = || MIXIN.to_string();
     vec![
         Alert {
@@ -254,6 +260,26 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             source: "ours: an alert whose input is missing must not stay quiet".into(),
             runbook: "docs/monitoring.md#what-each-alert-means",
         },
+        Alert {
+            name: "etcdBackupStale",
+            // The newest good snapshot of any member, against twice the interval; or node
+            // exporters that answer while no member has ever written a good one. A cluster
+            // without the `etcd-backup` job (Kubernetes) has neither series and stays quiet.
+            expr: format!(
+                "(time() - max by (cluster) (etcd_backup_last_success_timestamp_seconds{{{backup_sel}}}))\n> 2 * max by \
+                 (cluster) (etcd_backup_interval_seconds{{{backup_sel}}})\nor\n(0 * max by (cluster) (up{{{backup_sel}}}) \
+                 unless on (cluster) etcd_backup_last_success_timestamp_seconds{{{backup_sel}}})"
+            ),
+            for_: c.for_(300),
+            severity: "critical",
+            summary: "No good etcd snapshot reached the backup host for two intervals.",
+            description: "The newest snapshot of cluster {{ $labels.cluster }} that was taken, checked and shipped is \
+                          {{ $value | humanizeDuration }} old (0s: none ever was): a disaster now would lose more \
+                          than the backups promise. Read `journalctl -u etcd-backup.service -u \
+                          etcd-backup-ship.service` on the members.",
+            source: "ours: the [backup] interval of the cluster file, twice, as the issue of a missed run".into(),
+            runbook: "docs/systemd-hosts.md#backups-off-the-host",
+        },
     ]
 }
 
@@ -345,19 +371,26 @@ fn tls_files(config_dir: &str, cluster: &str) -> Value {
 pub struct Scrape {
     pub targets: Vec<(String, String)>,
     pub metrics_port: u16,
+    /// Node exporter's port on each host, for the backups' metrics (hosts only: a pod has no
+    /// backup units).
+    pub backup_port: Option<u16>,
 }
 
 impl Scrape {
     /// Hosts (bundles, the portable service, static pods): each node's first IP, port 2381.
     pub fn nodes(spec: &ClusterSpec) -> Result<Scrape> {
-        Ok(Scrape { targets: super::config::node_hosts(spec)?, metrics_port: super::config::METRICS_PORT })
+        Ok(Scrape {
+            targets: super::config::node_hosts(spec)?,
+            metrics_port: super::config::METRICS_PORT,
+            backup_port: Some(NODE_EXPORTER_PORT),
+        })
     }
 
     /// The StatefulSet: each pod by the DNS name its certificates carry (a pod's IP changes and
     /// is in no certificate), its mutual-TLS metrics port; member `i` is pod `<name>-<i>`.
     pub fn statefulset(spec: &ClusterSpec, k: &KubeNames) -> Scrape {
         let targets = (0..spec.nodes.len()).map(|i| (k.pod(i), k.pod_fqdn(i))).collect();
-        Scrape { targets, metrics_port: super::config::METRICS_TLS_PORT_POD }
+        Scrape { targets, metrics_port: super::config::METRICS_TLS_PORT_POD, backup_port: None }
     }
 }
 
@@ -380,28 +413,33 @@ pub fn prometheus_yaml(
             })
             .collect()
     };
+    let mut jobs = vec![
+        json!({
+            "job_name": JOB,
+            "scheme": "https",
+            "tls_config": tls_files(config_dir, cluster),
+            "static_configs": statics(scrape.metrics_port),
+        }),
+        json!({
+            "job_name": TLS_JOB,
+            "metrics_path": "/probe",
+            "params": { "module": ["etcd_tls"] },
+            "static_configs": statics(super::config::CLIENT_PORT),
+            "relabel_configs": [
+                { "source_labels": ["__address__"], "target_label": "__param_target" },
+                { "source_labels": ["__param_target"], "target_label": "instance" },
+                { "target_label": "__address__", "replacement": blackbox },
+            ],
+        }),
+    ];
+    if let Some(port) = scrape.backup_port {
+        // etcd-backup-ship writes its own cluster and member labels: keep them.
+        jobs.push(json!({ "job_name": BACKUP_JOB, "honor_labels": true, "static_configs": statics(port) }));
+    }
     let doc = json!({
         "global": { "scrape_interval": scrape_interval, "evaluation_interval": scrape_interval },
         "rule_files": [format!("{config_dir}/{RULES_FILE}")],
-        "scrape_configs": [
-            {
-                "job_name": JOB,
-                "scheme": "https",
-                "tls_config": tls_files(config_dir, cluster),
-                "static_configs": statics(scrape.metrics_port),
-            },
-            {
-                "job_name": TLS_JOB,
-                "metrics_path": "/probe",
-                "params": { "module": ["etcd_tls"] },
-                "static_configs": statics(super::config::CLIENT_PORT),
-                "relabel_configs": [
-                    { "source_labels": ["__address__"], "target_label": "__param_target" },
-                    { "source_labels": ["__param_target"], "target_label": "instance" },
-                    { "target_label": "__address__", "replacement": blackbox },
-                ],
-            },
-        ],
+        "scrape_configs": jobs,
     });
     let body = serde_yaml_ng::to_string(&doc).context("cannot write the scrape configuration as YAML")?;
     Ok(format!(

@@ -35,6 +35,8 @@ pub const DIR_MODE: u32 = 0o700;
 ///                                   ca.crt when one CA is shared)
 /// clients/<identity>/               one client identity (CN = identity)
 ///     client.crt, client.key, ca.crt   --cert, --key, --cacert of etcdctl
+/// backup/<node>/                    node's ssh key for shipping its snapshots (never mounted
+///     id_ed25519, id_ed25519.pub    into etcd's container: the backup units read it)
 /// token                             the initial-cluster token (from the description, or random)
 /// cluster.toml                      the description these certificates were issued for
 /// manifest.json                     cluster name, CA mode, peer CN to allow, nodes, clients
@@ -61,6 +63,8 @@ pub const CLIENT_KEY: &str = "client.key";
 pub const CA_CERT: &str = "ca.crt";
 pub const CA_KEY: &str = "ca.key";
 pub const PEER_CA_CERT: &str = "peer-ca.crt";
+/// A node's ssh key for its backups (beside it, `.pub`).
+pub const BACKUP_KEY: &str = "id_ed25519";
 
 impl PkiLayout {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -87,6 +91,11 @@ impl PkiLayout {
     }
     pub fn client_dir(&self, id: &str) -> PathBuf {
         self.clients_dir().join(id)
+    }
+    /// Node `node`'s ssh key for shipping its snapshots (OpenSSH format), and its public half.
+    pub fn backup_key(&self, node: &str) -> (PathBuf, PathBuf) {
+        let dir = self.root.join("backup").join(node);
+        (dir.join(BACKUP_KEY), dir.join(format!("{BACKUP_KEY}.pub")))
     }
     pub fn token(&self) -> PathBuf {
         self.root.join("token")

@@ -373,7 +373,34 @@ pub fn issue(spec: &ClusterSpec, profiles: &Profiles, out: &Path, force: bool) -
     run_leaves(spec, profiles, &layout, &cas, Scope::Reconcile, &mut report, &mut batch)?;
     write_manifest(spec, profiles, &layout, &mut report, &mut batch)?;
     batch.commit()?;
+    ensure_backup_keys(spec, &layout, &mut report)?;
     Ok(report)
+}
+
+/// Each node's ssh key for shipping its snapshots to the backup host (`[backup]`): made once
+/// (an Ed25519 key in OpenSSH's format, `backup/<node>/id_ed25519` and `.pub`), kept
+/// afterwards, like a CA: the backup host's `authorized_keys` lists it.
+fn ensure_backup_keys(spec: &ClusterSpec, layout: &PkiLayout, report: &mut IssueReport) -> Result<()> {
+    let mut batch = AtomicBatch::new();
+    for node in &spec.nodes {
+        let (key_path, pub_path) = layout.backup_key(&node.name);
+        if key_path.is_file() && pub_path.is_file() {
+            report.push(layout, &key_path, Action::Kept);
+            continue;
+        }
+        for dir in [key_path.parent(), key_path.parent().and_then(Path::parent)].into_iter().flatten().rev() {
+            ensure_dir(dir)?;
+        }
+        let mut key = ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .context("cannot make an Ed25519 key for the backups")?;
+        key.set_comment(format!("etcd-backup@{}/{}", spec.name, node.name));
+        let private = key.to_openssh(ssh_key::LineEnding::LF).context("cannot write the backup key")?;
+        let public = key.public_key().to_openssh().context("cannot write the backup key's public half")?;
+        batch.write(&key_path, private.as_bytes(), KEY_MODE)?;
+        batch.write(&pub_path, format!("{public}\n").as_bytes(), CERT_MODE)?;
+        report.push(layout, &key_path, Action::Created);
+    }
+    batch.commit()
 }
 
 /// Reissues leaves under the existing CAs of the PKI in `out`, for the description stored

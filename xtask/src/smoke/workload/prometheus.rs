@@ -96,7 +96,9 @@ impl Prometheus {
         let blackbox_at = format!("127.0.0.1:{bport}");
         let host =
             monitoring::Host { config_dir, interval: INTERVAL, blackbox: &blackbox_at, clock: Clock { scale: SCALE } };
-        monitoring::write_with(&etc, spec, pki, &monitoring::Scrape::nodes(spec)?, &host)?;
+        // No node exporter beside the members: the backups' job is left out.
+        let scrape = monitoring::Scrape { backup_port: None, ..monitoring::Scrape::nodes(spec)? };
+        monitoring::write_with(&etc, spec, pki, &scrape, &host)?;
         let blog = fs::File::create(dir.join("blackbox.log"))
             .with_context(|| format!("cannot create {}", dir.join("blackbox.log").display()))?;
         let blackbox = Command::new(BLACKBOX)

@@ -351,14 +351,37 @@ impl Run<Hosts> {
         if active != "active" || triggers.is_empty() {
             bail!("etcd-backup.timer is {active:?} and triggers {triggers:?}");
         }
-        // What the timer does when it elapses: start the unit it triggers.
+        // What the timer does when it elapses: start the unit it triggers, which takes and checks
+        // a snapshot and, once checked, starts the ship step (OnSuccess=); that unit is unloaded
+        // once it ran, so its journal after this point says how it ended.
+        let cursor =
+            m.sh_ok("journalctl -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p'")?.trim().to_string();
         m.sh_ok(&format!("systemctl start {triggers}"))?;
+        let ship = format!("journalctl --after-cursor '{cursor}' -u etcd-backup-ship.service --no-pager -o cat");
+        let (shipped, _) =
+            self.poll("etcd-backup-ship.service finished", Duration::from_secs(15), Duration::from_millis(200), |r| {
+                let text = r.machines[0].sh_ok(&ship)?;
+                if text.contains("Failed with result") {
+                    bail!("etcd-backup-ship.service failed:\n{text}");
+                }
+                Ok(match text.lines().find(|l| l.starts_with("etcd-backup-ship: /")) {
+                    Some(line) if text.contains("Deactivated successfully") => Ok(line.to_string()),
+                    _ => Err(format!("not yet: {text}")),
+                })
+            })?;
+        let m = &self.machines[0];
         let snapshot = m
-            .sh_ok("ls -1t /var/backups/etcd/snapshot-*.db /var/lib/private/etcd-backup/snapshot.db 2>/dev/null | head -n1")?
+            .sh_ok(
+                "ls -1 /var/backups/etcd/snapshot-*.db /var/lib/private/etcd-backup/snapshot-*.db 2>/dev/null \
+                 | awk -F/ '{print $NF, $0}' | sort | tail -n 1 | cut -d' ' -f2",
+            )?
             .trim()
             .to_string();
-        if snapshot.is_empty() {
-            bail!("{triggers} ran but left no snapshot:\n{}", m.journal(&triggers, 10));
+        if snapshot.is_empty() || !shipped.contains(&snapshot) {
+            bail!(
+                "{triggers} ran, the ship step said {shipped:?}, and the newest snapshot is {snapshot:?}:\n{}",
+                m.journal(&triggers, 10)
+            );
         }
         let dir = self.out.join("backup");
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -376,8 +399,9 @@ impl Run<Hosts> {
             bail!("the restored member returned {value:?} for smoke/before-faults");
         }
         Ok(format!(
-            "timer active, triggers {triggers}; {snapshot} ({size} bytes) restored into a fresh one-member etcd on \
-             loopback, smoke/before-faults read back"
+            "timer active, triggers {triggers}, which took and checked a snapshot and started the ship step \
+             ({shipped}); {snapshot} ({size} bytes) restored into a fresh one-member etcd on loopback, \
+             smoke/before-faults read back"
         ))
     }
 }
