@@ -26,9 +26,10 @@ pub use super::nspawn_host::LoopNodes;
 use crate::smoke::local::enter_netns;
 
 /// The Debian release the machines run, and what they need beyond minbase: systemd as init,
-/// dbus for `systemctl`, systemd-container for `portablectl`.
+/// dbus for `systemctl`, systemd-container for `portablectl`, rsync and openssh-client for the
+/// backups' ship step (INSTALL.md asks the operator for both).
 pub const SUITE: &str = "bookworm";
-pub const INCLUDE: &str = "systemd,systemd-sysv,dbus,systemd-container";
+pub const INCLUDE: &str = "systemd,systemd-sysv,dbus,systemd-container,rsync,openssh-client";
 /// A machine's boot (to `systemctl is-system-running` answering running or degraded).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 /// Any one command in a machine, unless it says otherwise.
