@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use crate::acquire::SourcePolicy;
 use crate::pki::cluster::ClusterSpec;
 use crate::smoke::engine::{Capability, Engine, Form};
-use crate::smoke::workload::load::LoadReport;
+use crate::smoke::workload::load::{EpochReport, LoadReport};
 
 /// The load's phase while the basic checks keep a quorum down on purpose: from stopping the
 /// second node until the restarted ones are healthy again. Requests may fail in it, and it does
@@ -145,14 +145,31 @@ pub fn admit(engine: Engine, asked: &[ScenarioName]) -> Result<Vec<ScenarioName>
     Ok(out)
 }
 
-/// The verdict over a load's history ([`crate::smoke::verify::judge`]); on a violation the
-/// history is kept as `file` (JSON, one object per operation) and the error names it.
+/// The verdict over a load's history ([`crate::smoke::verify::judge`]), epoch by epoch (a
+/// restore may take the store back: each epoch's history is judged alone, named when there are
+/// several); on a violation the whole history is kept as `file` (JSON, one object per
+/// operation) and the error names it.
 pub(crate) fn judge_history(report: &LoadReport, file: &Path) -> Result<String> {
-    crate::smoke::verify::judge(&report.history, &report.watches).or_else(|why| {
-        let json = serde_json::to_vec_pretty(&report.history).context("cannot write the history as JSON")?;
-        crate::util::write_atomic(file, &json, 0o644)?;
-        anyhow::bail!("{why} (history: {})", file.display())
-    })
+    let single = report.epochs.len() <= 1;
+    let mut verdicts = Vec::new();
+    let mut failed = Vec::new();
+    let whole =
+        [EpochReport { history: report.history.clone(), watches: report.watches.clone(), ..Default::default() }];
+    let epochs = if report.epochs.is_empty() { &whole[..] } else { &report.epochs[..] };
+    for epoch in epochs {
+        match crate::smoke::verify::judge(&epoch.history, &epoch.watches) {
+            Ok(v) if single => verdicts.push(v),
+            Ok(v) => verdicts.push(format!("epoch {:?}: {v}", epoch.name)),
+            Err(why) if single => failed.push(why),
+            Err(why) => failed.push(format!("epoch {:?}: {why}", epoch.name)),
+        }
+    }
+    if failed.is_empty() {
+        return Ok(verdicts.join("; "));
+    }
+    let json = serde_json::to_vec_pretty(&report.history).context("cannot write the history as JSON")?;
+    crate::util::write_atomic(file, &json, 0o644)?;
+    anyhow::bail!("{} (history: {})", failed.join("; "), file.display())
 }
 
 #[cfg(test)]
