@@ -28,7 +28,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::pki::cluster::ClusterSpec;
 use crate::util::{project_root, target_dir};
-pub use engine::{machines, Engine, Form};
+pub use engine::{backup_host, machines, Engine, Form};
 pub use faults::netdelay;
 pub use scenarios::ScenarioName;
 pub use verify::linearizable;

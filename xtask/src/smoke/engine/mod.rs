@@ -8,8 +8,10 @@
 //! volumes and network; `cluster_members.rs` puts them through faults), `kube.rs` with
 //! `podman kube play` of the static pods, `hosts.rs` on three booted Debian machines
 //! (`machines.rs`: systemd-nspawn and the run's network namespace; `nspawn_host.rs`: what
-//! booting needs of the host); `restored.rs` a one-member etcd on loopback from a snapshot.
+//! booting needs of the host); `restored.rs` a one-member etcd on loopback from a snapshot;
+//! `backup_host.rs` an OpenSSH server of the run's own that takes snapshots through `rrsync`.
 
+pub mod backup_host;
 pub mod cluster;
 pub mod cluster_members;
 pub mod hosts;
