@@ -8,10 +8,8 @@
 //! volumes and network; `cluster_members.rs` puts them through faults), `kube.rs` with
 //! `podman kube play` of the static pods, `hosts.rs` on three booted Debian machines
 //! (`machines.rs`: systemd-nspawn and the run's network namespace; `nspawn_host.rs`: what
-//! booting needs of the host); `restored.rs` a one-member etcd on loopback from a snapshot;
-//! `backup_host.rs` an OpenSSH server of the run's own that takes snapshots through `rrsync`.
+//! booting needs of the host); `restored.rs` a one-member etcd on loopback from a snapshot.
 
-pub mod backup_host;
 pub mod cluster;
 pub mod cluster_members;
 pub mod hosts;
@@ -118,6 +116,8 @@ pub enum Capability {
     Reconfigure,
     /// Run the members at each stage of the switch from plain http to mutual TLS.
     TlsStages,
+    /// Destroy members with their data and bring the cluster back from a survivor or a snapshot.
+    Restore,
 }
 
 impl Capability {
@@ -133,6 +133,9 @@ impl Capability {
                 ("reconfigure", "change a member's certificates, configuration or release while the cluster runs")
             }
             Capability::TlsStages => ("tls-stages", "run the members at each stage of the switch from http to TLS"),
+            Capability::Restore => {
+                ("restore", "destroy members with their data and bring them back from a survivor or a snapshot")
+            }
         }
     }
 }

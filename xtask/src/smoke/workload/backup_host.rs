@@ -81,7 +81,7 @@ impl BackupHost {
         let pid_file = dir.join("sshd.pid");
         let config = dir.join("sshd_config");
         let text = format!(
-            "# A backup host of the smoke test's own (xtask/src/smoke/engine/backup_host.rs).\n\
+            "# A backup host of the smoke test's own (xtask/src/smoke/workload/backup_host.rs).\n\
              Port {port}\nListenAddress {addr}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
              PermitRootLogin forced-commands-only\nAllowUsers root\nStrictModes no\nUsePAM no\n\
              PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
@@ -198,6 +198,70 @@ pub fn ssh_command(key: &Path, known_hosts: &Path, port: u16) -> String {
     )
 }
 
+/// How a client reaches a backup host: its address and port, the key it logs in with, and the
+/// known_hosts file that holds the host's key.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+}
+
+impl Remote {
+    /// A client of `host` with `key`, its known_hosts written to `known_hosts`.
+    pub fn of(host: &BackupHost, key: &Path, known_hosts: &Path) -> Result<Remote> {
+        crate::util::write_atomic(known_hosts, (host.known_hosts_line() + "\n").as_bytes(), 0o644)?;
+        Ok(Remote { addr: host.addr, port: host.port, key: key.to_path_buf(), known_hosts: known_hosts.to_path_buf() })
+    }
+
+    fn rsync(&self, args: &[String]) -> Result<String> {
+        let ssh = ssh_command(&self.key, &self.known_hosts, self.port);
+        let out = Command::new("rsync")
+            .args(["-e", &ssh])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run rsync (apt-get install rsync openssh-client)")?;
+        if !out.status.success() {
+            bail!(
+                "rsync {} with the backup host {}:{} failed: {}",
+                args.join(" "),
+                self.addr,
+                self.port,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Copies `files` into the host's storage, each under its own name (rsync writes beside
+    /// and renames: a half-shipped file never has its name).
+    pub fn push(&self, files: &[&Path]) -> Result<()> {
+        let mut args: Vec<String> = vec!["--times".into()];
+        args.extend(files.iter().map(|f| f.display().to_string()));
+        args.push(format!("root@{}:", self.addr));
+        self.rsync(&args).map(|_| ())
+    }
+
+    /// The names of the files in the host's storage.
+    pub fn list(&self) -> Result<Vec<String>> {
+        let text = self.rsync(&["--list-only".into(), format!("root@{}:", self.addr)])?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with('-'))
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .collect())
+    }
+
+    /// Copies the host's `name` into the directory `dest`.
+    pub fn pull(&self, name: &str, dest: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+        self.rsync(&["--times".into(), format!("root@{}:{name}", self.addr), format!("{}/", dest.display())])?;
+        Ok(dest.join(name))
+    }
+}
+
 /// The public half of a key made by [`keygen`].
 pub fn public_key(key: &Path) -> Result<String> {
     let file = PathBuf::from(format!("{}.pub", key.display()));
@@ -227,14 +291,15 @@ mod tests {
         )
         .unwrap();
         let known = tmp.path().join("known_hosts");
-        fs::write(&known, host.known_hosts_line() + "\n").unwrap();
+        let remote = Remote::of(&host, &key, &known).unwrap();
         let file = tmp.path().join("snap.db");
         fs::write(&file, vec![7u8; 100_000]).unwrap();
         let ssh = ssh_command(&key, &known, host.port());
-        let out =
-            Command::new("rsync").args(["-e", &ssh]).arg(&file).arg(format!("root@{}:", host.addr())).output().unwrap();
-        assert!(out.status.success(), "rsync: {}", String::from_utf8_lossy(&out.stderr));
+        remote.push(&[&file]).unwrap();
         assert_eq!(fs::read(host.storage().join("snap.db")).unwrap().len(), 100_000);
+        assert_eq!(remote.list().unwrap(), ["snap.db"]);
+        let back = remote.pull("snap.db", &tmp.path().join("back")).unwrap();
+        assert_eq!(fs::read(back).unwrap().len(), 100_000);
         let shell = Command::new("sh").args(["-c", &format!("{ssh} root@{} id", host.addr())]).output().unwrap();
         assert!(!shell.status.success() || !String::from_utf8_lossy(&shell.stdout).contains("uid="), "a shell ran");
         let empty = tmp.path().join("empty_known_hosts");
