@@ -8,7 +8,8 @@
 //! user, data volume and the node's uid checked; then the day-2 runbooks on the three-node cluster (upgrade to
 //! 3.5, renew, CA rotation, replace a member, defragment one member at a time), each followed
 //! by the data and membership it must leave, and the space runbooks on a member of their own (the NOSPACE alarm raised and cleared,
-//! a full data disk on a tmpfs filled and freed). Not from the README, the same image also runs as a three-node
+//! a full data disk on a tmpfs filled and freed), and the disaster-recovery runbooks (a snapshot shipped with rsync over ssh to
+//! a backup host of the test's own, the survivor path, the snapshot path). Not from the README, the same image also runs as a three-node
 //! mutual-TLS cluster configured only by `ETCD_*` variables, and as one node configured by a
 //! mounted `--config-file`.
 //!
@@ -19,8 +20,8 @@
 //! shell that ran `cargo test`, without the variables cargo sets for test processes (see
 //! `xtask::util::set_by_cargo_for_a_crate`).
 //!
-//! Needs root, podman, bash, cargo, cfssl, curl, tar and docker.io (dockerd, docker,
-//! containerd); a missing one fails the test.
+//! Needs root, podman, bash, cargo, cfssl, curl, tar, docker.io (dockerd, docker,
+//! containerd), openssh-server, openssh-client and rsync; a missing one fails the test.
 //! The image is etcd v3.4.9 built from source (`$XTASK_TEST_ETCD_GIT`, see `common`). Everything
 //! created (containers, volumes, networks, `target/run-it/`) is removed at the start (leftovers of
 //! an interrupted run), at the end and on failure.
@@ -63,6 +64,9 @@ const RECIPES: &[&str] = &[
     "nospace-runbook",
     "disk-full",
     "http-to-tls",
+    "backup-offhost",
+    "restore-survivor",
+    "restore-snapshot",
     "cleanup",
 ];
 
@@ -705,6 +709,8 @@ fn readme_run_it_recipes_work_verbatim() {
         check_volume(v, &plain);
     }
 
+    disaster_recovery(&found, &cluster);
+
     // Clean up: nothing of the README's is left.
     run_recipe(recipe("cleanup"), &[]);
     for c in README_CONTAINERS {
@@ -722,6 +728,117 @@ fn readme_run_it_recipes_work_verbatim() {
     assert!(!root().join(README_DIR).exists(), "cleanup recipe left {README_DIR}");
     drop(guard);
     eprintln!("run_it: README recipes and checks: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The disaster-recovery runbooks on the three-node cluster (on 3.5.16 by now), against a backup
+/// host of the test's own (`xtask::smoke::backup_host`: Debian's sshd on loopback, the node's key
+/// forced to rrsync), whose address, port, key and known_hosts the recipes get as an operator
+/// sets them: the snapshot shipped and readable there; the survivor path back to three started
+/// voting members with equal hashes and every key; the snapshot path back to the snapshot's
+/// revision, the keys written after the backup gone and those before it there.
+fn disaster_recovery(found: &[Recipe], cluster: &[&str]) {
+    use xtask::smoke::backup_host::{backup_client_key, public_key, BackupHost};
+    let recipe = |name: &str| found.iter().find(|r| r.name == name).unwrap();
+    let all3 = "https://10.89.79.11:2379,https://10.89.79.12:2379,https://10.89.79.13:2379";
+    let tmp = tempfile::tempdir().unwrap();
+    let key = backup_client_key(tmp.path(), "demo1").unwrap();
+    let host = BackupHost::start(
+        &tmp.path().join("host"),
+        "127.0.0.1".parse().unwrap(),
+        None,
+        None,
+        &[public_key(&key).unwrap()],
+    )
+    .unwrap();
+    let known = tmp.path().join("known_hosts");
+    fs::write(&known, host.known_hosts_line() + "\n").unwrap();
+    let env: Vec<(String, String)> = [
+        ("BACKUP_HOST", host.addr().to_string()),
+        ("BACKUP_PORT", host.port().to_string()),
+        ("BACKUP_KEY", key.display().to_string()),
+        ("BACKUP_KNOWN_HOSTS", known.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let ctl = |args: &[&str]| -> String {
+        let out = etcdctl("demo1", all3, &PKI_TLS, args);
+        if !out.status.success() {
+            fail(&format!("etcdctl {args:?} failed:\n{}", text(&out)), cluster);
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let get = |key: &str| ctl(&["get", key, "--print-value-only"]).trim().to_string();
+    let hashes_equal = |after: &str| {
+        let v: serde_json::Value = serde_json::from_str(&ctl(&["endpoint", "hashkv", "-w", "json"])).unwrap();
+        let hashes: Vec<u64> = v.as_array().unwrap().iter().map(|h| h["HashKV"]["hash"].as_u64().unwrap()).collect();
+        assert!(hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0]), "{after}: hashkv {hashes:?}");
+    };
+    let voting = |after: &str| {
+        let list = ctl(&["member", "list"]);
+        let started = list.lines().filter(|l| l.contains(", started, ") && l.ends_with(", false")).count();
+        assert_eq!(started, 3, "{after}: not three started voting members:\n{list}");
+    };
+
+    ctl(&["put", "before-backup", "kept"]);
+    let out = run_recipe_env(recipe("backup-offhost"), cluster, &env);
+    let shipped: Vec<String> = fs::read_dir(host.storage())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("demo-demo1-") && n.ends_with(".db"))
+        .collect();
+    assert_eq!(shipped.len(), 1, "backup-offhost shipped {shipped:?}:\n{out}");
+    let name = &shipped[0];
+    let recorded = fs::read_to_string(host.storage().join(format!("{name}.status.json"))).unwrap();
+    let recorded: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+    let status = podman_ok(
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--user",
+            "0:0",
+            "-v",
+            &format!("{}:/backups:ro", host.storage().display()),
+            "--entrypoint",
+            "etcdctl",
+            UPGRADED,
+            "snapshot",
+            "status",
+            &format!("/backups/{name}"),
+            "-w",
+            "json",
+        ],
+        cluster,
+    );
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status, recorded, "the shipped snapshot's status is not the one shipped with it");
+    let revision = status["revision"].as_i64().unwrap();
+    ctl(&["put", "after-backup", "lost-by-the-snapshot-path"]);
+
+    let out = run_recipe(recipe("restore-survivor"), cluster);
+    assert!(!out.contains("a write without a quorum succeeded"), "{out}");
+    wait_healthy("demo1", all3, &PKI_TLS, cluster);
+    voting("restore-survivor");
+    hashes_equal("restore-survivor");
+    assert_eq!(get("before-backup"), "kept");
+    assert_eq!(get("after-backup"), "lost-by-the-snapshot-path", "the survivor path lost a write");
+    assert_eq!(get("greeting"), "hello");
+
+    let out = run_recipe_env(recipe("restore-snapshot"), cluster, &env);
+    assert!(out.contains(&format!("restoring {name}")), "restore-snapshot did not take {name}:\n{out}");
+    wait_healthy("demo1", all3, &PKI_TLS, cluster);
+    voting("restore-snapshot");
+    hashes_equal("restore-snapshot");
+    let v: serde_json::Value = serde_json::from_str(&ctl(&["endpoint", "status", "-w", "json"])).unwrap();
+    let revisions: Vec<i64> =
+        v.as_array().unwrap().iter().map(|s| s["Status"]["header"]["revision"].as_i64().unwrap()).collect();
+    assert_eq!(revisions, [revision; 3], "the revision is not back at the snapshot's");
+    assert_eq!(get("after-backup"), "", "a key written after the backup survived the snapshot path");
+    assert_eq!(get("before-backup"), "kept");
+    assert_eq!(get("greeting"), "hello");
+    drop(host);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -958,8 +1075,9 @@ fn every_tls_recipe_runs_etcd_with_the_tls_policy() {
         }
         checked += 1;
     }
-    // single-node, three-nodes, byo-pki, docker-node, upgrade, replace-member, nospace
-    assert_eq!(checked, 7, "the README should run etcd with client certificates in seven recipes");
+    // single-node, three-nodes, byo-pki, docker-node, upgrade, replace-member, nospace,
+    // restore-survivor, restore-snapshot
+    assert_eq!(checked, 9, "the README should run etcd with client certificates in nine recipes");
 }
 
 /// Every etcd a recipe leaves running compacts its history as a cluster file does by default
@@ -978,5 +1096,5 @@ fn every_recipe_that_runs_etcd_compacts_as_a_cluster_file_does_by_default() {
             assert!(command.contains(flag.as_str()), "recipe {name}: etcd without `{flag}`:\n{command}");
         }
     }
-    assert_eq!(runs.len(), 7, "{:?}", runs.iter().map(|r| &r.0).collect::<Vec<_>>());
+    assert_eq!(runs.len(), 9, "{:?}", runs.iter().map(|r| &r.0).collect::<Vec<_>>());
 }

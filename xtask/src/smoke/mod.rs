@@ -32,6 +32,7 @@ pub use engine::{machines, Engine, Form};
 pub use faults::netdelay;
 pub use scenarios::ScenarioName;
 pub use verify::linearizable;
+pub use workload::backup_host;
 
 /// Start a three-node mutual-TLS etcd cluster from the baked image in podman, prove it under a
 /// client load, and remove it again.
@@ -46,7 +47,11 @@ pub use verify::linearizable;
 /// mutual TLS member by member, without losing data or member IDs; not part of all, for time);
 /// drills (partitions, one-way packet loss and pauses of a follower and of the leader, inside the
 /// members' own network namespaces, a NOSPACE alarm with etcd's runbook, and a member's data disk
-/// filled from outside, then freed; not part of all).
+/// filled from outside, then freed; not part of all); disaster (a snapshot taken with the image's
+/// etcdctl and shipped with rsync over ssh to a backup host of the run's own; two members lost
+/// and the leader forced into a new cluster, the others added back as learners; then all three
+/// lost and the newest good snapshot restored on all three; after each, hashkv, the keys held to
+/// one revision of the load's history, the writes lost and the RTO; not part of all).
 ///
 /// --engine kube plays the static pods of `cargo xtask k8s` with `podman kube play` instead
 /// (basic scenario; the few adaptations podman needs are printed and go into the report).

@@ -261,3 +261,147 @@ impl Cluster {
         Ok(port)
     }
 }
+
+/// What a snapshot file is, as `etcdctl snapshot status -w json` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SnapshotStatus {
+    pub hash: u64,
+    pub revision: i64,
+    pub total_keys: u64,
+    pub total_size: u64,
+}
+
+/// Disaster recovery on podman's members: a snapshot taken with the image's etcdctl and copied
+/// out, checked with the image's etcdctl, and members restored from one.
+impl Cluster {
+    /// `etcdctl snapshot save` inside member `i`'s container (the image's etcdctl, against its
+    /// own endpoint, into the container's `/tmp`, a tmpfs), copied out to `dest` with `podman
+    /// cp`; `dest` is root's, 0600 (it holds every key of the cluster).
+    pub(crate) fn snapshot_save_in_image(&self, i: usize, dest: &Path) -> Result<()> {
+        let name = dest.file_name().context("a snapshot file needs a name")?.to_string_lossy().to_string();
+        let inside = format!("/tmp/{name}");
+        self.exec_etcdctl(i, &["snapshot", "save", &inside])?;
+        let container = &self.nodes[i].container;
+        let parent = dest.parent().context("a snapshot file needs a directory")?;
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        podman(&["cp", &format!("{container}:{inside}"), &dest.to_string_lossy()])
+            .with_context(|| format!("cannot copy {inside} out of {container}"))?;
+        std::os::unix::fs::chown(dest, Some(0), Some(0)).with_context(|| format!("cannot chown {}", dest.display()))?;
+        std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o600))?;
+        Ok(())
+    }
+
+    /// `etcdctl snapshot status -w json` of the host's file `snap` by the image's etcdctl (a
+    /// container of its own without network, the file mounted read-only): an error naming the
+    /// file and what to do when etcdctl cannot read it (truncated, not a snapshot).
+    pub(crate) fn snapshot_status(&self, snap: &Path) -> Result<SnapshotStatus> {
+        let mut args: Vec<String> = ["run", "--rm", "--network", "none", "--user", "0:0", "--entrypoint", "etcdctl"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        args.extend(super::cluster::hardening_args());
+        args.extend(["-v".into(), format!("{}:/backup/snapshot.db:ro", snap.display())]);
+        args.extend(self.run_args.iter().cloned());
+        args.extend([self.tag.clone(), "snapshot".into(), "status".into(), "/backup/snapshot.db".into()]);
+        args.extend(["-w".into(), "json".into()]);
+        let out = super::podman::podman_output(&args)?;
+        if !out.status.success() {
+            bail!(
+                "{}: etcdctl snapshot status cannot read it ({}): it is not a whole snapshot; do not restore it, take \
+                 the previous good one from the backup host (or a new backup)",
+                snap.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("{}: snapshot status printed no JSON", snap.display()))?;
+        let num =
+            |k: &str| v[k].as_u64().with_context(|| format!("{}: snapshot status has no {k}: {v}", snap.display()));
+        Ok(SnapshotStatus {
+            hash: num("hash")?,
+            revision: i64::try_from(num("revision")?).context("revision out of range")?,
+            total_keys: num("totalKey")?,
+            total_size: num("totalSize")?,
+        })
+    }
+
+    /// Member `i` restored from `snap` (the host's etcdctl of the same release, `snapshot
+    /// restore` with its name, address and the cluster's three peer URLs, and `token`, a new
+    /// cluster token) into a fresh volume, then its container started with the same
+    /// certificates and flags (the new token). Refused while a container of that name exists
+    /// (a member still running, or stopped but not removed: its data would be in the way), and
+    /// while its volume exists. The restore goes to a directory beside in the volume and is
+    /// moved into place only once whole: a failed restore leaves no data that looks good.
+    pub(crate) fn restore_member(&mut self, i: usize, snap: &Path, token: &str) -> Result<()> {
+        let (name, container, volume) =
+            (self.nodes[i].spec.name.clone(), self.nodes[i].container.clone(), self.nodes[i].volume.clone());
+        if podman(&["container", "exists", &container]).is_ok() {
+            let state = self.state(i).unwrap_or_default();
+            bail!(
+                "refusing to restore {name}: its container {container} still exists ({state}); a member that still \
+                 runs would serve its old data beside the restored ones: stop and remove it first (podman rm -f \
+                 {container}), and its volume (podman volume rm {volume})"
+            );
+        }
+        if podman(&["volume", "exists", &volume]).is_ok() {
+            bail!("refusing to restore {name}: its volume {volume} still exists; remove it first (podman volume rm {volume})");
+        }
+        podman(&["volume", "create", "--label", &label(&self.spec.name), &volume])?;
+        let mountpoint = PathBuf::from(podman(&["volume", "inspect", "--format", "{{.Mountpoint}}", &volume])?.trim());
+        let staging = mountpoint.join("restoring");
+        let facts = PkiFacts::read(&self.pki.root)?;
+        let mut env = node_env(&self.spec, &self.nodes[i].spec, &facts, &TargetPaths::standard(), &self.etcd_version)?;
+        env.insert("ETCD_INITIAL_CLUSTER_TOKEN".into(), token.to_string());
+        env.insert("ETCD_INITIAL_CLUSTER_STATE".into(), "new".into());
+        let restored = restore_to(&self.etcdctl, snap, &staging, &name, &env);
+        if let Err(e) = restored {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        std::fs::rename(staging.join("member"), mountpoint.join("member"))
+            .with_context(|| format!("cannot move the restored data into {}", mountpoint.display()))?;
+        std::fs::remove_dir_all(&staging).with_context(|| format!("cannot remove {}", staging.display()))?;
+        chown_tree(&mountpoint, self.uid, self.gid)?;
+        self.nodes[i].env = env;
+        let args = self.container_args(&self.nodes[i])?;
+        podman_checked(&args).with_context(|| format!("cannot start the restored {name}"))?;
+        Ok(())
+    }
+}
+
+/// `etcdctl snapshot restore SNAP --data-dir DATA` for the member `name` of the cluster `env`
+/// describes (its `ETCD_INITIAL_*`); an error names the file and the member.
+pub(crate) fn restore_to(
+    etcdctl: &Path,
+    snap: &Path,
+    data: &Path,
+    name: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<()> {
+    let get = |k: &str| env.get(k).with_context(|| format!("the configuration of {name} has no {k}"));
+    if data.exists() {
+        bail!("{}: cannot restore {name} into it: it exists; restore only into a new directory", data.display());
+    }
+    let out = Command::new(etcdctl)
+        .env_clear()
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore", &snap.to_string_lossy()])
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--name={name}"))
+        .arg(format!("--initial-cluster={}", get("ETCD_INITIAL_CLUSTER")?))
+        .arg(format!("--initial-advertise-peer-urls={}", get("ETCD_INITIAL_ADVERTISE_PEER_URLS")?))
+        .arg(format!("--initial-cluster-token={}", get("ETCD_INITIAL_CLUSTER_TOKEN")?))
+        .output()
+        .with_context(|| format!("cannot run {}", etcdctl.display()))?;
+    if !out.status.success() {
+        // What etcdctl wrote before it failed is not a member's data: removed.
+        let _ = std::fs::remove_dir_all(data);
+        bail!(
+            "{}: snapshot restore for {name} failed ({}); nothing was restored: check it with `etcdctl snapshot \
+             status` and take the previous good snapshot",
+            snap.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

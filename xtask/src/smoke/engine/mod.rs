@@ -116,6 +116,8 @@ pub enum Capability {
     Reconfigure,
     /// Run the members at each stage of the switch from plain http to mutual TLS.
     TlsStages,
+    /// Destroy members with their data and bring the cluster back from a survivor or a snapshot.
+    Restore,
 }
 
 impl Capability {
@@ -131,6 +133,9 @@ impl Capability {
                 ("reconfigure", "change a member's certificates, configuration or release while the cluster runs")
             }
             Capability::TlsStages => ("tls-stages", "run the members at each stage of the switch from http to TLS"),
+            Capability::Restore => {
+                ("restore", "destroy members with their data and bring them back from a survivor or a snapshot")
+            }
         }
     }
 }

@@ -4,10 +4,12 @@
 //!
 //! Pure and unit-tested: nothing here runs a process or touches a network; `history.rs` holds
 //! the types the recorders (`workload/`) fill, `linearizable.rs` the Wing-Gong-Lowe search per
-//! key and the revision order per client, `watch.rs` the watch guarantees.
+//! key and the revision order per client, `watch.rs` the watch guarantees, `restored.rs` a
+//! restored keyspace held to one revision of the history.
 
 pub mod history;
 pub mod linearizable;
+pub mod restored;
 pub mod watch;
 
 use history::{Op, WatchLog};

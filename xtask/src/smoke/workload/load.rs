@@ -12,8 +12,12 @@
 //!
 //! The identity is re-read when one of its files changes, like etcd re-reads its leaf
 //! certificates: the scenarios rotate certificates under a running load.
+//!
+//! A load has epochs ([`Load::epoch`]): a disaster recovery may take the store back to an
+//! earlier revision, so the history after it is judged apart from the one before. Each epoch
+//! writes under a prefix of its own, has its own history, watchers and acknowledged keys; a
+//! request of an ended epoch gives up at its next attempt. Scenarios without a restore have one.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,10 +25,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 
 pub use super::gateway::{Gateway, Identity};
-use super::timeline::{per_second, Mark, Sample, Second};
+pub use super::load_report::{EpochReport, Incident, LoadReport, PhaseStats};
+use super::timeline::{per_second, Mark, Sample};
 use crate::smoke::local::enter_netns;
 use crate::smoke::verify::history::{Action, Op, WatchLog};
 
@@ -70,86 +74,6 @@ fn refused_before_effect(e: &anyhow::Error) -> bool {
     text.contains("connection refused") || text.contains("database space exceeded")
 }
 
-/// One failed request or retried attempt, with when it happened and why.
-#[derive(Debug, Clone, Serialize)]
-pub struct Incident {
-    /// Seconds since the load started.
-    pub at_s: f64,
-    pub phase: String,
-    pub what: String,
-    pub reason: String,
-}
-
-/// What the load saw.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LoadReport {
-    pub seconds: f64,
-    pub requests: u64,
-    pub writes: u64,
-    pub reads: u64,
-    /// Requests that failed on every endpoint until their deadline.
-    pub failed: u64,
-    /// Attempts that failed and were retried on another endpoint (not failures of the request).
-    pub retries: u64,
-    pub worst_latency_ms: f64,
-    pub rate_per_s: f64,
-    /// Failed requests, per phase of the scenario they gave up in.
-    pub failed_by_phase: BTreeMap<String, u64>,
-    /// Per phase of the scenario: its length and the requests started in it.
-    pub phases: BTreeMap<String, PhaseStats>,
-    pub failures: Vec<Incident>,
-    pub retried: Vec<Incident>,
-    /// Retried attempts by what went wrong (see [`cause`]).
-    pub retried_by_cause: BTreeMap<String, u64>,
-    /// Whether a bound (count or time) stopped the load before the scenario did.
-    pub bounded_stop: bool,
-    #[serde(skip)]
-    pub acknowledged: BTreeMap<String, String>,
-    /// Every attempt, for the linearizability check (saved beside the report on a violation).
-    #[serde(skip)]
-    pub history: Vec<Op>,
-    /// One watcher per endpoint, for the watch check.
-    pub watches: Vec<WatchLog>,
-    pub acknowledged_writes: usize,
-    /// Every finished request, for the timeline.
-    #[serde(skip)]
-    pub samples: Vec<Sample>,
-    /// Second by second (report.html's pictures).
-    pub timeline: Vec<Second>,
-    /// When each phase began.
-    pub marks: Vec<Mark>,
-}
-
-/// One phase's length (summed over its occurrences) and the requests started in it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PhaseStats {
-    pub seconds: f64,
-    pub requests: u64,
-    /// Requests that gave up in the phase (wherever they started).
-    pub failed: u64,
-    /// The longest a request started in the phase took, retries included: what a client with
-    /// failover waited at worst.
-    pub worst_latency_ms: f64,
-}
-
-impl LoadReport {
-    /// Requests per second over the phases not in `except`.
-    pub fn rate_except(&self, except: &[&str]) -> f64 {
-        let (mut secs, mut reqs) = (0.0, 0u64);
-        for (name, p) in &self.phases {
-            if !except.contains(&name.as_str()) {
-                secs += p.seconds;
-                reqs += p.requests;
-            }
-        }
-        if secs > 0.0 {
-            reqs as f64 / secs
-        } else {
-            0.0
-        }
-    }
-}
-
 /// How long an endpoint that failed an attempt is passed over, as a client's balancer does: a
 /// stopped member's published port may swallow a SYN until the connect timeout.
 const AVOID_FAILED: Duration = Duration::from_millis(1000);
@@ -165,8 +89,12 @@ struct Shared {
     phase_started: Mutex<Instant>,
     stop: AtomicBool,
     started: Instant,
-    /// Per endpoint, what its watcher saw.
-    watches: Vec<Mutex<WatchLog>>,
+    /// Per endpoint and per epoch, what its watcher saw.
+    watches: Vec<Mutex<Vec<WatchLog>>>,
+    /// The current epoch's index and key prefix.
+    epoch: Mutex<(usize, String)>,
+    /// The run's prefix; epoch N > 0 writes under `<run prefix>e<N>/`.
+    run_prefix: String,
 }
 
 impl Shared {
@@ -177,6 +105,11 @@ impl Shared {
 
     fn phase(&self) -> String {
         self.phase.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// The current epoch and its prefix.
+    fn epoch(&self) -> (usize, String) {
+        self.epoch.lock().map(|e| e.clone()).unwrap_or_else(|_| (0, self.run_prefix.clone()))
     }
 
     /// The first endpoint from `start` (round) that is not being passed over; `start`'s own
@@ -233,28 +166,30 @@ impl Load {
         }
         // Fail early and clearly when the identity is unusable.
         identity.tls_config()?;
+        // Keys of this load only: scenarios on the same machines (the systemd engine) run one
+        // load after another, and a key an earlier load wrote would start the history with a
+        // value this one never wrote.
+        let run = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let run_prefix = format!("{prefix}{run:x}/");
+        let first = EpochReport { name: FIRST_EPOCH.into(), prefix: run_prefix.clone(), ..Default::default() };
         let shared = Arc::new(Shared {
-            report: Mutex::new(LoadReport::default()),
+            report: Mutex::new(LoadReport { epochs: vec![first], ..LoadReport::default() }),
             avoid_until: Mutex::new(vec![None; endpoints.len()]),
             endpoints: Mutex::new(endpoints.clone()),
             phase: Mutex::new("start".into()),
             phase_started: Mutex::new(Instant::now()),
             stop: AtomicBool::new(false),
             started: Instant::now(),
-            watches: (0..endpoints.len()).map(|member| Mutex::new(WatchLog { member, ..Default::default() })).collect(),
+            watches: (0..endpoints.len()).map(|_| Mutex::new(Vec::new())).collect(),
+            epoch: Mutex::new((0, run_prefix.clone())),
+            run_prefix,
         });
         let count = endpoints.len() * WORKERS_PER_ENDPOINT;
         let per_worker = bounds.max_requests / count as u64;
-        // Keys of this load only: scenarios on the same machines (the systemd engine) run one
-        // load after another, and a key an earlier load wrote would start the history with a
-        // value this one never wrote.
-        let run = SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let run_prefix = format!("{prefix}{run:x}/");
         let mut workers = Vec::new();
         for w in 0..count {
             let shared = shared.clone();
             let identity = identity.clone();
-            let prefix = run_prefix.clone();
             let bounds = Bounds { max_requests: per_worker, max_duration: bounds.max_duration };
             let netns = netns.clone();
             workers.push(std::thread::spawn(move || {
@@ -263,12 +198,11 @@ impl Load {
                     eprintln!("smoke: load worker {w}: {e:#}");
                     return;
                 }
-                worker(w, &identity, &prefix, bounds, &shared)
+                worker(w, &identity, bounds, &shared)
             }));
         }
         for member in 0..endpoints.len() {
-            let (shared, identity, prefix, netns) =
-                (shared.clone(), identity.clone(), prefix.to_string(), netns.clone());
+            let (shared, identity, netns) = (shared.clone(), identity.clone(), netns.clone());
             workers.push(std::thread::spawn(move || {
                 if let Some(Err(e)) = netns.map(|ns| enter_netns(&ns)) {
                     eprintln!("smoke: watcher {member}: {e:#}");
@@ -277,7 +211,7 @@ impl Load {
                 super::watch::watcher(
                     member,
                     &identity,
-                    &prefix,
+                    &shared.epoch,
                     &shared.endpoints,
                     &shared.stop,
                     &shared.watches[member],
@@ -304,7 +238,35 @@ impl Load {
     /// stream started after), by member; `None` before its first stream. A compaction up to
     /// the least of them cancels no watcher when it resumes.
     pub fn watched(&self) -> Vec<Option<i64>> {
-        self.shared.watches.iter().map(|w| w.lock().ok().and_then(|w| w.last())).collect()
+        let (epoch, _) = self.shared.epoch();
+        self.shared.watches.iter().map(|w| w.lock().ok().and_then(|w| w.get(epoch).and_then(WatchLog::last))).collect()
+    }
+
+    /// Starts a new epoch named `name`: new requests write under a prefix of their own, a
+    /// request of the old epoch still retrying gives up at its next attempt (a write's outcome
+    /// stays unknown, a read is left out), each watcher starts over on the new prefix from the
+    /// then current revision. Returns the new prefix.
+    pub fn epoch(&self, name: &str) -> String {
+        let started_s = self.shared.started.elapsed().as_secs_f64();
+        let Ok(mut epoch) = self.shared.epoch.lock() else { return self.shared.run_prefix.clone() };
+        let index = epoch.0 + 1;
+        let prefix = format!("{}e{index}/", self.shared.run_prefix);
+        if let Ok(mut r) = self.shared.report.lock() {
+            r.epochs.push(EpochReport { name: name.into(), prefix: prefix.clone(), started_s, ..Default::default() });
+        }
+        *epoch = (index, prefix.clone());
+        prefix
+    }
+
+    /// The history so far of the epoch `index` (0: the first), and its prefix.
+    pub fn epoch_history(&self, index: usize) -> Option<(String, Vec<Op>)> {
+        let r = self.shared.report.lock().ok()?;
+        r.epochs.get(index).map(|e| (e.prefix.clone(), e.history.clone()))
+    }
+
+    /// The number of the current epoch (0: the first).
+    pub fn current_epoch(&self) -> usize {
+        self.shared.epoch().0
     }
 
     /// Names the scenario's current step; failures are reported per phase.
@@ -329,9 +291,18 @@ impl Load {
         let mut report = shared.report.lock().map(|r| r.clone()).unwrap_or_default();
         report.seconds = shared.started.elapsed().as_secs_f64();
         report.rate_per_s = if report.seconds > 0.0 { report.requests as f64 / report.seconds } else { 0.0 };
+        let logs: Vec<Vec<WatchLog>> = shared.watches.iter().filter_map(|w| w.lock().ok().map(|w| w.clone())).collect();
+        for (index, epoch) in report.epochs.iter_mut().enumerate() {
+            epoch.watches = logs.iter().filter_map(|l| l.get(index).cloned()).collect();
+            epoch.acknowledged_writes = epoch.acknowledged.len();
+        }
+        report.history = report.epochs.iter().flat_map(|e| e.history.iter().cloned()).collect();
+        if let Some(last) = report.epochs.last() {
+            report.acknowledged = last.acknowledged.clone();
+            report.watches = last.watches.clone();
+        }
         report.acknowledged_writes = report.acknowledged.len();
         report.timeline = per_second(&report.samples);
-        report.watches = shared.watches.iter().filter_map(|w| w.lock().ok().map(|w| w.clone())).collect();
         report
     }
 }
@@ -350,8 +321,12 @@ enum Kind {
 const SHARED: &str = "shared/";
 const SHARED_KEYS: u64 = 4;
 
-fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Shared) {
-    let prefix = format!("{base}{w}/");
+/// The name of a load's first epoch.
+pub const FIRST_EPOCH: &str = "before";
+
+fn worker(w: usize, identity: &Identity, bounds: Bounds, shared: &Shared) {
+    let (mut epoch, mut base) = shared.epoch();
+    let mut prefix = format!("{base}{w}/");
     let interval = Duration::from_secs_f64(1.0 / PER_WORKER_RATE);
     let mut client: Option<(Vec<Option<SystemTime>>, Gateway)> = None;
     let mut seq = 0u64;
@@ -370,6 +345,13 @@ fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Sh
         }
         next += interval;
         seq += 1;
+        // A new epoch: keys under its prefix, nothing read back of the old one.
+        let now_epoch = shared.epoch();
+        if now_epoch.0 != epoch {
+            (epoch, base) = now_epoch;
+            prefix = format!("{base}{w}/");
+            last_acked = None;
+        }
         // Four kinds of request in turn: a write to a key of the worker's own, a read of its
         // last acknowledged one, a write and a read of a key every worker shares (values unique
         // per request), so that the history has concurrent writes and reads to check.
@@ -427,7 +409,9 @@ fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Sh
                     revision,
                 };
                 if let Ok(mut r) = shared.report.lock() {
-                    r.history.push(op);
+                    if let Some(e) = r.epochs.get_mut(epoch) {
+                        e.history.push(op);
+                    }
                 }
             };
             // Err((e, retry)): retry on another endpoint, or not (the answer itself is wrong).
@@ -476,6 +460,10 @@ fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Sh
                     if Instant::now() + Duration::from_millis(100) > deadline {
                         break Err(e);
                     }
+                    // Its epoch ended (the store is being restored): no attempt on the new one.
+                    if shared.epoch().0 != epoch {
+                        break Err(e.context("given up: its epoch ended (a restore began)"));
+                    }
                     if let Ok(mut r) = shared.report.lock() {
                         r.retries += 1;
                         *r.retried_by_cause.entry(cause(&incident.reason)).or_default() += 1;
@@ -514,7 +502,9 @@ fn worker(w: usize, identity: &Identity, base: &str, bounds: Bounds, shared: &Sh
         match outcome {
             Ok(()) => {
                 if kind == Kind::OwnWrite {
-                    r.acknowledged.insert(key.clone(), value.clone());
+                    if let Some(e) = r.epochs.get_mut(epoch) {
+                        e.acknowledged.insert(key.clone(), value.clone());
+                    }
                     last_acked = Some((key, value));
                 }
             }

@@ -2,8 +2,10 @@
 //! JSON gateway (`/v3/watch`, a stream of JSON messages) on its own member, and resumes from the
 //! revision after its last event whenever the stream ends: a member stopped, cut off or
 //! restarted, and also every [`CONNECTION`] on purpose, so that resuming is exercised all the
-//! time. In: an endpoint and the client identity. Out: a [`WatchLog`] per member, which
-//! `verify/watch.rs` holds to etcd's watch guarantees.
+//! time. In: an endpoint and the client identity. Out: a [`WatchLog`] per member and epoch of
+//! the load, which `verify/watch.rs` holds to etcd's watch guarantees. When the load starts a
+//! new epoch, each watcher starts over on its prefix from the then current revision (after a
+//! restore the revision went back: a watcher must re-list, not resume).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -19,20 +21,28 @@ use crate::smoke::verify::history::{Event, WatchLog};
 /// watcher takes to notice the load stopped).
 const CONNECTION: Duration = Duration::from_secs(2);
 
-/// Runs until `stop`: watches `prefix` on `endpoints[member]` (re-read for every stream, as the
-/// load switches endpoints), appending to `log`.
+/// Runs until `stop`: watches the current epoch's prefix (`epoch`: its index and prefix) on
+/// `endpoints[member]` (both re-read for every stream, as the load switches endpoints and
+/// epochs), appending to the epoch's entry of `logs`.
 pub(crate) fn watcher(
     member: usize,
     identity: &Identity,
-    prefix: &str,
+    epoch: &Mutex<(usize, String)>,
     endpoints: &Mutex<Vec<String>>,
     stop: &AtomicBool,
-    log: &Mutex<WatchLog>,
+    logs: &Mutex<Vec<WatchLog>>,
 ) {
-    let end = prefix_end(prefix);
     while !stop.load(Ordering::SeqCst) {
         let Some(endpoint) = endpoints.lock().ok().and_then(|e| e.get(member).cloned()) else { return };
-        let resume = log.lock().ok().and_then(|l| l.last());
+        let Some((index, prefix)) = epoch.lock().ok().map(|e| e.clone()) else { return };
+        let end = prefix_end(&prefix);
+        let resume = {
+            let Ok(mut l) = logs.lock() else { return };
+            while l.len() <= index {
+                l.push(WatchLog { member, ..Default::default() });
+            }
+            l[index].last()
+        };
         let mut create = serde_json::json!({"key": B64.encode(prefix), "range_end": B64.encode(&end)});
         if let Some(rev) = resume {
             create["start_revision"] = serde_json::json!((rev + 1).to_string());
@@ -41,7 +51,7 @@ pub(crate) fn watcher(
         let reader = match opened {
             Ok(r) => r,
             Err(e) => {
-                if let Ok(mut l) = log.lock() {
+                if let Some(l) = logs.lock().ok().as_mut().and_then(|l| l.get_mut(index)) {
                     l.failed_attempts += 1;
                     l.last_error = Some(e);
                 }
@@ -49,14 +59,15 @@ pub(crate) fn watcher(
                 continue;
             }
         };
-        if let Ok(mut l) = log.lock() {
+        if let Some(l) = logs.lock().ok().as_mut().and_then(|l| l.get_mut(index)) {
             l.streams += 1;
         }
         for message in serde_json::Deserializer::from_reader(reader).into_iter::<serde_json::Value>() {
             // The stream's time budget ends it with an error: resume on a new one.
             let Ok(message) = message else { break };
             let result = &message["result"];
-            let Ok(mut l) = log.lock() else { return };
+            let Ok(mut all) = logs.lock() else { return };
+            let Some(l) = all.get_mut(index) else { return };
             if result["created"] == true && l.base.is_none() {
                 l.base = int(&result["header"]["revision"]);
             }

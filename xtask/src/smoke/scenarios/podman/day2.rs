@@ -34,7 +34,7 @@ const LOAD_BOUNDS: Bounds = Bounds { max_requests: 100_000, max_duration: Durati
 /// The least request rate the load must reach over a scenario.
 const GOAL_RATE: f64 = 50.0;
 /// How long a member may take to be healthy again after a restart.
-const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The upgrade, checked and its image ready, before any container starts.
 pub struct UpgradePlan {
@@ -296,31 +296,8 @@ impl Run<Cluster> {
         let profiles = Profiles::load(&Profiles::default_path())?;
         crate::pki::renew(&self.pki.root, &profiles, Some(&name))?;
         self.restage()?;
-        let ip = crate::render::config::primary_ip(&self.nodes[i].spec)?;
-        let peer_url = crate::render::config::url("https", &ip, crate::render::config::PEER_PORT);
-        self.phase(&format!("member add {name} --learner"));
         // The removal may have just made a voting member new to the others.
-        let added = self.add_learner(&name, &peer_url, &others)?;
-        let new_id = added
-            .split_whitespace()
-            .skip_while(|w| *w != "Member")
-            .nth(1)
-            .context("member add printed no member ID")?
-            .to_string();
-        let initial = added
-            .lines()
-            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
-            .map(|v| v.trim_matches('"').to_string())
-            .with_context(|| format!("member add printed no ETCD_INITIAL_CLUSTER: {added}"))?;
-        let facts = crate::render::config::PkiFacts::read(&self.pki.root)?;
-        let mut env = node_env(&self.spec, &self.nodes[i].spec, &facts, &TargetPaths::standard(), &self.etcd_version)?;
-        env.insert("ETCD_INITIAL_CLUSTER".into(), initial);
-        env.insert("ETCD_INITIAL_CLUSTER_STATE".into(), "existing".into());
-        self.nodes[i].env = env;
-        self.create(i)?;
-        // Promoted once the learner has caught up.
-        self.phase(&format!("{name} learning"));
-        let tries = self.promote(&new_id, &others, HEALTHY_TIMEOUT)?;
+        let (new_id, tries) = self.add_member_back(i, &others)?;
         let promoted = t.elapsed().as_secs_f64();
         self.phase(&format!("{name} promoted"));
         self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT)?;
@@ -346,6 +323,39 @@ impl Run<Cluster> {
              key ({:?})",
             got.trim()
         ))
+    }
+
+    /// Member `i` (lost with its volume, no longer in the membership) added back through the
+    /// members `from` as a learner (retried while etcd answers `unhealthy cluster`), started on
+    /// an empty volume with the `ETCD_INITIAL_CLUSTER` that `member add` printed, and promoted
+    /// once caught up: its new member ID and the promotion's attempts.
+    pub(super) fn add_member_back(&mut self, i: usize, from: &[usize]) -> Result<(String, u32)> {
+        let name = self.nodes[i].spec.name.clone();
+        let ip = crate::render::config::primary_ip(&self.nodes[i].spec)?;
+        let peer_url = crate::render::config::url("https", &ip, crate::render::config::PEER_PORT);
+        self.phase(&format!("member add {name} --learner"));
+        let added = self.add_learner(&name, &peer_url, from)?;
+        let new_id = added
+            .split_whitespace()
+            .skip_while(|w| *w != "Member")
+            .nth(1)
+            .context("member add printed no member ID")?
+            .to_string();
+        let initial = added
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+            .map(|v| v.trim_matches('"').to_string())
+            .with_context(|| format!("member add printed no ETCD_INITIAL_CLUSTER: {added}"))?;
+        let facts = crate::render::config::PkiFacts::read(&self.pki.root)?;
+        let mut env = node_env(&self.spec, &self.nodes[i].spec, &facts, &TargetPaths::standard(), &self.etcd_version)?;
+        env.insert("ETCD_INITIAL_CLUSTER".into(), initial);
+        env.insert("ETCD_INITIAL_CLUSTER_STATE".into(), "existing".into());
+        self.nodes[i].env = env;
+        self.create(i)?;
+        // Promoted once the learner has caught up.
+        self.phase(&format!("{name} learning"));
+        let tries = self.promote(&new_id, from, HEALTHY_TIMEOUT)?;
+        Ok((new_id, tries))
     }
 
     /// The rolling upgrade, member by member, as etcd's upgrade guide says.

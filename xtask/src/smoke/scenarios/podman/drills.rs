@@ -41,20 +41,20 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// The member that leads: its node index, the raft term, its member ID.
 #[derive(Debug, Clone, Copy)]
-struct Leader {
-    index: usize,
-    term: u64,
-    member: u64,
+pub(super) struct Leader {
+    pub(super) index: usize,
+    pub(super) term: u64,
+    pub(super) member: u64,
 }
 
 /// What `etcdctl endpoint status` says of one member.
 #[derive(Debug, Clone)]
-struct Status {
-    member: u64,
-    leader: u64,
-    term: u64,
-    db_size: u64,
-    revision: i64,
+pub(super) struct Status {
+    pub(super) member: u64,
+    pub(super) leader: u64,
+    pub(super) term: u64,
+    pub(super) db_size: u64,
+    pub(super) revision: i64,
 }
 
 impl Run<Cluster> {
@@ -180,7 +180,7 @@ impl Run<Cluster> {
     }
 
     /// Every member's status, asked of each member alone (a cut-off one answers for itself).
-    fn statuses(&self, nodes: &[usize]) -> Vec<Option<Status>> {
+    pub(super) fn statuses(&self, nodes: &[usize]) -> Vec<Option<Status>> {
         nodes
             .iter()
             .map(|i| {
@@ -199,7 +199,7 @@ impl Run<Cluster> {
     }
 
     /// The node that leads now (all answering members agree), with the raft term.
-    fn leader(&self) -> Result<Leader> {
+    pub(super) fn leader(&self) -> Result<Leader> {
         let (found, _) = self.poll("the members agreed on no leader", SETTLE, Duration::from_millis(100), |c| {
             let all = c.statuses(&[0, 1, 2]);
             let leaders: BTreeSet<u64> = all.iter().flatten().map(|s| s.leader).collect();

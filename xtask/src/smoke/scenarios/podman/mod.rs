@@ -5,6 +5,7 @@
 
 mod basic;
 mod day2;
+mod disaster;
 mod drills;
 mod http_tls;
 
@@ -88,6 +89,7 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
             },
             ScenarioName::HttpToTls => run.http_to_tls(),
             ScenarioName::Drills => run.drills(),
+            ScenarioName::Disaster => run.disaster(),
             ScenarioName::All => Ok(()),
         };
         // A scenario that ended in an error (Ctrl-C among them) leaves its load unjudged.
