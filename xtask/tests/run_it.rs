@@ -737,11 +737,13 @@ fn readme_run_it_recipes_work_verbatim() {
 /// voting members with equal hashes and every key; the snapshot path back to the snapshot's
 /// revision, the keys written after the backup gone and those before it there.
 fn disaster_recovery(found: &[Recipe], cluster: &[&str]) {
-    use xtask::smoke::backup_host::{backup_client_key, public_key, BackupHost};
+    use xtask::smoke::backup_host::{keygen, public_key, BackupHost};
     let recipe = |name: &str| found.iter().find(|r| r.name == name).unwrap();
     let all3 = "https://10.89.79.11:2379,https://10.89.79.12:2379,https://10.89.79.13:2379";
     let tmp = tempfile::tempdir().unwrap();
-    let key = backup_client_key(tmp.path(), "demo1").unwrap();
+    // The demo's node key, made as an operator makes one (the demo has no `cargo xtask pki`).
+    let key = tmp.path().join("id_ed25519");
+    keygen(&key, "backup@demo1").unwrap();
     let host = BackupHost::start(
         &tmp.path().join("host"),
         "127.0.0.1".parse().unwrap(),

@@ -13,6 +13,7 @@ mod alerts;
 mod checks;
 mod maintenance;
 mod podman;
+mod recovery;
 mod run;
 mod systemd;
 

@@ -174,16 +174,18 @@ pub fn keygen(path: &Path, comment: &str) -> Result<()> {
     Ok(())
 }
 
-/// The key node `node` ships its snapshots with: for now one made in `dir` (the run's own
-/// directory) with `ssh-keygen -t ed25519 -N ''`; the PKI will give each node its
-/// `backup/<node>/id_ed25519`, and this is the one place that then changes. Returns the private
-/// key's path (the public one beside it, `.pub`).
-pub fn backup_client_key(dir: &Path, node: &str) -> Result<PathBuf> {
-    let key_dir = dir.join("backup-keys").join(node);
-    fs::create_dir_all(&key_dir).with_context(|| format!("cannot create {}", key_dir.display()))?;
-    let key = key_dir.join("id_ed25519");
-    if !key.exists() {
-        keygen(&key, &format!("backup@{node}"))?;
+/// The key node `node` ships its snapshots with: the one `cargo xtask pki` made for it
+/// (`backup/<node>/id_ed25519` of the PKI), as the rendered ship step uses it. Returns the
+/// private key's path (the public one beside it, `.pub`).
+pub fn backup_client_key(pki: &crate::pki::layout::PkiLayout, node: &str) -> Result<PathBuf> {
+    let (key, public) = pki.backup_key(node);
+    if !key.is_file() || !public.is_file() {
+        bail!(
+            "{} has no backup key for {node} ({}): issue the PKI again with `cargo xtask pki --cluster FILE`, which \
+             makes it",
+            pki.root.display(),
+            key.display()
+        );
     }
     Ok(key)
 }
@@ -281,7 +283,8 @@ mod tests {
             panic!("this test starts sshd and logs in as root: run it as root (cargo xtask ci does)");
         }
         let tmp = tempfile::tempdir().unwrap();
-        let key = backup_client_key(tmp.path(), "node1").unwrap();
+        let key = tmp.path().join("id_ed25519");
+        keygen(&key, "backup@node1").unwrap();
         let host = BackupHost::start(
             &tmp.path().join("host"),
             "127.0.0.1".parse().unwrap(),

@@ -20,20 +20,17 @@
 //! name) or differing from what was shipped, a restore while a member of that name still runs.
 //! In: a fresh podman cluster. Out: the checks, and the figures in the report's timings.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 
 use super::day2::HEALTHY_TIMEOUT;
 use crate::smoke::engine::cluster::Cluster;
 use crate::smoke::engine::cluster_members::{restore_to, SnapshotStatus};
 use crate::smoke::engine::Members;
 use crate::smoke::scenarios::run::Run;
-use crate::smoke::verify::restored::{self, Loss, Restored};
+use crate::smoke::verify::restored::Loss;
 use crate::smoke::workload::backup_host::{backup_client_key, public_key, BackupHost, Remote};
 
 /// How long writes go on after the second backup before all three members are destroyed.
@@ -99,9 +96,9 @@ impl Run<Cluster> {
         Ok(())
     }
 
-    /// The backup host (sshd of the run's own on loopback) and node 1's key for it.
+    /// The backup host (sshd of the run's own on loopback) and node 1's key for it (the PKI's).
     fn backup_host(&self, dir: &Path) -> Result<OffHost> {
-        let key = backup_client_key(dir, self.name(0))?;
+        let key = backup_client_key(self.pki(), self.name(0))?;
         let host = BackupHost::start(&dir.join("host"), "127.0.0.1".parse()?, None, None, &[public_key(&key)?])?;
         let remote = Remote::of(&host, &key, &dir.join("known_hosts"))?;
         Ok(OffHost { _host: host, remote })
@@ -399,98 +396,6 @@ impl Run<Cluster> {
             }
         }
         bail!("no good snapshot of cluster {} on the backup host: {}", self.spec.name, refused.join("; "))
-    }
-
-    /// Member `i`'s revision once it stays the same for a second (bounded).
-    fn stable_revision(&self, i: usize) -> Result<i64> {
-        let mut last = None;
-        for _ in 0..10 {
-            // Without a quorum it has no leader, and `endpoint status` says so (no `leader`).
-            let out = self.etcdctl(&[i], &["endpoint", "status", "-w", "json", "--command-timeout=1s"])?;
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let now = v[0]["Status"]["header"]["revision"].as_i64();
-            if now.is_some() && now == last {
-                return now.context("no revision");
-            }
-            last = now;
-            std::thread::sleep(Duration::from_secs(1));
-        }
-        last.with_context(|| format!("{} answered no endpoint status", self.name(i)))
-    }
-
-    /// `endpoint hashkv` of the three members at the first one's current revision, equal
-    /// (retried while a member has not applied it yet).
-    fn hashkv_equal(&self) -> Result<String> {
-        let (found, _) =
-            self.poll("endpoint hashkv was not equal", Duration::from_secs(15), Duration::from_millis(300), |c| {
-                let Some(rev) = c.statuses(&[0]).first().cloned().flatten().map(|s| s.revision) else {
-                    return Ok(Err("no revision".into()));
-                };
-                let out = c.etcdctl(&[0, 1, 2], &["endpoint", "hashkv", &format!("--rev={rev}"), "-w", "json"])?;
-                let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
-                    Ok(v) => v,
-                    Err(_) => return Ok(Err(String::from_utf8_lossy(&out.stderr).trim().to_string())),
-                };
-                let hashes: Vec<u64> = v
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|h| h["HashKV"]["hash"].as_u64())
-                    .collect();
-                Ok(match hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0]) {
-                    true => Ok(format!("endpoint hashkv equal on all three at revision {rev} ({:x})", hashes[0])),
-                    false => Err(format!("hashes at {rev}: {hashes:x?}")),
-                })
-            })?;
-        Ok(found)
-    }
-
-    /// The keys of the load's epoch `epoch` as the restored cluster holds them, held to the
-    /// store at revision `r` (`verify::restored`).
-    fn judge_restore(&self, epoch: usize, r: i64) -> Result<Loss> {
-        let (prefix, history) = self
-            .load
-            .as_ref()
-            .and_then(|l| l.epoch_history(epoch))
-            .with_context(|| format!("the load has no epoch {epoch}"))?;
-        let first = self.load.as_ref().and_then(|l| l.epoch_history(0)).map(|(p, _)| p).unwrap_or_default();
-        let keys = self.read_keys(&prefix)?;
-        // The first epoch's prefix holds the later ones' (`<prefix>eN/`): not its keys.
-        let later = format!("{first}e");
-        let keys: BTreeMap<String, Restored> =
-            keys.into_iter().filter(|(k, _)| epoch > 0 || !k.starts_with(&later)).collect();
-        restored::judge(&history, &keys, r).map_err(|e| anyhow::anyhow!("epoch {epoch} ({prefix}): {e}"))
-    }
-
-    /// Every key under `prefix` with its value and `mod_revision`
-    /// (`etcdctl get --prefix -w json`).
-    fn read_keys(&self, prefix: &str) -> Result<BTreeMap<String, Restored>> {
-        let text = self.etcdctl_ok(&[0, 1, 2], &["get", "--prefix", prefix, "-w", "json"])?;
-        let v: serde_json::Value = serde_json::from_str(&text).context("etcdctl get printed no JSON")?;
-        let decode = |x: &serde_json::Value| -> Result<String> {
-            let raw = B64.decode(x.as_str().unwrap_or_default()).context("not base64")?;
-            Ok(String::from_utf8_lossy(&raw).into_owned())
-        };
-        let mut out = BTreeMap::new();
-        for kv in v["kvs"].as_array().map(Vec::as_slice).unwrap_or_default() {
-            let mod_revision = kv["mod_revision"].as_i64().context("a key without mod_revision")?;
-            out.insert(decode(&kv["key"])?, Restored { value: decode(&kv["value"])?, mod_revision });
-        }
-        Ok(out)
-    }
-
-    fn record_rto(&mut self, path: &str, rto: f64, loss: &Loss, failed: u64) {
-        self.timings.insert(format!("disaster_{path}_rto_s"), rto);
-        self.timings.insert(format!("disaster_{path}_lost_writes"), loss.lost as f64);
-        self.timings.insert(format!("disaster_{path}_lost_span_s"), loss.span_s());
-        self.timings.insert(format!("disaster_{path}_failed_requests"), failed as f64);
-        eprintln!(
-            "smoke: disaster: {path} path: RTO {rto:.1} s, {} acknowledged writes lost over {:.1} s, {failed} requests \
-             failed during the restore",
-            loss.lost,
-            loss.span_s()
-        );
     }
 }
 

@@ -22,6 +22,7 @@ use crate::smoke::engine::cluster::Cluster;
 use crate::smoke::engine::Members;
 use crate::smoke::faults::disk;
 use crate::smoke::faults::netdelay::Delayer;
+use crate::smoke::scenarios::recovery::{Leader, Status, SETTLE};
 use crate::smoke::scenarios::run::Run;
 use crate::smoke::workload::load::{Gateway, Identity};
 
@@ -36,26 +37,6 @@ const DISK_BYTES: u64 = 320 * 1024 * 1024;
 const FAULT: Duration = Duration::from_secs(4);
 /// The netfilter queue the delay drill uses (queues belong to a network namespace).
 const DELAY_QUEUE: &str = "7";
-/// Bound of the waits for a new leader and for health after a heal.
-const SETTLE: Duration = Duration::from_secs(30);
-
-/// The member that leads: its node index, the raft term, its member ID.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Leader {
-    pub(super) index: usize,
-    pub(super) term: u64,
-    pub(super) member: u64,
-}
-
-/// What `etcdctl endpoint status` says of one member.
-#[derive(Debug, Clone)]
-pub(super) struct Status {
-    pub(super) member: u64,
-    pub(super) leader: u64,
-    pub(super) term: u64,
-    pub(super) db_size: u64,
-    pub(super) revision: i64,
-}
 
 impl Run<Cluster> {
     /// The drills, in order, on one cluster with a small quota.
@@ -177,42 +158,6 @@ impl Run<Cluster> {
             bail!("the members' key-value hashes at revision {rev} differ: {hashes:?}");
         }
         Ok(format!("the three members' key-value hashes at revision {rev} are equal ({})", hashes[0]))
-    }
-
-    /// Every member's status, asked of each member alone (a cut-off one answers for itself).
-    pub(super) fn statuses(&self, nodes: &[usize]) -> Vec<Option<Status>> {
-        nodes
-            .iter()
-            .map(|i| {
-                let out = self.etcdctl(&[*i], &["endpoint", "status", "-w", "json", "--command-timeout=1s"]).ok()?;
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-                let s = &v.as_array()?.first()?["Status"];
-                Some(Status {
-                    member: s["header"]["member_id"].as_u64()?,
-                    leader: s["leader"].as_u64()?,
-                    term: s["raftTerm"].as_u64()?,
-                    db_size: s["dbSize"].as_u64()?,
-                    revision: s["header"]["revision"].as_i64()?,
-                })
-            })
-            .collect()
-    }
-
-    /// The node that leads now (all answering members agree), with the raft term.
-    pub(super) fn leader(&self) -> Result<Leader> {
-        let (found, _) = self.poll("the members agreed on no leader", SETTLE, Duration::from_millis(100), |c| {
-            let all = c.statuses(&[0, 1, 2]);
-            let leaders: BTreeSet<u64> = all.iter().flatten().map(|s| s.leader).collect();
-            let Some(&leader) = leaders.iter().next().filter(|_| leaders.len() == 1 && leader_known(&all)) else {
-                return Ok(Err(format!("leaders seen: {leaders:?}")));
-            };
-            let index = all.iter().position(|s| s.as_ref().is_some_and(|s| s.member == leader));
-            let term = all.iter().flatten().map(|s| s.term).max().unwrap_or(0);
-            Ok(index
-                .map(|index| Leader { index, term, member: leader })
-                .ok_or_else(|| "the leader is not one of the three".to_string()))
-        })?;
-        Ok(found)
     }
 
     /// Waits until `among` agree on a leader other than `old`; returns it and the seconds taken.
@@ -482,10 +427,6 @@ fn role(leader: bool) -> &'static str {
     } else {
         "follower"
     }
-}
-
-fn leader_known(all: &[Option<Status>]) -> bool {
-    all.iter().flatten().all(|s| s.leader != 0)
 }
 
 fn mib(bytes: u64) -> f64 {
