@@ -72,8 +72,9 @@ impl Engine {
             // played as rendered, and fix the members' configuration.
             Engine::Kube => matches!(what, StopStart),
             // systemd restarts a killed etcd (Restart=on-failure); the day-2 steps are the
-            // node's INSTALL.md blocks; a machine's network and disk are its own.
-            Engine::Systemd => matches!(what, StopStart | Reconfigure),
+            // node's INSTALL.md blocks (the ways back after a lost quorum among them); a
+            // machine's network and disk are its own.
+            Engine::Systemd => matches!(what, StopStart | Reconfigure | Restore),
         }
     }
 }

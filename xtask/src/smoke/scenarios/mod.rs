@@ -190,6 +190,7 @@ mod tests {
             [Basic, RotateCerts, ReplaceMember, Upgrade, HttpToTls, Drills]
         );
         assert_eq!(admit(Engine::Run, &[Disaster]).unwrap(), [Disaster]);
+        assert_eq!(admit(Engine::Systemd, &[Disaster]).unwrap(), [Disaster]);
         assert_eq!(admit(Engine::Systemd, &[All]).unwrap(), [Basic, RotateCerts, ReplaceMember, Upgrade]);
         assert_eq!(admit(Engine::Kube, &[All]).unwrap(), [Basic]);
         assert_eq!(admit(Engine::Kube, &[]).unwrap(), [Basic]);
@@ -198,7 +199,6 @@ mod tests {
             (Engine::Kube, Drills, "(kill)"),
             (Engine::Systemd, Drills, "(kill)"),
             (Engine::Systemd, HttpToTls, "(tls-stages)"),
-            (Engine::Systemd, Disaster, "(restore)"),
             (Engine::Kube, Disaster, "(reconfigure)"),
         ] {
             let err = admit(engine, &[All, asked]).unwrap_err().to_string();

@@ -45,35 +45,60 @@ impl BackupHost {
         netns: Option<&Path>,
         authorized: &[String],
     ) -> Result<BackupHost> {
+        if authorized.is_empty() {
+            bail!("the backup host needs at least one client key to authorize");
+        }
+        let storage = Self::storage_of(dir);
+        let lines: String = authorized
+            .iter()
+            .map(|k| format!("restrict,command=\"{RRSYNC} {}\" {}\n", storage.display(), k.trim()))
+            .collect();
+        Self::start_with_keys(dir, addr, port, netns, &lines)
+    }
+
+    /// Where a backup host made in `dir` keeps what the clients ship.
+    pub fn storage_of(dir: &Path) -> PathBuf {
+        dir.join("storage")
+    }
+
+    /// The host key a backup host made in `dir` will present: made now if it is not there yet
+    /// (so that a cluster file can pin it before the host starts), `TYPE BASE64`.
+    pub fn host_key_of(dir: &Path) -> Result<String> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let host_key = dir.join("ssh_host_ed25519_key");
+        if !host_key.exists() {
+            keygen(&host_key, "backup-host")?;
+        }
+        let pub_file = host_key.with_extension("pub");
+        Ok(fs::read_to_string(&pub_file)
+            .with_context(|| format!("cannot read {}", pub_file.display()))?
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+
+    /// [`BackupHost::start`] with `authorized_keys` as given, whole (e.g. the one `render`
+    /// writes for the backup host, each member's key confined to its own directory).
+    pub fn start_with_keys(
+        dir: &Path,
+        addr: IpAddr,
+        port: Option<u16>,
+        netns: Option<&Path>,
+        authorized_keys: &str,
+    ) -> Result<BackupHost> {
         for (tool, package) in [(SSHD, "openssh-server"), (RRSYNC, "rsync"), ("/usr/bin/ssh-keygen", "openssh-client")]
         {
             if !Path::new(tool).exists() {
                 bail!("the backup host needs {tool}: apt-get install {package}");
             }
         }
-        if authorized.is_empty() {
-            bail!("the backup host needs at least one client key to authorize");
-        }
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let storage = dir.join("storage");
+        let storage = Self::storage_of(dir);
         fs::create_dir_all(&storage).with_context(|| format!("cannot create {}", storage.display()))?;
+        let host_key_pub = Self::host_key_of(dir)?;
         let host_key = dir.join("ssh_host_ed25519_key");
-        if !host_key.exists() {
-            keygen(&host_key, "backup-host")?;
-        }
-        let pub_file = host_key.with_extension("pub");
-        let host_key_pub = fs::read_to_string(&pub_file)
-            .with_context(|| format!("cannot read {}", pub_file.display()))?
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
         let keys = dir.join("authorized_keys");
-        let lines: String = authorized
-            .iter()
-            .map(|k| format!("restrict,command=\"{RRSYNC} {}\" {}\n", storage.display(), k.trim()))
-            .collect();
-        crate::util::write_atomic(&keys, lines.as_bytes(), 0o600)?;
+        crate::util::write_atomic(&keys, authorized_keys.as_bytes(), 0o600)?;
         let port = match port {
             Some(p) => p,
             None => free_port()?,

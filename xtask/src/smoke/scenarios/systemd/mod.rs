@@ -4,18 +4,23 @@
 
 mod basic;
 mod day2;
+mod disaster;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{bail, Context, Result};
 
 use crate::definition::Definition;
+use crate::pki::cluster::ClusterSpec;
 use crate::smoke::engine::hosts::{self, Form};
 use crate::smoke::local::Interrupt;
 use crate::smoke::report::{finish_report, Outcome, Report};
 use crate::smoke::scenarios::run::Run;
 use crate::smoke::scenarios::{Options, ScenarioName};
+use crate::smoke::workload::backup_host::BackupHost;
 use crate::smoke::workload::load::Bounds;
 use crate::util::{display_rel, source_date_epoch, Arch};
 
@@ -54,13 +59,28 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
         true => Some(prepare_upgrade(opts, &def, &version, &forms)?),
         false => None,
     };
-    let inputs =
-        hosts::Inputs { spec, cluster_file: cluster_path, acquired: &acquired, raw: raw.as_deref(), version: &version };
     let (mut checks, mut timings, mut reports) = (Vec::new(), BTreeMap::new(), Vec::new());
     let mut result = Ok(());
     for (i, form) in forms.iter().enumerate() {
         let t = Instant::now();
         eprintln!("smoke: systemd machines, form {}", form.as_str());
+        // The disaster scenario ships to a backup host of the run's own: the cluster file with
+        // a [backup] target on it, its host key made (and pinned) before anything is rendered.
+        let backup_dir = out.join(format!("backup-host-{}", form.as_str()));
+        let with_backup = match asked.contains(&ScenarioName::Disaster) {
+            true => Some(with_backup_host(
+                spec,
+                cluster_path,
+                &backup_dir,
+                &out.join(format!("cluster-{}.toml", form.as_str())),
+            )?),
+            false => None,
+        };
+        let (spec, cluster_file) = match &with_backup {
+            Some((s, f)) => (s, f.as_path()),
+            None => (spec, cluster_path),
+        };
+        let inputs = hosts::Inputs { spec, cluster_file, acquired: &acquired, raw: raw.as_deref(), version: &version };
         let machines = match hosts::Hosts::prepare(
             &inputs,
             *form,
@@ -73,6 +93,16 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
                 break;
             }
         };
+        let backups = match &with_backup {
+            Some(_) => match start_backup_host(&machines, &backup_dir) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    result = Err(e.context("cannot start the backup host"));
+                    break;
+                }
+            },
+            None => None,
+        };
         let mut hosts = Run::new(machines, ScenarioName::Basic, format!("{}/basic", form.as_str()));
         let mut r = hosts.basic();
         reports.push(hosts.take_report(t.elapsed().as_secs_f64()));
@@ -84,6 +114,10 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
             r = match day2 {
                 ScenarioName::RotateCerts => hosts.renew(),
                 ScenarioName::ReplaceMember => hosts.replace_member(),
+                ScenarioName::Disaster => match &backups {
+                    Some(b) => hosts.disaster(b),
+                    None => Err(anyhow::anyhow!("the backup host was not started")),
+                },
                 ScenarioName::Upgrade => match &upgrade {
                     Some(u) => hosts.upgrade(u),
                     None => Err(anyhow::anyhow!("the upgrade was not prepared")),
@@ -128,6 +162,46 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
         timings,
     };
     finish_report(&report, out, result)
+}
+
+/// The cluster file `cluster` with a `[backup]` target on the backup host made in `dir`: the
+/// bridge's address in the run's namespace, port 22, the host's storage directory, its host key
+/// pinned (made now); the interval and keep of the file's own `[backup]` kept. Written to
+/// `to`; each member's directory made on the backup host. Returns the description and the file.
+fn with_backup_host(spec: &ClusterSpec, cluster: &Path, dir: &Path, to: &Path) -> Result<(ClusterSpec, PathBuf)> {
+    let (_, bridge) = hosts::addressing(spec, cluster)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+    }
+    let host_key = BackupHost::host_key_of(dir)?;
+    let storage = BackupHost::storage_of(dir);
+    for node in &spec.nodes {
+        let d = storage.join(&spec.name).join(&node.name);
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let text = std::fs::read_to_string(cluster).with_context(|| format!("cannot read {}", cluster.display()))?;
+    let mut doc: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not TOML", cluster.display()))?;
+    let mut backup = match doc.remove("backup") {
+        Some(toml::Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    backup.insert("target".into(), toml::Value::String(format!("root@{bridge}:{}", storage.display())));
+    backup.insert("port".into(), toml::Value::Integer(22));
+    backup.insert("host_key".into(), toml::Value::String(host_key));
+    doc.insert("backup".into(), toml::Value::Table(backup));
+    let text = toml::to_string(&doc).context("cannot write the cluster file with its backup host")?;
+    crate::util::write_atomic(to, text.as_bytes(), 0o644)?;
+    let spec = ClusterSpec::load(to)?;
+    Ok((spec, to.to_path_buf()))
+}
+
+/// The backup host of `with_backup_host`, started in the machines' namespace on the bridge's
+/// address with the `authorized_keys` render wrote for it.
+fn start_backup_host(hosts: &hosts::Hosts, dir: &Path) -> Result<BackupHost> {
+    let keys_file = hosts.render.join(crate::render::BACKUP_HOST_KEYS);
+    let keys = std::fs::read_to_string(&keys_file).with_context(|| format!("cannot read {}", keys_file.display()))?;
+    let (_, bridge) = hosts::addressing(&hosts.spec, &hosts.cluster_file)?;
+    BackupHost::start_with_keys(dir, bridge.into(), Some(22), Some(&hosts.netns.path()), &keys)
 }
 
 /// The systemd machines' upgrade target: checked against the upgrade policy, its binaries
