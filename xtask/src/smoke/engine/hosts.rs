@@ -10,7 +10,7 @@
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -276,6 +276,29 @@ impl Hosts {
             Ok(())
         });
         results.into_iter().collect()
+    }
+
+    /// `etcdctl snapshot status` of a snapshot file on this host (the members' release): its
+    /// revision and key count; an error naming the file when etcdctl cannot read it.
+    pub(crate) fn snapshot_status(&self, path: &Path) -> Result<(i64, u64)> {
+        let out = Command::new(&self.etcdctl)
+            .env_clear()
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "status", "-w", "json"])
+            .arg(path)
+            .output()
+            .with_context(|| format!("cannot run {}", self.etcdctl.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{}: etcdctl snapshot status cannot read it ({}): not a whole snapshot; take the previous good one",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("{}: snapshot status printed no JSON", path.display()))?;
+        let revision = v["revision"].as_i64().with_context(|| format!("{}: no revision in {v}", path.display()))?;
+        Ok((revision, v["totalKey"].as_u64().unwrap_or(0)))
     }
 
     /// The host's etcdctl, inside the run's namespace, with the operator's client certificate,

@@ -21,8 +21,7 @@
 //! target on the backup host. Out: the checks, and the figures in the report's timings.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -97,7 +96,7 @@ impl Run<Hosts> {
                 .with_context(|| format!("{node}: the ship step named no snapshot: {line}"))?
                 .to_string();
             let path = backups.storage().join(&self.spec.name).join(&node).join(&name);
-            let (revision, keys) = self.status_of(&path)?;
+            let (revision, keys) = self.snapshot_status(&path)?;
             let bytes = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             notes.push(format!("{node}: {name} ({bytes} bytes, revision {revision}, {keys} keys)"));
             shipped.push(Shipped { revision, bytes });
@@ -147,29 +146,6 @@ impl Run<Hosts> {
             },
         )?;
         Ok((line, take, t.elapsed().as_secs_f64() - take))
-    }
-
-    /// `etcdctl snapshot status` of a file on the backup host: its revision and key count; an
-    /// error naming the file when etcdctl cannot read it.
-    fn status_of(&self, path: &Path) -> Result<(i64, u64)> {
-        let out = Command::new(&self.etcdctl)
-            .env_clear()
-            .env("ETCDCTL_API", "3")
-            .args(["snapshot", "status", "-w", "json"])
-            .arg(path)
-            .output()
-            .with_context(|| format!("cannot run {}", self.etcdctl.display()))?;
-        if !out.status.success() {
-            bail!(
-                "{}: etcdctl snapshot status cannot read it ({}): not a whole snapshot; take the previous good one",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("{}: snapshot status printed no JSON", path.display()))?;
-        let revision = v["revision"].as_i64().with_context(|| format!("{}: no revision in {v}", path.display()))?;
-        Ok((revision, v["totalKey"].as_u64().unwrap_or(0)))
     }
 
     /// Machine `i` destroyed with its disk, and a fresh one made from the cached root in its
@@ -426,7 +402,7 @@ impl Run<Hosts> {
         found.sort();
         let mut refused = Vec::new();
         for (_, path) in found.into_iter().rev() {
-            match self.status_of(&path) {
+            match self.snapshot_status(&path) {
                 Ok((revision, _)) => return Ok((path, revision)),
                 Err(e) => refused.push(format!("{e:#}")),
             }
