@@ -1,8 +1,9 @@
 //! `cargo xtask smoke --engine systemd` for real: three Debian 12 machines booted with
 //! systemd-nspawn, in a network namespace of the run's own, forming the mutual-TLS cluster of
 //! the real etcd v3.4.9 (built from source) in both forms: the portable image attached with
-//! portablectl and the host bundle installed as INSTALL.md says. Every check of the report must
-//! pass, with the figures the closing notes quote; nothing may be left behind: no namespace, no
+//! portablectl and the host bundle installed as INSTALL.md says, through every scenario the
+//! engine runs (`all`, and `disaster`: both ways back after a lost quorum, with backups shipped by
+//! the rendered units). Every check of the report must pass, with the figures the closing notes quote; nothing may be left behind: no namespace, no
 //! mount, no cgroup, no nspawn process; not after a failure of input either, nor after Ctrl-C.
 //! Cgroups are looked for in every hierarchy the run makes them in: systemd's named v1 one and
 //! the unified one (hybrid or v2-only host); a host with neither fails the test.
@@ -143,7 +144,19 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
     let dir = tmp.path().join("smoke");
     let t = Instant::now();
     let out = xtask()
-        .args(["smoke", "--engine", "systemd", "--source", "build", "--out", dir.to_str().unwrap()])
+        .args([
+            "smoke",
+            "--engine",
+            "systemd",
+            "--source",
+            "build",
+            "--scenario",
+            "all",
+            "--scenario",
+            "disaster",
+            "--out",
+            dir.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -239,6 +252,22 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
         for scenario in ["rotate-certs", "replace-member", "upgrade"] {
             assert!(reason(scenario, "client history").starts_with("linearizable: "), "{form}/{scenario}");
         }
+        // Both ways back after a lost quorum, by INSTALL.md's blocks, with the backups the
+        // rendered units took and shipped to the run's backup host.
+        let backups = reason("disaster", "etcd-backup.service took, checked and shipped");
+        assert_eq!(backups.matches("snapshot-").count(), 3, "{form}: {backups}");
+        let survivor = reason("disaster", "survivor path");
+        assert!(survivor.contains("no acknowledged write lost") && survivor.contains("hashkv equal"), "{survivor}");
+        let snapshot = reason("disaster", "snapshot path");
+        assert!(
+            snapshot.contains("restored there by INSTALL.md's block") && snapshot.contains("hashkv equal"),
+            "{snapshot}"
+        );
+        assert!(reason("disaster", "client history").starts_with("epoch \"before\": linearizable"), "{form}");
+        for path in ["survivor", "snapshot"] {
+            let rto = report["timings"][format!("disaster_{form}_{path}_rto_s")].as_f64().unwrap();
+            assert!(rto > 0.0 && rto <= 60.0, "{form} {path}: RTO {rto}");
+        }
     }
     let names: Vec<&str> =
         report["scenarios"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
@@ -248,10 +277,12 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
             "portable/basic",
             "portable/rotate-certs",
             "portable/replace-member",
+            "portable/disaster",
             "portable/upgrade",
             "host/basic",
             "host/rotate-certs",
             "host/replace-member",
+            "host/disaster",
             "host/upgrade"
         ]
     );
