@@ -174,6 +174,19 @@ fn reruns_keep_the_ca_add_nodes_and_reissue_changed_sans() {
     ok(&["pki", "--cluster", &spec, "--out", o]);
     let first = snapshot(&out);
 
+    // Each node's backup key: OpenSSH's format as ssh-keygen reads it, root-only, its public
+    // half beside it.
+    for node in ["n1", "n2", "n3"] {
+        let key = out.join("backup").join(node).join("id_ed25519");
+        let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", key.display());
+        let derived = Command::new("ssh-keygen").arg("-y").arg("-f").arg(&key).output().unwrap();
+        assert!(derived.status.success(), "ssh-keygen -y refuses {}: {:?}", key.display(), derived);
+        let public = fs::read_to_string(key.with_extension("pub")).unwrap();
+        let words = |s: &str| s.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+        assert_eq!(words(&String::from_utf8_lossy(&derived.stdout)), words(&public));
+        assert!(public.trim_end().ends_with(&format!("etcd-backup@demo/{node}")), "{public}");
+    }
     let again = ok(&["pki", "--cluster", &spec, "--out", o]);
     assert!(again.contains("0 certificate(s) issued"), "{again}");
     assert_eq!(changed(&first, &snapshot(&out)), Vec::<String>::new(), "a rerun changed files");
@@ -185,8 +198,11 @@ fn reruns_keep_the_ca_add_nodes_and_reissue_changed_sans() {
     assert!(added.contains("even"), "an even node count is a warning: {added}");
     let second = snapshot(&out);
     let diff = changed(&first, &second);
-    assert!(diff.iter().all(|f| f.starts_with("nodes/n4/") || f == "manifest.json" || f == "cluster.toml"), "{diff:?}");
+    let ours = |f: &String| f.starts_with("nodes/n4/") || f.starts_with("backup/n4/");
+    assert!(diff.iter().all(|f| ours(f) || f == "manifest.json" || f == "cluster.toml"), "{diff:?}");
     assert!(diff.contains(&"nodes/n4/server.crt".to_string()) && diff.contains(&"nodes/n4/peer.key".to_string()));
+    // Its backup key is made once, beside the others' (which stay as they were).
+    assert!(diff.contains(&"backup/n4/id_ed25519".to_string()), "{diff:?}");
     assert!(verifies(&out.join("nodes/n4"), "ca.crt", "sslserver", "server.crt"));
 
     // A changed address reissues that node's certificates, and says so.
