@@ -167,12 +167,13 @@ done
 cp /var/lib/prometheus/node-exporter/etcd-backup.prom $T/metric.prom
 ls -1 /var/backups/etcd > $T/local-after-good
 
-# A truncated snapshot: the check refuses it, the ship step is never started.
+# A truncated snapshot: `snapshot status` may still read it (it did, for a cut at half), the
+# ship step refuses it by the SHA-256 etcdctl appended.
 run_unit '{start}'
 head -c $(( $(stat -c %s /var/backups/etcd/new.db) / 2 )) /var/backups/etcd/new.db > /var/backups/etcd/cut
 mv /var/backups/etcd/cut /var/backups/etcd/new.db
-run_unit '{post}'; result truncated "$? $(listing)"
-rm -f /var/backups/etcd/new.db
+run_unit '{post}'; status=$?
+ship 2> $T/truncated.err; result truncated "$status $? $(listing)"
 
 # A backup host whose key is not the one pinned.
 cp /etc/etcd/backup/known_hosts $T/known_hosts.good
@@ -264,10 +265,13 @@ echo DRIVER-DONE
     assert_eq!(value(&metric, "etcd_backup_interval_seconds"), 3600.0, "{metric}");
     assert!(value(&metric, "etcd_backup_last_size_bytes") > 4096.0, "{metric}");
 
-    // A truncated snapshot: `snapshot status` refuses it; nothing on the backup host changed.
+    // A truncated snapshot: whatever `snapshot status` said of it (r[0]), the ship step refuses
+    // it by its SHA-256; nothing on the backup host changed.
     let r = result("truncated");
-    assert_ne!(r[0], "0", "etcdctl snapshot status accepted a truncated snapshot\n{diag}");
-    assert_eq!(r[1..], shipped, "{diag}");
+    let err = fs::read_to_string(t.join("truncated.err")).unwrap_or_default();
+    assert_ne!(r[1], "0", "the ship step took a truncated snapshot\n{diag}");
+    assert!(err.contains("does not match the SHA-256"), "{err}\n{diag}");
+    assert_eq!(r[2..], shipped, "{diag}");
     // Each fault: the ship step fails with its reason and deletes nothing, there or here.
     for (fault, file, says) in [
         ("wrong-key", "wrong-key.err", "Host key verification failed"),
@@ -289,7 +293,7 @@ echo DRIVER-DONE
     );
     // The member kept every snapshot the failed runs took (3 faults), deleted none.
     let local = fs::read_to_string(t.join("local-after-faults")).unwrap();
-    let local: Vec<&str> = local.lines().collect();
+    let local: Vec<&str> = local.lines().filter(|l| l.starts_with("snapshot-")).collect();
     assert!(shipped.iter().all(|s| local.contains(&s.as_str())), "{local:?}");
     assert_eq!(local.len(), shipped.len() + 3, "{local:?}\n{diag}");
     // And the metric still says when the last good one was shipped.

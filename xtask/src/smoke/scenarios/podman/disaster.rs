@@ -30,7 +30,7 @@ use crate::smoke::engine::cluster::Cluster;
 use crate::smoke::engine::cluster_members::{restore_to, SnapshotStatus};
 use crate::smoke::engine::Members;
 use crate::smoke::scenarios::run::Run;
-use crate::smoke::verify::restored::Loss;
+use crate::smoke::verify::restored::{self, Loss};
 use crate::smoke::workload::backup_host::{backup_client_key, public_key, BackupHost, Remote};
 
 /// How long writes go on after the second backup before all three members are destroyed.
@@ -155,6 +155,14 @@ impl Run<Cluster> {
                  from this cluster's backups",
                 snap.display(),
                 self.spec.name
+            );
+        }
+        let bytes = std::fs::read(snap).with_context(|| format!("cannot read {}", snap.display()))?;
+        if !restored::checksum_matches(&bytes) {
+            bail!(
+                "{}: it does not end with the SHA-256 etcdctl appended to it: truncated or damaged; take the previous \
+                 good snapshot",
+                snap.display()
             );
         }
         let status = self.snapshot_status(snap)?;
