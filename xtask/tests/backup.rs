@@ -132,8 +132,9 @@ mkdir -p /var/lib/prometheus && mount --bind $T/textfiles /var/lib/prometheus
 mkdir -p /var/lib/prometheus/node-exporter
 set +e
 
-# The backup host, as docs/systemd-hosts.md says, with render's authorized_keys.
-(cd {render}/backup-host && bash -euo pipefail $T/backup-host.sh) || {{ echo RECIPE-FAILED; exit 1; }}
+# The backup host, as docs/systemd-hosts.md says, with render's authorized_keys (apt waits for
+# dpkg's lock: another test's recipe may be installing at the same time).
+(cd {render}/backup-host && APT_CONFIG={apt} bash -euo pipefail $T/backup-host.sh) || {{ echo RECIPE-FAILED; exit 1; }}
 /usr/sbin/sshd -D -e -f $T/sshd_config 2> $T/sshd.log &
 SSHD=$!
 
@@ -207,6 +208,7 @@ echo DRIVER-DONE
         start = start[0].replace('\'', "'\\''"),
         post = post[0].replace('\'', "'\\''"),
         ship = ship[0],
+        apt = common::apt_config_waiting_for_the_lock(t).display(),
     );
     let driver_file = t.join("driver.sh");
     fs::write(&driver_file, &driver).unwrap();

@@ -299,7 +299,7 @@ fn readme_prometheus_host_recipe_works_verbatim_under_debians_units() {
          mkdir -p /var/lib/prometheus\n\
          mount -t tmpfs -o mode=0755 tmpfs /var/lib/prometheus\n\
          chown prometheus:prometheus /var/lib/prometheus\n\
-         bash -euo pipefail {recipe}\n\
+         APT_CONFIG={apt} bash -euo pipefail {recipe}\n\
          echo RECIPE-DONE\n\
          while [ ! -e {go} ]; do sleep 0.2; done\n\
          runuser -u {bb_user} -- sh -c '{blackbox}' > {tmpd}/blackbox.log 2>&1 &\n\
@@ -308,6 +308,7 @@ fn readme_prometheus_host_recipe_works_verbatim_under_debians_units() {
         seed = seed.display(),
         recipe = recipe_file.display(),
         go = tmp.path().join("go").display(),
+        apt = common::apt_config_waiting_for_the_lock(tmp.path()).display(),
         tmpd = tmp.path().display(),
     );
     let driver_file = tmp.path().join("driver.sh");

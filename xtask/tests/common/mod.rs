@@ -288,3 +288,13 @@ pub fn mount_points_under(dir: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// An apt configuration (for `APT_CONFIG`) that waits up to five minutes for dpkg's lock instead
+/// of failing at once: the docs' recipes that `apt-get install` run side by side in the suite
+/// (each installs what is already there, but apt takes the lock all the same). The one
+/// adaptation those tests make to a recipe's environment; its text stays as written.
+pub fn apt_config_waiting_for_the_lock(dir: &std::path::Path) -> PathBuf {
+    let file = dir.join("apt-wait-for-lock.conf");
+    fs::write(&file, "DPkg::Lock::Timeout \"300\";\n").unwrap();
+    file
+}
