@@ -2,6 +2,8 @@
 //! e.g. the tutorial's cfssl files `ca.pem`, `server.pem`/`server-key.pem`, `peer.pem` or
 //! `member.pem`, `client.pem`), a [`CheckReport`] out: a table of every certificate and the
 //! problems found. Nothing is written.
+//! Longer than 600 lines: one table and the checks that fill it; the CRLs' own checks live in
+//! `issue/crl.rs` (`check_crls`).
 //!
 //! Problems (each makes `cargo xtask pki check` exit non-zero): unreadable files, expired or
 //! not yet valid certificates, certificates expiring within `warn_days`, a leaf no CA in the
@@ -19,7 +21,8 @@
 //!
 //! In a directory made by `cargo xtask pki`, every trust file must also hold exactly the CAs the
 //! PKI trusts: `ca/` (and `peer-ca/`), plus `ca.next/` (and `peer-ca.next/`) while a CA rotation
-//! is under way; the rotation's phase (`rotation.json`) is reported.
+//! is under way; the rotation's phase (`rotation.json`) is reported, and its CRLs (`crl.rs`)
+//! are read: next-update past is a problem, within `warn_days` a warning; revoked serials listed.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -93,6 +96,8 @@ pub struct CheckReport {
     /// The CA rotation state of a directory made by `cargo xtask pki`, one line, when it has a
     /// `rotation.json`.
     pub rotation: Option<String>,
+    /// One line per CRL (`crl.pem`, `peer-crl.pem`) and per serial it lists.
+    pub crls: Vec<String>,
 }
 
 impl CheckReport {
@@ -228,6 +233,7 @@ pub fn check(dir: &Path, opts: &CheckOptions) -> Result<CheckReport> {
     let layout = PkiLayout::new(dir);
     if layout.is_ours() {
         trust_files(&layout, &opts.profiles, &mut report);
+        super::issue::crl::check_crls(&layout, opts.now, opts.warn_days, &mut report);
     }
     if let Some(spec) = &opts.cluster {
         if layout.nodes_dir().is_dir() {
@@ -543,7 +549,7 @@ fn drift(spec: &ClusterSpec, profiles: &Profiles, layout: &PkiLayout, rows: &[Ro
     }
 }
 
-fn date(ts: i64) -> String {
+pub(in crate::pki) fn date(ts: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(ts) {
         Ok(t) => format!("{:04}-{:02}-{:02}", t.year(), t.month() as u8, t.day()),
         Err(_) => ts.to_string(),
@@ -592,6 +598,7 @@ impl fmt::Display for CheckReport {
         if let Some(r) = &self.rotation {
             writeln!(f, "rotation: {r}")?;
         }
+        self.crls.iter().try_for_each(|l| writeln!(f, "crl: {l}"))?;
         for p in self.all_problems() {
             writeln!(f, "PROBLEM: {p}")?;
         }
