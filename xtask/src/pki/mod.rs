@@ -131,37 +131,7 @@ enum PkiSub {
         #[arg(long, value_enum, value_name = "STEP")]
         step: RotateStep,
     },
-    /// Revoke one certificate without a new CA: its serial joins revoked.json and the CRL of the
-    /// CA that issued it (crl.pem: servers and clients, for --client-crl-file; peer-crl.pem: peers,
-    /// for --peer-crl-file), re-signed for 30 days and copied into every nodes/<node>/; then the
-    /// certificate is reissued (new key, new serial) unless --no-reissue. Copy each node's
-    /// crl.pem and peer-crl.pem into place (write beside, rename): a host bundle's etcd reads them
-    /// at the next handshake, no restart; the portable unit (LoadCredential=) needs a rolling
-    /// restart. Revoking an already revoked serial changes nothing.
-    Revoke {
-        /// A PKI directory made by `cargo xtask pki`
-        dir: PathBuf,
-        /// Revoke this client identity's certificate (clients/NAME/client.crt)
-        #[arg(long, value_name = "NAME", conflicts_with_all = ["node", "kind"], required_unless_present = "node")]
-        client: Option<String>,
-        /// Revoke a certificate of this node (with --kind)
-        #[arg(long, value_name = "NAME", requires = "kind")]
-        node: Option<String>,
-        /// Which certificate of --node: server (nodes/NAME/server.crt) or peer (nodes/NAME/peer.crt)
-        #[arg(long, value_enum, value_name = "KIND")]
-        kind: Option<RevokeKind>,
-        /// The reason recorded in the CRL
-        #[arg(long, value_enum, value_name = "REASON", default_value = "key-compromise")]
-        reason: issue::crl::Reason,
-        /// Only when the certificate has this serial (hex, as `openssl x509 -noout -serial`), or
-        /// it is already revoked: makes a scripted re-run a no-op instead of revoking the
-        /// reissued certificate
-        #[arg(long, value_name = "HEX")]
-        serial: Option<String>,
-        /// Do not reissue the revoked certificate (the identity is retired)
-        #[arg(long)]
-        no_reissue: bool,
-    },
+    Revoke(issue::crl::RevokeArgs),
     /// Time issuing the full certificate set of a cluster (median of --runs fresh runs) and, when
     /// cfssl is installed (Debian's golang-cfssl), the tutorial's cfssl procedure for the same
     /// set in the same run; print both and the ratio ours/cfssl against the goal (at most 0.1x).
@@ -177,13 +147,6 @@ enum PkiSub {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
-}
-
-/// Which certificate of a node `pki revoke --node` revokes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum RevokeKind {
-    Server,
-    Peer,
 }
 
 impl PkiCmd {
@@ -258,24 +221,7 @@ impl PkiCmd {
                 );
                 Ok(())
             }
-            Some(PkiSub::Revoke { dir, client, node, kind, reason, serial, no_reissue }) => {
-                use issue::crl::Target;
-                let target = match (client, node, kind) {
-                    (Some(id), _, _) => Target::Client(id),
-                    (None, Some(n), Some(RevokeKind::Server)) => Target::Server(n),
-                    (None, Some(n), Some(RevokeKind::Peer)) => Target::Peer(n),
-                    _ => bail!("say what to revoke: --client NAME, or --node NAME --kind server|peer"),
-                };
-                let report = issue::crl::revoke(&dir, &profiles, &target, reason, no_reissue, serial.as_deref())
-                    .with_context(|| format!("cannot revoke the {target} in {}", dir.display()))?;
-                print!("{report}");
-                println!(
-                    "{}: copy every nodes/<node>/crl.pem and peer-crl.pem into place (host bundle: no restart; portable unit: restart node by node){}",
-                    dir.display(),
-                    if no_reissue { "" } else { ", and the reissued certificate to its owner" }
-                );
-                Ok(())
-            }
+            Some(PkiSub::Revoke(args)) => args.run(&profiles),
             Some(PkiSub::Bench { cluster, runs, dir }) => {
                 let cluster = cluster.unwrap_or_else(|| crate::util::project_root().join("clusters/tutorial.toml"));
                 let spec = ClusterSpec::load(&cluster)?;

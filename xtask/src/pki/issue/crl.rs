@@ -200,11 +200,11 @@ pub(in crate::pki) fn ensure_crls(
     layout: &PkiLayout,
     nodes: &[String],
     cas: &Cas,
+    record: &[Revoked],
     resign: bool,
     report: &mut IssueReport,
     batch: &mut AtomicBatch,
 ) -> Result<()> {
-    let record = read_record(layout)?;
     let peer_signer = if cas.peer.is_some() { Signer::PeerCa } else { Signer::Ca };
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let mut client_pem = String::new();
@@ -237,7 +237,7 @@ pub(in crate::pki) fn ensure_crls(
         };
         if existing.as_deref() != Some(pem.as_str()) {
             batch.write(&path, pem.as_bytes(), CERT_MODE)?;
-            report.push(layout, &path, why.map(Action::Reissued).unwrap_or(Action::Issued));
+            report.push(layout, &path, if why.is_some() { Action::Updated } else { Action::Created });
         }
         for node in nodes {
             super::write_if_changed(layout, report, batch, &layout.node_dir(node).join(file), &pem, CERT_MODE)?;
@@ -247,6 +247,67 @@ pub(in crate::pki) fn ensure_crls(
         }
     }
     Ok(())
+}
+
+/// Revoke one certificate without a new CA: its serial joins revoked.json and the CRL of the
+/// CA that issued it (crl.pem: servers and clients, for --client-crl-file; peer-crl.pem: peers,
+/// for --peer-crl-file), re-signed for 90 days and copied into every nodes/<node>/; then the
+/// certificate is reissued (new key, new serial) unless --no-reissue. Copy each node's
+/// crl.pem and peer-crl.pem into place (write beside, rename): a host bundle's etcd reads them
+/// at the next handshake, no restart; the portable unit (LoadCredential=) needs a rolling
+/// restart. Revoking an already revoked serial changes nothing.
+#[derive(Debug, clap::Args)]
+pub struct RevokeArgs {
+    /// A PKI directory made by `cargo xtask pki`
+    pub dir: PathBuf,
+    /// Revoke this client identity's certificate (clients/NAME/client.crt)
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["node", "kind"], required_unless_present = "node")]
+    pub client: Option<String>,
+    /// Revoke a certificate of this node (with --kind)
+    #[arg(long, value_name = "NAME", requires = "kind")]
+    pub node: Option<String>,
+    /// Which certificate of --node: server (nodes/NAME/server.crt) or peer (nodes/NAME/peer.crt)
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub kind: Option<RevokeKind>,
+    /// The reason recorded in the CRL
+    #[arg(long, value_enum, value_name = "REASON", default_value = "key-compromise")]
+    pub reason: Reason,
+    /// Only when the certificate has this serial (hex, as `openssl x509 -noout -serial`), or
+    /// it is already revoked: makes a scripted re-run a no-op instead of revoking the
+    /// reissued certificate
+    #[arg(long, value_name = "HEX")]
+    pub serial: Option<String>,
+    /// Do not reissue the revoked certificate (the identity is retired)
+    #[arg(long)]
+    pub no_reissue: bool,
+}
+
+/// Which certificate of a node `pki revoke --node` revokes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RevokeKind {
+    Server,
+    Peer,
+}
+
+impl RevokeArgs {
+    pub fn run(self, profiles: &Profiles) -> Result<()> {
+        let RevokeArgs { dir, client, node, kind, reason, serial, no_reissue } = self;
+        let target = match (client, node, kind) {
+            (Some(id), _, _) => Target::Client(id),
+            (None, Some(n), Some(RevokeKind::Server)) => Target::Server(n),
+            (None, Some(n), Some(RevokeKind::Peer)) => Target::Peer(n),
+            _ => bail!("say what to revoke: --client NAME, or --node NAME --kind server|peer"),
+        };
+        let report = revoke(&dir, profiles, &target, reason, no_reissue, serial.as_deref())
+            .with_context(|| format!("cannot revoke the {target} in {}", dir.display()))?;
+        print!("{report}");
+        println!(
+            "{}: copy every nodes/<node>/crl.pem and peer-crl.pem into place (host bundle: no restart; portable unit: restart node by node){}",
+            dir.display(),
+            if no_reissue { "" } else { ", and the reissued certificate to its owner" }
+        );
+        Ok(())
+    }
 }
 
 /// Revokes `target`'s current certificate: its serial joins `revoked.json` and the CRL of the
@@ -350,47 +411,42 @@ pub fn revoke(
             ensure_leaf(&layout, &stem, &req, signing, true, &mut report, &mut batch)?;
         }
     }
-    // Signed here from the new record: revoked.json on disk changes only when the batch commits.
+    // From the record in memory: revoked.json on disk changes only when the batch commits.
     let nodes: Vec<String> = spec.nodes.iter().map(|n| n.name.clone()).collect();
-    if !already {
-        let entries = |s: Signer| record.iter().filter(move |r| r.signer == s).collect::<Vec<_>>();
-        let peer_signer = if cas.peer.is_some() { Signer::PeerCa } else { Signer::Ca };
-        let client = sign_crl(&cas.ca, &entries(Signer::Ca))?;
-        let peer =
-            if peer_signer == Signer::Ca { client.clone() } else { sign_crl(cas.peer(), &entries(peer_signer))? };
-        for (file, pem) in [(CRL, &client), (PEER_CRL, &peer)] {
-            super::write_if_changed(&layout, &mut report, &mut batch, &layout.root.join(file), pem, CERT_MODE)?;
-            for node in &nodes {
-                super::write_if_changed(
-                    &layout,
-                    &mut report,
-                    &mut batch,
-                    &layout.node_dir(node).join(file),
-                    pem,
-                    CERT_MODE,
-                )?;
-            }
-        }
-    } else {
-        ensure_crls(&layout, &nodes, &cas, false, &mut report, &mut batch)?;
-    }
+    ensure_crls(&layout, &nodes, &cas, &record, false, &mut report, &mut batch)?;
     batch.commit()?;
     Ok(report)
+}
+
+/// What `pki check` found in the CRLs.
+#[derive(Debug, Clone, Default)]
+pub struct CrlCheck {
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    /// One line per CRL and per serial it lists.
+    pub lines: Vec<String>,
+}
+
+/// A day as `pki check` prints it (`2027-03-05`).
+pub fn date(ts: i64) -> String {
+    match OffsetDateTime::from_unix_timestamp(ts) {
+        Ok(t) => format!("{:04}-{:02}-{:02}", t.year(), t.month() as u8, t.day()),
+        Err(_) => ts.to_string(),
+    }
 }
 
 /// `pki check` on a directory made by `cargo xtask pki`: each CRL (root and node copies) must be
 /// readable, signed by a CA of the PKI, list every recorded serial of its signer, and have a
 /// next-update in the future (a problem once past; a warning within `warn_days`). etcd itself
 /// ignores next-update, so this check is the only thing that watches it.
-pub(in crate::pki) fn check_crls(
-    layout: &PkiLayout,
-    now: i64,
-    warn_days: i64,
-    report: &mut super::super::check::CheckReport,
-) {
+pub(in crate::pki) fn check_crls(layout: &PkiLayout, now: i64, warn_days: i64) -> CrlCheck {
+    let mut report = CrlCheck::default();
     let record = match read_record(layout) {
         Ok(r) => r,
-        Err(e) => return report.problems.push(format!("{e:#}")),
+        Err(e) => {
+            report.problems.push(format!("{e:#}"));
+            return report;
+        }
     };
     let dir = layout.root.display().to_string();
     let rel = |p: &std::path::Path| p.strip_prefix(&layout.root).unwrap_or(p).display().to_string();
@@ -431,7 +487,7 @@ pub(in crate::pki) fn check_crls(
             None => report.problems.push(format!("{file}: no next-update: re-sign it with `cargo xtask pki --cluster {dir}/cluster.toml --out {dir}`")),
             Some(t) if t <= now => report.problems.push(format!(
                 "{file}: next-update {} is past: re-sign it with `cargo xtask pki --cluster {dir}/cluster.toml --out {dir}` and copy it to the nodes",
-                super::super::check::date(t),
+                date(t),
             )),
             Some(t) if (t - now) / 86_400 < warn_days => report.warnings.push(format!(
                 "{file}: next-update in {} days (less than --warn-days {warn_days}): re-sign it with `cargo xtask pki --cluster {dir}/cluster.toml --out {dir}`",
@@ -439,10 +495,10 @@ pub(in crate::pki) fn check_crls(
             )),
             Some(_) => {}
         }
-        report.crls.push(format!(
+        report.lines.push(format!(
             "{file}: issuer {}, next-update {}, {} revoked serial(s)",
             info.issuer,
-            info.next_update.map(super::super::check::date).unwrap_or_else(|| "none".into()),
+            info.next_update.map(date).unwrap_or_else(|| "none".into()),
             info.serials.len()
         ));
         for s in &info.serials {
@@ -451,7 +507,7 @@ pub(in crate::pki) fn check_crls(
                 .find(|r| &r.serial == s)
                 .map(|r| format!("{} ({})", r.path, r.subject))
                 .unwrap_or_else(|| "not in revoked.json".into());
-            report.crls.push(format!("{file}: revoked {s} {what}"));
+            report.lines.push(format!("{file}: revoked {s} {what}"));
         }
         // Node copies: what etcd reads.
         if let Ok(entries) = std::fs::read_dir(layout.nodes_dir()) {
@@ -462,5 +518,67 @@ pub(in crate::pki) fn check_crls(
                 }
             }
         }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::cluster::ClusterSpec;
+    use std::process::Command;
+
+    const SPEC: &str = r#"
+name = "t"
+clients = ["etcdctl", "other"]
+[[nodes]]
+name = "a"
+ips = ["10.9.0.1"]
+"#;
+
+    fn openssl_text(path: &std::path::Path) -> String {
+        let out = Command::new("openssl").args(["crl", "-noout", "-text", "-in"]).arg(path).output().unwrap();
+        assert!(out.status.success(), "openssl crl: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn issue_makes_empty_crls_and_revoke_lists_the_serial_for_openssl() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let profiles = Profiles::default();
+        let spec = ClusterSpec::from_toml(SPEC, "t.toml").unwrap();
+        super::super::issue(&spec, &profiles, &out, false).unwrap();
+        let empty = openssl_text(&out.join("nodes/a/crl.pem"));
+        assert!(empty.contains("Issuer: CN = t etcd CA") && empty.contains("No Revoked Certificates"), "{empty}");
+        assert!(empty.contains("Next Update:"), "{empty}");
+        let peer = openssl_text(&out.join("nodes/a/peer-crl.pem"));
+        assert!(peer.contains("Issuer: CN = t etcd peer CA"), "{peer}");
+
+        let old = cert::first_cert(&fs_read(&out.join("clients/etcdctl/client.crt"))).unwrap();
+        let other = fs_read(&out.join("clients/other/client.crt"));
+        revoke(&out, &profiles, &Target::Client("etcdctl".into()), Reason::KeyCompromise, false, None).unwrap();
+        let text = openssl_text(&out.join("nodes/a/crl.pem"));
+        assert!(text.contains(&format!("Serial Number: {}", old.serial.to_uppercase())), "{text}");
+        assert!(text.contains("Key Compromise"), "{text}");
+        // Signed by the CA, with a next-update, the serial listed (read back as etcd would).
+        let ca = cert::first_cert(&fs_read(&out.join("ca/ca.crt"))).unwrap();
+        let info = read_crl(&fs_read(&out.join("crl.pem")), Some(&ca)).unwrap();
+        assert_eq!(info.signed_by_ca, Some(true));
+        assert!(info.serials.contains(&old.serial));
+        let left = info.next_update.unwrap() - OffsetDateTime::now_utc().unix_timestamp();
+        assert!((CRL_DAYS * 86_400 - 60..=CRL_DAYS * 86_400).contains(&left), "{left}");
+        // Reissued, the other client untouched, the peer CRL still empty.
+        let new = cert::first_cert(&fs_read(&out.join("clients/etcdctl/client.crt"))).unwrap();
+        assert_ne!(new.serial, old.serial);
+        assert_eq!(fs_read(&out.join("clients/other/client.crt")), other);
+        assert!(openssl_text(&out.join("nodes/a/peer-crl.pem")).contains("No Revoked Certificates"));
+        // A rerun of issue keeps the CRL as it is.
+        let report = super::super::issue(&spec, &profiles, &out, false).unwrap();
+        assert_eq!(report.action_of("crl.pem"), Some(&Action::Kept), "{report}");
+    }
+
+    fn fs_read(p: &std::path::Path) -> String {
+        std::fs::read_to_string(p).unwrap()
     }
 }
