@@ -195,13 +195,13 @@ fn hex_bytes(s: &str) -> Result<Vec<u8>> {
 
 /// Makes `crl.pem` and `peer-crl.pem` at the root and in every node's directory hold a CRL that
 /// lists exactly the recorded serials of its signer, signed by the CA that signs now, with at
-/// least half its validity left; re-signs otherwise (always when `resign`).
+/// least half its validity left; re-signs otherwise. `renew` does not re-sign a CRL that is still
+/// good: the files an operator must copy out stay the leaves.
 pub(in crate::pki) fn ensure_crls(
     layout: &PkiLayout,
     nodes: &[String],
     cas: &Cas,
     record: &[Revoked],
-    resign: bool,
     report: &mut IssueReport,
     batch: &mut AtomicBatch,
 ) -> Result<()> {
@@ -222,7 +222,6 @@ pub(in crate::pki) fn ensure_crls(
                 Ok(info) if info.next_update.unwrap_or(0) - now < CRL_DAYS * 86_400 / 2 => {
                     Some("less than half its validity left".into())
                 }
-                Ok(_) if resign => Some("re-signed".into()),
                 Ok(_) => None,
             },
         };
@@ -413,7 +412,7 @@ pub fn revoke(
     }
     // From the record in memory: revoked.json on disk changes only when the batch commits.
     let nodes: Vec<String> = spec.nodes.iter().map(|n| n.name.clone()).collect();
-    ensure_crls(&layout, &nodes, &cas, &record, false, &mut report, &mut batch)?;
+    ensure_crls(&layout, &nodes, &cas, &record, &mut report, &mut batch)?;
     batch.commit()?;
     Ok(report)
 }

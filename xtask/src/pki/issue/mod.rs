@@ -259,15 +259,7 @@ pub(in crate::pki) fn run_leaves(
     }
     // The CRLs exist from the start (empty), so etcd's configuration never changes on a revocation.
     let nodes: Vec<String> = spec.nodes.iter().map(|n| n.name.clone()).collect();
-    crl::ensure_crls(
-        layout,
-        &nodes,
-        cas,
-        &crl::read_record(layout)?,
-        matches!(scope, Scope::Renew(None)),
-        report,
-        batch,
-    )?;
+    crl::ensure_crls(layout, &nodes, cas, &crl::read_record(layout)?, report, batch)?;
     // Directories of nodes or clients no longer described are left alone, but said.
     for (parent, known) in [
         (layout.nodes_dir(), spec.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>()),
