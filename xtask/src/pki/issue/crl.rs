@@ -187,7 +187,7 @@ pub fn sign_crl(ca: &SigningCa, entries: &[&Revoked]) -> Result<String> {
 }
 
 fn hex_bytes(s: &str) -> Result<Vec<u8>> {
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
         bail!("not an even number of hex digits");
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).context("not hex")).collect()
