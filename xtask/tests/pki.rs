@@ -1116,3 +1116,37 @@ fn revoke_lists_the_serial_idempotently_and_check_watches_the_crl() {
 fn hex_serial(dir: &Path, cert: &str) -> String {
     serial(dir, cert).trim_start_matches("serial=").to_string()
 }
+
+/// Through a CA rotation the CRLs stay signed by the CA that signs in each phase (etcd does not
+/// check, `pki check` and openssl do) and keep every revoked serial; check passes after each step.
+#[test]
+fn the_crls_follow_a_ca_rotation_and_keep_their_serials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "three.toml", THREE);
+    let pki = tmp.path().join("pki");
+    let o = pki.to_str().unwrap();
+    ok(&["pki", "--cluster", &spec, "--out", o]);
+    let old = hex_serial(&pki, "clients/healthcheck/client.crt");
+    let peer = hex_serial(&pki, "nodes/n2/peer.crt");
+    ok(&["pki", "revoke", o, "--client", "healthcheck"]);
+    ok(&["pki", "revoke", o, "--node", "n2", "--kind", "peer"]);
+    for (step, ca, peer_ca) in [
+        ("add", "ca/ca.crt", "peer-ca/ca.crt"),
+        ("reissue", "ca.next/ca.crt", "peer-ca.next/ca.crt"),
+        ("drop", "ca/ca.crt", "peer-ca/ca.crt"),
+    ] {
+        let before_drop = (step == "drop").then(|| fs::read(pki.join("ca.next/ca.crt")).unwrap());
+        ok(&["pki", "rotate-ca", o, "--step", step]);
+        if let Some(next) = before_drop {
+            assert_eq!(fs::read(pki.join(ca)).unwrap(), next, "drop did not make ca.next/ the CA");
+        }
+        for (crl, signer, serial) in [("nodes/n1/crl.pem", ca, &old), ("nodes/n3/peer-crl.pem", peer_ca, &peer)] {
+            let out = openssl(&["crl", "-noout", "-text", "-in", crl, "-CAfile", signer], &pki);
+            let t = text(&out);
+            assert!(t.contains("verify OK"), "after {step}: {crl} is not signed by {signer}:\n{t}");
+            assert!(t.contains(&format!("Serial Number: {}", serial.to_uppercase())), "after {step}: {crl}:\n{t}");
+        }
+        let out = ok(&["pki", "check", o]);
+        assert!(!out.contains("warning: crl.pem: not signed"), "after {step}:\n{out}");
+    }
+}

@@ -303,7 +303,7 @@ impl RevokeArgs {
         println!(
             "{}: copy every nodes/<node>/crl.pem and peer-crl.pem into place (host bundle: no restart; portable unit: restart node by node){}",
             dir.display(),
-            if no_reissue { "" } else { ", and the reissued certificate to its owner" }
+            if no_reissue { "" } else { ", and any reissued certificate to its owner" }
         );
         Ok(())
     }
@@ -464,17 +464,22 @@ pub(in crate::pki) fn check_crls(layout: &PkiLayout, now: i64, warn_days: i64) -
             ));
             continue;
         };
-        let ca =
-            read_opt(&ca_dir.join(crate::pki::layout::CA_CERT)).ok().flatten().and_then(|p| cert::first_cert(&p).ok());
-        let info = match read_crl(&pem, ca.as_ref()) {
+        // Signed by the CA, or by the next one while a rotation is under way.
+        let cas: Vec<_> = [ca_dir.clone(), PkiLayout::next_dir(&ca_dir)]
+            .iter()
+            .filter_map(|d| read_opt(&d.join(crate::pki::layout::CA_CERT)).ok().flatten())
+            .filter_map(|p| cert::first_cert(&p).ok())
+            .collect();
+        let signed = cas.iter().any(|ca| matches!(read_crl(&pem, Some(ca)), Ok(i) if i.signed_by_ca == Some(true)));
+        let info = match read_crl(&pem, None) {
             Ok(i) => i,
             Err(e) => {
                 report.problems.push(format!("{file}: unreadable CRL: {e:#}"));
                 continue;
             }
         };
-        if info.signed_by_ca == Some(false) {
-            report.warnings.push(format!("{file}: not signed by {}/ (etcd compares serials only; `cargo xtask pki --cluster DIR/cluster.toml --out DIR` re-signs it)", rel(&ca_dir)));
+        if !signed {
+            report.warnings.push(format!("{file}: not signed by {}/ nor its next CA (etcd compares serials only; `cargo xtask pki --cluster DIR/cluster.toml --out DIR` re-signs it)", rel(&ca_dir)));
         }
         let listed = |s: &str| info.serials.contains(s);
         for r in record.iter().filter(|r| r.signer == signer || (shared && r.signer == Signer::Ca)) {
