@@ -270,7 +270,10 @@ fn the_statefulsets_names_agree_with_its_certificates_and_each_other() {
     }
     // Each pod mounts its own files under its name, where its flags look.
     let items = pod["volumes"][0]["secret"]["items"].as_array().unwrap();
-    assert_eq!(items.len(), 18);
+    // Six TLS files and the two CRLs (`pki revoke`) per pod.
+    assert_eq!(items.len(), 24);
+    assert!(items.iter().any(|it| it["key"] == "tutorial-1.crl.pem" && it["path"] == "tutorial-1/crl.pem"));
+    assert_eq!(flag("peer-crl-file"), "/etc/etcd/pki/$(POD_NAME)/peer-crl.pem");
     assert!(items.iter().any(|it| it["key"] == "tutorial-2.server.key" && it["path"] == "tutorial-2/server.key"));
     assert_eq!(flag("key-file"), "/etc/etcd/pki/$(POD_NAME)/server.key");
     let env = pod["containers"][0]["env"].as_array().unwrap();

@@ -79,7 +79,10 @@ fn tutorial_pki_passes_openssl_and_has_the_right_extensions() {
         let mut files: Vec<String> =
             fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         files.sort();
-        assert_eq!(files, ["ca.crt", "peer-ca.crt", "peer.crt", "peer.key", "server.crt", "server.key"]);
+        assert_eq!(
+            files,
+            ["ca.crt", "crl.pem", "peer-ca.crt", "peer-crl.pem", "peer.crt", "peer.key", "server.crt", "server.key"]
+        );
 
         // Server and peer certificates are good for both ends of a TLS connection.
         for purpose in ["sslserver", "sslclient"] {
@@ -1011,4 +1014,139 @@ fn lifetime_per_openssl(dir: &Path, file: &str, days: u64) {
     let life = days * 86_400;
     assert!(check(life - 600), "{file} expires before {days} days (openssl -checkend)");
     assert!(!check(life), "{file} is valid {days} days from now (openssl -checkend)");
+}
+
+/// `pki revoke`: the serial goes into the CA's CRL (openssl reads it), the certificate is
+/// reissued, a rerun with `--serial` changes nothing, an unknown name is refused with the names
+/// there are, `pki check` lists the serial and the next-update, and an expired CRL fails it.
+#[test]
+fn revoke_lists_the_serial_idempotently_and_check_watches_the_crl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "three.toml", THREE);
+    let pki = tmp.path().join("pki");
+    let o = pki.to_str().unwrap();
+    ok(&["pki", "--cluster", &spec, "--out", o]);
+    for n in ["n1", "n2", "n3"] {
+        for f in ["crl.pem", "peer-crl.pem"] {
+            let t = openssl_ok(&["crl", "-noout", "-text", "-in", &format!("nodes/{n}/{f}")], &pki);
+            assert!(t.contains("No Revoked Certificates") && t.contains("Next Update:"), "{f}: {t}");
+        }
+    }
+    let old = hex_serial(&pki, "clients/etcdctl/client.crt");
+    let out = ok(&["pki", "revoke", o, "--client", "etcdctl"]);
+    assert!(out.contains(&format!("serial {} revoked", old.to_lowercase())), "{out}");
+    let crl = openssl_ok(&["crl", "-noout", "-text", "-in", "nodes/n2/crl.pem", "-CAfile", "ca/ca.crt"], &pki);
+    assert!(crl.contains(&format!("Serial Number: {}", old.to_uppercase())), "{crl}");
+    assert!(crl.contains("Issuer: CN = demo etcd CA"), "{crl}");
+    let verified = openssl(&["crl", "-noout", "-in", "crl.pem", "-CAfile", "ca/ca.crt"], &pki);
+    assert!(text(&verified).contains("verify OK"), "{}", text(&verified));
+    let new = hex_serial(&pki, "clients/etcdctl/client.crt");
+    assert_ne!(new, old, "the revoked certificate was not reissued");
+    assert!(openssl_ok(&["crl", "-noout", "-text", "-in", "peer-crl.pem"], &pki).contains("No Revoked Certificates"));
+
+    // Idempotent with --serial: nothing changes, the reissued certificate is not revoked.
+    let before = snapshot(&pki);
+    let out = ok(&["pki", "revoke", o, "--client", "etcdctl", "--serial", &old]);
+    assert!(out.contains("already revoked"), "{out}");
+    assert_eq!(changed(&before, &snapshot(&pki)), Vec::<String>::new());
+    // --no-reissue twice: the second run changes nothing.
+    ok(&["pki", "revoke", o, "--node", "n3", "--kind", "peer", "--no-reissue"]);
+    let before = snapshot(&pki);
+    let out = ok(&["pki", "revoke", o, "--node", "n3", "--kind", "peer", "--no-reissue"]);
+    assert!(out.contains("already revoked"), "{out}");
+    assert_eq!(changed(&before, &snapshot(&pki)), Vec::<String>::new());
+    let peer_serial = hex_serial(&pki, "nodes/n3/peer.crt");
+    let pcrl =
+        openssl_ok(&["crl", "-noout", "-text", "-in", "nodes/n1/peer-crl.pem", "-CAfile", "peer-ca/ca.crt"], &pki);
+    assert!(pcrl.contains(&format!("Serial Number: {}", peer_serial.to_uppercase())), "{pcrl}");
+    assert!(pcrl.contains("Issuer: CN = demo etcd peer CA"), "{pcrl}");
+
+    // Unknown names are refused, naming them and what exists.
+    let err = fails(&["pki", "revoke", o, "--client", "mallory"]);
+    assert!(err.contains("\"mallory\"") && err.contains("etcdctl, healthcheck"), "{err}");
+    let err = fails(&["pki", "revoke", o, "--node", "n9", "--kind", "server"]);
+    assert!(err.contains("\"n9\"") && err.contains("n1, n2, n3"), "{err}");
+
+    // check lists both serials and the next-update, and passes.
+    let out = ok(&["pki", "check", o]);
+    assert!(out.contains(&format!("crl: crl.pem: revoked {} clients/etcdctl/client.crt", old.to_lowercase())), "{out}");
+    assert!(
+        out.contains(&format!("crl: peer-crl.pem: revoked {} nodes/n3/peer.crt", peer_serial.to_lowercase())),
+        "{out}"
+    );
+    assert!(out.contains("next-update "), "{out}");
+    // Within --warn-days: a warning, not a failure.
+    let out = ok(&["pki", "check", o, "--warn-days", "100"]);
+    assert!(
+        out.contains("warning: crl.pem: next-update in ") && out.contains(" days (less than --warn-days 100)"),
+        "{out}"
+    );
+
+    // An expired CRL (signed by the CA, next-update yesterday, made with the openssl CLI) fails
+    // check, naming the file and the fix.
+    let cnf = tmp.path().join("ca.cnf");
+    let conf = format!(
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = {0}/index.txt\ncrlnumber = {0}/crlnumber\ndefault_md = sha256\n",
+        tmp.path().display()
+    );
+    fs::write(&cnf, conf).unwrap();
+    fs::write(tmp.path().join("index.txt"), "").unwrap();
+    fs::write(tmp.path().join("crlnumber"), "01\n").unwrap();
+    let (c, k) = (pki.join("ca/ca.crt"), pki.join("ca/ca.key"));
+    let args = ["ca", "-config", cnf.to_str().unwrap(), "-gencrl", "-keyfile", k.to_str().unwrap()];
+    let past = ["-crl_lastupdate", "20200101000000Z", "-crl_nextupdate", "20200201000000Z"];
+    let expired = tmp.path().join("expired.pem");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-cert", c.to_str().unwrap(), "-out", expired.to_str().unwrap()]);
+    all.extend(past);
+    openssl_ok(&all, tmp.path());
+    fs::copy(&expired, pki.join("crl.pem")).unwrap();
+    let err = fails(&["pki", "check", o]);
+    assert!(
+        err.contains("crl.pem: next-update 2020-02-01 is past: re-sign it with `cargo xtask pki --cluster"),
+        "{err}"
+    );
+    // Issuing again re-signs it (the serials come back from revoked.json) and check passes.
+    ok(&["pki", "--cluster", &format!("{o}/cluster.toml"), "--out", o]);
+    let out = ok(&["pki", "check", o]);
+    assert!(out.contains(&format!("crl: crl.pem: revoked {}", old.to_lowercase())), "{out}");
+}
+
+/// The serial of `cert` as openssl prints it after `serial=` (upper-case hex).
+fn hex_serial(dir: &Path, cert: &str) -> String {
+    serial(dir, cert).trim_start_matches("serial=").to_string()
+}
+
+/// Through a CA rotation the CRLs stay signed by the CA that signs in each phase (etcd does not
+/// check, `pki check` and openssl do) and keep every revoked serial; check passes after each step.
+#[test]
+fn the_crls_follow_a_ca_rotation_and_keep_their_serials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = write_spec(tmp.path(), "three.toml", THREE);
+    let pki = tmp.path().join("pki");
+    let o = pki.to_str().unwrap();
+    ok(&["pki", "--cluster", &spec, "--out", o]);
+    let old = hex_serial(&pki, "clients/healthcheck/client.crt");
+    let peer = hex_serial(&pki, "nodes/n2/peer.crt");
+    ok(&["pki", "revoke", o, "--client", "healthcheck"]);
+    ok(&["pki", "revoke", o, "--node", "n2", "--kind", "peer"]);
+    for (step, ca, peer_ca) in [
+        ("add", "ca/ca.crt", "peer-ca/ca.crt"),
+        ("reissue", "ca.next/ca.crt", "peer-ca.next/ca.crt"),
+        ("drop", "ca/ca.crt", "peer-ca/ca.crt"),
+    ] {
+        let before_drop = (step == "drop").then(|| fs::read(pki.join("ca.next/ca.crt")).unwrap());
+        ok(&["pki", "rotate-ca", o, "--step", step]);
+        if let Some(next) = before_drop {
+            assert_eq!(fs::read(pki.join(ca)).unwrap(), next, "drop did not make ca.next/ the CA");
+        }
+        for (crl, signer, serial) in [("nodes/n1/crl.pem", ca, &old), ("nodes/n3/peer-crl.pem", peer_ca, &peer)] {
+            let out = openssl(&["crl", "-noout", "-text", "-in", crl, "-CAfile", signer], &pki);
+            let t = text(&out);
+            assert!(t.contains("verify OK"), "after {step}: {crl} is not signed by {signer}:\n{t}");
+            assert!(t.contains(&format!("Serial Number: {}", serial.to_uppercase())), "after {step}: {crl}:\n{t}");
+        }
+        let out = ok(&["pki", "check", o]);
+        assert!(!out.contains("warning: crl.pem: not signed"), "after {step}:\n{out}");
+    }
 }

@@ -19,7 +19,7 @@
 //!
 //! In a directory made by `cargo xtask pki`, every trust file must also hold exactly the CAs the
 //! PKI trusts: `ca/` (and `peer-ca/`), plus `ca.next/` (and `peer-ca.next/`) while a CA rotation
-//! is under way; the rotation's phase (`rotation.json`) is reported.
+//! is under way; the rotation's phase (`rotation.json`) is reported, and the CRLs (`crl.rs`) read.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -93,17 +93,18 @@ pub struct CheckReport {
     /// The CA rotation state of a directory made by `cargo xtask pki`, one line, when it has a
     /// `rotation.json`.
     pub rotation: Option<String>,
+    pub crl: super::issue::crl::CrlCheck,
 }
 
 impl CheckReport {
     pub fn problem_count(&self) -> usize {
-        self.problems.len() + self.rows.iter().map(|r| r.problems.len()).sum::<usize>()
+        self.problems.len() + self.crl.problems.len() + self.rows.iter().map(|r| r.problems.len()).sum::<usize>()
     }
     /// Every problem, prefixed with its file.
     pub fn all_problems(&self) -> Vec<String> {
         let mut out: Vec<String> =
             self.rows.iter().flat_map(|r| r.problems.iter().map(move |p| format!("{}: {p}", r.file))).collect();
-        out.extend(self.problems.iter().cloned());
+        out.extend(self.problems.iter().chain(&self.crl.problems).cloned());
         out
     }
 }
@@ -228,6 +229,7 @@ pub fn check(dir: &Path, opts: &CheckOptions) -> Result<CheckReport> {
     let layout = PkiLayout::new(dir);
     if layout.is_ours() {
         trust_files(&layout, &opts.profiles, &mut report);
+        report.crl = super::issue::crl::check_crls(&layout, opts.now, opts.warn_days);
     }
     if let Some(spec) = &opts.cluster {
         if layout.nodes_dir().is_dir() {
@@ -543,13 +545,6 @@ fn drift(spec: &ClusterSpec, profiles: &Profiles, layout: &PkiLayout, rows: &[Ro
     }
 }
 
-fn date(ts: i64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(ts) {
-        Ok(t) => format!("{:04}-{:02}-{:02}", t.year(), t.month() as u8, t.day()),
-        Err(_) => ts.to_string(),
-    }
-}
-
 impl fmt::Display for CheckReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let header = ["STATUS", "KIND", "FILE", "SUBJECT", "SANS", "NOT AFTER", "DAYS", "KEY", "ISSUER"];
@@ -569,7 +564,7 @@ impl fmt::Display for CheckReport {
                 r.file.clone(),
                 r.info.subject_cn.clone().unwrap_or_else(|| r.info.subject.clone()),
                 if sans.is_empty() { "-".into() } else { sans.join(",") },
-                date(r.info.not_after),
+                super::issue::crl::date(r.info.not_after),
                 r.info.days_left(self.now).to_string(),
                 r.info.key_text.clone(),
                 r.info.issuer_cn.clone().unwrap_or_else(|| r.info.issuer.clone()),
@@ -586,12 +581,13 @@ impl fmt::Display for CheckReport {
                 writeln!(f, "warning: {}: {w}", r.file)?;
             }
         }
-        for w in &self.warnings {
+        for w in self.warnings.iter().chain(&self.crl.warnings) {
             writeln!(f, "warning: {w}")?;
         }
         if let Some(r) = &self.rotation {
             writeln!(f, "rotation: {r}")?;
         }
+        self.crl.lines.iter().try_for_each(|l| writeln!(f, "crl: {l}"))?;
         for p in self.all_problems() {
             writeln!(f, "PROBLEM: {p}")?;
         }

@@ -7,6 +7,7 @@
 //! - `cargo xtask pki check DIR [--cluster FILE] [--warn-days N]`: [`check::check`]
 //! - `cargo xtask pki renew DIR [--node NAME]`: [`renew`]
 //! - `cargo xtask pki rotate-ca DIR --step add|reissue|drop`: [`rotate_ca`]
+//! - `cargo xtask pki revoke DIR --client NAME | --node NAME --kind server|peer`: [`issue::crl::revoke`]
 //! - `cargo xtask pki bench [--cluster FILE] [--runs N] [--dir DIR]`: [`bench::bench`]
 //!
 //! Modules: `cluster` (the description, reused by later stages), `compaction` (its
@@ -130,6 +131,7 @@ enum PkiSub {
         #[arg(long, value_enum, value_name = "STEP")]
         step: RotateStep,
     },
+    Revoke(issue::crl::RevokeArgs),
     /// Time issuing the full certificate set of a cluster (median of --runs fresh runs) and, when
     /// cfssl is installed (Debian's golang-cfssl), the tutorial's cfssl procedure for the same
     /// set in the same run; print both and the ratio ours/cfssl against the goal (at most 0.1x).
@@ -219,6 +221,7 @@ impl PkiCmd {
                 );
                 Ok(())
             }
+            Some(PkiSub::Revoke(args)) => args.run(&profiles),
             Some(PkiSub::Bench { cluster, runs, dir }) => {
                 let cluster = cluster.unwrap_or_else(|| crate::util::project_root().join("clusters/tutorial.toml"));
                 let spec = ClusterSpec::load(&cluster)?;

@@ -26,13 +26,16 @@ pub const METRICS_TLS_PORT_POD: u16 = 2382;
 /// `nodes/<node>/` layout of `cargo xtask pki`). The portable service passes exactly these as
 /// flags pointing into `${CREDENTIALS_DIRECTORY}` and loads each file as a credential of the
 /// same name.
-pub const TLS_FILES: [(&str, &str); 6] = [
+pub const TLS_FILES: [(&str, &str); 8] = [
     ("ETCD_TRUSTED_CA_FILE", "ca.crt"),
     ("ETCD_CERT_FILE", "server.crt"),
     ("ETCD_KEY_FILE", "server.key"),
     ("ETCD_PEER_TRUSTED_CA_FILE", "peer-ca.crt"),
     ("ETCD_PEER_CERT_FILE", "peer.crt"),
     ("ETCD_PEER_KEY_FILE", "peer.key"),
+    // Re-read by etcd at every handshake (empty until `pki revoke`): see pki/issue/crl.rs.
+    ("ETCD_CLIENT_CRL_FILE", "crl.pem"),
+    ("ETCD_PEER_CRL_FILE", "peer-crl.pem"),
 ];
 
 /// The command-line flag of an `ETCD_*` variable: `ETCD_PEER_CERT_FILE` -> `--peer-cert-file`.

@@ -8,6 +8,7 @@
 //! rotation is under way, `rotation.rs` says which CAs sign and what the trust files hold.
 
 pub mod cert;
+pub mod crl;
 pub mod layout;
 
 use std::fs;
@@ -256,6 +257,9 @@ pub(in crate::pki) fn run_leaves(
         ensure_leaf(layout, &dir.join("client"), &req, &cas.ca, renew, report, batch)?;
         write_if_changed(layout, report, batch, &dir.join(CA_CERT), &cas.trust, CERT_MODE)?;
     }
+    // The CRLs exist from the start (empty), so etcd's configuration never changes on a revocation.
+    let nodes: Vec<String> = spec.nodes.iter().map(|n| n.name.clone()).collect();
+    crl::ensure_crls(layout, &nodes, cas, &crl::read_record(layout)?, report, batch)?;
     // Directories of nodes or clients no longer described are left alone, but said.
     for (parent, known) in [
         (layout.nodes_dir(), spec.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>()),
