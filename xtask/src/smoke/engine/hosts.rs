@@ -26,6 +26,15 @@ use super::machines::{cached_rootfs, LoopNodes, Machine, Netns};
 use super::{run_etcdctl, Engine, Members};
 use crate::smoke::local::Interrupt;
 
+/// What one run of a machine's backup units did ([`Hosts::backup_now`]).
+pub(crate) struct BackupRun {
+    /// The ship step's journal (its own lines and systemd's).
+    pub journal: String,
+    /// Seconds to take and check the snapshot, then to keep and ship it.
+    pub take_s: f64,
+    pub ship_s: f64,
+}
+
 /// How the machines run etcd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Form {
@@ -299,6 +308,41 @@ impl Hosts {
             .with_context(|| format!("{}: snapshot status printed no JSON", path.display()))?;
         let revision = v["revision"].as_i64().with_context(|| format!("{}: no revision in {v}", path.display()))?;
         Ok((revision, v["totalKey"].as_u64().unwrap_or(0)))
+    }
+
+    /// Machine `i`'s backup units, started as its timer starts them: `systemctl start
+    /// etcd-backup.service` (it returns once the snapshot is taken and checked), then the ship
+    /// step it starts (`OnSuccess=`), read from its journal (the unit is unloaded once it ran).
+    /// A run the member's own timer started (its minute may come during a run) is let finish
+    /// first: `systemctl start` would only wait for it, and its lines would be before ours.
+    pub(crate) fn backup_now(&self, i: usize) -> Result<BackupRun> {
+        let m = &self.machines[i];
+        m.sh_ok(
+            "for n in $(seq 150); do systemctl show -P ActiveState etcd-backup.service etcd-backup-ship.service \
+             | grep -qxE 'active|activating|deactivating' || exit 0; sleep 0.2; done; \
+             echo 'a backup started by the timer is still running after 30 s' >&2; exit 1",
+        )?;
+        let cursor =
+            m.sh_ok("journalctl -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p'")?.trim().to_string();
+        let t = Instant::now();
+        m.sh_ok("systemctl start etcd-backup.service")
+            .with_context(|| format!("{}: etcd-backup.service:\n{}", m.name, m.journal("etcd-backup.service", 10)))?;
+        let take_s = t.elapsed().as_secs_f64();
+        let ship = format!("journalctl --after-cursor '{cursor}' -u etcd-backup-ship.service --no-pager -o cat");
+        loop {
+            self.interrupt.check()?;
+            let journal = m.sh_ok(&ship)?;
+            if journal.contains("Failed with result") {
+                bail!("{}: etcd-backup-ship.service failed:\n{journal}", m.name);
+            }
+            if journal.contains("Deactivated successfully") {
+                return Ok(BackupRun { journal, take_s, ship_s: t.elapsed().as_secs_f64() - take_s });
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("{}: etcd-backup-ship.service did not finish within 30 s:\n{journal}", m.name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The host's etcdctl, inside the run's namespace, with the operator's client certificate,

@@ -123,34 +123,17 @@ impl Run<Hosts> {
         ))
     }
 
-    /// `systemctl start etcd-backup.service` on machine `i` and the ship step it starts: the
-    /// ship step's line naming the snapshot, the seconds to take and check it, the seconds to
-    /// ship it.
+    /// Machine `i`'s backup units ([`Hosts::backup_now`]): the ship step's line naming the
+    /// snapshot it shipped, the seconds to take and check it, the seconds to ship it.
     fn backup_unit(&self, i: usize) -> Result<(String, f64, f64)> {
-        let m = &self.machines[i];
-        let cursor =
-            m.sh_ok("journalctl -n 0 --show-cursor --no-pager | sed -n 's/^-- cursor: //p'")?.trim().to_string();
-        let t = Instant::now();
-        m.sh_ok("systemctl start etcd-backup.service")
-            .with_context(|| format!("{}: etcd-backup.service:\n{}", m.name, m.journal("etcd-backup.service", 10)))?;
-        let take = t.elapsed().as_secs_f64();
-        let ship = format!("journalctl --after-cursor '{cursor}' -u etcd-backup-ship.service --no-pager -o cat");
-        let (line, _) = self.poll(
-            &format!("{}: etcd-backup-ship.service finished", m.name),
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            |r| {
-                let text = r.machines[i].sh_ok(&ship)?;
-                if text.contains("Failed with result") {
-                    bail!("{}: etcd-backup-ship.service failed:\n{text}", r.machines[i].name);
-                }
-                Ok(match text.lines().find(|l| l.starts_with("etcd-backup-ship: shipped to")) {
-                    Some(line) if text.contains("Deactivated successfully") => Ok(line.to_string()),
-                    _ => Err(format!("not yet: {text}")),
-                })
-            },
-        )?;
-        Ok((line, take, t.elapsed().as_secs_f64() - take))
+        let run = self.backup_now(i)?;
+        let line = run
+            .journal
+            .lines()
+            .find(|l| l.starts_with("etcd-backup-ship: shipped to"))
+            .with_context(|| format!("{}: the ship step shipped nothing:\n{}", self.machines[i].name, run.journal))?
+            .to_string();
+        Ok((line, run.take_s, run.ship_s))
     }
 
     /// Machine `i` destroyed with its disk, and a fresh one made from the cached root in its
