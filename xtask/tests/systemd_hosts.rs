@@ -254,8 +254,6 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
         }
         // Both ways back after a lost quorum, by INSTALL.md's blocks, with the backups the
         // rendered units took and shipped to the run's backup host.
-        let backups = reason("disaster", "etcd-backup.service took, checked and shipped");
-        assert_eq!(backups.matches("snapshot-").count(), 3, "{form}: {backups}");
         let survivor = reason("disaster", "survivor path");
         assert!(survivor.contains("no acknowledged write lost") && survivor.contains("hashkv equal"), "{survivor}");
         let snapshot = reason("disaster", "snapshot path");
@@ -263,6 +261,9 @@ fn three_systemd_machines_form_the_cluster_in_both_forms_and_clean_up() {
             snapshot.contains("restored there by INSTALL.md's block") && snapshot.contains("hashkv equal"),
             "{snapshot}"
         );
+        // Every member's units took, checked and shipped one (read on the backup host), and the
+        // newest was restored.
+        assert!(snapshot.matches("snapshot-").count() >= 4 && snapshot.contains("shipped in"), "{snapshot}");
         assert!(reason("disaster", "client history").starts_with("epoch \"before\": linearizable"), "{form}");
         for path in ["survivor", "snapshot"] {
             let rto = report["timings"][format!("disaster_{form}_{path}_rto_s")].as_f64().unwrap();

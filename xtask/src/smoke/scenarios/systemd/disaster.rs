@@ -39,7 +39,7 @@ use crate::smoke::workload::backup_host::BackupHost;
 use crate::util::{each_in_thread, tail};
 
 /// How long writes go on after the second backups before all three machines are destroyed.
-const WRITES_AFTER_BACKUP: Duration = Duration::from_secs(5);
+const WRITES_AFTER_BACKUP: Duration = Duration::from_secs(3);
 /// The RTO goal of each path (issue 35).
 const RTO_GOAL_S: f64 = 60.0;
 /// What etcd before 3.4.14 logs when its forced start meets a learner's configuration change
@@ -62,16 +62,12 @@ impl Run<Hosts> {
         let name = format!("{}/disaster", self.form.as_str());
         self.next_scenario(ScenarioName::Disaster, name);
         self.start_load(LOAD_BOUNDS)?;
-        std::thread::sleep(Duration::from_secs(3));
-        let form = self.form.as_str().to_string();
-        let ok = self
-            .run_check("backups: each member's etcd-backup.service took, checked and shipped a snapshot", |h| {
-                h.backup_all(backups, &format!("{form}_first")).map(|(why, _)| why)
-            });
-        let ok = ok
-            && self.run_check("survivor path: two machines lost, the cluster back from the leader's data", |h| {
-                h.survivor_path()
-            });
+        std::thread::sleep(Duration::from_secs(1));
+        // The survivor path needs no backup (it comes back from the survivor's data); the
+        // snapshot path's backups, by every member's units, prove the shipping.
+        let ok = self.run_check("survivor path: two machines lost, the cluster back from the leader's data", |h| {
+            h.survivor_path()
+        });
         if ok {
             self.run_check("snapshot path: all three machines lost, the newest good snapshot restored on three", |h| {
                 h.snapshot_path(backups)
