@@ -119,6 +119,26 @@ impl<E: Members> Run<E> {
         Ok(found)
     }
 
+    /// [`Run::judge_restore`] of every epoch before `epochs` at revision `r`, one note each
+    /// into `notes`; the writes lost over all of them (first and last ack times spanning all).
+    pub(crate) fn judge_epochs(&self, epochs: usize, r: i64, notes: &mut Vec<String>) -> Result<Loss> {
+        let mut lost = Loss::default();
+        for epoch in 0..epochs {
+            let loss = self.judge_restore(epoch, r)?;
+            notes.push(format!("epoch {epoch}: {}", loss.summary(r)));
+            lost.lost += loss.lost;
+            lost.first_lost_s = match (lost.first_lost_s, loss.first_lost_s) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            lost.last_lost_s = match (lost.last_lost_s, loss.last_lost_s) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(lost)
+    }
+
     /// The keys of the load's epoch `epoch` as the restored cluster holds them, held to the
     /// store at revision `r` (`verify::restored`).
     pub(crate) fn judge_restore(&self, epoch: usize, r: i64) -> Result<Loss> {

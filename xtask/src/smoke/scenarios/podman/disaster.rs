@@ -30,7 +30,7 @@ use crate::smoke::engine::cluster::Cluster;
 use crate::smoke::engine::cluster_members::{restore_to, SnapshotStatus};
 use crate::smoke::engine::Members;
 use crate::smoke::scenarios::run::Run;
-use crate::smoke::verify::restored::{self, Loss};
+use crate::smoke::verify::restored;
 use crate::smoke::workload::backup_host::{backup_client_key, public_key, BackupHost, Remote};
 
 /// How long writes go on after the second backup before all three members are destroyed.
@@ -353,20 +353,7 @@ impl Run<Cluster> {
         }
         notes.push(self.hashkv_equal()?);
         // Every epoch before the disaster held to the snapshot's revision.
-        let mut lost = Loss::default();
-        for epoch in 0..epochs {
-            let loss = self.judge_restore(epoch, r)?;
-            notes.push(format!("epoch {epoch}: {}", loss.summary(r)));
-            lost.lost += loss.lost;
-            lost.first_lost_s = match (lost.first_lost_s, loss.first_lost_s) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            lost.last_lost_s = match (lost.last_lost_s, loss.last_lost_s) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-        }
+        let lost = self.judge_epochs(epochs, r, &mut notes)?;
         self.record_rto("snapshot", rto, &lost, failed);
         notes.push(format!(
             "lost {} acknowledged writes over {:.1} s (after the snapshot's revision: while it was checked and \

@@ -34,7 +34,6 @@ use crate::smoke::engine::machines::Machine;
 use crate::smoke::engine::Members;
 use crate::smoke::scenarios::run::Run;
 use crate::smoke::scenarios::ScenarioName;
-use crate::smoke::verify::restored::Loss;
 use crate::smoke::workload::backup_host::BackupHost;
 use crate::util::{each_in_thread, tail};
 
@@ -350,20 +349,7 @@ impl Run<Hosts> {
             bail!("after the restore: {members:?}");
         }
         notes.push(self.hashkv_equal()?);
-        let mut lost = Loss::default();
-        for epoch in 0..epochs {
-            let loss = self.judge_restore(epoch, r)?;
-            notes.push(format!("epoch {epoch}: {}", loss.summary(r)));
-            lost.lost += loss.lost;
-            lost.first_lost_s = match (lost.first_lost_s, loss.first_lost_s) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            lost.last_lost_s = match (lost.last_lost_s, loss.last_lost_s) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-        }
+        let lost = self.judge_epochs(epochs, r, &mut notes)?;
         let path = format!("{}_snapshot", self.form.as_str());
         self.record_rto(&path, rto, &lost, failed);
         notes.push(format!(
