@@ -257,6 +257,25 @@ impl Hosts {
         self.block(i, marker)
     }
 
+    /// Node `i`'s install steps with `join` (INSTALL.md's lines that make the member join an
+    /// existing cluster) right after the tar is unpacked, as INSTALL.md says to run them.
+    pub(crate) fn install_joining(&self, i: usize, join: &str) -> Result<String> {
+        let mut script = String::new();
+        let mut inserted = false;
+        for line in self.install_block(i)?.lines() {
+            script.push_str(line);
+            script.push('\n');
+            if !inserted && line.trim_start().starts_with("tar -xpf") {
+                script.push_str(join);
+                inserted = true;
+            }
+        }
+        if !inserted {
+            bail!("{}'s INSTALL.md install steps unpack no tar", self.spec.nodes[i].name);
+        }
+        Ok(script)
+    }
+
     /// The ```sh block of node `i`'s INSTALL.md that contains `marker`, as written.
     pub(crate) fn block(&self, i: usize, marker: &str) -> Result<String> {
         let path = self.render.join(format!("{}.INSTALL.md", self.spec.nodes[i].name));

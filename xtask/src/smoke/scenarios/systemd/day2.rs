@@ -220,21 +220,8 @@ impl Run<Hosts> {
         let t = Instant::now();
         self.boot(&[lost])?;
         let join = self.block(lost, "ETCD_INITIAL_CLUSTER_STATE=existing")?;
-        let install = self.install_block(lost)?;
         // INSTALL.md: its install steps, with the join line after the tar is unpacked.
-        let mut script = String::new();
-        let mut inserted = false;
-        for line in install.lines() {
-            script.push_str(line);
-            script.push('\n');
-            if !inserted && line.trim_start().starts_with("tar -xpf") {
-                script.push_str(&join);
-                inserted = true;
-            }
-        }
-        if !inserted {
-            bail!("{node}'s INSTALL.md install steps unpack no tar");
-        }
+        let script = self.install_joining(lost, &join)?;
         self.phase(&format!("{node} joining as a learner"));
         let m = &self.machines[lost];
         let out = m.sh_timeout(&format!("cd /root/etcd-install && set -ex\n{script}"), 150)?;

@@ -281,22 +281,9 @@ impl Run<Hosts> {
             .with_context(|| format!("member add printed no ETCD_INITIAL_CLUSTER: {added}"))?;
         self.boot(&[j])?;
         let join = self.block_with(j, &["ETCD_INITIAL_CLUSTER=$ETCD_INITIAL_CLUSTER"], &[])?;
-        let install = self.install_block(j)?;
         // INSTALL.md: its install steps, with the join line after the tar is unpacked, and the
         // value `member add` printed, as the operator pastes it.
-        let mut script = format!("export ETCD_INITIAL_CLUSTER='{initial}'\n");
-        let mut inserted = false;
-        for line in install.lines() {
-            script.push_str(line);
-            script.push('\n');
-            if !inserted && line.trim_start().starts_with("tar -xpf") {
-                script.push_str(&join);
-                inserted = true;
-            }
-        }
-        if !inserted {
-            bail!("{node}'s INSTALL.md install steps unpack no tar");
-        }
+        let script = format!("export ETCD_INITIAL_CLUSTER='{initial}'\n{}", self.install_joining(j, &join)?);
         self.phase(&format!("survivor path: {node} joining"));
         self.run_in(j, &script, "the install steps joining the cluster")?;
         self.phase(&format!("survivor path: {node} promoted"));
