@@ -3,6 +3,7 @@
 
 pub mod acquire;
 pub mod advisories;
+pub mod auth;
 pub mod build_etcd;
 pub mod ci;
 pub mod definition;
@@ -36,6 +37,7 @@ pub enum Cmd {
     Fetch(acquire::Fetch),
     BuildEtcd(build_etcd::BuildEtcd),
     Pki(pki::PkiCmd),
+    Auth(auth::AuthCmd),
     Image(image::ImageCmd),
     Render(render::Render),
     K8s(k8s::K8s),
@@ -58,6 +60,7 @@ impl Cli {
             Cmd::Fetch(cmd) => cmd.run(),
             Cmd::BuildEtcd(cmd) => cmd.run(),
             Cmd::Pki(cmd) => cmd.run(),
+            Cmd::Auth(cmd) => cmd.run(),
             Cmd::Image(cmd) => cmd.run(),
             Cmd::Render(cmd) => cmd.run(),
             Cmd::K8s(cmd) => cmd.run(),

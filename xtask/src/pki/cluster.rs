@@ -51,6 +51,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::backup::{Backup, RawBackup};
+use crate::auth::roles::Access;
 use super::compaction::{Compaction, RawCompaction};
 
 /// A checked cluster description.
@@ -77,6 +78,9 @@ pub struct ClusterSpec {
     pub compaction: Compaction,
     /// How often the members snapshot themselves and where the snapshots go (`[backup]`).
     pub backup: Backup,
+    /// What each client may do with etcd's auth on (`[access]`); `None`: every client is root.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
 }
 
 /// The description's `[monitoring]` section: each member also serves `/metrics` on its first IP
@@ -196,6 +200,7 @@ struct RawCluster {
     monitoring: Option<MonitoringSpec>,
     compaction: Option<RawCompaction>,
     backup: Option<RawBackup>,
+    access: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -411,6 +416,7 @@ impl ClusterSpec {
         }
         let compaction = Compaction::check(raw.compaction.as_ref()).map_err(|(field, m)| err(field, m))?;
         let backup = Backup::check(raw.backup.as_ref()).map_err(|(field, m)| err(field, m))?;
+        let access = Access::check(raw.access.as_ref(), &raw.clients).map_err(|(field, m)| err(&field, m))?;
         let spec = ClusterSpec {
             name: raw.name,
             token: raw.token,
@@ -420,6 +426,7 @@ impl ClusterSpec {
             monitoring: raw.monitoring,
             compaction,
             backup,
+            access,
         };
         Ok(DescribedCluster { spec, tuning: raw.tuning })
     }

@@ -104,7 +104,25 @@ pub struct ClusterInputs<'a> {
 }
 
 /// The client identity for etcdctl: `wanted`, else `etcdctl` if issued, else the first client.
+/// With an `[access]` section it must be a root client: the backup takes snapshots and the
+/// defragmentation unit defragments, which etcd allows root only.
 pub fn pick_client<'a>(spec: &'a ClusterSpec, wanted: Option<&'a str>, cluster: &Path) -> Result<&'a str> {
+    let client = pick_any_client(spec, wanted, cluster)?;
+    if let Some(access) = &spec.access {
+        if !access.roots().any(|r| r == client) {
+            bail!(
+                "{}: access.{client}: the operator's etcdctl, the backup and the defragmentation units use {client:?}'s \
+                 certificate, and snapshots and defragmentation are root's once auth is on: make it \"root\" there, or \
+                 pass --client with one of {:?}",
+                cluster.display(),
+                access.roots().collect::<Vec<_>>()
+            );
+        }
+    }
+    Ok(client)
+}
+
+fn pick_any_client<'a>(spec: &'a ClusterSpec, wanted: Option<&'a str>, cluster: &Path) -> Result<&'a str> {
     if let Some(w) = wanted {
         return match spec.clients.iter().find(|c| c.as_str() == w) {
             Some(c) => Ok(c),
@@ -489,5 +507,16 @@ mod tests {
         let minutes: Vec<String> = (0..3).map(|i| backup.on_calendar(i, 3)[6..].to_string()).collect();
         assert_eq!(minutes, ["00/1:00:00", "00/1:20:00", "00/1:40:00"]);
         assert!(times.iter().all(|t| !["00", "20", "40"].contains(&&t[3..])), "{times:?}");
+    }
+
+    #[test]
+    fn with_access_rules_the_bundles_identity_is_root() {
+        let path = crate::util::project_root().join("clusters/tutorial.toml");
+        let spec = ClusterSpec::load(&path).unwrap();
+        assert_eq!(pick_client(&spec, None, &path).unwrap(), "etcdctl");
+        let err = pick_client(&spec, Some("kube-apiserver"), &path).unwrap_err().to_string();
+        assert!(err.contains("access.kube-apiserver") && err.contains("make it \"root\""), "{err}");
+        let open = ClusterSpec { access: None, ..spec };
+        assert_eq!(pick_client(&open, Some("kube-apiserver"), &path).unwrap(), "kube-apiserver");
     }
 }

@@ -24,6 +24,7 @@ pub const DOC_PAGES: &[&str] = &[
     "docs/systemd-hosts.md",
     "docs/kubernetes.md",
     "docs/monitoring.md",
+    "docs/least-privilege.md",
     "docs/artifacts.md",
     "docs/proving-ground.md",
     "docs/releases.md",
