@@ -31,6 +31,10 @@ pub struct Advisory {
     pub url: String,
     /// Affected versions: each range from `introduced` (inclusive) to `fixed` (exclusive).
     pub affected: Vec<Range>,
+    /// What it means for the roles a cluster file's `[access]` gives once auth is on
+    /// (docs/least-privilege.md), where it matters there.
+    #[serde(default)]
+    pub with_auth: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -182,6 +186,9 @@ pub fn warning(advisories: &Advisories, version: &str) -> Option<String> {
             a.advisory.summary,
             a.fixed
         ));
+        if let Some(roles) = &a.advisory.with_auth {
+            out.push_str(&format!("\n    with auth on (docs/least-privilege.md): {roles}"));
+        }
     }
     if let Some(f) = fixed_by(&list) {
         out.push_str(&format!("\n  etcd {f} fixes all of them; ship it with --etcd-version {f} once pinned"));
@@ -232,6 +239,10 @@ affected = [{ introduced = "3.4.0", fixed = "3.4.26" }, { introduced = "3.5.0", 
         assert_eq!(ids("3.5.8"), ["GHSA-dddd-eeee-ffff"]);
         assert!(ids("3.5.9").is_empty() && ids("3.4.26").is_empty());
         assert_eq!(fixed_by(&affecting(&list, "3.4.9")).as_deref(), Some("3.4.26"));
+        // What an advisory means for [access]'s roles follows it.
+        let with = parse(&TWO.replace("severity = \"high\"", "severity = \"high\"\nwith_auth = \"roles leak\""), "t.toml").unwrap();
+        let w = warning(&with, "3.4.9").unwrap();
+        assert!(w.contains("two (fixed in 3.4.26)\n    with auth on (docs/least-privilege.md): roles leak"), "{w}");
         assert_eq!(affecting(&list, "3.5.1")[0].fixed, "3.5.9");
         let w = warning(&list, "3.4.9").unwrap();
         assert!(w.contains("GHSA-aaaa-bbbb-cccc (CVE-2020-1) [moderate] one (fixed in 3.4.10)"), "{w}");
