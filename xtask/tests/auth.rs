@@ -8,7 +8,8 @@
 //! with etcdctl's identity writing all along (0 failed requests); a second apply changes
 //! nothing. Then every identity of the tutorial tries every operation of the permission table
 //! of docs/least-privilege.md, and each cell of that table must be what etcd did, with etcd's
-//! reason for each refusal. Last, the file changes (kube-apiserver read-only, then "none") and
+//! reason for each refusal. Users and roles then survive `pki renew`, a CA rotation and a restore
+//! from a snapshot (the check passes after each). Last, the file changes (kube-apiserver read-only, then "none") and
 //! apply follows it: a role the file no longer gives is revoked, then deleted with its user.
 //!
 //! Needs root, ip, unshare, curl and etcd v3.4.9 (`$XTASK_TEST_ETCD_GIT`, see `common`).
@@ -79,9 +80,13 @@ E1=
 mount -t overlay overlay -o lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work /etc
 mount -t overlay overlay -o lowerdir=/usr/local,upperdir=$T/local-up,workdir=$T/local-work /usr/local
 tar -xpf {render}/master1.tar -C / --no-same-owner --no-overwrite-dir etc usr/local
-env -i $(grep -v '^#' /etc/etcd/etcd.conf | sed 's|/var/lib/etcd|'$T/data1'|') \
-    ETCD_INITIAL_CLUSTER=master1=https://10.0.1.204:2380 {bin}/etcd > $T/etcd1.log 2>&1 &
-E1=$!
+DATA=$T/data1
+start1() {{
+    env -i $(grep -v '^#' /etc/etcd/etcd.conf | sed 's|/var/lib/etcd|'$DATA'|') \
+        ETCD_INITIAL_CLUSTER=master1=https://10.0.1.204:2380 {bin}/etcd >> $T/etcd1.log 2>&1 &
+    E1=$!
+}}
+start1
 set -a; . /etc/etcd/etcdctl.env; set +a
 export ETCDCTL_ENDPOINTS=https://10.0.1.204:2379 PATH={bin}:$PATH
 for i in $(seq 60); do etcdctl --command-timeout=1s endpoint health && break; sleep 0.5; done
@@ -117,6 +122,31 @@ for ID in {ids}; do
 {ops}done
 
 set -x
+# Users and roles live in etcd's data: they survive renewed certificates (no restart), a CA
+# rotation (two restarts), and a restore from a snapshot.
+put_pki() {{
+    N={pki}/nodes/master1
+    install -m 0644 $N/ca.crt $N/peer-ca.crt $N/server.crt $N/peer.crt $N/crl.pem $N/peer-crl.pem /etc/etcd/pki/
+    install -m 0400 $N/server.key $N/peer.key /etc/etcd/pki/
+}}
+wait_up() {{ for i in $(seq 60); do C={pki}/clients/etcdctl as_id --command-timeout=1s endpoint health > /dev/null 2>&1 && return 0; sleep 0.5; done; return 1; }}
+restart1() {{ kill $E1; wait $E1; start1; wait_up; echo "up $1 $?" >> $T/results; }}
+kept() {{ ID=kube-apiserver C={pki}/clients/kube-apiserver try $1-put as_id put /registry/pods/$1 v
+         ID=kube-apiserver C={pki}/clients/kube-apiserver try $1-other as_id get /other
+         {xtask} auth check --cluster $T/tutorial.toml $AUTH > $T/check-$1.out 2>&1; echo "check-$1 $?" >> $T/results; }}
+{xtask} pki renew {pki} > $T/lifecycle.out 2>&1; put_pki
+kept renewed
+for step in add reissue drop; do
+    {xtask} pki rotate-ca {pki} --step $step >> $T/lifecycle.out 2>&1; put_pki
+    [ $step = reissue ] || restart1 $step
+done
+kept rotated
+C={pki}/clients/etcdctl as_id snapshot save $T/before-restore.db > /dev/null 2>&1
+kill $E1; wait $E1
+etcdctl snapshot restore $T/before-restore.db --name master1 --data-dir $T/restored \
+    --initial-cluster master1=https://10.0.1.204:2380 --initial-advertise-peer-urls https://10.0.1.204:2380 >> $T/lifecycle.out 2>&1
+DATA=$T/restored; start1; wait_up; echo "up restored $?" >> $T/results
+kept restored
 # The file changes: kube-apiserver read-only, then nothing at all.
 export ID=kube-apiserver C={pki}/clients/kube-apiserver
 {xtask} auth apply --cluster $T/read-only.toml $AUTH > $T/apply-ro.out 2>&1; echo "apply-ro $?" >> $T/results
@@ -210,6 +240,17 @@ echo DRIVER-DONE
     assert!(wrong.is_empty(), "docs/least-privilege.md's table is not what etcd does:\n{}", wrong.join("\n"));
     // The backup's snapshot, taken as etcdctl's identity, is whole.
     assert!(fs::metadata(t.join("snap-etcdctl.db")).map(|m| m.len() > 10_000).unwrap_or(false), "{diag}");
+
+    // Renewal, CA rotation and a restore keep users and roles.
+    for (stage, what) in [("renewed", "after `pki renew`"), ("rotated", "after a CA rotation"), ("restored", "after a restore")] {
+        assert_eq!(result(&format!("op kube-apiserver {stage}-put"))[0], "0", "{what}, kube-apiserver cannot write its keys:\n{results}\n{diag}\n{}", read("lifecycle.out"));
+        let other = result(&format!("op kube-apiserver {stage}-other"));
+        assert!(other[0] != "0" && other.join(" ").contains("permission denied"), "{what}, kube-apiserver reads outside its prefix:\n{results}");
+        assert_eq!(result(&format!("check-{stage}")), ["0"], "{what}: {}", read(&format!("check-{stage}.out")));
+    }
+    for stage in ["add", "drop", "restored"] {
+        assert_eq!(result(&format!("up {stage}")), ["0"], "etcd did not come back ({stage}):\n{diag}\n{}", read("lifecycle.out"));
+    }
 
     // The file changed: read-only, then none.
     assert_eq!(result("apply-ro"), ["0"], "{}", read("apply-ro.out"));
