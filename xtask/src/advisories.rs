@@ -240,7 +240,9 @@ affected = [{ introduced = "3.4.0", fixed = "3.4.26" }, { introduced = "3.5.0", 
         assert!(ids("3.5.9").is_empty() && ids("3.4.26").is_empty());
         assert_eq!(fixed_by(&affecting(&list, "3.4.9")).as_deref(), Some("3.4.26"));
         // What an advisory means for [access]'s roles follows it.
-        let with = parse(&TWO.replace("severity = \"high\"", "severity = \"high\"\nwith_auth = \"roles leak\""), "t.toml").unwrap();
+        let with =
+            parse(&TWO.replace("severity = \"high\"", "severity = \"high\"\nwith_auth = \"roles leak\""), "t.toml")
+                .unwrap();
         let w = warning(&with, "3.4.9").unwrap();
         assert!(w.contains("two (fixed in 3.4.26)\n    with auth on (docs/least-privilege.md): roles leak"), "{w}");
         assert_eq!(affecting(&list, "3.5.1")[0].fixed, "3.5.9");

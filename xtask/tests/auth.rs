@@ -15,6 +15,7 @@
 //! Needs root, ip, unshare, curl and etcd v3.4.9 (`$XTASK_TEST_ETCD_GIT`, see `common`).
 
 mod common;
+use common::namespace_lab::Lab;
 use common::{ok, require, root, XTASK};
 
 use std::fs;
@@ -59,26 +60,24 @@ fn auth_apply_gives_each_identity_what_the_file_says_and_nothing_more() {
     fs::write(&cluster, &tutorial).unwrap();
     let grant = "kube-apiserver = { readwrite = [\"/registry/\", \"compact_rev_key\"] }";
     assert!(tutorial.contains(grant), "clusters/tutorial.toml no longer holds {grant}");
-    fs::write(t.join("read-only.toml"), tutorial.replace(grant, "kube-apiserver = { read = [\"/registry/\"] }")).unwrap();
+    fs::write(t.join("read-only.toml"), tutorial.replace(grant, "kube-apiserver = { read = [\"/registry/\"] }"))
+        .unwrap();
     fs::write(t.join("none.toml"), tutorial.replace(grant, "kube-apiserver = \"none\"")).unwrap();
-    ok(Command::new(XTASK).arg("render").arg("--cluster").arg(&cluster).arg("--pki").arg(&pki).arg("--out").arg(&render));
-    for d in ["etc-up", "etc-work", "local-up", "local-work", "data1"] {
-        fs::create_dir_all(t.join(d)).unwrap();
-    }
+    ok(Command::new(XTASK)
+        .arg("render")
+        .arg("--cluster")
+        .arg(&cluster)
+        .arg("--pki")
+        .arg(&pki)
+        .arg("--out")
+        .arg(&render));
+    let lab = Lab::new(t);
+    fs::create_dir_all(t.join("data1")).unwrap();
     fs::set_permissions(t.join("data1"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     let ops: String = OPS.iter().enumerate().map(|(i, (_, sh))| format!("    try {i} {sh}\n")).collect();
-    let driver = format!(
-        r#"set -uo pipefail
-T={t}
-exec > $T/driver.log 2>&1
-set -x
-set -e
-ip link set lo up
-ip addr add 10.0.1.204/32 dev lo
-trap 'kill $E1 2>/dev/null' EXIT
+    let body = format!(
+        r#"trap 'kill $E1 2>/dev/null' EXIT
 E1=
-mount -t overlay overlay -o lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work /etc
-mount -t overlay overlay -o lowerdir=/usr/local,upperdir=$T/local-up,workdir=$T/local-work /usr/local
 tar -xpf {render}/master1.tar -C / --no-same-owner --no-overwrite-dir etc usr/local
 DATA=$T/data1
 start1() {{
@@ -157,40 +156,18 @@ C={pki}/clients/etcdctl as_id user list > $T/users-none.out 2>&1
 C={pki}/clients/etcdctl as_id role list > $T/roles-none.out 2>&1
 try none-get as_id get /registry/pods/p1
 {xtask} auth check --cluster $T/none.toml $AUTH > $T/check-none.out 2>&1; echo "check-none $?" >> $T/results
-echo DRIVER-DONE
 "#,
-        t = t.display(),
         render = render.display(),
         bin = bin.display(),
         pki = pki.display(),
         xtask = XTASK,
         ids = IDS.join(" "),
     );
-    let driver_file = t.join("driver.sh");
-    fs::write(&driver_file, &driver).unwrap();
-    let out = Command::new("timeout")
-        .args(["300", "unshare", "--net", "--mount", "--propagation", "private", "bash"])
-        .arg(&driver_file)
-        .output()
-        .unwrap();
-    let read = |f: &str| fs::read_to_string(t.join(f)).unwrap_or_default();
-    let diag = format!(
-        "{out:?}\n----- driver -----\n{}\n----- etcd1 (tail) -----\n{}\n----- apply -----\n{}",
-        read("driver.log"),
-        read("etcd1.log").lines().rev().take(30).collect::<Vec<_>>().join("\n"),
-        read("apply.out")
-    );
-    assert!(read("driver.log").contains("DRIVER-DONE"), "the driver did not finish:\n{diag}");
+    lab.run(&format!("{}{body}", lab.prelude(&["10.0.1.204"])), 300, &["etcd1.log", "apply.out"]);
+    let read = |f: &str| lab.read(f);
     let results = read("results");
-    let result = |name: &str| -> Vec<String> {
-        results
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no result {name}:\n{results}\n{diag}"))
-            .split_whitespace()
-            .map(String::from)
-            .collect()
-    };
+    let diag = lab.logs(&["etcd1.log", "apply.out"]);
+    let result = |name: &str| lab.result(name);
     // Before: every difference named, nothing changed by the dry run.
     let before = read("check-before.out");
     assert_eq!(result("check-before"), ["1"], "{before}\n{diag}");
@@ -230,8 +207,12 @@ echo DRIVER-DONE
             let reason = got[1..].join(" ");
             println!("{id:>15} | {op:<24} | {:<3} | {reason}", if did { "yes" } else { "no" });
             if allowed != did {
-                wrong.push(format!("{id}, {op}: the table says {cell:?}, etcd {}: {reason}", if did { "allowed it" } else { "refused" }));
-            } else if !did && !["permission denied", "user not found", "user name not found"].iter().any(|r| reason.contains(r))
+                wrong.push(format!(
+                    "{id}, {op}: the table says {cell:?}, etcd {}: {reason}",
+                    if did { "allowed it" } else { "refused" }
+                ));
+            } else if !did
+                && !["permission denied", "user not found", "user name not found"].iter().any(|r| reason.contains(r))
             {
                 wrong.push(format!("{id}, {op}: refused, but not by etcd's auth: {reason}"));
             }
@@ -242,14 +223,29 @@ echo DRIVER-DONE
     assert!(fs::metadata(t.join("snap-etcdctl.db")).map(|m| m.len() > 10_000).unwrap_or(false), "{diag}");
 
     // Renewal, CA rotation and a restore keep users and roles.
-    for (stage, what) in [("renewed", "after `pki renew`"), ("rotated", "after a CA rotation"), ("restored", "after a restore")] {
-        assert_eq!(result(&format!("op kube-apiserver {stage}-put"))[0], "0", "{what}, kube-apiserver cannot write its keys:\n{results}\n{diag}\n{}", read("lifecycle.out"));
+    for (stage, what) in
+        [("renewed", "after `pki renew`"), ("rotated", "after a CA rotation"), ("restored", "after a restore")]
+    {
+        assert_eq!(
+            result(&format!("op kube-apiserver {stage}-put"))[0],
+            "0",
+            "{what}, kube-apiserver cannot write its keys:\n{results}\n{diag}\n{}",
+            read("lifecycle.out")
+        );
         let other = result(&format!("op kube-apiserver {stage}-other"));
-        assert!(other[0] != "0" && other.join(" ").contains("permission denied"), "{what}, kube-apiserver reads outside its prefix:\n{results}");
+        assert!(
+            other[0] != "0" && other.join(" ").contains("permission denied"),
+            "{what}, kube-apiserver reads outside its prefix:\n{results}"
+        );
         assert_eq!(result(&format!("check-{stage}")), ["0"], "{what}: {}", read(&format!("check-{stage}.out")));
     }
     for stage in ["add", "drop", "restored"] {
-        assert_eq!(result(&format!("up {stage}")), ["0"], "etcd did not come back ({stage}):\n{diag}\n{}", read("lifecycle.out"));
+        assert_eq!(
+            result(&format!("up {stage}")),
+            ["0"],
+            "etcd did not come back ({stage}):\n{diag}\n{}",
+            read("lifecycle.out")
+        );
     }
 
     // The file changed: read-only, then none.

@@ -16,6 +16,7 @@
 //! (`$XTASK_TEST_ETCD_GIT`, see `common`).
 
 mod common;
+use common::namespace_lab::Lab;
 use common::{ok, require, root, XTASK};
 
 use std::fs;
@@ -109,22 +110,13 @@ fn snapshots_reach_a_real_backup_host_and_a_bad_one_deletes_nothing() {
         ),
     )
     .unwrap();
-    for d in ["etc-up", "etc-work", "local-up", "local-work", "srv", "home", "backups", "textfiles", "data"] {
+    let lab = Lab::new(t);
+    for d in ["srv", "home", "backups", "textfiles", "data"] {
         fs::create_dir_all(t.join(d)).unwrap();
     }
     fs::set_permissions(t.join("data"), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let driver = format!(
-        r#"set -uo pipefail
-T={t}
-exec > $T/driver.log 2>&1
-set -x
-set -e
-ip link set lo up
-ip addr add 10.0.1.204/32 dev lo
-ip addr add 10.0.1.10/32 dev lo
-mount -t overlay overlay -o lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work /etc
-mount -t overlay overlay -o lowerdir=/usr/local,upperdir=$T/local-up,workdir=$T/local-work /usr/local
-mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -m 0755 /run/sshd
+    let body = format!(
+        r#"mount -t tmpfs -o mode=0755 tmpfs /run && mkdir -m 0755 /run/sshd
 mount --bind $T/srv /srv
 mount --bind $T/home /home
 mount --bind $T/backups /var/backups
@@ -200,9 +192,7 @@ snapshot; ship 2> $T/full.err; result full "$? $(listing) | $(ls -1a $d | tr '\n
 ls -1 /var/backups/etcd > $T/local-after-faults
 cp /var/lib/prometheus/node-exporter/etcd-backup.prom $T/metric-after.prom
 kill $SSHD $ETCD
-echo DRIVER-DONE
 "#,
-        t = t.display(),
         render = render.display(),
         bin = bin.display(),
         start = start[0].replace('\'', "'\\''"),
@@ -210,27 +200,9 @@ echo DRIVER-DONE
         ship = ship[0],
         apt = common::apt_config_waiting_for_the_lock(t).display(),
     );
-    let driver_file = t.join("driver.sh");
-    fs::write(&driver_file, &driver).unwrap();
-    let out = Command::new("timeout")
-        .args(["300", "unshare", "--net", "--mount", "--propagation", "private", "bash"])
-        .arg(&driver_file)
-        .output()
-        .unwrap();
-    let log = fs::read_to_string(t.join("driver.log")).unwrap_or_default();
-    let sshd = fs::read_to_string(t.join("sshd.log")).unwrap_or_default();
-    let diag = format!("{out:?}\n----- driver -----\n{log}\n----- sshd -----\n{sshd}");
-    assert!(log.contains("DRIVER-DONE"), "the driver did not finish:\n{diag}");
-    let results = fs::read_to_string(t.join("results")).unwrap();
-    let result = |name: &str| -> Vec<String> {
-        results
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no result {name}:\n{diag}"))
-            .split_whitespace()
-            .map(String::from)
-            .collect()
-    };
+    let out = lab.run(&format!("{}{body}", lab.prelude(&["10.0.1.204", "10.0.1.10"])), 300, &["sshd.log"]);
+    let diag = format!("{out:?}\n{}", lab.logs(&["sshd.log"]));
+    let result = |name: &str| lab.result(name);
     let is_snapshot = |n: &String| n.starts_with("snapshot-") && n.ends_with("Z.db");
     // Good runs: checked, shipped; never more than keep = 2 on the backup host.
     for (n, want) in [(1, 1), (2, 2), (3, 2)] {

@@ -13,6 +13,7 @@
 //! Needs root, ip, unshare and etcd v3.4.9 (`$XTASK_TEST_ETCD_GIT`, see `common`).
 
 mod common;
+use common::namespace_lab::Lab;
 use common::{ok, require, root, XTASK};
 
 use std::fs;
@@ -36,29 +37,20 @@ fn a_revoked_certificate_is_refused_at_the_next_handshake_without_a_restart() {
         .arg("--out")
         .arg(&render)
         .current_dir(root()));
-    for d in ["etc-up", "etc-work", "local-up", "local-work", "data1", "data2", "m2", "old"] {
+    let lab = Lab::new(t);
+    for d in ["data1", "data2", "m2", "old"] {
         fs::create_dir_all(t.join(d)).unwrap();
     }
     for d in ["data1", "data2"] {
         fs::set_permissions(t.join(d), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     }
-    let driver = format!(
-        r#"set -uo pipefail
-T={t}
-exec > $T/driver.log 2>&1
-set -x
-set -e
-ip link set lo up
-ip addr add 10.0.1.204/32 dev lo
-ip addr add 10.0.1.67/32 dev lo
-# etcd checks a peer's source address against its certificate: each member dials the other from
+    let body = format!(
+        r#"# etcd checks a peer's source address against its certificate: each member dials the other from
 # its own address (on one loopback the kernel would pick the destination's).
 ip route replace local 10.0.1.204 dev lo table local src 10.0.1.67
 ip route replace local 10.0.1.67 dev lo table local src 10.0.1.204
 trap 'kill $E1 $E2 2>/dev/null' EXIT
 E1=; E2=
-mount -t overlay overlay -o lowerdir=/etc,upperdir=$T/etc-up,workdir=$T/etc-work /etc
-mount -t overlay overlay -o lowerdir=/usr/local,upperdir=$T/local-up,workdir=$T/local-work /usr/local
 tar -xpf {render}/master1.tar -C / --no-same-owner --no-overwrite-dir etc usr/local
 tar -xpf {render}/master2.tar -C $T/m2 --no-same-owner etc
 CLUSTER=master1=https://10.0.1.204:2380,master2=https://10.0.1.67:2380
@@ -119,39 +111,17 @@ kill $E2; wait $E2
 start2
 S=$(grep -o 'serial [0-9a-f]* revoked' $T/revoke-peer.out | cut -d' ' -f2)
 for i in $(seq 50); do grep -q "serial $S revoked" $T/etcd1.log && break; sleep 0.2; done
-echo DRIVER-DONE
 "#,
-        t = t.display(),
         render = render.display(),
         bin = bin.display(),
         pki = pki.display(),
         xtask = XTASK,
     );
-    let driver_file = t.join("driver.sh");
-    fs::write(&driver_file, &driver).unwrap();
-    let out = Command::new("timeout")
-        .args(["180", "unshare", "--net", "--mount", "--propagation", "private", "bash"])
-        .arg(&driver_file)
-        .output()
-        .unwrap();
-    let read = |f: &str| fs::read_to_string(t.join(f)).unwrap_or_default();
-    let diag = format!(
-        "{out:?}\n----- driver -----\n{}\n----- etcd1 -----\n{}\n----- revoke -----\n{}",
-        read("driver.log"),
-        read("etcd1.log"),
-        read("revoke.out")
-    );
-    assert!(read("driver.log").contains("DRIVER-DONE"), "the driver did not finish:\n{diag}");
-    let results = read("results");
-    let result = |name: &str| -> Vec<String> {
-        results
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no result {name}:\n{results}\n{diag}"))
-            .split_whitespace()
-            .map(String::from)
-            .collect()
-    };
+    let out =
+        lab.run(&format!("{}{body}", lab.prelude(&["10.0.1.204", "10.0.1.67"])), 180, &["etcd1.log", "revoke.out"]);
+    let read = |f: &str| lab.read(f);
+    let diag = format!("{out:?}\n{}", lab.logs(&["etcd1.log", "revoke.out"]));
+    let result = |name: &str| lab.result(name);
     assert_eq!(result("before"), ["0"], "healthcheck's certificate did not work before:\n{diag}");
     assert_eq!(result("revoke"), ["0"], "{diag}");
     let after = result("after");

@@ -141,7 +141,8 @@ impl Live {
             let mut perms = BTreeSet::new();
             for p in got["perm"].as_array().into_iter().flatten() {
                 let bytes = |f: &str| -> Result<Vec<u8>> {
-                    B64.decode(p[f].as_str().unwrap_or_default()).with_context(|| format!("role {role}: {f} not base64"))
+                    B64.decode(p[f].as_str().unwrap_or_default())
+                        .with_context(|| format!("role {role}: {f} not base64"))
                 };
                 perms.insert(Perm {
                     kind: kind_of(p["permType"].as_u64().unwrap_or(0))?,

@@ -161,7 +161,8 @@ impl Target {
             spec.nodes
                 .iter()
                 .map(|n| {
-                    let host = n.ips.first().map(|ip| ip.to_string()).or_else(|| n.dns.first().cloned()).unwrap_or_default();
+                    let host =
+                        n.ips.first().map(|ip| ip.to_string()).or_else(|| n.dns.first().cloned()).unwrap_or_default();
                     format!("https://{host}:2379")
                 })
                 .collect()

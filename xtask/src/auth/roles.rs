@@ -294,7 +294,8 @@ mod tests {
 
     #[test]
     fn a_writer_may_also_read_more_widely() {
-        let text = GOOD.replace("readwrite = [\"/registry/\"]", "read = [\"/registry/\"], readwrite = [\"/registry/events/\"]");
+        let text = GOOD
+            .replace("readwrite = [\"/registry/\"]", "read = [\"/registry/\"], readwrite = [\"/registry/events/\"]");
         assert!(check(&text).is_ok());
     }
 
@@ -311,12 +312,23 @@ mod tests {
             (GOOD.replace("[\"/registry/\"]", "[]"), "access.kube-apiserver", "\"none\""),
             (GOOD.replace("[\"/registry/\"]", "\"/registry/\""), "access.kube-apiserver.readwrite", "list"),
             (
-                GOOD.replace("readwrite = [\"/registry/\"]", "readwrite = [\"/registry/\"], read = [\"/registry/secrets/\"]"),
+                GOOD.replace(
+                    "readwrite = [\"/registry/\"]",
+                    "readwrite = [\"/registry/\"], read = [\"/registry/secrets/\"]",
+                ),
                 "access.kube-apiserver.read[0]",
                 "cannot be said",
             ),
-            (GOOD.replace("[\"/registry/\"]", "[\"/registry/\", \"/registry/pods/\"]"), "access.kube-apiserver.readwrite[1]", "already grants"),
-            (GOOD.replace("[\"/registry/\"]", "[\"/registry/\", \"/registry/\"]"), "access.kube-apiserver.readwrite[1]", "twice"),
+            (
+                GOOD.replace("[\"/registry/\"]", "[\"/registry/\", \"/registry/pods/\"]"),
+                "access.kube-apiserver.readwrite[1]",
+                "already grants",
+            ),
+            (
+                GOOD.replace("[\"/registry/\"]", "[\"/registry/\", \"/registry/\"]"),
+                "access.kube-apiserver.readwrite[1]",
+                "twice",
+            ),
             (
                 GOOD.replace("readwrite = [\"/registry/\"]", "readwrite = [\"/a/\"], read = [\"/a/\"]"),
                 "access.kube-apiserver.readwrite[0]",

@@ -51,8 +51,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::backup::{Backup, RawBackup};
-use crate::auth::roles::Access;
 use super::compaction::{Compaction, RawCompaction};
+use crate::auth::roles::Access;
 
 /// A checked cluster description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

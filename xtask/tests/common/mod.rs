@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dockerd;
+pub mod namespace_lab;
 pub mod report_page;
 
 use std::fs;
