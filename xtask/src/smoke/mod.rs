@@ -108,6 +108,9 @@ pub struct Smoke {
 /// The scenarios, in the order `all` runs them.
 impl Smoke {
     pub fn run(self) -> Result<()> {
+        if self.scenario.contains(&ScenarioName::Auth) && !workload::client::GRPC_BUILT {
+            return rerun_with_grpc();
+        }
         let started = Instant::now();
         let out = self.out.clone().unwrap_or_else(|| target_dir().join("smoke"));
         // Absolute: podman takes a relative `-v dir:...` for the name of a volume.
@@ -131,6 +134,39 @@ impl Smoke {
             started,
         })
     }
+}
+
+/// `--scenario auth` needs the load over gRPC, which the default build leaves out (so that the
+/// first `cargo xtask image` does not compile it): builds this program with `--features grpc`
+/// and runs the same command with it. Its build needs `protoc` (Debian's protobuf-compiler).
+fn rerun_with_grpc() -> Result<()> {
+    if !crate::util::on_path("protoc") {
+        bail!(
+            "--scenario auth runs the load over gRPC, whose client is built with protoc, which is not installed: \
+             apt-get install protobuf-compiler (or run `cargo xtask ci --deps-only` as root)"
+        );
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    eprintln!("smoke: --scenario auth needs the gRPC client: building xtask-grpc (xtask with --features grpc)");
+    let t = Instant::now();
+    let built = crate::util::as_from_a_shell(&mut std::process::Command::new(&cargo))
+        .current_dir(project_root())
+        .args(["build", "--quiet", "--package", "xtask", "--features", "grpc", "--bin", "xtask-grpc"])
+        .status()
+        .context("cannot run cargo to build xtask-grpc")?;
+    if !built.success() {
+        bail!("cannot build xtask-grpc ({built}): see cargo's messages above");
+    }
+    eprintln!("smoke: xtask-grpc ready in {:.1} s; running the same command with it", t.elapsed().as_secs_f64());
+    let exe = target_dir().join("debug/xtask-grpc");
+    let status = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .status()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    if !status.success() {
+        bail!("the smoke test failed (xtask-grpc: {status})");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use super::cluster::{chown_tree, Cluster, PKI_MOUNT};
 use super::podman::{label, podman, podman_checked, resource_name};
+use super::run_etcdctl;
 use super::{Engine, Members};
 use crate::pki::cluster::{ClusterSpec, NodeSpec};
 use crate::pki::layout::PkiLayout;
@@ -127,6 +128,14 @@ impl Members for Cluster {
     }
     fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
         Cluster::etcdctl(self, nodes, args)
+    }
+    fn etcdctl_as(&self, client: &Path, nodes: &[usize], args: &[&str]) -> Result<Output> {
+        let endpoints: Vec<String> =
+            nodes.iter().map(|i| format!("https://127.0.0.1:{}", self.nodes[*i].client_port)).collect();
+        run_etcdctl(Command::new(&self.etcdctl), &self.etcdctl, &endpoints, Some(client), args)
+    }
+    fn etcdctl_program(&self) -> PathBuf {
+        self.etcdctl.clone()
     }
     fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
         Cluster::wait_healthy(self, nodes, timeout)

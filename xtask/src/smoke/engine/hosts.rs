@@ -508,6 +508,13 @@ impl Members for Hosts {
     fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output> {
         Hosts::etcdctl(self, nodes, args)
     }
+    fn etcdctl_as(&self, client: &Path, nodes: &[usize], args: &[&str]) -> Result<Output> {
+        let endpoints: Vec<String> = nodes.iter().map(|i| self.endpoint(*i)).collect();
+        run_etcdctl(self.netns.command(&self.etcdctl), &self.etcdctl, &endpoints, Some(client), args)
+    }
+    fn etcdctl_program(&self) -> PathBuf {
+        self.etcdctl.clone()
+    }
     fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()> {
         Hosts::wait_healthy(self, nodes, timeout).map(|_| ())
     }

@@ -190,6 +190,12 @@ pub(crate) trait Members {
     /// members `nodes`, from where the clients are.
     fn etcdctl(&self, nodes: &[usize], args: &[&str]) -> Result<Output>;
 
+    /// The same etcdctl with another identity's files (`ca.crt`, `client.crt`, `client.key`).
+    fn etcdctl_as(&self, client: &Path, nodes: &[usize], args: &[&str]) -> Result<Output>;
+
+    /// The host's etcdctl binary of the members' release (for commands that run it themselves).
+    fn etcdctl_program(&self) -> PathBuf;
+
     /// Waits until the members `nodes` answer `endpoint health`; the error says why not, with
     /// what the members logged.
     fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()>;

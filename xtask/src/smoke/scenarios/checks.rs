@@ -75,8 +75,15 @@ pub(crate) struct QuorumStory {
 impl<E: Members> Run<E> {
     /// Starts the client load against every member, from where the clients are.
     pub(crate) fn start_load(&mut self, bounds: Bounds) -> Result<()> {
-        let identity = Identity::in_dir(&self.client_dir());
-        let load = Load::start(self.load_endpoints(), identity, LOAD_PREFIX, bounds, self.client_netns())?;
+        let identity = Identity::in_dir(&self.load_dir());
+        let load = Load::start(
+            self.load_endpoints(),
+            identity,
+            self.load_as.transport,
+            self.load_as.prefix,
+            bounds,
+            self.client_netns(),
+        )?;
         self.load = Some(load);
         Ok(())
     }
@@ -86,7 +93,7 @@ impl<E: Members> Run<E> {
     /// member replaced or upgraded: etcd's clients retry too).
     pub(crate) fn allowed_failures(&self) -> &'static [&'static str] {
         match self.scenario {
-            ScenarioName::RotateCerts | ScenarioName::HttpToTls => &[],
+            ScenarioName::RotateCerts | ScenarioName::HttpToTls | ScenarioName::Auth => &[],
             ScenarioName::Basic => &[NO_QUORUM],
             _ => &["*"],
         }
@@ -115,11 +122,20 @@ impl<E: Members> Run<E> {
         self.load_report = Some(report);
     }
 
+    /// The load's identity: the client [`Run::load_as`] names, or the operator's.
+    pub(crate) fn load_dir(&self) -> std::path::PathBuf {
+        match &self.load_as.client {
+            Some(c) => self.pki().client_dir(c),
+            None => self.client_dir(),
+        }
+    }
+
     fn check_load(&self, report: &LoadReport, via: usize, goal: Option<f64>) -> Result<String> {
-        let identity = Identity::in_dir(&self.client_dir());
+        let identity = Identity::in_dir(&self.load_dir());
+        let (transport, prefix) = (self.load_as.transport, self.load_as.prefix);
         let read_back = |i: usize| {
             let endpoint = self.client_url(i);
-            self.as_client(|| load::verify_acknowledged(report, &endpoint, &identity, LOAD_PREFIX))
+            self.as_client(|| load::verify_acknowledged(report, &endpoint, &identity, transport, prefix))
         };
         let checked = match read_back(via) {
             Ok(n) => n,

@@ -10,6 +10,7 @@
 //! `drills.rs` and `disaster.rs`; `alerts.rs` is what Prometheus must see of each fault.
 
 mod alerts;
+mod auth;
 mod checks;
 mod maintenance;
 mod podman;
@@ -42,6 +43,7 @@ pub enum ScenarioName {
     HttpToTls,
     Drills,
     Disaster,
+    Auth,
     All,
 }
 
@@ -55,6 +57,7 @@ impl ScenarioName {
             ScenarioName::HttpToTls => "http-to-tls",
             ScenarioName::Drills => "drills",
             ScenarioName::Disaster => "disaster",
+            ScenarioName::Auth => "auth",
             ScenarioName::All => "all",
         }
     }
@@ -67,7 +70,7 @@ impl ScenarioName {
             // machine (13 min 55 s without). CI proves its steps as the README's recipe
             // (run_it.rs); its run under load is `--scenario http-to-tls`. The drills are not in
             // `all` either; `--scenario all --scenario drills` runs both. Nor is the disaster
-            // recovery (`--scenario disaster`).
+            // recovery (`--scenario disaster`), nor least privilege under load (`--scenario auth`).
             out.extend([
                 ScenarioName::Basic,
                 ScenarioName::RotateCerts,
@@ -121,6 +124,7 @@ impl ScenarioName {
             ScenarioName::HttpToTls => &[StopStart, Reconfigure, TlsStages],
             ScenarioName::Drills => &[StopStart, KillStaysDown, Pause, CutOff, SmallDisk, Reconfigure],
             ScenarioName::Disaster => &[StopStart, Reconfigure, Restore],
+            ScenarioName::Auth => &[Reconfigure],
             ScenarioName::All => &[],
         }
     }

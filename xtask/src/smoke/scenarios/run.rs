@@ -15,7 +15,7 @@ use anyhow::{bail, Result};
 use super::ScenarioName;
 use crate::smoke::engine::Members;
 use crate::smoke::report::{record_check, Check, Outcome, ScenarioReport};
-use crate::smoke::workload::load::{Load, LoadReport};
+use crate::smoke::workload::load::{Load, LoadReport, Transport};
 use crate::smoke::workload::prometheus::Prometheus;
 
 /// A scenario's run on the members `E`.
@@ -35,6 +35,24 @@ pub(crate) struct Run<E> {
     /// Seconds from a member's restart (or replacement) to 3/3 healthy, in the order they happened.
     pub member_healthy: Vec<(String, f64)>,
     pub load_report: Option<LoadReport>,
+    /// Who the client load is and how it speaks (the operator over the gateway unless a
+    /// scenario says otherwise).
+    pub load_as: LoadAs,
+}
+
+/// The client load's identity, transport and key prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadAs {
+    /// A client of the description; `None`: the operator's identity ([`Members::client_dir`]).
+    pub client: Option<String>,
+    pub transport: Transport,
+    pub prefix: &'static str,
+}
+
+impl Default for LoadAs {
+    fn default() -> Self {
+        LoadAs { client: None, transport: Transport::Gateway, prefix: super::checks::LOAD_PREFIX }
+    }
 }
 
 impl<E> Deref for Run<E> {
@@ -60,6 +78,7 @@ impl<E> Run<E> {
             name,
             checks: Vec::new(),
             timings: BTreeMap::new(),
+            load_as: LoadAs::default(),
             member_healthy: Vec::new(),
             load_report: None,
         }

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 
+pub use super::client::{Client, Transport};
 pub use super::gateway::{Gateway, Identity};
 pub use super::load_report::{EpochReport, Incident, LoadReport, PhaseStats};
 use super::timeline::{per_second, Mark, Sample};
@@ -157,6 +158,7 @@ impl Load {
     pub fn start(
         endpoints: Vec<String>,
         identity: Identity,
+        transport: Transport,
         prefix: &str,
         bounds: Bounds,
         netns: Option<PathBuf>,
@@ -164,8 +166,8 @@ impl Load {
         if endpoints.is_empty() {
             bail!("the client load needs at least one endpoint");
         }
-        // Fail early and clearly when the identity is unusable.
-        identity.tls_config()?;
+        // Fail early and clearly when the identity or the transport is unusable.
+        Client::new(transport, &identity, ATTEMPT_TIMEOUT)?;
         // Keys of this load only: scenarios on the same machines (the systemd engine) run one
         // load after another, and a key an earlier load wrote would start the history with a
         // value this one never wrote.
@@ -198,7 +200,7 @@ impl Load {
                     eprintln!("smoke: load worker {w}: {e:#}");
                     return;
                 }
-                worker(w, &identity, bounds, &shared)
+                worker(w, &identity, transport, bounds, &shared)
             }));
         }
         for member in 0..endpoints.len() {
@@ -211,6 +213,7 @@ impl Load {
                 super::watch::watcher(
                     member,
                     &identity,
+                    transport,
                     &shared.epoch,
                     &shared.endpoints,
                     &shared.stop,
@@ -324,11 +327,11 @@ const SHARED_KEYS: u64 = 4;
 /// The name of a load's first epoch.
 pub const FIRST_EPOCH: &str = "before";
 
-fn worker(w: usize, identity: &Identity, bounds: Bounds, shared: &Shared) {
+fn worker(w: usize, identity: &Identity, transport: Transport, bounds: Bounds, shared: &Shared) {
     let (mut epoch, mut base) = shared.epoch();
     let mut prefix = format!("{base}{w}/");
     let interval = Duration::from_secs_f64(1.0 / PER_WORKER_RATE);
-    let mut client: Option<(Vec<Option<SystemTime>>, Gateway)> = None;
+    let mut client: Option<(Vec<Option<SystemTime>>, Client)> = None;
     let mut seq = 0u64;
     let mut last_acked: Option<(String, String)> = None;
     let mut next = Instant::now();
@@ -380,7 +383,7 @@ fn worker(w: usize, identity: &Identity, bounds: Bounds, shared: &Shared) {
             // The identity is reloaded when its files changed (as etcd does with its own).
             let stamp = identity.stamp();
             if client.as_ref().is_none_or(|(s, _)| *s != stamp) {
-                match Gateway::new(identity, ATTEMPT_TIMEOUT) {
+                match Client::new(transport, identity, ATTEMPT_TIMEOUT) {
                     Ok(g) => client = Some((stamp, g)),
                     Err(e) => {
                         // Files mid-rewrite: try again shortly.
@@ -489,6 +492,7 @@ fn worker(w: usize, identity: &Identity, bounds: Bounds, shared: &Shared) {
         r.requests += 1;
         let stats = r.phases.entry(phase.clone()).or_default();
         stats.requests += 1;
+        stats.latency_sum_ms += latency;
         stats.worst_latency_ms = stats.worst_latency_ms.max(latency);
         if outcome.is_err() {
             r.phases.entry(end_phase.clone()).or_default().failed += 1;
@@ -530,8 +534,14 @@ fn worker(w: usize, identity: &Identity, bounds: Bounds, shared: &Shared) {
 
 /// Checks that every acknowledged key is in the cluster with its value, reading through
 /// `endpoint` with `identity`. Returns how many were checked.
-pub fn verify_acknowledged(report: &LoadReport, endpoint: &str, identity: &Identity, prefix: &str) -> Result<usize> {
-    let gw = Gateway::new(identity, Duration::from_secs(10))?;
+pub fn verify_acknowledged(
+    report: &LoadReport,
+    endpoint: &str,
+    identity: &Identity,
+    transport: Transport,
+    prefix: &str,
+) -> Result<usize> {
+    let gw = Client::new(transport, identity, Duration::from_secs(10))?;
     let present = gw.range_prefix(endpoint, prefix).context("cannot read back the load's keys")?;
     let mut missing = Vec::new();
     for (k, v) in &report.acknowledged {

@@ -92,6 +92,28 @@ pub struct PhaseStats {
     /// The longest a request started in the phase took, retries included: what a client with
     /// failover waited at worst.
     pub worst_latency_ms: f64,
+    /// The latencies of the requests started in the phase, summed: with `requests`, the mean.
+    pub latency_sum_ms: f64,
+}
+
+impl PhaseStats {
+    /// Requests per second over the phase.
+    pub fn rate(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.requests as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The mean latency of the phase's requests.
+    pub fn mean_latency_ms(&self) -> f64 {
+        if self.requests > 0 {
+            self.latency_sum_ms / self.requests as f64
+        } else {
+            0.0
+        }
+    }
 }
 
 impl LoadReport {

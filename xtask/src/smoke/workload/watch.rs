@@ -14,6 +14,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
+use super::client::{Client, Transport, WatchMessage};
 use super::gateway::{decode, int64 as int, prefix_end, Identity};
 use crate::smoke::verify::history::{Event, WatchLog};
 
@@ -23,19 +24,22 @@ const CONNECTION: Duration = Duration::from_secs(2);
 
 /// Runs until `stop`: watches the current epoch's prefix (`epoch`: its index and prefix) on
 /// `endpoints[member]` (both re-read for every stream, as the load switches endpoints and
-/// epochs), appending to the epoch's entry of `logs`.
+/// epochs), appending to the epoch's entry of `logs`; over `transport`.
 pub(crate) fn watcher(
     member: usize,
     identity: &Identity,
+    transport: Transport,
     epoch: &Mutex<(usize, String)>,
     endpoints: &Mutex<Vec<String>>,
     stop: &AtomicBool,
     logs: &Mutex<Vec<WatchLog>>,
 ) {
+    // The gRPC client, made again when the identity's files change (the gateway's stream makes
+    // its own connection every time).
+    let mut grpc: Option<(Vec<Option<std::time::SystemTime>>, Client)> = None;
     while !stop.load(Ordering::SeqCst) {
         let Some(endpoint) = endpoints.lock().ok().and_then(|e| e.get(member).cloned()) else { return };
         let Some((index, prefix)) = epoch.lock().ok().map(|e| e.clone()) else { return };
-        let end = prefix_end(&prefix);
         let resume = {
             let Ok(mut l) = logs.lock() else { return };
             while l.len() <= index {
@@ -43,47 +47,106 @@ pub(crate) fn watcher(
             }
             l[index].last()
         };
-        let mut create = serde_json::json!({"key": B64.encode(prefix), "range_end": B64.encode(&end)});
-        if let Some(rev) = resume {
-            create["start_revision"] = serde_json::json!((rev + 1).to_string());
+        let start = resume.map(|rev| rev + 1);
+        let mut canceled = false;
+        let mut on = |m: WatchMessage| -> bool {
+            let Ok(mut all) = logs.lock() else { return false };
+            let Some(l) = all.get_mut(index) else { return false };
+            if m.created_at.is_some() && l.base.is_none() {
+                l.base = m.created_at;
+            }
+            if let Some((compacted, reason)) = m.canceled {
+                l.compacted = Some(compacted);
+                l.last_error = Some(reason);
+                canceled = true;
+                return false;
+            }
+            l.events.extend(m.events);
+            l.event_count = l.events.len();
+            true
+        };
+        let result = match transport {
+            Transport::Gateway => gateway_watch(identity, &endpoint, &prefix, start, &mut on),
+            Transport::Grpc => {
+                let stamp = identity.stamp();
+                if grpc.as_ref().is_none_or(|(s, _)| *s != stamp) {
+                    grpc = Client::new(Transport::Grpc, identity, Duration::from_secs(2)).ok().map(|c| (stamp, c));
+                }
+                match &grpc {
+                    Some((_, c)) => {
+                        c.watch(&endpoint, &prefix, start, CONNECTION, &mut on).map_err(|e| format!("{e:#}"))
+                    }
+                    None => Err("the identity cannot make a gRPC client (files mid-rewrite?)".into()),
+                }
+            }
+        };
+        if canceled {
+            return;
         }
-        let opened = stream(identity, &endpoint, serde_json::json!({ "create_request": create }));
-        let reader = match opened {
-            Ok(r) => r,
+        match result {
+            Ok(()) => {
+                if let Some(l) = logs.lock().ok().as_mut().and_then(|l| l.get_mut(index)) {
+                    l.streams += 1;
+                }
+            }
             Err(e) => {
                 if let Some(l) = logs.lock().ok().as_mut().and_then(|l| l.get_mut(index)) {
                     l.failed_attempts += 1;
                     l.last_error = Some(e);
                 }
                 std::thread::sleep(Duration::from_millis(200));
-                continue;
             }
-        };
-        if let Some(l) = logs.lock().ok().as_mut().and_then(|l| l.get_mut(index)) {
-            l.streams += 1;
-        }
-        for message in serde_json::Deserializer::from_reader(reader).into_iter::<serde_json::Value>() {
-            // The stream's time budget ends it with an error: resume on a new one.
-            let Ok(message) = message else { break };
-            let result = &message["result"];
-            let Ok(mut all) = logs.lock() else { return };
-            let Some(l) = all.get_mut(index) else { return };
-            if result["created"] == true && l.base.is_none() {
-                l.base = int(&result["header"]["revision"]);
-            }
-            if result["canceled"] == true {
-                l.compacted = int(&result["compact_revision"]).or(Some(0));
-                l.last_error = result["cancel_reason"].as_str().map(String::from);
-                return;
-            }
-            for ev in result["events"].as_array().map(Vec::as_slice).unwrap_or_default() {
-                let kv = &ev["kv"];
-                let (Some(revision), Some(key)) = (int(&kv["mod_revision"]), text(&kv["key"])) else { continue };
-                l.events.push(Event { revision, key, value: text(&kv["value"]).unwrap_or_default() });
-            }
-            l.event_count = l.events.len();
         }
     }
+}
+
+/// One gateway watch stream of `prefix` from `start`, for [`CONNECTION`], as messages to `on`.
+fn gateway_watch(
+    identity: &Identity,
+    endpoint: &str,
+    prefix: &str,
+    start: Option<i64>,
+    on: &mut dyn FnMut(WatchMessage) -> bool,
+) -> Result<(), String> {
+    let end = prefix_end(prefix);
+    let mut create = serde_json::json!({"key": B64.encode(prefix), "range_end": B64.encode(&end)});
+    if let Some(rev) = start {
+        create["start_revision"] = serde_json::json!(rev.to_string());
+    }
+    let reader = stream(identity, endpoint, serde_json::json!({ "create_request": create }))?;
+    for message in serde_json::Deserializer::from_reader(reader).into_iter::<serde_json::Value>() {
+        // The stream's time budget ends it with an error: resume on a new one.
+        let Ok(message) = message else { break };
+        let result = &message["result"];
+        let events = result["events"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|ev| {
+                let kv = &ev["kv"];
+                Some(Event {
+                    revision: int(&kv["mod_revision"])?,
+                    key: text(&kv["key"])?,
+                    value: text(&kv["value"]).unwrap_or_default(),
+                })
+            })
+            .collect();
+        let m = WatchMessage {
+            created_at: (result["created"] == true).then(|| int(&result["header"]["revision"])).flatten(),
+            canceled: (result["canceled"] == true).then(|| {
+                (
+                    int(&result["compact_revision"]).unwrap_or(0),
+                    result["cancel_reason"].as_str().unwrap_or_default().to_string(),
+                )
+            }),
+            events,
+        };
+        if !on(m) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Opens a watch stream with its time budget; the reader yields the gateway's JSON messages.

@@ -161,11 +161,24 @@ impl Run<Cluster> {
 
     /// Copies the PKI's current files into the mounted directories, each file atomically
     /// (written beside, renamed over), owned by the etcd uid, 0400.
-    fn restage(&self) -> Result<()> {
+    pub(super) fn restage(&self) -> Result<()> {
         for n in &self.nodes {
             restage_dir(&self.pki.node_dir(&n.spec.name), &self.mounts.join(&n.spec.name), self.uid, self.gid)?;
         }
         restage_dir(&self.pki.client_dir("etcdctl"), &self.client, self.uid, self.gid)
+    }
+
+    /// Least privilege under load (`scenarios/auth.rs`): the load as the least-privileged
+    /// writer over gRPC; CRLs delivered by renaming them into the mounted directories.
+    pub(super) fn auth(&mut self, cluster_file: &Path) -> Result<()> {
+        self.load_as_least_privileged()?;
+        if !self.start_cluster()? {
+            return Ok(());
+        }
+        self.auth_steps(cluster_file, &mut |run: &mut Self| {
+            run.restage()?;
+            Ok("renamed into each member's mounted directory, no restart,".into())
+        })
     }
 
     /// `pki renew` of every leaf on the running cluster, then a CA rotation.

@@ -90,6 +90,7 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
             ScenarioName::HttpToTls => run.http_to_tls(),
             ScenarioName::Drills => run.drills(),
             ScenarioName::Disaster => run.disaster(),
+            ScenarioName::Auth => run.auth(&opts.cluster_path),
             ScenarioName::All => Ok(()),
         };
         // A scenario that ended in an error (Ctrl-C among them) leaves its load unjudged.
