@@ -54,6 +54,15 @@ pub enum Cmd {
     DelayPackets(smoke::netdelay::DelayPackets),
 }
 
+/// The program: parses the command line, runs the command, exits 1 with the error's chain.
+pub fn main() {
+    let cli = Cli::parse();
+    if let Err(err) = cli.run() {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
 impl Cli {
     pub fn run(self) -> Result<()> {
         match self.cmd {

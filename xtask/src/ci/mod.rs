@@ -187,13 +187,28 @@ impl Clippy {
         let log = logs.join("clippy.log");
         let child = suite::spawn_logged(
             crate::util::as_from_a_shell(&mut Command::new("nice"))
-                .args(["-n", "19", cargo, "clippy", "--workspace", "--all-targets", "--all-features", "--quiet", "--", "-D", "warnings"])
+                .args([
+                    "-n",
+                    "19",
+                    cargo,
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--all-features",
+                    "--quiet",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
                 .env("CARGO_TARGET_DIR", target_dir().join("clippy"))
                 .current_dir(root),
             &log,
         )
         .context("cargo clippy under nice")?;
-        eprintln!("ci: cargo clippy --all-targets --all-features -D warnings: started beside the tests (log {})", log.display());
+        eprintln!(
+            "ci: cargo clippy --all-targets --all-features -D warnings: started beside the tests (log {})",
+            log.display()
+        );
         Ok(Clippy { child, log })
     }
 

@@ -51,7 +51,10 @@ pub use workload::backup_host;
 /// etcdctl and shipped with rsync over ssh to a backup host of the run's own; two members lost
 /// and the leader forced into a new cluster, the others added back as learners; then all three
 /// lost and the newest good snapshot restored on all three; after each, hashkv, the keys held to
-/// one revision of the load's history, the writes lost and the RTO; not part of all).
+/// one revision of the load's history, the writes lost and the RTO; not part of all); auth
+/// (the load as the cluster file's least-privileged writer over gRPC, etcd's auth turned on by
+/// `cargo xtask auth apply` under it, each identity tried call by call, a client revoked and
+/// refused, throughput with auth off and on; builds and runs xtask-grpc; not part of all).
 ///
 /// --engine kube plays the static pods of `cargo xtask k8s` with `podman kube play` instead
 /// (basic scenario; the few adaptations podman needs are printed and go into the report).

@@ -196,6 +196,26 @@ pub(crate) trait Members {
     /// The host's etcdctl binary of the members' release (for commands that run it themselves).
     fn etcdctl_program(&self) -> PathBuf;
 
+    /// Runs this program (`cargo xtask ARGS`, as an operator types a runbook's command) from
+    /// where the clients are; its output, or an error quoting it.
+    fn xtask(&self, args: &[String]) -> Result<String> {
+        let exe = std::env::current_exe().context("cannot find this program")?;
+        let mut cmd = match self.client_netns() {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let out = cmd.args(args).output().with_context(|| format!("cannot run {}", exe.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!("`cargo xtask {}` failed:\n{}", args.join(" "), text.trim());
+        }
+        Ok(text)
+    }
+
     /// Waits until the members `nodes` answer `endpoint health`; the error says why not, with
     /// what the members logged.
     fn wait_healthy(&self, nodes: &[usize], timeout: Duration) -> Result<()>;

@@ -13,7 +13,6 @@
 //! Out: checks and timings.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -59,26 +58,6 @@ impl<E: Members> Run<E> {
         Ok(())
     }
 
-    /// Runs `cargo xtask ARGS` (this binary) from where the clients are; its output, or an error
-    /// quoting it.
-    fn xtask_as_client(&self, args: &[String]) -> Result<String> {
-        let exe = std::env::current_exe().context("cannot find this program")?;
-        let mut cmd = match self.client_netns() {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
-        let out = cmd.args(args).output().with_context(|| format!("cannot run {}", exe.display()))?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            bail!("`cargo xtask {}` failed:\n{}", args.join(" "), text.trim());
-        }
-        Ok(text)
-    }
-
     /// The auth steps, with the cluster healthy and the load running as
     /// [`Run::load_as_least_privileged`] set it. `put_crls` delivers the PKI's CRLs to the
     /// members the way the engine's runbook does, and says how.
@@ -106,7 +85,7 @@ impl<E: Members> Run<E> {
             self.etcdctl_program().display().to_string(),
         ];
         let with = |cmd: &[&str]| -> Vec<String> { cmd.iter().map(|s| s.to_string()).chain(target.clone()).collect() };
-        let applied = self.xtask_as_client(&with(&["auth", "apply"]));
+        let applied = self.xtask(&with(&["auth", "apply"]));
         let ok = applied.is_ok();
         let done = |text: &str| text.lines().filter(|l| l.starts_with("done: ")).count();
         self.record(
@@ -122,7 +101,7 @@ impl<E: Members> Run<E> {
         self.phase(AUTH_ON);
         std::thread::sleep(SIDE_BY_SIDE);
         let t = Instant::now();
-        let checked = self.xtask_as_client(&with(&["auth", "check"]));
+        let checked = self.xtask(&with(&["auth", "check"]));
         self.record(
             "auth check: the cluster holds the file's users and roles",
             t,
@@ -246,7 +225,7 @@ impl<E: Members> Run<E> {
         self.phase(REVOKED);
         let t = Instant::now();
         let pki = self.pki().root.display().to_string();
-        self.xtask_as_client(&["pki".into(), "revoke".into(), pki, "--client".into(), victim.clone()])?;
+        self.xtask(&["pki".into(), "revoke".into(), pki, "--client".into(), victim.clone()])?;
         let how = put_crls(self)?;
         let placed = t.elapsed().as_secs_f64();
         let out = self.etcdctl_as(&old, &[0, 1, 2], &["endpoint", "health", "--command-timeout=2s"])?;

@@ -16,9 +16,6 @@ use crate::smoke::engine::{Capability, Members};
 use crate::smoke::local::stdout_or_stderr;
 use crate::smoke::workload::load::{self, Bounds, Identity, Load, LoadReport};
 
-/// Where the load's keys go.
-pub(crate) const LOAD_PREFIX: &str = "load/";
-
 /// The connections every engine must see refused, with etcd's reason.
 pub(crate) const REFUSALS: [(&str, Refusal); 4] = [
     ("refused: no client certificate", Refusal::NoCert),

@@ -40,6 +40,9 @@ pub(crate) struct Run<E> {
     pub load_as: LoadAs,
 }
 
+/// Where the load's keys go.
+pub(crate) const LOAD_PREFIX: &str = "load/";
+
 /// The client load's identity, transport and key prefix.
 #[derive(Debug, Clone)]
 pub(crate) struct LoadAs {
@@ -51,7 +54,7 @@ pub(crate) struct LoadAs {
 
 impl Default for LoadAs {
     fn default() -> Self {
-        LoadAs { client: None, transport: Transport::Gateway, prefix: super::checks::LOAD_PREFIX }
+        LoadAs { client: None, transport: Transport::Gateway, prefix: LOAD_PREFIX }
     }
 }
 

@@ -38,6 +38,15 @@ pub struct Event {
     pub value: String,
 }
 
+/// One message of a watch stream, whatever carried it.
+pub struct WatchMessage {
+    /// The store's revision when the watch was created (its first message).
+    pub created_at: Option<i64>,
+    /// The watch was canceled: the compacted revision (0 if none) and etcd's reason.
+    pub canceled: Option<(i64, String)>,
+    pub events: Vec<Event>,
+}
+
 /// What one watcher saw.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WatchLog {

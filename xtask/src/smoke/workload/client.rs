@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::gateway::{Gateway, Identity};
-use crate::smoke::verify::history::Event;
+pub use crate::smoke::verify::history::WatchMessage;
 
 /// The protocol the load speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,13 +92,4 @@ impl Client {
             Client::Grpc(g) => g.watch(endpoint, prefix, start, budget, on),
         }
     }
-}
-
-/// One message of a watch stream, whatever carried it.
-pub struct WatchMessage {
-    /// The store's revision when the watch was created (its first message).
-    pub created_at: Option<i64>,
-    /// The watch was canceled: the compacted revision (0 if none) and etcd's reason.
-    pub canceled: Option<(i64, String)>,
-    pub events: Vec<Event>,
 }

@@ -13,9 +13,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, TlsOptions, WatchOptions};
 
-use super::client::WatchMessage;
 use super::gateway::Identity;
-use crate::smoke::verify::history::Event;
+use crate::smoke::verify::history::{Event, WatchMessage};
 
 /// A gRPC client of one identity: one connection per endpoint, made on first use; each call
 /// bounded by `timeout`. Shared by the load's threads, which call it blocking.

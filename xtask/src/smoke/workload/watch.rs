@@ -14,9 +14,9 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
-use super::client::{Client, Transport, WatchMessage};
+use super::client::{Client, Transport};
 use super::gateway::{decode, int64 as int, prefix_end, Identity};
-use crate::smoke::verify::history::{Event, WatchLog};
+use crate::smoke::verify::history::{Event, WatchLog, WatchMessage};
 
 /// How long one watch stream lives before the watcher resumes on a new one (also the longest a
 /// watcher takes to notice the load stopped).

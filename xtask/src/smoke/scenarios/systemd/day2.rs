@@ -3,7 +3,8 @@
 //! host form moves the renewed files into place and etcd takes them on new connections; the
 //! portable form restarts etcd, because `LoadCredential=` copies the certificates only at start;
 //! zero failed requests), the rolling upgrade (`portablectl reattach`, or the new binary and a
-//! restart) and the replacement of a lost machine (a learner, then promoted).
+//! restart), the replacement of a lost machine (a learner, then promoted), and least privilege
+//! (`scenarios/auth.rs`: a revocation's CRLs delivered by the renewal's block).
 //! In: the machines after their basic checks. Out: each day-2 scenario's checks.
 
 use std::path::PathBuf;
@@ -17,10 +18,48 @@ use super::LOAD_BOUNDS;
 use crate::smoke::engine::hosts::{Form, Hosts, HEALTHY_TIMEOUT};
 use crate::smoke::engine::machines::Machine;
 use crate::smoke::engine::Members;
-use crate::smoke::scenarios::run::Run;
+use crate::smoke::scenarios::run::{LoadAs, Run};
 use crate::smoke::scenarios::ScenarioName;
 
 impl Run<Hosts> {
+    /// Least privilege under load (`scenarios/auth.rs`) on these machines; a revocation's CRLs
+    /// reach each member as renewed certificates do (the portable form restarts, one at a
+    /// time). The load is the operator's again afterwards, and auth off.
+    pub(super) fn auth(&mut self) -> Result<()> {
+        let name = format!("{}/auth", self.form.as_str());
+        self.next_scenario(ScenarioName::Auth, name);
+        if self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT).is_err() {
+            bail!("the cluster is not healthy before the auth scenario");
+        }
+        self.load_as_least_privileged()?;
+        self.start_load(LOAD_BOUNDS)?;
+        let file = self.cluster_file.clone();
+        let r = self.auth_steps(&file, &mut |run: &mut Self| run.deliver_crls());
+        self.finish_load(0, None);
+        self.load_as = LoadAs::default();
+        r
+    }
+
+    /// The bundles rendered again (with the PKI's new CRLs) and each machine given them by its
+    /// INSTALL.md's renewal block, one at a time; how, in words.
+    fn deliver_crls(&mut self) -> Result<String> {
+        self.render_again()?;
+        let marker = match self.form {
+            Form::Portable => "LoadCredential= copies",
+            _ => "etcd-renew",
+        };
+        for i in 0..self.machines.len() {
+            self.step_on(i, "revoke", marker)?;
+        }
+        Ok(match self.form {
+            Form::Portable => {
+                "delivered by INSTALL.md's renewal block, each member restarted in turn (LoadCredential=),"
+            }
+            _ => "moved into /etc/etcd/pki/ by INSTALL.md's renewal block, no restart,",
+        }
+        .into())
+    }
+
     /// `pki renew` of every leaf, the bundles rendered again, and each machine given its new
     /// certificates by its INSTALL.md's renewal block, one at a time.
     pub(super) fn renew(&mut self) -> Result<()> {

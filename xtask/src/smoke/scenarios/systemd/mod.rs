@@ -118,6 +118,7 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
             r = match day2 {
                 ScenarioName::RotateCerts => hosts.renew(),
                 ScenarioName::ReplaceMember => hosts.replace_member(),
+                ScenarioName::Auth => hosts.auth(),
                 ScenarioName::Disaster => match &backups {
                     Some(b) => hosts.disaster(b),
                     None => Err(anyhow::anyhow!("the backup host was not started")),
