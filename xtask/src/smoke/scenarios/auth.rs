@@ -252,10 +252,12 @@ impl<E: Members> Run<E> {
             bail!("no requests to compare: {} with auth off, {} with auth on", off.requests, on.requests);
         }
         let ratio = on.rate() / off.rate();
-        self.timings.insert("auth_off_rate".into(), off.rate());
-        self.timings.insert("auth_on_rate".into(), on.rate());
-        self.timings.insert("auth_off_mean_latency_ms".into(), off.mean_latency_ms());
-        self.timings.insert("auth_on_mean_latency_ms".into(), on.mean_latency_ms());
+        // `auth_...` on podman, `host_auth_...` and `portable_auth_...` on the machines.
+        let key = |what: &str| format!("{}_{what}", self.name.replace('/', "_"));
+        self.timings.insert(key("off_rate"), off.rate());
+        self.timings.insert(key("on_rate"), on.rate());
+        self.timings.insert(key("off_mean_latency_ms"), off.mean_latency_ms());
+        self.timings.insert(key("on_mean_latency_ms"), on.mean_latency_ms());
         let text = format!(
             "auth off {:.0} requests/s (mean {:.1} ms, worst {:.0} ms, {} failed); auth on {:.0}/s (mean {:.1} ms, worst {:.0} ms, {} \
              failed): {ratio:.2}x; the load is paced at 120 requests/s, so the latency is the sensitive figure",
