@@ -187,19 +187,8 @@ impl Clippy {
         let log = logs.join("clippy.log");
         let child = suite::spawn_logged(
             crate::util::as_from_a_shell(&mut Command::new("nice"))
-                .args([
-                    "-n",
-                    "19",
-                    cargo,
-                    "clippy",
-                    "--workspace",
-                    "--all-targets",
-                    "--all-features",
-                    "--quiet",
-                    "--",
-                    "-D",
-                    "warnings",
-                ])
+                .args(["-n", "19", cargo, "clippy", "--workspace", "--all-targets", "--all-features", "--quiet"])
+                .args(["--", "-D", "warnings"])
                 .env("CARGO_TARGET_DIR", target_dir().join("clippy"))
                 .current_dir(root),
             &log,

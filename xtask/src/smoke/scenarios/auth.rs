@@ -6,7 +6,8 @@
 //! call by call against what its grant allows, each refusal with etcd's reason; the operator's
 //! identity (the backup's) still takes a snapshot; a client certificate is revoked and refused
 //! at its next handshake once the engine has put the new CRL in place, while its reissued
-//! certificate works; the load's rate and latency with auth off and on, side by side. No request
+//! certificate works; every leaf renewed (the load's among them) and delivered the engine's
+//! way; the load's rate and latency with auth off and on, side by side. No request
 //! of the load may fail. Last, `etcdctl auth disable` (root), so that the machines of the
 //! systemd engine serve the scenarios after it as before.
 //! In: a running cluster, its description's `[access]`, the engine's way to deliver a CRL.
@@ -27,6 +28,7 @@ pub(crate) const AUTH_OFF: &str = "auth off";
 const APPLYING: &str = "auth apply";
 const AUTH_ON: &str = "auth on";
 const REVOKED: &str = "after a revocation";
+const RENEWED: &str = "pki renew with auth on";
 /// How long the load runs in each of the phases compared.
 const SIDE_BY_SIDE: Duration = Duration::from_secs(6);
 
@@ -59,12 +61,12 @@ impl<E: Members> Run<E> {
     }
 
     /// The auth steps, with the cluster healthy and the load running as
-    /// [`Run::load_as_least_privileged`] set it. `put_crls` delivers the PKI's CRLs to the
-    /// members the way the engine's runbook does, and says how.
+    /// [`Run::load_as_least_privileged`] set it. `deliver` gives the members the PKI's current
+    /// files (certificates and CRLs) the way the engine's runbook does, and says how.
     pub(crate) fn auth_steps(
         &mut self,
         cluster_file: &Path,
-        put_crls: &mut dyn FnMut(&mut Self) -> Result<String>,
+        deliver: &mut dyn FnMut(&mut Self, &str) -> Result<String>,
     ) -> Result<()> {
         let access = self.spec().access.clone().context("no [access]")?;
         self.phase(AUTH_OFF);
@@ -124,8 +126,12 @@ impl<E: Members> Run<E> {
         self.record("the backup's identity still takes a snapshot", t, r);
 
         let t = Instant::now();
-        let r = self.revoke_under_load(&access, put_crls);
+        let r = self.revoke_under_load(&access, deliver);
         self.record("a revoked client is refused at its next handshake; everyone else goes on", t, r);
+
+        let t = Instant::now();
+        let r = self.renew_under_auth(deliver);
+        self.record("pki renew with auth on: every leaf reissued, the load takes its new certificate", t, r);
 
         let t = Instant::now();
         let r = self.side_by_side();
@@ -206,7 +212,7 @@ impl<E: Members> Run<E> {
     fn revoke_under_load(
         &mut self,
         access: &crate::auth::roles::Access,
-        put_crls: &mut dyn FnMut(&mut Self) -> Result<String>,
+        deliver: &mut dyn FnMut(&mut Self, &str) -> Result<String>,
     ) -> Result<String> {
         let scrape = self.spec().monitoring.as_ref().map(|m| m.scrape_client.clone());
         let victim = access
@@ -226,7 +232,7 @@ impl<E: Members> Run<E> {
         let t = Instant::now();
         let pki = self.pki().root.display().to_string();
         self.xtask(&["pki".into(), "revoke".into(), pki, "--client".into(), victim.clone()])?;
-        let how = put_crls(self)?;
+        let how = deliver(self, "revoke")?;
         let placed = t.elapsed().as_secs_f64();
         let out = self.etcdctl_as(&old, &[0, 1, 2], &["endpoint", "health", "--command-timeout=2s"])?;
         let refused_s = t.elapsed().as_secs_f64();
@@ -241,6 +247,30 @@ impl<E: Members> Run<E> {
         Ok(format!(
             "{victim} revoked and reissued; CRLs {how} {placed:.1} s after `pki revoke` began; its old certificate refused by \
              all three members ({refused_s:.1} s from the start), the reissued one accepted"
+        ))
+    }
+
+    /// `pki renew` of every leaf (the load's identity among them) with auth on, delivered the
+    /// engine's way: users and roles are keyed by CN, so the load goes on with its new
+    /// certificate; the phase's requests, none failed.
+    fn renew_under_auth(&mut self, deliver: &mut dyn FnMut(&mut Self, &str) -> Result<String>) -> Result<String> {
+        self.phase(RENEWED);
+        let t = Instant::now();
+        let totals = || self.load.as_ref().map(|l| l.totals()).unwrap_or_default();
+        let before = totals();
+        let pki = self.pki().root.display().to_string();
+        self.xtask(&["pki".into(), "renew".into(), pki])?;
+        let how = deliver(self, "renew")?;
+        let delivered = t.elapsed().as_secs_f64();
+        std::thread::sleep(Duration::from_secs(3));
+        let after = self.load.as_ref().map(|l| l.totals()).unwrap_or_default();
+        let (requests, failed) = (after.0 - before.0, after.1 - before.1);
+        if failed > 0 || requests == 0 {
+            bail!("{requests} requests during the renewal and 3 s after it, {failed} failed");
+        }
+        Ok(format!(
+            "files {how} {delivered:.1} s after `pki renew` began; {requests} requests of the load meanwhile and 3 s \
+             after (as its identity, renewed too), 0 failed"
         ))
     }
 

@@ -233,6 +233,11 @@ impl Load {
     }
 
     /// The figures so far of the phase `name` (requests still running are not in them).
+    /// Requests finished so far and how many of them failed.
+    pub fn totals(&self) -> (u64, u64) {
+        self.shared.report.lock().map(|r| (r.requests, r.failed)).unwrap_or_default()
+    }
+
     pub fn phase_stats(&self, name: &str) -> PhaseStats {
         self.shared.report.lock().ok().and_then(|r| r.phases.get(name).cloned()).unwrap_or_default()
     }

@@ -175,7 +175,7 @@ impl Run<Cluster> {
         if !self.start_cluster()? {
             return Ok(());
         }
-        self.auth_steps(cluster_file, &mut |run: &mut Self| {
+        self.auth_steps(cluster_file, &mut |run: &mut Self, _what: &str| {
             run.restage()?;
             Ok("renamed into each member's mounted directory, no restart,".into())
         })

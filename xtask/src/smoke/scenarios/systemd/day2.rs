@@ -34,22 +34,23 @@ impl Run<Hosts> {
         self.load_as_least_privileged()?;
         self.start_load(LOAD_BOUNDS)?;
         let file = self.cluster_file.clone();
-        let r = self.auth_steps(&file, &mut |run: &mut Self| run.deliver_crls());
+        let r = self.auth_steps(&file, &mut |run: &mut Self, what: &str| run.deliver_pki(what));
         self.finish_load(0, None);
         self.load_as = LoadAs::default();
         r
     }
 
-    /// The bundles rendered again (with the PKI's new CRLs) and each machine given them by its
-    /// INSTALL.md's renewal block, one at a time; how, in words.
-    fn deliver_crls(&mut self) -> Result<String> {
+    /// The bundles rendered again (with the PKI's current certificates and CRLs) and each
+    /// machine given them by its INSTALL.md's renewal block, one at a time, each step a phase
+    /// of the load named `what` and the node; how, in words.
+    fn deliver_pki(&mut self, what: &str) -> Result<String> {
         self.render_again()?;
         let marker = match self.form {
             Form::Portable => "LoadCredential= copies",
             _ => "etcd-renew",
         };
         for i in 0..self.machines.len() {
-            self.step_on(i, "revoke", marker)?;
+            self.step_on(i, what, marker)?;
         }
         Ok(match self.form {
             Form::Portable => {
