@@ -175,7 +175,7 @@ impl Ci {
     }
 }
 
-/// `cargo clippy --all-targets --all-features -D warnings`, running in the background under `nice`, in
+/// `cargo clippy --all-targets -D warnings`, running in the background under `nice`, in
 /// `target/clippy/` so that it never waits for (or blocks) the build directory the tests use.
 struct Clippy {
     child: std::process::Child,
@@ -187,24 +187,21 @@ impl Clippy {
         let log = logs.join("clippy.log");
         let child = suite::spawn_logged(
             crate::util::as_from_a_shell(&mut Command::new("nice"))
-                .args(["-n", "19", cargo, "clippy", "--workspace", "--all-targets", "--all-features", "--quiet"])
+                .args(["-n", "19", cargo, "clippy", "--workspace", "--all-targets", "--quiet"])
                 .args(["--", "-D", "warnings"])
                 .env("CARGO_TARGET_DIR", target_dir().join("clippy"))
                 .current_dir(root),
             &log,
         )
         .context("cargo clippy under nice")?;
-        eprintln!(
-            "ci: cargo clippy --all-targets --all-features -D warnings: started beside the tests (log {})",
-            log.display()
-        );
+        eprintln!("ci: cargo clippy --all-targets -D warnings: started beside the tests (log {})", log.display());
         Ok(Clippy { child, log })
     }
 
     fn finish(mut self) -> Result<()> {
         let status = self.child.wait().context("cannot wait for cargo clippy")?;
         if status.success() {
-            eprintln!("ci: cargo clippy --all-targets --all-features -D warnings: clean");
+            eprintln!("ci: cargo clippy --all-targets -D warnings: clean");
             return Ok(());
         }
         suite::print_log("cargo clippy found problems", &self.log);
