@@ -54,7 +54,11 @@ pub use workload::backup_host;
 /// one revision of the load's history, the writes lost and the RTO; not part of all); auth
 /// (the load as the cluster file's least-privileged writer over gRPC, etcd's auth turned on by
 /// `cargo xtask auth apply` under it, each identity tried call by call, a client revoked and
-/// refused, throughput with auth off and on; builds and runs xtask-grpc; not part of all).
+/// refused, throughput with auth off and on; builds and runs xtask-grpc; not part of all); soak
+/// (faults drawn from --seed for --duration: partitions, pauses, kills of the leader or a
+/// follower, leadership moved, compaction and defragmentation, and with --profile any two
+/// members stopped at once; after each, 3/3 healthy and hashkv equal; --plan prints the
+/// schedule and starts nothing; not part of all).
 ///
 /// --engine kube plays the static pods of `cargo xtask k8s` with `podman kube play` instead
 /// (basic scenario; the few adaptations podman needs are printed and go into the report).
@@ -106,11 +110,34 @@ pub struct Smoke {
     /// Output directory [default: target/smoke]
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// With --scenario soak: how long it runs (90s, 30m, 2h) [default: 60s]
+    #[arg(long, value_name = "D", value_parser = faults::plan::parse_duration)]
+    pub duration: Option<f64>,
+    /// With --scenario soak: the seed of its schedule (the same seed, duration and profile give
+    /// the same schedule) [default: drawn from the clock, printed]
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// With --scenario soak: quorum-safe (one member out at a time; no request may fail) or any
+    /// (also two members at once; requests may fail inside those windows)
+    #[arg(long, value_enum, value_name = "PROFILE", default_value = "quorum-safe")]
+    pub profile: faults::plan::Profile,
+    /// With --scenario soak: print the schedule (time, fault, target, hold; one line each) and
+    /// start nothing
+    #[arg(long)]
+    pub plan: bool,
 }
 
 /// The scenarios, in the order `all` runs them.
 impl Smoke {
     pub fn run(self) -> Result<()> {
+        let soak = self.soak_plan()?;
+        if self.plan {
+            let Some(p) = &soak else {
+                bail!("--plan prints a soak's schedule: add --scenario soak");
+            };
+            print!("{}", faults::plan::render(p.seed, p.duration_s, p.profile, &p.faults));
+            return Ok(());
+        }
         if self.scenario.contains(&ScenarioName::Auth) && !workload::client::GRPC_BUILT {
             return rerun_with_grpc();
         }
@@ -135,7 +162,25 @@ impl Smoke {
             source: self.source,
             out,
             started,
+            soak,
         })
+    }
+
+    /// The soak's schedule when `--scenario soak` is asked for; its flags refused without it.
+    fn soak_plan(&self) -> Result<Option<scenarios::soak::SoakPlan>> {
+        if !self.scenario.contains(&ScenarioName::Soak) {
+            if self.duration.is_some() || self.seed.is_some() || self.profile != faults::plan::Profile::QuorumSafe {
+                bail!("--duration, --seed and --profile are for --scenario soak: add it, or leave them out");
+            }
+            return Ok(None);
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            faults::plan::SplitMix64::new(now.as_nanos() as u64).next_u64() % 1_000_000_000
+        });
+        let duration_s = self.duration.unwrap_or(60.0);
+        let faults = faults::plan::plan(seed, duration_s, self.profile);
+        Ok(Some(scenarios::soak::SoakPlan { seed, duration_s, profile: self.profile, faults }))
     }
 }
 

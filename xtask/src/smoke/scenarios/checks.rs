@@ -91,7 +91,7 @@ impl<E: Members> Run<E> {
     pub(crate) fn allowed_failures(&self) -> &'static [&'static str] {
         match self.scenario {
             ScenarioName::RotateCerts | ScenarioName::HttpToTls | ScenarioName::Auth => &[],
-            ScenarioName::Basic => &[NO_QUORUM],
+            ScenarioName::Basic | ScenarioName::Soak => &[NO_QUORUM],
             _ => &["*"],
         }
     }

@@ -16,6 +16,7 @@ mod maintenance;
 mod podman;
 mod recovery;
 mod run;
+pub mod soak;
 mod systemd;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,7 @@ pub enum ScenarioName {
     Drills,
     Disaster,
     Auth,
+    Soak,
     All,
 }
 
@@ -58,6 +60,7 @@ impl ScenarioName {
             ScenarioName::Drills => "drills",
             ScenarioName::Disaster => "disaster",
             ScenarioName::Auth => "auth",
+            ScenarioName::Soak => "soak",
             ScenarioName::All => "all",
         }
     }
@@ -70,7 +73,8 @@ impl ScenarioName {
             // machine (13 min 55 s without). CI proves its steps as the README's recipe
             // (run_it.rs); its run under load is `--scenario http-to-tls`. The drills are not in
             // `all` either; `--scenario all --scenario drills` runs both. Nor is the disaster
-            // recovery (`--scenario disaster`), nor least privilege under load (`--scenario auth`).
+            // recovery (`--scenario disaster`), nor least privilege under load (`--scenario auth`),
+            // nor a soak (`--scenario soak`).
             out.extend([
                 ScenarioName::Basic,
                 ScenarioName::RotateCerts,
@@ -100,6 +104,8 @@ pub struct Options {
     pub out: PathBuf,
     /// When the command started (the report's `total`).
     pub started: Instant,
+    /// The soak's schedule, when `--scenario soak` was asked for.
+    pub soak: Option<soak::SoakPlan>,
 }
 
 /// Runs what `opts` asks for on its engine and writes the report.
@@ -125,6 +131,7 @@ impl ScenarioName {
             ScenarioName::Drills => &[StopStart, KillStaysDown, Pause, CutOff, SmallDisk, Reconfigure],
             ScenarioName::Disaster => &[StopStart, Reconfigure, Restore],
             ScenarioName::Auth => &[Reconfigure],
+            ScenarioName::Soak => &[StopStart, KillStaysDown, Pause, CutOff],
             ScenarioName::All => &[],
         }
     }

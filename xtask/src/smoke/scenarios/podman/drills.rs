@@ -71,6 +71,14 @@ impl Run<Cluster> {
         Ok(())
     }
 
+    /// A soak (`scenarios/soak.rs`) on a fresh cluster under the load.
+    pub(super) fn soak_run(&mut self, plan: &crate::smoke::scenarios::soak::SoakPlan) -> Result<()> {
+        if !self.start_cluster()? {
+            return Ok(());
+        }
+        self.soak(plan)
+    }
+
     /// Fills node 3's disk with a file written as root until ENOSPC, writes large values until
     /// node 3 fails, checks that the others go on, frees the space, restarts node 3 if it
     /// exited, and compares the members' key-value hashes at one revision.

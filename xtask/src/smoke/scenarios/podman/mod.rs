@@ -91,6 +91,10 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
             ScenarioName::Drills => run.drills(),
             ScenarioName::Disaster => run.disaster(),
             ScenarioName::Auth => run.auth(&opts.cluster_path),
+            ScenarioName::Soak => match &opts.soak {
+                Some(plan) => run.soak_run(plan),
+                None => Err(anyhow::anyhow!("the soak was not planned")),
+            },
             ScenarioName::All => Ok(()),
         };
         // A scenario that ended in an error (Ctrl-C among them) leaves its load unjudged.
