@@ -288,11 +288,12 @@ pub fn stdout_of(cmd: &mut std::process::Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("cannot run {program}: is it installed?"))?;
     if !out.status.success() {
         let first = cmd.get_args().next().map(|a| format!(" {}", a.to_string_lossy())).unwrap_or_default();
-        bail!(
-            "`{program}{first}` failed ({}):\n{}",
-            out.status,
-            tail(&String::from_utf8_lossy(&out.stderr), STDERR_TAIL_LINES)
-        );
+        // Some programs (podman) say why on stdout when they say it at all.
+        let said = match String::from_utf8_lossy(&out.stderr).trim() {
+            "" => String::from_utf8_lossy(&out.stdout).into_owned(),
+            err => err.to_string(),
+        };
+        bail!("`{program}{first}` failed ({}):\n{}", out.status, tail(&said, STDERR_TAIL_LINES));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -150,7 +150,15 @@ impl Members for Cluster {
         podman(&["stop", "-t", "5", &self.nodes[i].container]).map(|_| ())
     }
     fn start(&mut self, i: usize) -> Result<()> {
-        podman(&["start", &self.nodes[i].container]).map(|_| ())
+        let container = &self.nodes[i].container;
+        let Err(e) = podman(&["start", container]) else { return Ok(()) };
+        // A pod of `kube play` whose only container exited may stop its infra container too
+        // (podman 4.3 then refuses to start the container alone, exit 125): start the pod.
+        let pod = podman(&["inspect", "--format", "{{.Pod}}", container]).unwrap_or_default();
+        if pod.trim().is_empty() {
+            return Err(e);
+        }
+        podman(&["pod", "start", pod.trim()]).map(|_| ()).with_context(|| format!("after {e:#}"))
     }
     /// SIGKILL, and wait until the container has exited.
     fn kill(&mut self, i: usize) -> Result<()> {
@@ -289,7 +297,7 @@ impl Cluster {
     pub(crate) fn snapshot_save_in_image(&self, i: usize, dest: &Path) -> Result<()> {
         let name = dest.file_name().context("a snapshot file needs a name")?.to_string_lossy().to_string();
         let inside = format!("/tmp/{name}");
-        self.exec_etcdctl(i, &["snapshot", "save", &inside])?;
+        self.exec_etcdctl(i, &["snapshot", "save", "--command-timeout=60s", &inside])?;
         let container = &self.nodes[i].container;
         let parent = dest.parent().context("a snapshot file needs a directory")?;
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;

@@ -116,13 +116,15 @@ impl<E: Members> Run<E> {
 
         let t = Instant::now();
         let snap = self.out().join("auth-snapshot.db");
-        let r = self.etcdctl_ok(&[0], &["snapshot", "save", &snap.display().to_string()]).and_then(|_| {
-            let size = std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
-            if size < 10_000 {
-                bail!("the snapshot has {size} bytes");
-            }
-            Ok(format!("{size} bytes, taken with the operator's identity (the backup's) with auth on"))
-        });
+        let r = self
+            .etcdctl_ok(&[0], &["snapshot", "save", "--command-timeout=60s", &snap.display().to_string()])
+            .and_then(|_| {
+                let size = std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
+                if size < 10_000 {
+                    bail!("the snapshot has {size} bytes");
+                }
+                Ok(format!("{size} bytes, taken with the operator's identity (the backup's) with auth on"))
+            });
         self.record("the backup's identity still takes a snapshot", t, r);
 
         let t = Instant::now();
@@ -171,7 +173,7 @@ impl<E: Members> Run<E> {
                     }
                     calls.push((v(&["get", "/xtask-smoke-outside"]), false));
                     calls.push((v(&["put", "/xtask-smoke-outside", "y"]), false));
-                    calls.push((v(&["snapshot", "save", &snap]), false));
+                    calls.push((v(&["snapshot", "save", "--command-timeout=10s", &snap]), false));
                     calls.push((v(&["user", "list"]), false));
                 }
                 Grant::None => {

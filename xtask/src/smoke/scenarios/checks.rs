@@ -501,7 +501,7 @@ impl<E: Members> Run<E> {
         let dir = self.out().join("backup");
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let snap = dir.join("before-upgrade.db");
-        self.etcdctl_ok(&[0], &["snapshot", "save", &snap.to_string_lossy()])?;
+        self.etcdctl_ok(&[0], &["snapshot", "save", "--command-timeout=60s", &snap.to_string_lossy()])?;
         let size = std::fs::metadata(&snap).map(|m| m.len()).unwrap_or(0);
         Ok(format!("3/3 healthy, no alarms, snapshot of {size} bytes kept in {}", crate::util::display_rel(&snap)))
     }

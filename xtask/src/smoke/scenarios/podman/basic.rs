@@ -192,7 +192,7 @@ impl Run<Cluster> {
         let backup = self.out.join("backup");
         fs::create_dir_all(&backup).with_context(|| format!("cannot create {}", backup.display()))?;
         let snap = backup.join("snapshot.db");
-        self.etcdctl_ok(&[0], &["snapshot", "save", &snap.to_string_lossy()])?;
+        self.etcdctl_ok(&[0], &["snapshot", "save", "--command-timeout=60s", &snap.to_string_lossy()])?;
         // Restored into a fresh single node beside the cluster.
         let port = self.run_restored(&snap, &backup.join("data"))?;
         let (value, _) = self.poll(
