@@ -15,8 +15,8 @@
 //! Needs root, ip, unshare, curl and etcd v3.4.9 (`$XTASK_TEST_ETCD_GIT`, see `common`).
 
 mod common;
-use common::namespace_lab::Lab;
-use common::{ok, require, root, XTASK};
+use common::namespace_lab::{self, Lab};
+use common::{ok, root, XTASK};
 
 use std::fs;
 use std::process::Command;
@@ -45,13 +45,7 @@ const IDS: &[&str] = &["etcdctl", "kube-apiserver", "healthcheck", "prometheus"]
 
 #[test]
 fn auth_apply_gives_each_identity_what_the_file_says_and_nothing_more() {
-    for tool in ["ip", "unshare", "curl"] {
-        require(tool);
-    }
-    let arch = common::host_arch();
-    common::build_etcd_349(&[arch]);
-    let bin = common::etcd_349_dir(arch);
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, bin) = namespace_lab::with_etcd_349(&["ip", "unshare", "curl"]);
     let t = tmp.path();
     let pki = t.join("pki");
     let render = t.join("render");

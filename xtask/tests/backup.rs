@@ -16,8 +16,8 @@
 //! (`$XTASK_TEST_ETCD_GIT`, see `common`).
 
 mod common;
-use common::namespace_lab::Lab;
-use common::{ok, require, root, XTASK};
+use common::namespace_lab::{self, Lab};
+use common::{ok, root, XTASK};
 
 use std::fs;
 use std::process::Command;
@@ -56,13 +56,8 @@ fn backup_host_block() -> String {
 
 #[test]
 fn snapshots_reach_a_real_backup_host_and_a_bad_one_deletes_nothing() {
-    for tool in ["ip", "unshare", "sshd", "ssh", "ssh-keygen", "rsync", "rrsync", "useradd"] {
-        require(tool);
-    }
-    let arch = common::host_arch();
-    common::build_etcd_349(&[arch]);
-    let bin = common::etcd_349_dir(arch);
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, bin) =
+        namespace_lab::with_etcd_349(&["ip", "unshare", "sshd", "ssh", "ssh-keygen", "rsync", "rrsync", "useradd"]);
     let t = tmp.path();
 
     // The backup host's own key, pinned in the cluster file as the docs say.

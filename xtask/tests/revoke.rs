@@ -13,21 +13,15 @@
 //! Needs root, ip, unshare and etcd v3.4.9 (`$XTASK_TEST_ETCD_GIT`, see `common`).
 
 mod common;
-use common::namespace_lab::Lab;
-use common::{ok, require, root, XTASK};
+use common::namespace_lab::{self, Lab};
+use common::{ok, root, XTASK};
 
 use std::fs;
 use std::process::Command;
 
 #[test]
 fn a_revoked_certificate_is_refused_at_the_next_handshake_without_a_restart() {
-    for tool in ["ip", "unshare"] {
-        require(tool);
-    }
-    let arch = common::host_arch();
-    common::build_etcd_349(&[arch]);
-    let bin = common::etcd_349_dir(arch);
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, bin) = namespace_lab::with_etcd_349(&["ip", "unshare"]);
     let t = tmp.path();
     let pki = t.join("pki");
     let render = t.join("render");

@@ -9,6 +9,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// What every lab test starts with: the tools it needs (a missing one fails the test with the
+/// reason), etcd v3.4.9 built for this machine, and a directory of its own. Returns the
+/// directory (removed when dropped) and etcd's binaries' directory.
+pub fn with_etcd_349(tools: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    for tool in tools {
+        super::require(tool);
+    }
+    let arch = super::host_arch();
+    super::build_etcd_349(&[arch]);
+    (tempfile::tempdir().unwrap(), super::etcd_349_dir(arch))
+}
+
 pub struct Lab {
     pub dir: PathBuf,
 }
