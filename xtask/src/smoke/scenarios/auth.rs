@@ -54,9 +54,7 @@ impl<E: Members> Run<E> {
         if !crate::smoke::workload::client::GRPC_BUILT {
             bail!("the auth scenario needs the gRPC client: this xtask was built without --features grpc");
         }
-        // The load's prefix lives as long as the run: leaked on purpose, a handful of bytes.
-        self.load_as =
-            LoadAs { client: Some(client), transport: Transport::Grpc, prefix: Box::leak(prefix.into_boxed_str()) };
+        self.load_as = LoadAs { client: Some(client), transport: Transport::Grpc, prefix };
         Ok(())
     }
 

@@ -77,7 +77,7 @@ impl<E: Members> Run<E> {
             self.load_endpoints(),
             identity,
             self.load_as.transport,
-            self.load_as.prefix,
+            &self.load_as.prefix,
             bounds,
             self.client_netns(),
         )?;
@@ -129,7 +129,7 @@ impl<E: Members> Run<E> {
 
     fn check_load(&self, report: &LoadReport, via: usize, goal: Option<f64>) -> Result<String> {
         let identity = Identity::in_dir(&self.load_dir());
-        let (transport, prefix) = (self.load_as.transport, self.load_as.prefix);
+        let (transport, prefix) = (self.load_as.transport, self.load_as.prefix.as_str());
         let read_back = |i: usize| {
             let endpoint = self.client_url(i);
             self.as_client(|| load::verify_acknowledged(report, &endpoint, &identity, transport, prefix))

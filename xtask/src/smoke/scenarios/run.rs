@@ -49,12 +49,12 @@ pub(crate) struct LoadAs {
     /// A client of the description; `None`: the operator's identity ([`Members::client_dir`]).
     pub client: Option<String>,
     pub transport: Transport,
-    pub prefix: &'static str,
+    pub prefix: String,
 }
 
 impl Default for LoadAs {
     fn default() -> Self {
-        LoadAs { client: None, transport: Transport::Gateway, prefix: LOAD_PREFIX }
+        LoadAs { client: None, transport: Transport::Gateway, prefix: LOAD_PREFIX.into() }
     }
 }
 
