@@ -119,6 +119,39 @@ fn render_writes_the_golden_bundles_and_a_reproducible_root_owned_tarball() {
     assert!(host.contains("ETCD_KEY_FILE=/etc/etcd/pki/server.key"));
     assert!(!portable.contains("_FILE="), "the portable env file must leave the TLS files to the unit:\n{portable}");
 
+    // What the CRLs say, for node exporter, in both forms: each CRL's next-update as openssl
+    // reads it from the bundle's own copy, and no serial listed yet.
+    for tree in [m1.clone(), out.join("m1.portable")] {
+        let facts = fs::read_to_string(tree.join("var/lib/prometheus/node-exporter/etcd-crl.prom")).unwrap();
+        for (crl, file) in [("client", "crl.pem"), ("peer", "peer-crl.pem")] {
+            let labels = format!("{{cluster=\"golden\",member=\"m1\",crl=\"{crl}\"}}");
+            let value = |metric: &str| {
+                let prefix = format!("{metric}{labels} ");
+                facts.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {prefix}in:\n{facts}"))
+            };
+            assert_eq!(value("etcd_crl_revoked_certificates"), "0");
+            let openssl = Command::new("openssl")
+                .args(["crl", "-noout", "-nextupdate", "-in"])
+                .arg(tree.join("etc/etcd/pki").join(file))
+                .output()
+                .unwrap();
+            let date = Command::new("date")
+                .args([
+                    "-u",
+                    "-d",
+                    &format!("@{}", value("etcd_crl_next_update_timestamp_seconds")),
+                    "+%b %e %H:%M:%S %Y GMT",
+                ])
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&openssl.stdout).trim(),
+                format!("nextUpdate={}", String::from_utf8_lossy(&date.stdout).trim()),
+                "{crl}:\n{facts}"
+            );
+        }
+    }
+
     // Keys: only root reads them in the bundle; tmpfiles.d hands them to the etcd group.
     for key in ["etc/etcd/pki/server.key", "etc/etcd/pki/peer.key", "etc/etcd/etcdctl/client.key"] {
         assert_eq!(fs::metadata(m1.join(key)).unwrap().permissions().mode() & 0o777, 0o400, "{key}");

@@ -20,8 +20,13 @@ pub const JOB: &str = "etcd";
 /// certificate expiry is not among etcd's metrics.
 pub const TLS_JOB: &str = "etcd-tls";
 /// The scrape job of node exporter on each host, whose textfile collector reads what
-/// etcd-backup-ship writes after each good snapshot (`etcd_backup_*`).
+/// etcd-backup-ship writes after each good snapshot (`etcd_backup_*`) and what the CRLs the
+/// bundle delivered say (`etcd_crl_*`).
 pub const BACKUP_JOB: &str = "etcd-backup";
+/// Where the host bundles put what the member's CRLs say, for node exporter's textfile collector
+/// (`etcd_crl_*`; the directory Debian's prometheus-node-exporter reads), relative to `/`: it
+/// travels in the bundle beside the CRLs, so it says what this member reads.
+pub const CRL_TEXTFILE: &str = "var/lib/prometheus/node-exporter/etcd-crl.prom";
 /// Where node exporter listens on each host (its default).
 pub const NODE_EXPORTER_PORT: u16 = 9100;
 /// The directory `render` writes under its output, and the rules file's name in it.
@@ -242,6 +247,24 @@ fn alerts(sel: &str, tls_sel: &str, c: &Clock) -> Vec<Alert> {
             runbook: "docs/day-2.md#renew-the-certificates-no-restart",
         },
         Alert {
+            name: "etcdCrlExpiresSoon",
+            // etcd 3.4 ignores a CRL's next-update (it compares serials only), so a stale CRL
+            // breaks nothing there; every other reader of the file (openssl, Go's and rustls'
+            // verifiers) refuses it, and a CRL nobody re-signs is one nobody delivers either.
+            expr: format!("etcd_crl_next_update_timestamp_seconds{{{backup_sel}}} - time() < {CERT_WARN_DAYS} * 86400"),
+            for_: c.for_(3600),
+            severity: "warning",
+            summary: "A CRL an etcd member reads reaches its next-update soon.",
+            description: "The {{ $labels.crl }} CRL on member {{ $labels.member }} of cluster {{ $labels.cluster }} \
+                          reaches its next-update in {{ $value | humanizeDuration }}: re-sign it (`cargo xtask pki \
+                          renew`), render and deliver it with INSTALL.md's renewal block.",
+            source: format!(
+                "the warning window of `cargo xtask pki check` (--warn-days {CERT_WARN_DAYS}), which watches the \
+                 CRLs' next-update in the PKI directory"
+            ),
+            runbook: "docs/day-2.md#revoke-a-certificate",
+        },
+        Alert {
             name: "etcdCertificateExpiryUnknown",
             // Without a probe there is no expiry series, and the alert above can never fire: a
             // probe that fails, or a member whose metrics are scraped but whose TLS port has no
@@ -446,6 +469,31 @@ pub fn prometheus_yaml(
         "# Prometheus for etcd cluster {cluster}, written by `cargo xtask render` or `k8s` for a Prometheus host\n# whose \
          configuration lives in {config_dir} (the cluster file's monitoring.config_dir): install this\n# directory's files \
          there, or merge them into the configuration you have; files are named by absolute path.\n{body}"
+    ))
+}
+
+/// The textfile ([`CRL_TEXTFILE`]) of the CRLs member `member` of `cluster` reads, each
+/// `(name, PEM)`: their next-update and how many serials they list, so that the alert sees a CRL
+/// left to expire and an operator sees which members got a revocation.
+pub fn crl_textfile(cluster: &str, member: &str, crls: &[(&str, &[u8])]) -> Result<String> {
+    let mut next = String::new();
+    let mut listed = String::new();
+    for (name, pem) in crls {
+        let text = std::str::from_utf8(pem).with_context(|| format!("the {name} CRL of {member} is not text"))?;
+        let info = crate::pki::issue::crl::read_crl(text, None)
+            .with_context(|| format!("the {name} CRL of {member}: issue the PKI again with `cargo xtask pki`"))?;
+        let labels = format!("cluster=\"{cluster}\",member=\"{member}\",crl=\"{name}\"");
+        let when = info.next_update.with_context(|| format!("the {name} CRL of {member} has no next-update"))?;
+        next.push_str(&format!("etcd_crl_next_update_timestamp_seconds{{{labels}}} {when}\n"));
+        listed.push_str(&format!("etcd_crl_revoked_certificates{{{labels}}} {}\n", info.serials.len()));
+    }
+    Ok(format!(
+        "# Written by `cargo xtask render`: what the CRLs in /etc/etcd/pki/ of this member say (they travel\n\
+         # together). Read by node exporter's textfile collector.\n\
+         # HELP etcd_crl_next_update_timestamp_seconds When the CRL reaches its next-update.\n\
+         # TYPE etcd_crl_next_update_timestamp_seconds gauge\n{next}\
+         # HELP etcd_crl_revoked_certificates How many serials the CRL lists.\n\
+         # TYPE etcd_crl_revoked_certificates gauge\n{listed}"
     ))
 }
 

@@ -7,7 +7,10 @@
 //! identity (the backup's) still takes a snapshot; a client certificate is revoked and refused
 //! at its next handshake once the engine has put the new CRL in place, while its reissued
 //! certificate works; every leaf renewed (the load's among them) and delivered the engine's
-//! way; the load's rate and latency with auth off and on, side by side. No request
+//! way; the engine's further day-2 steps with auth on (podman: a CA rotation and the rolling
+//! upgrade; the systemd machines: the rolling upgrade), after which `auth check` and every
+//! identity's calls are tried again (users and roles live in the data); the load's rate and
+//! latency with auth off and on, side by side. No request
 //! of the load may fail. Last, `etcdctl auth disable` (root), so that the machines of the
 //! systemd engine serve the scenarios after it as before.
 //! In: a running cluster, its description's `[access]`, the engine's way to deliver a CRL.
@@ -29,6 +32,7 @@ const APPLYING: &str = "auth apply";
 const AUTH_ON: &str = "auth on";
 const REVOKED: &str = "after a revocation";
 const RENEWED: &str = "pki renew with auth on";
+const AFTER_DAY2: &str = "auth checked again";
 /// How long the load runs in each of the phases compared.
 const SIDE_BY_SIDE: Duration = Duration::from_secs(6);
 
@@ -65,6 +69,7 @@ impl<E: Members> Run<E> {
         &mut self,
         cluster_file: &Path,
         deliver: &mut dyn FnMut(&mut Self, &str) -> Result<String>,
+        more: &mut dyn FnMut(&mut Self) -> Result<()>,
     ) -> Result<()> {
         let access = self.spec().access.clone().context("no [access]")?;
         self.phase(AUTH_OFF);
@@ -132,6 +137,20 @@ impl<E: Members> Run<E> {
         let t = Instant::now();
         let r = self.renew_under_auth(deliver);
         self.record("pki renew with auth on: every leaf reissued, the load takes its new certificate", t, r);
+
+        // The engine's further day-2 steps with auth on (podman: the CA rotation and the rolling
+        // upgrade); the users and roles live in the data and must come through them.
+        let before = self.checks.len();
+        more(self)?;
+        if self.checks.len() > before {
+            let t = Instant::now();
+            self.phase(AFTER_DAY2);
+            let r = self.xtask(&with(&["auth", "check"])).and_then(|checked| {
+                let calls = self.calls_by_identity(&access)?;
+                Ok(format!("{}; {calls}", checked.trim()))
+            });
+            self.record("after them: the users and roles are all there, each identity's calls as before", t, r);
+        }
 
         let t = Instant::now();
         let r = self.side_by_side();

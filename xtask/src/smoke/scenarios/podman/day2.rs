@@ -159,6 +159,42 @@ impl Run<Cluster> {
         Ok(times.join(", "))
     }
 
+    /// `pki rotate-ca` in its three steps as the runbook gives them: new CAs added to the
+    /// bundles (rolling restart: etcd reads its trusted CAs at start only), every leaf reissued
+    /// under them (served without a restart), the old CAs dropped (rolling restart). At each
+    /// step Prometheus, when it watches, gets its files as the members get theirs (`scraped`:
+    /// how long until it scraped again).
+    pub(super) fn rotate_ca_rolling(&mut self, profiles: &Profiles, scraped: &mut Vec<String>) -> Result<String> {
+        let to_prometheus = |c: &Run<Cluster>, step: &str, scraped: &mut Vec<String>| -> Result<()> {
+            if let Some(s) = c.prometheus_restage().with_context(|| format!("Prometheus after {step}"))? {
+                scraped.push(format!("{step} {s:.1} s"));
+            }
+            Ok(())
+        };
+        self.phase("rotate-ca add");
+        crate::pki::rotate_ca(&self.pki.root, profiles, crate::pki::RotateStep::Add)?;
+        self.restage()?;
+        to_prometheus(self, "add", scraped)?;
+        let first = self.rolling_restart()?;
+        self.phase("rotate-ca reissue");
+        crate::pki::rotate_ca(&self.pki.root, profiles, crate::pki::RotateStep::Reissue)?;
+        self.restage()?;
+        to_prometheus(self, "reissue", scraped)?;
+        self.phase("after rotate-ca reissue");
+        let served = self.check_served()?;
+        self.phase("rotate-ca drop");
+        crate::pki::rotate_ca(&self.pki.root, profiles, crate::pki::RotateStep::Drop)?;
+        self.restage()?;
+        to_prometheus(self, "drop", scraped)?;
+        let second = self.rolling_restart()?;
+        self.phase("after the CA rotation");
+        let served_after = self.check_served()?;
+        Ok(format!(
+            "new CAs trusted beside the old (rolling restart: {first}); leaves reissued under them and served \
+             without a restart ({served}); old CAs dropped (rolling restart: {second}); served: {served_after}"
+        ))
+    }
+
     /// Copies the PKI's current files into the mounted directories, each file atomically
     /// (written beside, renamed over), owned by the etcd uid, 0400.
     pub(super) fn restage(&self) -> Result<()> {
@@ -170,14 +206,30 @@ impl Run<Cluster> {
 
     /// Least privilege under load (`scenarios/auth.rs`): the load as the least-privileged
     /// writer over gRPC; CRLs delivered by renaming them into the mounted directories.
-    pub(super) fn auth(&mut self, cluster_file: &Path) -> Result<()> {
+    /// Then, with auth on, the CA rotation and the rolling upgrade to `upgrade`'s release.
+    pub(super) fn auth(&mut self, cluster_file: &Path, upgrade: &UpgradePlan) -> Result<()> {
         self.load_as_least_privileged()?;
         if !self.start_cluster()? {
             return Ok(());
         }
-        self.auth_steps(cluster_file, &mut |run: &mut Self, _what: &str| {
+        let deliver = &mut |run: &mut Self, _what: &str| {
             run.restage()?;
             Ok("renamed into each member's mounted directory, no restart,".into())
+        };
+        self.auth_steps(cluster_file, deliver, &mut |run: &mut Self| {
+            let t = Instant::now();
+            let profiles = Profiles::load(&Profiles::default_path())?;
+            let r = run.rotate_ca_rolling(&profiles, &mut Vec::new());
+            let rotated = r.is_ok();
+            run.record("CA rotation with auth on: the users are CNs, the load's identity reissued too", t, r);
+            if !rotated {
+                return Ok(());
+            }
+            let t = Instant::now();
+            let r =
+                run.do_upgrade(upgrade).and_then(|done| Ok(format!("{done}; {}", run.check_upgraded(&upgrade.to)?)));
+            run.record(&format!("rolling upgrade {} -> {} with auth on", upgrade.from, upgrade.to), t, r);
+            Ok(())
         })
     }
 
@@ -221,36 +273,7 @@ impl Run<Cluster> {
         let t = Instant::now();
         let dates = self.probed_expiry().transpose();
         let mut scraped = Vec::new();
-        let r = (|| {
-            let mut to_prometheus = |c: &Run<Cluster>, step: &str| -> Result<()> {
-                if let Some(s) = c.prometheus_restage().with_context(|| format!("Prometheus after {step}"))? {
-                    scraped.push(format!("{step} {s:.1} s"));
-                }
-                Ok(())
-            };
-            self.phase("rotate-ca add");
-            crate::pki::rotate_ca(&self.pki.root, &profiles, crate::pki::RotateStep::Add)?;
-            self.restage()?;
-            to_prometheus(self, "add")?;
-            let first = self.rolling_restart()?;
-            self.phase("rotate-ca reissue");
-            crate::pki::rotate_ca(&self.pki.root, &profiles, crate::pki::RotateStep::Reissue)?;
-            self.restage()?;
-            to_prometheus(self, "reissue")?;
-            self.phase("after rotate-ca reissue");
-            let served = self.check_served()?;
-            self.phase("rotate-ca drop");
-            crate::pki::rotate_ca(&self.pki.root, &profiles, crate::pki::RotateStep::Drop)?;
-            self.restage()?;
-            to_prometheus(self, "drop")?;
-            let second = self.rolling_restart()?;
-            self.phase("after the CA rotation");
-            let served_after = self.check_served()?;
-            Ok(format!(
-                "new CAs trusted beside the old (rolling restart: {first}); leaves reissued under them and served \
-                 without a restart ({served}); old CAs dropped (rolling restart: {second}); served: {served_after}"
-            ))
-        })();
+        let r = self.rotate_ca_rolling(&profiles, &mut scraped);
         self.record("CA rotation: bundles, rolling restart, new leaves, old CA dropped, rolling restart", t, r);
         match dates {
             Ok(Some(d)) => {
@@ -390,7 +413,7 @@ impl Run<Cluster> {
         Ok(())
     }
 
-    fn do_upgrade(&mut self, plan: &UpgradePlan) -> Result<String> {
+    pub(super) fn do_upgrade(&mut self, plan: &UpgradePlan) -> Result<String> {
         let facts = crate::render::config::PkiFacts::read(&self.pki.root)?;
         let mut notes = Vec::new();
         for i in 0..self.nodes.len() {

@@ -60,7 +60,8 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
     eprintln!("smoke: image {tag} (etcd runs as {uid}:{gid})");
 
     // The upgrade is checked and its image built before anything is started.
-    let upgrade = match scenarios.contains(&ScenarioName::Upgrade) {
+    // The auth scenario upgrades too, with auth on.
+    let upgrade = match scenarios.iter().any(|s| matches!(s, ScenarioName::Upgrade | ScenarioName::Auth)) {
         true => Some(day2::prepare_upgrade(&def, &etcd_version, opts.upgrade_to.as_deref())?),
         false => None,
     };
@@ -90,7 +91,10 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
             ScenarioName::HttpToTls => run.http_to_tls(),
             ScenarioName::Drills => run.drills(),
             ScenarioName::Disaster => run.disaster(),
-            ScenarioName::Auth => run.auth(&opts.cluster_path),
+            ScenarioName::Auth => match &upgrade {
+                Some(u) => run.auth(&opts.cluster_path, u),
+                None => Err(anyhow::anyhow!("the upgrade was not prepared")),
+            },
             ScenarioName::Soak => match &opts.soak {
                 Some(plan) => run.soak_run(plan),
                 None => Err(anyhow::anyhow!("the soak was not planned")),

@@ -24,8 +24,9 @@ use crate::smoke::scenarios::ScenarioName;
 impl Run<Hosts> {
     /// Least privilege under load (`scenarios/auth.rs`) on these machines; a revocation's CRLs
     /// reach each member as renewed certificates do (the portable form restarts, one at a
-    /// time). The load is the operator's again afterwards, and auth off.
-    pub(super) fn auth(&mut self) -> Result<()> {
+    /// time). With `upgrade`, the rolling upgrade with auth on follows the renewal. The load is
+    /// the operator's again afterwards, and auth off.
+    pub(super) fn auth(&mut self, upgrade: Option<&UpgradeTarget>) -> Result<()> {
         let name = format!("{}/auth", self.form.as_str());
         self.next_scenario(ScenarioName::Auth, name);
         if self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT).is_err() {
@@ -34,7 +35,15 @@ impl Run<Hosts> {
         self.load_as_least_privileged()?;
         self.start_load(LOAD_BOUNDS)?;
         let file = self.cluster_file.clone();
-        let r = self.auth_steps(&file, &mut |run: &mut Self, what: &str| run.deliver_pki(what));
+        let r =
+            self.auth_steps(&file, &mut |run: &mut Self, what: &str| run.deliver_pki(what), &mut |run: &mut Self| {
+                let Some(target) = upgrade else { return Ok(()) };
+                let t = Instant::now();
+                let r =
+                    run.do_upgrade(target).and_then(|done| Ok(format!("{done}; {}", run.check_upgraded(&target.to)?)));
+                run.record(&format!("rolling upgrade {} -> {} with auth on", target.from, target.to), t, r);
+                Ok(())
+            });
         self.finish_load(0, None);
         self.load_as = LoadAs::default();
         r
@@ -49,16 +58,43 @@ impl Run<Hosts> {
             Form::Portable => "LoadCredential= copies",
             _ => "etcd-renew",
         };
+        let mut counted = Vec::new();
         for i in 0..self.machines.len() {
             self.step_on(i, what, marker)?;
+            counted.push(self.crl_facts_delivered(i)?);
         }
-        Ok(match self.form {
+        let how = match self.form {
             Form::Portable => {
-                "delivered by INSTALL.md's renewal block, each member restarted in turn (LoadCredential=),"
+                "delivered by INSTALL.md's renewal block, each member restarted in turn (LoadCredential=)"
             }
-            _ => "moved into /etc/etcd/pki/ by INSTALL.md's renewal block, no restart,",
+            _ => "moved into /etc/etcd/pki/ by INSTALL.md's renewal block, no restart",
+        };
+        Ok(format!("{how} (node exporter's etcd-crl.prom on each: {}),", counted.join(", ")))
+    }
+
+    /// Machine `i`'s `etcd-crl.prom`, as the block left it, against the PKI's CRLs: the same
+    /// next-update and count of revoked serials (what `etcdCrlExpiresSoon` and an operator read).
+    fn crl_facts_delivered(&self, i: usize) -> Result<String> {
+        let node = &self.spec.nodes[i].name;
+        let dir = self.pki.node_dir(node);
+        let read = |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("cannot read {f} of {node}"));
+        let want = crate::render::monitoring::crl_textfile(
+            &self.spec.name,
+            node,
+            &[("client", &read("crl.pem")?), ("peer", &read("peer-crl.pem")?)],
+        )?;
+        let path = format!("/{}", crate::render::monitoring::CRL_TEXTFILE);
+        let got = self.machines[i].sh_ok(&format!("cat {path}"))?;
+        if got.trim() != want.trim() {
+            bail!("{node}: {path} does not say what the PKI's CRLs say:\n{got}\nwanted:\n{want}");
         }
-        .into())
+        let revoked = want
+            .lines()
+            .filter(|l| l.starts_with("etcd_crl_revoked_certificates{"))
+            .filter_map(|l| l.rsplit(' ').next())
+            .collect::<Vec<_>>()
+            .join("+");
+        Ok(format!("{node} {revoked} revoked"))
     }
 
     /// `pki renew` of every leaf, the bundles rendered again, and each machine given its new

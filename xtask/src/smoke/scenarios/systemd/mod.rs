@@ -55,7 +55,8 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
         }
         false => None,
     };
-    let upgrade = match asked.contains(&ScenarioName::Upgrade) {
+    // The auth scenario upgrades with auth on, unless the upgrade scenario does it after it.
+    let upgrade = match asked.iter().any(|s| matches!(s, ScenarioName::Upgrade | ScenarioName::Auth)) {
         true => Some(prepare_upgrade(opts, &def, &version, &forms)?),
         false => None,
     };
@@ -109,7 +110,13 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
         // The upgrade last: the other scenarios make fresh machines from the bundles of the
         // release the run started with, which cannot join a cluster already on the next one.
         let mut day2s: Vec<ScenarioName> = asked.iter().copied().filter(|s| *s != ScenarioName::Basic).collect();
-        day2s.sort_by_key(|s| *s == ScenarioName::Upgrade);
+        // So is the auth scenario when it upgrades (the upgrade scenario not asked for).
+        let auth_upgrades = !asked.contains(&ScenarioName::Upgrade);
+        day2s.sort_by_key(|s| match s {
+            ScenarioName::Upgrade => 2,
+            ScenarioName::Auth if auth_upgrades => 1,
+            _ => 0,
+        });
         for day2 in &day2s {
             if r.is_err() || hosts.failed() {
                 break;
@@ -118,7 +125,7 @@ pub fn run(opts: &Options, scenarios: &[ScenarioName]) -> Result<()> {
             r = match day2 {
                 ScenarioName::RotateCerts => hosts.renew(),
                 ScenarioName::ReplaceMember => hosts.replace_member(),
-                ScenarioName::Auth => hosts.auth(),
+                ScenarioName::Auth => hosts.auth(upgrade.as_ref().filter(|_| auth_upgrades)),
                 ScenarioName::Disaster => match &backups {
                     Some(b) => hosts.disaster(b),
                     None => Err(anyhow::anyhow!("the backup host was not started")),
