@@ -89,7 +89,7 @@ fn smoke_passes_every_check_of_every_scenario_and_cleans_up() {
     }
     // Every scenario ran, in `all`'s order, each with its checks.
     let per_scenario = |name: &str| checks.iter().filter(|c| c["scenario"] == name).count();
-    for (name, count) in [("basic", 17), ("rotate-certs", 8), ("replace-member", 4), ("upgrade", 6), ("drills", 14)] {
+    for (name, count) in [("basic", 17), ("rotate-certs", 8), ("replace-member", 4), ("upgrade", 6), ("drills", 16)] {
         assert_eq!(per_scenario(name), count, "{name}: {report:#}");
     }
     let scenarios = report["scenarios"].as_array().unwrap();
@@ -182,6 +182,11 @@ fn smoke_passes_every_check_of_every_scenario_and_cleans_up() {
     assert!(timing("defrag_db_mib_before") >= timing("defrag_db_mib_after") + 8.0, "{:#}", report["timings"]);
     let disk = reason("full disk");
     assert!(disk.contains("the other two members accept writes") && disk.contains("hashes at revision"), "{disk}");
+    // The slow disk: etcd's own histogram saw slow fsyncs, and the alerts fired and resolved live.
+    let slow = reason("slow disk: a follower");
+    assert!(slow.contains("took over 0.512 s") && slow.contains("hashes at revision"), "{slow}");
+    let fired = reason("alerts: a slow disk");
+    assert!(fired.contains("fired after the fault: etcdHighFsyncDurations") && fired.contains("resolved"), "{fired}");
     for t in [
         "start_to_healthy",
         "heal_after_restart",

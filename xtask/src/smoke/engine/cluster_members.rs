@@ -67,15 +67,27 @@ impl Cluster {
         self.in_netns(i, |ns| ns.queue_to(&peers, queue))
     }
 
-    /// Member `i`'s data directory on a tmpfs of `bytes` mounted on the host for the run (it
-    /// outlives the container, unlike a podman tmpfs volume; unmounted after the containers are
-    /// gone), owned by the image's etcd user. Before the cluster starts.
-    pub(crate) fn small_disk(&mut self, i: usize, bytes: u64) -> Result<PathBuf> {
+    /// Member `i`'s data directory on a disk of its own: ext4 of `bytes` on a loop device,
+    /// mounted on the host for the run (it outlives the container; released after the
+    /// containers are gone), owned by the image's etcd user. Before the cluster starts.
+    pub(crate) fn own_disk(&mut self, i: usize, bytes: u64) -> Result<PathBuf> {
         let mnt = self.out.join(format!("disk{}", i + 1));
-        disk::mount_small(&mnt, bytes, self.uid, self.gid)?;
-        self.res.mounts.push(mnt.clone());
+        let d = disk::mount_loop(&mnt, bytes, self.uid, self.gid)?;
+        self.res.disks.push(d);
         self.nodes[i].volume = mnt.display().to_string();
         Ok(mnt)
+    }
+
+    /// Member `i`'s writes to its own disk ([`Cluster::own_disk`]) limited to `iops` a second
+    /// by the kernel's block-I/O throttle on its container's cgroup, or no longer (`None`).
+    pub(crate) fn throttle_disk(&self, i: usize, iops: Option<u32>) -> Result<()> {
+        let mnt = self.out.join(format!("disk{}", i + 1));
+        let d = self.res.disks.iter().find(|d| d.dir == mnt).with_context(|| {
+            format!("{} has no disk of its own to slow down (own_disk before the start)", self.nodes[i].spec.name)
+        })?;
+        disk::throttle_writes(&self.pid(i)?, &d.numbers, iops).with_context(|| {
+            format!("cannot throttle the writes of {} to {}", self.nodes[i].container, d.device.display())
+        })
     }
 }
 

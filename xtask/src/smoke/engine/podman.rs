@@ -53,9 +53,9 @@ pub struct Resources {
     pub containers: Vec<String>,
     pub volumes: Vec<String>,
     pub networks: Vec<String>,
-    /// File systems mounted for the run (the drills' small data disk), unmounted after the
-    /// containers that use them are gone.
-    pub mounts: Vec<std::path::PathBuf>,
+    /// Loop-device disks made for the run (the drills' data disk of its own): unmounted and
+    /// detached after the containers that use them are gone.
+    pub disks: Vec<crate::smoke::faults::disk::LoopDisk>,
     pub keep: bool,
 }
 
@@ -66,7 +66,7 @@ impl Resources {
             containers: Vec::new(),
             volumes: Vec::new(),
             networks: Vec::new(),
-            mounts: Vec::new(),
+            disks: Vec::new(),
             keep,
         }
     }
@@ -105,8 +105,8 @@ impl Resources {
         for c in self.containers.drain(..).rev() {
             let _ = podman(&["rm", "-f", "-t", "0", &c]);
         }
-        for m in self.mounts.drain(..).rev() {
-            let _ = std::process::Command::new("umount").arg(&m).output();
+        for d in self.disks.drain(..).rev() {
+            crate::smoke::faults::disk::release(&d.dir, &d.image);
         }
         for v in self.volumes.drain(..) {
             let _ = podman(&["volume", "rm", "-f", &v]);

@@ -550,6 +550,19 @@ impl<E: Members> Run<E> {
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("{url}: not JSON: {}", String::from_utf8_lossy(&out.stderr).trim()))
     }
+
+    /// `GET /metrics` of member `i` (its client port) with the client certificate: Prometheus's
+    /// text exposition.
+    pub(crate) fn metrics(&self, i: usize) -> Result<String> {
+        let url = format!("{}/metrics", self.client_url(i));
+        let mut args = self.client_tls_args();
+        args.push(url.clone());
+        let out = self.curl(&args)?;
+        if !out.status.success() {
+            bail!("{url}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }
 
 #[cfg(test)]

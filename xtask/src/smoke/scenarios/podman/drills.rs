@@ -35,6 +35,11 @@ pub(super) const QUOTA_BYTES: u64 = 48 * 1024 * 1024;
 const DISK_BYTES: u64 = 320 * 1024 * 1024;
 /// How long a fault lasts: several election timeouts (etcd's default is 1 s).
 const FAULT: Duration = Duration::from_secs(4);
+/// The writes a second node 3's disk takes in the slow-disk drill: each WAL fsync then waits
+/// for several, far past the fsync alert's 0.5 s.
+const SLOW_IOPS: u32 = 4;
+/// How long the disk stays slow when no Prometheus watches for the alerts.
+const SLOW_HOLD: Duration = Duration::from_secs(10);
 /// The netfilter queue the delay drill uses (queues belong to a network namespace).
 const DELAY_QUEUE: &str = "7";
 
@@ -44,7 +49,7 @@ impl Run<Cluster> {
         for n in &mut self.nodes {
             n.env.insert("ETCD_QUOTA_BACKEND_BYTES".into(), QUOTA_BYTES.to_string());
         }
-        let disk = self.small_disk(2, DISK_BYTES)?;
+        let disk = self.own_disk(2, DISK_BYTES)?;
         if !self.start_cluster()? {
             return Ok(());
         }
@@ -68,7 +73,84 @@ impl Run<Cluster> {
         self.run_check("full disk: a member's data disk filled from outside, then freed; no data lost", |c| {
             c.full_disk(&disk)
         });
+        self.run_check(
+            &format!("slow disk: a follower's writes held to {SLOW_IOPS} a second, then released; no data lost"),
+            |c| c.slow_disk(),
+        );
         Ok(())
+    }
+
+    /// Node 3's writes to its own disk throttled by the kernel (the leadership moved away
+    /// first: a slow follower is the case the alerts are for; a slow leader is an election),
+    /// until etcd's fsync and commit alerts fire (bounded; with Prometheus watching), or for
+    /// [`SLOW_HOLD`] without; then released. The majority keeps serving throughout, and node 3
+    /// catches up with the same key-value history.
+    fn slow_disk(&mut self) -> Result<String> {
+        let phase = "drill: node 3's disk slowed";
+        let mut notes = Vec::new();
+        let lead = self.leader()?;
+        if lead.index == 2 {
+            let to = self.statuses(&[0]).first().cloned().flatten().context("no status of node 1")?.member;
+            self.etcdctl_ok(&[2], &["move-leader", &format!("{to:x}")])?;
+            notes.push("node 3 led: leadership moved to node 1 first".to_string());
+        }
+        let fsync = |c: &Self| -> Result<(f64, f64)> {
+            let m = c.metrics(2)?;
+            Ok((
+                histogram_count(&m, "etcd_disk_wal_fsync_duration_seconds", None),
+                histogram_count(&m, "etcd_disk_wal_fsync_duration_seconds", Some("0.512")),
+            ))
+        };
+        let (count0, fast0) = fsync(self)?;
+        self.phase(phase);
+        let t = Instant::now();
+        self.throttle_disk(2, Some(SLOW_IOPS))?;
+        const ALERTS: [&str; 2] = ["etcdHighFsyncDurations", "etcdHighCommitDurations"];
+        let fired = self.alerts_fire(&ALERTS, t);
+        if fired.is_none() {
+            std::thread::sleep(SLOW_HOLD);
+        }
+        let held = t.elapsed().as_secs_f64();
+        let (count1, fast1) = fsync(self)?;
+        // Writes through node 1 go on meanwhile: the leader and node 2 are a quorum.
+        let majority = self.etcdctl(&[0], &["put", "--command-timeout=5s", "smoke/drill-slow-disk", "ok"]);
+        self.throttle_disk(2, None)?;
+        let released = Instant::now();
+        self.phase(&format!("{phase}: released"));
+        majority
+            .and_then(
+                |o| if o.status.success() { Ok(()) } else { bail!("{}", String::from_utf8_lossy(&o.stderr).trim()) },
+            )
+            .context("a write through node 1 while node 3's disk was slow")?;
+        let slow = (count1 - count0) - (fast1 - fast0);
+        if slow < 1.0 {
+            bail!(
+                "{:.0} WAL fsyncs on node 3 in {held:.1} s at {SLOW_IOPS} writes/s, none slower than 0.512 s: the throttle did not hold",
+                count1 - count0
+            );
+        }
+        notes.push(format!(
+            "{SLOW_IOPS} writes/s on node 3's disk for {held:.1} s: {:.0} of its {:.0} WAL fsyncs took over 0.512 s \
+             (etcd_disk_wal_fsync_duration_seconds); a write through node 1 meanwhile accepted",
+            slow,
+            count1 - count0
+        ));
+        self.wait_healthy(&[0, 1, 2], Duration::from_secs(60)).context("node 3 did not catch up once released")?;
+        notes.push(format!("3/3 healthy {:.1} s after the release", released.elapsed().as_secs_f64()));
+        let mut alerts: Vec<Result<String>> = fired.into_iter().collect();
+        alerts.extend(self.alerts_resolve(&ALERTS, released));
+        self.record_alerts(
+            "alerts: a slow disk fires etcdHighFsyncDurations and etcdHighCommitDurations; both resolve",
+            t,
+            alerts,
+        );
+        let stats = self.load.as_ref().map(|l| l.phase_stats(phase)).unwrap_or_default();
+        notes.push(format!(
+            "meanwhile {} requests, {} failed, worst latency {:.0} ms",
+            stats.requests, stats.failed, stats.worst_latency_ms
+        ));
+        notes.push(self.same_hashes()?);
+        Ok(notes.join("; "))
     }
 
     /// A soak (`scenarios/soak.rs`) on a fresh cluster under the load.
@@ -439,4 +521,11 @@ fn role(leader: bool) -> &'static str {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The observations of histogram `name` in a Prometheus text exposition: all of them, or those
+/// no larger than the bucket `le`.
+fn histogram_count(metrics: &str, name: &str, le: Option<&str>) -> f64 {
+    let bucket = format!("{name}_bucket{{le=\"{}\"}} ", le.unwrap_or("+Inf"));
+    metrics.lines().find_map(|l| l.strip_prefix(bucket.as_str())).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
 }
