@@ -5,52 +5,21 @@
 //! fresh-clone `cargo xtask ci` tried that way reached a load average of 77 and had a testssl.sh
 //! scan cut short, though a run that a failing test left behind added to that). The full
 //! run proves the real etcd v3.4.9 (built from source, `--source build`); the interrupted run
-//! uses Debian's package, the offline fallback, so that it stays covered too.
+//! uses Debian's package, the offline fallback, so that it stays covered too. The kube engine's
+//! run is in tests/k8s.rs: this binary is the suite's longest, and that one ends early.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn xtask() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.env("XTASK_NO_OFFICIAL", "1");
-    cmd
-}
+use common::smoke_cluster::{cluster_of_its_own, labelled, nothing_left, xtask};
 
 /// Held by each test that runs a cluster, so that they run one at a time.
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn my_turn() -> std::sync::MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The podman resources of `kind` labelled as cluster `cluster`'s.
-fn labelled(kind: &[&str], cluster: &str) -> String {
-    let mut args: Vec<&str> = kind.to_vec();
-    let filter = format!("label=xtask.smoke={cluster}");
-    args.extend(["-q", "--filter", &filter]);
-    let out = Command::new("podman").args(&args).output().expect("podman runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn nothing_left(cluster: &str) {
-    assert_eq!(labelled(&["pod", "ps"], cluster), "", "pods left behind");
-    assert_eq!(labelled(&["ps", "-a"], cluster), "", "containers left behind");
-    assert_eq!(labelled(&["volume", "ls"], cluster), "", "volumes left behind");
-    assert_eq!(labelled(&["network", "ls"], cluster), "", "networks left behind");
-}
-
-/// `clusters/smoke.toml` as cluster `name` on 10.89.`octet`.0/24, written into `dir`.
-fn cluster_of_its_own(dir: &std::path::Path, name: &str, octet: u8) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(common::root().join("clusters/smoke.toml")).unwrap();
-    assert!(text.contains("name = \"smoke\"") && text.contains("10.89.77."), "{text}");
-    let text = text
-        .replace("name = \"smoke\"", &format!("name = \"{name}\""))
-        .replace("10.89.77.", &format!("10.89.{octet}."));
-    let file = dir.join(format!("{name}.toml"));
-    std::fs::write(&file, text).unwrap();
-    file
 }
 
 #[test]
@@ -212,50 +181,6 @@ fn smoke_passes_every_check_of_every_scenario_and_cleans_up() {
     assert_eq!(logged, adapted, "the host adaptation in the log:\n{stderr}");
     assert!(stdout.contains("start to 3/3 healthy"), "{stdout}");
     nothing_left("smoke");
-}
-
-#[test]
-fn the_kube_engine_plays_the_rendered_static_pods() {
-    let _turn = my_turn();
-    let tmp = tempfile::tempdir().unwrap();
-    common::build_etcd_349(&[common::host_arch()]);
-    let cluster = cluster_of_its_own(tmp.path(), "smoke-kube", 74);
-
-    // The static pods of `cargo xtask k8s`, run by podman's Kubernetes engine: the basic checks
-    // pass against them, and the played copies differ from the rendered manifests only where the
-    // report says.
-    let kube_dir = tmp.path().join("kube");
-    let out = xtask()
-        .args(["smoke", "--engine", "kube", "--source", "build", "--out", kube_dir.to_str().unwrap()])
-        .arg("--cluster")
-        .arg(&cluster)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "smoke --engine kube failed:\n{text}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(kube_dir.join("report.json")).unwrap()).unwrap();
-    assert_eq!(report["engine"], "kube");
-    assert_eq!(report["image"], "localhost/etcd:3.4.9", "{report:#}");
-    assert_eq!(report["kube_play_adaptations"].as_array().unwrap().len(), 6);
-    let checks = report["checks"].as_array().unwrap();
-    // The basic checks, compaction and defragmentation among them (the static pods' flags).
-    assert_eq!(checks.len(), 15, "{report:#}");
-    assert!(checks.iter().all(|c| c["outcome"] == "PASS"), "{report:#}");
-    for node in ["etcd1", "etcd2", "etcd3"] {
-        let read = |p: std::path::PathBuf| -> serde_json::Value {
-            serde_yaml_ng::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-        };
-        let rendered = read(kube_dir.join("basic/k8s").join(node).join("etc/kubernetes/manifests/etcd.yaml"));
-        let played = read(kube_dir.join("basic/kube-play").join(format!("{node}.yaml")));
-        let (r, p) = (&rendered["spec"]["containers"][0], &played["spec"]["containers"][0]);
-        for field in ["image", "command", "args", "env", "securityContext", "resources"] {
-            assert_eq!(r[field], p[field], "{node}: {field}");
-        }
-        assert!(r["image"].as_str().unwrap().starts_with("localhost/etcd:3.4.9@sha256:"), "by digest");
-        assert_eq!(rendered["spec"]["securityContext"], played["spec"]["securityContext"], "{node}");
-    }
-    nothing_left("smoke-kube");
 }
 
 #[test]

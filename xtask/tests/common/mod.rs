@@ -6,6 +6,7 @@
 pub mod dockerd;
 pub mod namespace_lab;
 pub mod report_page;
+pub mod smoke_cluster;
 
 use std::fs;
 use std::path::{Path, PathBuf};
