@@ -56,9 +56,10 @@ pub use workload::backup_host;
 /// `cargo xtask auth apply` under it, each identity tried call by call, a client revoked and
 /// refused, throughput with auth off and on; builds and runs xtask-grpc; not part of all); soak
 /// (faults drawn from --seed for --duration: partitions, pauses, kills of the leader or a
-/// follower, leadership moved, compaction and defragmentation, and with --profile any two
-/// members stopped at once; after each, 3/3 healthy and hashkv equal; --plan prints the
-/// schedule and starts nothing; not part of all).
+/// follower, one-way packet loss, peer delay, a slow disk, leadership moved, compaction and
+/// defragmentation, and with --profile any two members stopped at once; after each, 3/3
+/// healthy and hashkv equal; --plan prints the schedule and starts nothing; its directory keeps
+/// soak.json, which --replay DIR runs again; not part of all).
 ///
 /// --engine kube plays the static pods of `cargo xtask k8s` with `podman kube play` instead
 /// (basic scenario; the few adaptations podman needs are printed and go into the report).
@@ -125,12 +126,28 @@ pub struct Smoke {
     /// start nothing
     #[arg(long)]
     pub plan: bool,
+    /// Run a soak's schedule again: DIR is the directory of its run (target/smoke/soak), which
+    /// holds soak.json (seed, schedule, the etcd release it ran on: used unless --etcd-version
+    /// says otherwise); implies --scenario soak. Give the replay another --out than the run it
+    /// replays (it refuses to write over it)
+    #[arg(long, value_name = "DIR")]
+    pub replay: Option<PathBuf>,
 }
 
 /// The scenarios, in the order `all` runs them.
 impl Smoke {
-    pub fn run(self) -> Result<()> {
+    pub fn run(mut self) -> Result<()> {
+        if self.replay.is_some() {
+            if self.scenario == [ScenarioName::All] {
+                self.scenario = vec![ScenarioName::Soak];
+            } else if !self.scenario.contains(&ScenarioName::Soak) {
+                bail!("--replay runs a soak again: add --scenario soak, or leave --scenario out");
+            }
+        }
         let soak = self.soak_plan()?;
+        if let (None, Some(p)) = (&self.etcd_version, &soak) {
+            self.etcd_version = p.etcd_version.clone();
+        }
         if self.plan {
             let Some(p) = &soak else {
                 bail!("--plan prints a soak's schedule: add --scenario soak");
@@ -145,6 +162,21 @@ impl Smoke {
         let out = self.out.clone().unwrap_or_else(|| target_dir().join("smoke"));
         // Absolute: podman takes a relative `-v dir:...` for the name of a volume.
         let out = std::path::absolute(&out).with_context(|| format!("--out {}", out.display()))?;
+        if let Some(dir) = &self.replay {
+            // The run writes its soak's directory anew: never over the failure it replays.
+            let into = out.join(ScenarioName::Soak.as_str());
+            let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
+                (Ok(a), Ok(b)) => a == b || a.starts_with(&b) || b.starts_with(&a),
+                _ => false,
+            };
+            if same(dir, &into) {
+                bail!(
+                    "--replay {}: this run would write over it ({}): give the replay another --out, e.g. --out target/smoke-replay",
+                    dir.display(),
+                    into.display()
+                );
+            }
+        }
         let cluster_path = self.cluster.clone().unwrap_or_else(|| project_root().join("clusters/smoke.toml"));
         let spec = ClusterSpec::load(&cluster_path)?;
         if spec.nodes.len() != 3 {
@@ -174,13 +206,21 @@ impl Smoke {
             }
             return Ok(None);
         }
+        if let Some(dir) = &self.replay {
+            if self.duration.is_some() || self.seed.is_some() || self.profile != faults::plan::Profile::QuorumSafe {
+                bail!("--replay takes the seed, duration, profile and schedule from {}: leave --seed, --duration and --profile out", dir.display());
+            }
+            let plan = scenarios::soak::SoakPlan::load(dir)?;
+            eprintln!("smoke: replaying seed {} ({} faults) from {}", plan.seed, plan.faults.len(), dir.display());
+            return Ok(Some(plan));
+        }
         let seed = self.seed.unwrap_or_else(|| {
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             faults::plan::SplitMix64::new(now.as_nanos() as u64).next_u64() % 1_000_000_000
         });
         let duration_s = self.duration.unwrap_or(60.0);
         let faults = faults::plan::plan(seed, duration_s, self.profile);
-        Ok(Some(scenarios::soak::SoakPlan { seed, duration_s, profile: self.profile, faults }))
+        Ok(Some(scenarios::soak::SoakPlan { seed, duration_s, profile: self.profile, faults, etcd_version: None }))
     }
 }
 

@@ -23,6 +23,7 @@ use super::{Engine, Members};
 use crate::pki::cluster::{ClusterSpec, NodeSpec};
 use crate::pki::layout::PkiLayout;
 use crate::render::config::{node_env, PkiFacts, TargetPaths};
+use crate::smoke::faults::netdelay::Delayer;
 use crate::smoke::faults::{disk, netfilter};
 use crate::smoke::local::free_port;
 use crate::smoke::local::Interrupt;
@@ -76,18 +77,6 @@ impl Cluster {
         self.res.disks.push(d);
         self.nodes[i].volume = mnt.display().to_string();
         Ok(mnt)
-    }
-
-    /// Member `i`'s writes to its own disk ([`Cluster::own_disk`]) limited to `iops` a second
-    /// by the kernel's block-I/O throttle on its container's cgroup, or no longer (`None`).
-    pub(crate) fn throttle_disk(&self, i: usize, iops: Option<u32>) -> Result<()> {
-        let mnt = self.out.join(format!("disk{}", i + 1));
-        let d = self.res.disks.iter().find(|d| d.dir == mnt).with_context(|| {
-            format!("{} has no disk of its own to slow down (own_disk before the start)", self.nodes[i].spec.name)
-        })?;
-        disk::throttle_writes(&self.pid(i)?, &d.numbers, iops).with_context(|| {
-            format!("cannot throttle the writes of {} to {}", self.nodes[i].container, d.device.display())
-        })
     }
 }
 
@@ -193,7 +182,36 @@ impl Members for Cluster {
     fn heal(&mut self, i: usize) -> Result<()> {
         self.in_netns(i, netfilter::heal)
     }
+    fn lose_packets(&mut self, from: usize, to: usize, probability: &str) -> Result<()> {
+        self.lose(from, to, probability)
+    }
+    /// Made with a netfilter queue served by `xtask delay-packets` in the member's namespace
+    /// (the kernel may lack `sch_netem`).
+    fn delay_peers(&mut self, i: usize, ms: u64, hold: Duration) -> Result<String> {
+        let serve = hold + Duration::from_millis(ms) + Duration::from_secs(1);
+        let delayer = Delayer::start(&self.pid(i)?, DELAY_QUEUE, ms, serve)?;
+        let queued = self.queue_peer_traffic(i, DELAY_QUEUE).map(|_| std::thread::sleep(hold));
+        let healed = self.heal(i);
+        let summary = delayer.finish();
+        queued?;
+        healed?;
+        summary
+    }
+    /// Its writes to its own disk ([`Cluster::own_disk`]) limited by the kernel's block-I/O
+    /// throttle on its container's cgroup.
+    fn throttle_disk(&mut self, i: usize, iops: Option<u32>) -> Result<()> {
+        let mnt = self.out.join(format!("disk{}", i + 1));
+        let d = self.res.disks.iter().find(|d| d.dir == mnt).with_context(|| {
+            format!("{} has no disk of its own to slow down (own_disk before the start)", self.nodes[i].spec.name)
+        })?;
+        disk::throttle_writes(&self.pid(i)?, &d.numbers, iops).with_context(|| {
+            format!("cannot throttle the writes of {} to {}", self.nodes[i].container, d.device.display())
+        })
+    }
 }
+
+/// The netfilter queue a peer delay uses (queues belong to a member's network namespace).
+const DELAY_QUEUE: &str = "7";
 
 /// What only podman's members go through: a member's container replaced, lost with its volume,
 /// made anew, restored from a snapshot beside the others; and what the host sees of them.

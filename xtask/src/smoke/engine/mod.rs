@@ -111,8 +111,8 @@ pub enum Capability {
     Pause,
     /// Cut a member off from its peers, drop or delay its packets, in its own network namespace.
     CutOff,
-    /// Run a member on a small data disk of its own.
-    SmallDisk,
+    /// Run a member on a data disk of its own: small, filled from outside, slowed down.
+    OwnDisk,
     /// Change a member's certificates, configuration or release while the cluster runs.
     Reconfigure,
     /// Run the members at each stage of the switch from plain http to mutual TLS.
@@ -129,7 +129,7 @@ impl Capability {
             Capability::KillStaysDown => ("kill", "SIGKILL a member's etcd and keep it down until started"),
             Capability::Pause => ("pause", "SIGSTOP and SIGCONT a member's etcd"),
             Capability::CutOff => ("cut-off", "cut a member off from its peers in its own network namespace"),
-            Capability::SmallDisk => ("small-disk", "run a member on a small data disk of its own"),
+            Capability::OwnDisk => ("own-disk", "run a member on a data disk of its own (small, filled, slowed)"),
             Capability::Reconfigure => {
                 ("reconfigure", "change a member's certificates, configuration or release while the cluster runs")
             }
@@ -253,6 +253,23 @@ pub(crate) trait Members {
     }
     fn heal(&mut self, _i: usize) -> Result<()> {
         Err(self.cannot(Capability::CutOff))
+    }
+
+    /// A share (`probability`, e.g. "0.4") of member `from`'s packets to member `to` dropped;
+    /// `heal(to)` ends it.
+    fn lose_packets(&mut self, _from: usize, _to: usize, _probability: &str) -> Result<()> {
+        Err(self.cannot(Capability::CutOff))
+    }
+
+    /// Every packet member `i` sends its peers held `ms` for `hold`, then sent on; what the
+    /// delayer saw, in words.
+    fn delay_peers(&mut self, _i: usize, _ms: u64, _hold: Duration) -> Result<String> {
+        Err(self.cannot(Capability::CutOff))
+    }
+
+    /// Member `i`'s writes to its data disk held to `iops` a second, or released (`None`).
+    fn throttle_disk(&mut self, _i: usize, _iops: Option<u32>) -> Result<()> {
+        Err(self.cannot(Capability::OwnDisk))
     }
 
     /// The error for a capability this engine lacks.

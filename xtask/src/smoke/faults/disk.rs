@@ -43,7 +43,7 @@ pub fn mount_loop(dir: &Path, bytes: u64, uid: u32, gid: u32) -> Result<LoopDisk
     let device = stdout_of(Command::new("losetup").args(["--find", "--show"]).arg(&image))
         .with_context(|| format!("cannot attach {} to a loop device (losetup, util-linux)", image.display()))?;
     let device = PathBuf::from(device.trim());
-    let disk = (|| {
+    let disk = (|| -> Result<LoopDisk> {
         let name = device.file_name().and_then(|n| n.to_str()).context("a loop device without a name")?;
         let numbers = std::fs::read_to_string(format!("/sys/class/block/{name}/dev"))
             .with_context(|| format!("cannot read the device numbers of {}", device.display()))?

@@ -1,7 +1,8 @@
 //! `target/smoke/report.html`: the run as a person would rather look at it. One self-contained
 //! file (inline SVG drawn by plotters, inline CSS, nothing fetched): per scenario the load's
 //! requests per second, failures and retries, and its p50/p99 latency, second by second, with
-//! each step of the scenario marked and numbered, then that scenario's checks.
+//! each step of the scenario marked and numbered and each fault's window shaded, then that
+//! scenario's checks.
 //! In: the [`Report`]. Out: `report.html`, written atomically.
 
 use std::fmt::Write as _;
@@ -22,6 +23,9 @@ pub const RETRIES: RGBColor = RGBColor(0xff, 0x7f, 0x0e);
 pub const P50: RGBColor = RGBColor(0x2c, 0xa0, 0x2c);
 pub const P99: RGBColor = RGBColor(0x94, 0x67, 0xbd);
 const MARK: RGBColor = RGBColor(0x70, 0x70, 0x70);
+/// The bands under the series: a fault's window, and a window without a quorum.
+pub const FAULT_BAND: RGBColor = RGBColor(0xfd, 0xe8, 0xc8);
+pub const NO_QUORUM_BAND: RGBColor = RGBColor(0xf8, 0xc8, 0xc8);
 
 const WIDTH: u32 = 960;
 const HEIGHT: u32 = 260;
@@ -172,7 +176,24 @@ type Chart<'a, 'b> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
-/// One SVG: axes, the steps as numbered vertical lines, and what `draw` adds.
+/// The band a step's window gets, by the name the scenarios give their steps: `fault N: ...`
+/// (a soak's fault), `drill: ...` (a drill, until its `healed`, `released` or `freed` step) and
+/// `no quorum...` (a window the scenario takes the quorum away in).
+fn band(phase: &str) -> Option<RGBColor> {
+    if phase.starts_with("no quorum") {
+        Some(NO_QUORUM_BAND)
+    } else if phase.starts_with("fault ")
+        || (phase.starts_with("drill: ")
+            && ![": healed", ": released", ": freed", "after"].iter().any(|w| phase.contains(w)))
+    {
+        Some(FAULT_BAND)
+    } else {
+        None
+    }
+}
+
+/// One SVG: axes, each fault's window as a band, the steps as numbered vertical lines, and
+/// what `draw` adds.
 fn chart(
     name: &str,
     y_desc: &str,
@@ -198,6 +219,12 @@ fn chart(
             .light_line_style(RGBColor(0xee, 0xee, 0xee))
             .draw()
             .map_err(draw_err)?;
+        for (i, m) in load.marks.iter().enumerate() {
+            let Some(colour) = band(&m.phase) else { continue };
+            let until = load.marks.get(i + 1).map_or(end, |next| next.at_s.min(end));
+            let rect = Rectangle::new([(m.at_s.min(end), 0.0), (until, top)], colour.filled());
+            chart.draw_series(std::iter::once(rect)).map_err(draw_err)?;
+        }
         for (i, m) in load.marks.iter().enumerate() {
             let x = m.at_s.min(end);
             chart
@@ -227,7 +254,13 @@ mod tests {
             requests: 300,
             failed: 1,
             timeline: per_second(&samples),
-            marks: vec![Mark { at_s: 12.5, phase: "no quorum <two down>".into() }],
+            marks: vec![
+                Mark { at_s: 4.0, phase: "fault 0: pause follower etcd2".into() },
+                Mark { at_s: 8.0, phase: "quiet".into() },
+                Mark { at_s: 12.5, phase: "no quorum <two down>".into() },
+                Mark { at_s: 20.0, phase: "drill: etcd1 cut off".into() },
+                Mark { at_s: 24.0, phase: "drill: etcd1 cut off: healed".into() },
+            ],
             ..LoadReport::default()
         };
         let report = Report {
@@ -259,6 +292,10 @@ mod tests {
         assert_eq!(page.matches("<svg ").count(), 2, "throughput and latency");
         assert!(page.contains(&hex(REQUESTS).to_uppercase()) || page.contains(&hex(REQUESTS)), "the requests line");
         assert!(page.contains("<li>12.5 s: no quorum &lt;two down&gt;</li>"));
+        // The windows shaded: the fault and the drill in one colour (twice: both charts), the
+        // quorum's absence in another; quiet and healed steps not at all.
+        let shaded = |c: RGBColor| page.matches(&format!("fill=\"{}\"", hex(c).to_uppercase())).count();
+        assert_eq!((shaded(FAULT_BAND), shaded(NO_QUORUM_BAND)), (4, 2), "{page}");
         assert!(page.contains("<tr class=\"fail\"><td>a &amp; b</td><td>FAIL</td><td>1.00</td><td>x &lt; y</td></tr>"));
         assert!(page.contains("<h1 class=\"fail\">etcd smoke: 0 passed, 1 failed</h1>"));
         assert!(!page.contains("<script") && !page.contains("src=\"http"), "nothing fetched");

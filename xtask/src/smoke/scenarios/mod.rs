@@ -128,10 +128,10 @@ impl ScenarioName {
                 &[StopStart, Reconfigure]
             }
             ScenarioName::HttpToTls => &[StopStart, Reconfigure, TlsStages],
-            ScenarioName::Drills => &[StopStart, KillStaysDown, Pause, CutOff, SmallDisk, Reconfigure],
+            ScenarioName::Drills => &[StopStart, KillStaysDown, Pause, CutOff, OwnDisk, Reconfigure],
             ScenarioName::Disaster => &[StopStart, Reconfigure, Restore],
             ScenarioName::Auth => &[Reconfigure],
-            ScenarioName::Soak => &[StopStart, KillStaysDown, Pause, CutOff],
+            ScenarioName::Soak => &[StopStart, KillStaysDown, Pause, CutOff, OwnDisk],
             ScenarioName::All => &[],
         }
     }

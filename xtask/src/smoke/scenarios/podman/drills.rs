@@ -33,6 +33,9 @@ pub(super) const QUOTA_BYTES: u64 = 48 * 1024 * 1024;
 /// (64 MiB each), and the NOSPACE drill's database takes up to twice the quota while it is
 /// defragmented.
 const DISK_BYTES: u64 = 320 * 1024 * 1024;
+/// A soak member's disk: etcd's two preallocated WAL segments and a database the schedule's
+/// compactions keep small, with room for hours (the image file is sparse).
+const SOAK_DISK_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 /// How long a fault lasts: several election timeouts (etcd's default is 1 s).
 const FAULT: Duration = Duration::from_secs(4);
 /// The writes a second node 3's disk takes in the slow-disk drill: each WAL fsync then waits
@@ -154,11 +157,16 @@ impl Run<Cluster> {
     }
 
     /// A soak (`scenarios/soak.rs`) on a fresh cluster under the load.
+    /// Each member on a disk of its own, so that the schedule may slow any of them down.
     pub(super) fn soak_run(&mut self, plan: &crate::smoke::scenarios::soak::SoakPlan) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            self.own_disk(i, SOAK_DISK_BYTES)?;
+        }
         if !self.start_cluster()? {
             return Ok(());
         }
-        self.soak(plan)
+        let version = self.etcd_version.clone();
+        self.soak(plan, &version)
     }
 
     /// Fills node 3's disk with a file written as root until ENOSPC, writes large values until
