@@ -47,14 +47,16 @@ pub use workload::backup_host;
 /// mutual TLS member by member, without losing data or member IDs; not part of all, for time);
 /// drills (partitions, one-way packet loss and pauses of a follower and of the leader, inside the
 /// members' own network namespaces, a NOSPACE alarm with etcd's runbook, and a member's data disk
-/// filled from outside, then freed; not part of all); disaster (a snapshot taken with the image's
+/// filled from outside, then freed, then slowed to 4 writes a second until the fsync and commit
+/// alerts fire; not part of all); disaster (a snapshot taken with the image's
 /// etcdctl and shipped with rsync over ssh to a backup host of the run's own; two members lost
 /// and the leader forced into a new cluster, the others added back as learners; then all three
 /// lost and the newest good snapshot restored on all three; after each, hashkv, the keys held to
 /// one revision of the load's history, the writes lost and the RTO; not part of all); auth
 /// (the load as the cluster file's least-privileged writer over gRPC, etcd's auth turned on by
 /// `cargo xtask auth apply` under it, each identity tried call by call, a client revoked and
-/// refused, throughput with auth off and on; builds and runs xtask-grpc; not part of all); soak
+/// refused, throughput with auth off and on, then with auth on a CA rotation and the rolling
+/// upgrade; builds and runs xtask-grpc; not part of all); soak
 /// (faults drawn from --seed for --duration: partitions, pauses, kills of the leader or a
 /// follower, one-way packet loss, peer delay, a slow disk, leadership moved, compaction and
 /// defragmentation, and with --profile any two members stopped at once; after each, 3/3
