@@ -113,7 +113,11 @@ impl<E: Members> Run<E> {
                     .collect();
                 Ok(match hashes.len() == 3 && hashes.iter().all(|h| *h == hashes[0]) {
                     true => Ok(format!("endpoint hashkv equal on all three at revision {rev} ({:x})", hashes[0])),
-                    false => Err(format!("hashes at {rev}: {hashes:x?}")),
+                    false => {
+                        let said = String::from_utf8_lossy(&out.stderr);
+                        let why = said.lines().find(|l| l.contains("rror")).unwrap_or_default().trim().to_string();
+                        Err(format!("hashes at {rev}: {hashes:x?} {why}"))
+                    }
                 })
             })?;
         Ok(found)

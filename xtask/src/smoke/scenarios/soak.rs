@@ -142,6 +142,19 @@ impl<E: Members> Run<E> {
         if outcome.is_ok() && rest > 0.0 {
             std::thread::sleep(Duration::from_secs_f64(rest));
         }
+        // A load that ran out of its bounds leaves the rest of the soak unobserved: a failure.
+        if let (Ok(()), Some(load)) = (&outcome, &self.load) {
+            let (requests, _) = load.totals();
+            let before = requests;
+            std::thread::sleep(Duration::from_secs(2));
+            let (after, _) = load.totals();
+            if after == before {
+                outcome = Err(anyhow::anyhow!(
+                    "the client load made no request in the soak's last 2 s ({before} in all): it stopped before the \
+                     soak ended, so the soak's end went unobserved"
+                ));
+            }
+        }
         let elections = self.leader().map(|l| l.term.saturating_sub(term_before)).unwrap_or(0);
         for (k, v) in &by_kind {
             self.timings.insert(format!("soak_faults_{}", k.replace('-', "_")), *v as f64);

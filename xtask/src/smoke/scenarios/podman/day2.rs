@@ -78,6 +78,11 @@ impl Run<Cluster> {
     /// Starts the three members, waits for 3/3 healthy, then starts the client load. Returns
     /// whether the cluster came up (a failure is recorded as a check).
     pub(super) fn start_cluster(&mut self) -> Result<bool> {
+        self.start_cluster_with(LOAD_BOUNDS)
+    }
+
+    /// [`Run::start_cluster`] with a load of `bounds` (a soak's load runs as long as the soak).
+    pub(super) fn start_cluster_with(&mut self, bounds: Bounds) -> Result<bool> {
         let t = Instant::now();
         self.start_all()?;
         let healthy = self.wait_healthy(&[0, 1, 2], HEALTHY_TIMEOUT);
@@ -103,7 +108,7 @@ impl Run<Cluster> {
                 return Ok(false);
             }
         }
-        self.start_load(LOAD_BOUNDS)?;
+        self.start_load(bounds)?;
         Ok(true)
     }
 

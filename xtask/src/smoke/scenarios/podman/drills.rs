@@ -162,7 +162,10 @@ impl Run<Cluster> {
         for i in 0..self.nodes.len() {
             self.own_disk(i, SOAK_DISK_BYTES)?;
         }
-        if !self.start_cluster()? {
+        // The load runs through the whole soak, with room for the last heal and the checks.
+        let lasts = Duration::from_secs_f64(plan.duration_s) + Duration::from_secs(300);
+        let bounds = crate::smoke::workload::load::Bounds { max_requests: lasts.as_secs() * 200, max_duration: lasts };
+        if !self.start_cluster_with(bounds)? {
             return Ok(());
         }
         let version = self.etcd_version.clone();
