@@ -565,7 +565,10 @@ fn readme_run_it_recipes_work_verbatim() {
     run_recipe_env(recipe("docker-cleanup"), &[], &docker.shell_env());
     assert_eq!(docker.ok(&["ps", "-aq"]).trim(), "", "docker-cleanup left a container");
     assert!(!docker.ok(&["volume", "ls", "-q"]).contains("demo-docker-data"), "docker-cleanup left the volume");
-    drop(docker);
+    let mut docker = docker;
+    if let Err(e) = docker.shut_down() {
+        panic!("this test's dockerd did not shut down cleanly:\n{e}");
+    }
 
     // Day-2: the runbooks on the three-node cluster, which keeps its data through all of them.
     let greeting = |node: &str, ip: &str| {

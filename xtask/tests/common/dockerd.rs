@@ -263,6 +263,11 @@ impl Dockerd {
         if !processes.is_empty() {
             problems.push(format!("processes of this dockerd are still running: {processes:#?}"));
         }
+        // dockerd leaves the nsfs mounts of its network sandboxes behind (exec/netns/default once
+        // a container had a network of its own): ours, under our directory, so unmounted here.
+        for m in self.mounts_left().iter().filter(|m| m.contains("/exec/netns/")) {
+            let _ = Command::new("umount").arg(m).status();
+        }
         let mounts = self.mounts_left();
         if !mounts.is_empty() {
             problems.push(format!("still mounted: {mounts:#?}"));
