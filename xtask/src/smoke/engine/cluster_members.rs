@@ -61,18 +61,31 @@ impl Cluster {
         self.in_netns(i, |ns| ns.lose_from(&from, probability))
     }
 
-    /// Member `i`'s TCP packets to its peers handed to the netfilter queue `queue` of its
-    /// namespace.
-    pub(crate) fn queue_peer_traffic(&self, i: usize, queue: &str) -> Result<()> {
+    /// Where member `i`'s disk of its own is mounted.
+    fn disk_dir(&self, i: usize) -> PathBuf {
+        self.out.join(format!("disk{}", i + 1))
+    }
+
+    /// Member `i`'s peer packets held `ms` ms for `hold` (netem's delay: its TCP packets to its
+    /// peers queued to `xtask delay-packets` in its namespace), then the rules removed. The
+    /// delayer, still sending what it holds (for [`Delayer::finish`]), and how long it held.
+    pub(crate) fn hold_peer_traffic(&mut self, i: usize, ms: u64, hold: Duration) -> Result<(Delayer, Duration)> {
+        let serve = hold + Duration::from_millis(ms) + Duration::from_secs(1);
+        let delayer = Delayer::start(&self.pid(i)?, DELAY_QUEUE, ms, serve)?;
+        let t = std::time::Instant::now();
         let peers = self.peer_ips(i)?;
-        self.in_netns(i, |ns| ns.queue_to(&peers, queue))
+        let queued = self.in_netns(i, |ns| ns.queue_to(&peers, DELAY_QUEUE));
+        let queued = queued.map(|_| std::thread::sleep(hold.saturating_sub(t.elapsed())));
+        let healed = self.heal(i);
+        let lasted = t.elapsed();
+        queued.and(healed).map(|_| (delayer, lasted))
     }
 
     /// Member `i`'s data directory on a disk of its own: ext4 of `bytes` on a loop device,
     /// mounted on the host for the run (it outlives the container; released after the
     /// containers are gone), owned by the image's etcd user. Before the cluster starts.
     pub(crate) fn own_disk(&mut self, i: usize, bytes: u64) -> Result<PathBuf> {
-        let mnt = self.out.join(format!("disk{}", i + 1));
+        let mnt = self.disk_dir(i);
         let d = disk::mount_loop(&mnt, bytes, self.uid, self.gid)?;
         self.res.disks.push(d);
         self.nodes[i].volume = mnt.display().to_string();
@@ -185,22 +198,13 @@ impl Members for Cluster {
     fn lose_packets(&mut self, from: usize, to: usize, probability: &str) -> Result<()> {
         self.lose(from, to, probability)
     }
-    /// Made with a netfilter queue served by `xtask delay-packets` in the member's namespace
-    /// (the kernel may lack `sch_netem`).
     fn delay_peers(&mut self, i: usize, ms: u64, hold: Duration) -> Result<String> {
-        let serve = hold + Duration::from_millis(ms) + Duration::from_secs(1);
-        let delayer = Delayer::start(&self.pid(i)?, DELAY_QUEUE, ms, serve)?;
-        let queued = self.queue_peer_traffic(i, DELAY_QUEUE).map(|_| std::thread::sleep(hold));
-        let healed = self.heal(i);
-        let summary = delayer.finish();
-        queued?;
-        healed?;
-        summary
+        self.hold_peer_traffic(i, ms, hold)?.0.finish()
     }
     /// Its writes to its own disk ([`Cluster::own_disk`]) limited by the kernel's block-I/O
     /// throttle on its container's cgroup.
     fn throttle_disk(&mut self, i: usize, iops: Option<u32>) -> Result<()> {
-        let mnt = self.out.join(format!("disk{}", i + 1));
+        let mnt = self.disk_dir(i);
         let d = self.res.disks.iter().find(|d| d.dir == mnt).with_context(|| {
             format!("{} has no disk of its own to slow down (own_disk before the start)", self.nodes[i].spec.name)
         })?;

@@ -255,14 +255,12 @@ pub(crate) trait Members {
         Err(self.cannot(Capability::CutOff))
     }
 
-    /// A share (`probability`, e.g. "0.4") of member `from`'s packets to member `to` dropped;
-    /// `heal(to)` ends it.
+    /// A share (`probability`, e.g. "0.4") of `from`'s packets to `to` dropped, till `heal(to)`.
     fn lose_packets(&mut self, _from: usize, _to: usize, _probability: &str) -> Result<()> {
         Err(self.cannot(Capability::CutOff))
     }
 
-    /// Every packet member `i` sends its peers held `ms` for `hold`, then sent on; what the
-    /// delayer saw, in words.
+    /// Every packet member `i` sends its peers held `ms` for `hold`; what was held, in words.
     fn delay_peers(&mut self, _i: usize, _ms: u64, _hold: Duration) -> Result<String> {
         Err(self.cannot(Capability::CutOff))
     }

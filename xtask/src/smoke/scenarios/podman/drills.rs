@@ -21,7 +21,6 @@ use anyhow::{bail, Context, Result};
 use crate::smoke::engine::cluster::Cluster;
 use crate::smoke::engine::Members;
 use crate::smoke::faults::disk;
-use crate::smoke::faults::netdelay::Delayer;
 use crate::smoke::scenarios::recovery::{Leader, Status, SETTLE};
 use crate::smoke::scenarios::run::Run;
 use crate::smoke::workload::load::{Gateway, Identity};
@@ -43,8 +42,6 @@ const FAULT: Duration = Duration::from_secs(4);
 const SLOW_IOPS: u32 = 4;
 /// How long the disk stays slow when no Prometheus watches for the alerts.
 const SLOW_HOLD: Duration = Duration::from_secs(10);
-/// The netfilter queue the delay drill uses (queues belong to a network namespace).
-const DELAY_QUEUE: &str = "7";
 
 impl Run<Cluster> {
     /// The drills, in order, on one cluster with a small quota.
@@ -116,15 +113,11 @@ impl Run<Cluster> {
         let held = t.elapsed().as_secs_f64();
         let (count1, fast1) = fsync(self)?;
         // Writes through node 1 go on meanwhile: the leader and node 2 are a quorum.
-        let majority = self.etcdctl(&[0], &["put", "--command-timeout=5s", "smoke/drill-slow-disk", "ok"]);
+        let majority = self.etcdctl_ok(&[0], &["put", "--command-timeout=5s", "smoke/drill-slow-disk", "ok"]);
         self.throttle_disk(2, None)?;
         let released = Instant::now();
         self.phase(&format!("{phase}: released"));
-        majority
-            .and_then(
-                |o| if o.status.success() { Ok(()) } else { bail!("{}", String::from_utf8_lossy(&o.stderr).trim()) },
-            )
-            .context("a write through node 1 while node 3's disk was slow")?;
+        majority.context("a write through node 1 while node 3's disk was slow")?;
         let slow = (count1 - count0) - (fast1 - fast0);
         if slow < 1.0 {
             bail!(
@@ -375,21 +368,10 @@ impl Run<Cluster> {
         let Leader { index: lead, term, .. } = self.leader()?;
         let phase = format!("drill: {} delayed {ms} ms", self.nodes[lead].spec.name);
         self.phase(&phase);
-        let serve = FAULT + Duration::from_millis(ms) + Duration::from_secs(1);
-        let delayer = Delayer::start(&self.pid(lead)?, DELAY_QUEUE, ms, serve)?;
-        let t = Instant::now();
-        let result = (|| -> Result<()> {
-            self.queue_peer_traffic(lead, DELAY_QUEUE)?;
-            std::thread::sleep(FAULT.saturating_sub(t.elapsed()));
-            Ok(())
-        })();
-        let healed = self.heal(lead);
-        let lasted = t.elapsed().as_secs_f64();
+        let (delayer, lasted) = self.hold_peer_traffic(lead, ms, FAULT)?;
+        let lasted = lasted.as_secs_f64();
         self.phase(&format!("{phase}: healed"));
-        let summary = delayer.finish();
-        result?;
-        healed?;
-        let summary = summary?;
+        let summary = delayer.finish()?;
         let settled = self.settle(&phase)?;
         let Leader { index: now, term: after, .. } = self.leader()?;
         Ok(format!(
