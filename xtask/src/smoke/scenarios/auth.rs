@@ -165,6 +165,20 @@ impl<E: Members> Run<E> {
         Ok(())
     }
 
+    /// One of the engines' further steps with auth on: the rolling upgrade `from` -> `to` done
+    /// the engine's way (`upgrade`), then every member and the cluster version checked on the
+    /// new release; one check.
+    pub(crate) fn upgrade_with_auth_on(
+        &mut self,
+        from: &str,
+        to: &str,
+        upgrade: impl FnOnce(&mut Self) -> Result<String>,
+    ) {
+        let t = Instant::now();
+        let r = upgrade(self).and_then(|done| Ok(format!("{done}; {}", self.check_upgraded(to)?)));
+        self.record(&format!("rolling upgrade {from} -> {to} with auth on"), t, r);
+    }
+
     /// Each identity of `[access]`, call by call: a root identity lists users; a keyed one
     /// writes and reads under its prefixes and is refused a key outside them, a snapshot and
     /// the user list; one without a user is refused keys but answers `endpoint health`.

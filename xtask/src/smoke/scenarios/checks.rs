@@ -119,13 +119,8 @@ impl<E: Members> Run<E> {
         // A run that failed keeps its whole history beside the members' logs, whatever failed:
         // the directory is what a failure is handed on as.
         if self.failed() && !file.exists() {
-            match serde_json::to_vec_pretty(&report.history) {
-                Ok(json) => {
-                    if let Err(e) = crate::util::write_atomic(&file, &json, 0o644) {
-                        eprintln!("smoke: cannot keep the history of the failed run: {e:#}");
-                    }
-                }
-                Err(e) => eprintln!("smoke: cannot write the history as JSON: {e}"),
+            if let Err(e) = super::keep_history(&report, &file) {
+                eprintln!("smoke: cannot keep the history of the failed run: {e:#}");
             }
         }
         self.load_report = Some(report);

@@ -183,9 +183,14 @@ pub(crate) fn judge_history(report: &LoadReport, file: &Path) -> Result<String> 
     if failed.is_empty() {
         return Ok(verdicts.join("; "));
     }
-    let json = serde_json::to_vec_pretty(&report.history).context("cannot write the history as JSON")?;
-    crate::util::write_atomic(file, &json, 0o644)?;
+    keep_history(report, file)?;
     anyhow::bail!("{} (history: {})", failed.join("; "), file.display())
+}
+
+/// The load's whole history kept as `file` (JSON, one object per operation).
+pub(crate) fn keep_history(report: &LoadReport, file: &Path) -> Result<()> {
+    let json = serde_json::to_vec_pretty(&report.history).context("cannot write the history as JSON")?;
+    crate::util::write_atomic(file, &json, 0o644)
 }
 
 #[cfg(test)]

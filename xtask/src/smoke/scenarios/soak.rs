@@ -104,8 +104,6 @@ impl<E: Members> Run<E> {
         let started = Instant::now();
         let term_before = self.leader()?.term;
         let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
-        let t = Instant::now();
-        let mut applied = Vec::new();
         let mut outcome = Ok(());
         self.phase(QUIET);
         let mut n = 0;
@@ -117,26 +115,19 @@ impl<E: Members> Run<E> {
             if wait > 0.0 {
                 std::thread::sleep(Duration::from_secs_f64(wait));
             }
-            let applied_now = self.apply(n, f, inner);
-            n += 1 + usize::from(inner.is_some());
-            match applied_now {
-                Ok(what) => {
-                    for g in std::iter::once(f).chain(inner) {
-                        *by_kind.entry(g.kind.as_str()).or_default() += 1;
-                    }
-                    applied.push(what);
-                }
-                Err(e) => {
-                    let what = format!("{} {} at {:.1} s", f.kind.as_str(), f.target.as_str(), f.at_s);
-                    outcome = Err(e.context(format!(
-                        "fault {} ({what}) of seed {} (again: cargo xtask smoke --replay {} --out OTHER_DIR)",
-                        n - 1,
-                        plan.seed,
-                        self.out().display()
-                    )));
-                    break;
-                }
+            if let Err(e) = self.apply(n, f, inner) {
+                let what = format!("{} {} at {:.1} s", f.kind.as_str(), f.target.as_str(), f.at_s);
+                outcome = Err(e.context(format!(
+                    "fault {n} ({what}) of seed {} (again: cargo xtask smoke --replay {} --out OTHER_DIR)",
+                    plan.seed,
+                    self.out().display()
+                )));
+                break;
             }
+            for g in std::iter::once(f).chain(inner) {
+                *by_kind.entry(g.kind.as_str()).or_default() += 1;
+            }
+            n += 1 + usize::from(inner.is_some());
         }
         let rest = plan.duration_s - started.elapsed().as_secs_f64();
         if outcome.is_ok() && rest > 0.0 {
@@ -144,8 +135,7 @@ impl<E: Members> Run<E> {
         }
         // A load that ran out of its bounds leaves the rest of the soak unobserved: a failure.
         if let (Ok(()), Some(load)) = (&outcome, &self.load) {
-            let (requests, _) = load.totals();
-            let before = requests;
+            let (before, _) = load.totals();
             std::thread::sleep(Duration::from_secs(2));
             let (after, _) = load.totals();
             if after == before {
@@ -172,7 +162,11 @@ impl<E: Members> Run<E> {
                 started.elapsed().as_secs_f64()
             )
         });
-        self.record("soak: every fault of the seed's schedule applied, healed, the members equal after each", t, r);
+        self.record(
+            "soak: every fault of the seed's schedule applied, healed, the members equal after each",
+            started,
+            r,
+        );
         Ok(())
     }
 

@@ -230,10 +230,7 @@ impl Run<Cluster> {
             if !rotated {
                 return Ok(());
             }
-            let t = Instant::now();
-            let r =
-                run.do_upgrade(upgrade).and_then(|done| Ok(format!("{done}; {}", run.check_upgraded(&upgrade.to)?)));
-            run.record(&format!("rolling upgrade {} -> {} with auth on", upgrade.from, upgrade.to), t, r);
+            run.upgrade_with_auth_on(&upgrade.from, &upgrade.to, |run| run.do_upgrade(upgrade));
             Ok(())
         })
     }
