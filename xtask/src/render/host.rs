@@ -318,13 +318,7 @@ fn add_certificates(tree: &mut Tree, inputs: &ClusterInputs<'_>, node: &NodeSpec
     for (file, mode) in [(CA_CERT, 0o644), (CLIENT_CERT, 0o644), (CLIENT_KEY, 0o400)] {
         tree.file(&format!("{}/{file}", ETCDCTL_DIR.trim_start_matches('/')), mode, read_pki(&client_dir.join(file))?);
     }
-    let crl = |file: &str| read_pki(&node_dir.join(file));
-    let facts = monitoring::crl_textfile(
-        &inputs.spec.name,
-        &node.name,
-        &[("client", &crl("crl.pem")?), ("peer", &crl("peer-crl.pem")?)],
-    )?;
-    tree.file(monitoring::CRL_TEXTFILE, 0o644, facts);
+    tree.file(monitoring::CRL_TEXTFILE, 0o644, monitoring::crl_textfile(&inputs.spec.name, &node.name, &node_dir)?);
     tree.dirs.push(("etc/etcd".into(), 0o755));
     tree.dirs.push(("etc/etcd/pki".into(), 0o755));
     tree.dirs.push((ETCDCTL_DIR.trim_start_matches('/').into(), 0o700));

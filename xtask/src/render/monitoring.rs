@@ -472,15 +472,19 @@ pub fn prometheus_yaml(
     ))
 }
 
-/// The textfile ([`CRL_TEXTFILE`]) of the CRLs member `member` of `cluster` reads, each
-/// `(name, PEM)`: their next-update and how many serials they list, so that the alert sees a CRL
-/// left to expire and an operator sees which members got a revocation.
-pub fn crl_textfile(cluster: &str, member: &str, crls: &[(&str, &[u8])]) -> Result<String> {
+/// The textfile ([`CRL_TEXTFILE`]) of the CRLs member `member` of `cluster` reads, from its
+/// directory of the PKI (`node_dir`): their next-update and how many serials they list, so that
+/// the alert sees a CRL left to expire and an operator sees which members got a revocation.
+pub fn crl_textfile(cluster: &str, member: &str, node_dir: &Path) -> Result<String> {
+    use crate::pki::issue::crl::{CRL, PEER_CRL};
     let mut next = String::new();
     let mut listed = String::new();
-    for (name, pem) in crls {
-        let text = std::str::from_utf8(pem).with_context(|| format!("the {name} CRL of {member} is not text"))?;
-        let info = crate::pki::issue::crl::read_crl(text, None)
+    for (name, file) in [("client", CRL), ("peer", PEER_CRL)] {
+        let path = node_dir.join(file);
+        let text = fs::read_to_string(&path).with_context(|| {
+            format!("cannot read {}: issue the PKI again with `cargo xtask pki --cluster FILE`", path.display())
+        })?;
+        let info = crate::pki::issue::crl::read_crl(&text, None)
             .with_context(|| format!("the {name} CRL of {member}: issue the PKI again with `cargo xtask pki`"))?;
         let labels = format!("cluster=\"{cluster}\",member=\"{member}\",crl=\"{name}\"");
         let when = info.next_update.with_context(|| format!("the {name} CRL of {member} has no next-update"))?;

@@ -37,11 +37,9 @@ impl Run<Hosts> {
         let file = self.cluster_file.clone();
         let r =
             self.auth_steps(&file, &mut |run: &mut Self, what: &str| run.deliver_pki(what), &mut |run: &mut Self| {
-                let Some(target) = upgrade else { return Ok(()) };
-                let t = Instant::now();
-                let r =
-                    run.do_upgrade(target).and_then(|done| Ok(format!("{done}; {}", run.check_upgraded(&target.to)?)));
-                run.record(&format!("rolling upgrade {} -> {} with auth on", target.from, target.to), t, r);
+                if let Some(target) = upgrade {
+                    run.upgrade_with_auth_on(&target.from, &target.to, |run| run.do_upgrade(target));
+                }
                 Ok(())
             });
         self.finish_load(0, None);
@@ -76,13 +74,7 @@ impl Run<Hosts> {
     /// next-update and count of revoked serials (what `etcdCrlExpiresSoon` and an operator read).
     fn crl_facts_delivered(&self, i: usize) -> Result<String> {
         let node = &self.spec.nodes[i].name;
-        let dir = self.pki.node_dir(node);
-        let read = |f: &str| std::fs::read(dir.join(f)).with_context(|| format!("cannot read {f} of {node}"));
-        let want = crate::render::monitoring::crl_textfile(
-            &self.spec.name,
-            node,
-            &[("client", &read("crl.pem")?), ("peer", &read("peer-crl.pem")?)],
-        )?;
+        let want = crate::render::monitoring::crl_textfile(&self.spec.name, node, &self.pki.node_dir(node))?;
         let path = format!("/{}", crate::render::monitoring::CRL_TEXTFILE);
         let got = self.machines[i].sh_ok(&format!("cat {path}"))?;
         if got.trim() != want.trim() {
